@@ -1,0 +1,212 @@
+"""The recipe: ``prepare`` (function-preserving FP32 steps) and ``quantize`` (the simulated
+quantized network), each on a private copy of the user's model."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .config import DFQConfig
+from .graph import stats as st
+from .graph.trace import TraceFailure, trace_model
+from .passes.absorb import absorb_biases
+from .passes.base import Workspace, layer_kind, out_channel_minmax
+from .passes.bias_correction import analytic_bias_correction, empirical_bias_correction
+from .passes.bn_fold import fold_batch_norms
+from .passes.equalize import equalize
+from .passes.relu6 import handle_relu6
+from .quant.simulate import calibrate_ranges, insert_act_quantizers, quantize_weights, round_biases
+from .report import LayerRecord, Report
+
+__all__ = ["prepare", "quantize", "DFQError"]
+
+log = logging.getLogger(__name__)
+
+
+class DFQError(ValueError):
+    """Bad input to the DFQ pipeline (the message names the problem)."""
+
+
+def _check_inputs(model: Any, example_inputs: Any) -> tuple[Any, ...]:
+    if not isinstance(model, nn.Module):
+        raise DFQError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
+        raise DFQError("example_inputs must be a non-empty tuple of example tensors, e.g. (torch.randn(1, 3, 224, 224),)")
+    for i, t in enumerate(example_inputs):
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise DFQError(f"example_inputs[{i}] contains NaN or Inf")
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise DFQError(f"parameter or buffer '{name}' of the model contains NaN or Inf")
+    return tuple(example_inputs)
+
+
+def _build_workspace(model: nn.Module, example_inputs: tuple[Any, ...], cfg: DFQConfig,
+                     leaf_modules: Sequence[str], inplace: bool) -> Workspace:
+    work = model if inplace else copy.deepcopy(model)
+    work.eval()
+    gm = trace_model(work, example_inputs, leaf_modules=leaf_modules)
+    report = Report(config=cfg.to_dict())
+    ws = Workspace(gm=gm, cfg=cfg, example_inputs=example_inputs, report=report)
+    nodes = ws.layer_nodes()
+    if not nodes:
+        raise DFQError("the model has no quantizable layer (no nn.Conv2d or nn.Linear was found in its graph)")
+    for n in nodes:
+        m = ws.module(str(n.target))
+        report.layers[str(n.target)] = LayerRecord(name=str(n.target), kind=layer_kind(m),
+                                                   weight_shape=tuple(m.weight.shape))
+    for leaf in leaf_modules:
+        report.skip(leaf, "marked as a leaf module: treated as an opaque op and left in float")
+    return ws
+
+
+def _prepare(model: nn.Module, example_inputs: Any, cfg: DFQConfig, leaf_modules: Sequence[str],
+             inplace: bool = False) -> Workspace:
+    t0 = time.perf_counter()
+    example_inputs = _check_inputs(model, example_inputs)
+    ws = _build_workspace(model, example_inputs, cfg, leaf_modules, inplace)
+    ws.report.timings["trace"] = time.perf_counter() - t0
+    if cfg.fold_bn:
+        fold_batch_norms(ws)
+    for name, rec in ws.report.layers.items():
+        rec.range_folded = out_channel_minmax(ws.module(name))
+        rec.range_equalized = rec.range_folded
+    handle_relu6(ws)
+    ws.gm.recompile()
+    need_observed = True
+    if need_observed:
+        ws.observed = st.observe(ws.gm, example_inputs)
+    t1 = time.perf_counter()
+    if cfg.equalize:
+        equalize(ws)
+    ws.report.timings["equalize"] = time.perf_counter() - t1
+    if cfg.absorb_bias:
+        if cfg.equalize:
+            absorb_biases(ws)
+        else:
+            ws.report.step("bias absorption needs equalization regions; skipped because equalize=False")
+    ws.gm.recompile()
+    ws.report.timings["prepare"] = time.perf_counter() - t0
+    return ws
+
+
+def _attach(gm: fx.GraphModule, ws: Workspace) -> fx.GraphModule:
+    gm.report = ws.report  # type: ignore[attr-defined]
+    gm.dfq_config = ws.cfg  # type: ignore[attr-defined]
+    return gm
+
+
+def prepare(model: nn.Module, example_inputs: Any, config: DFQConfig | None = None, *,
+            leaf_modules: Sequence[str] = (), inplace: bool = False) -> fx.GraphModule:
+    """The FP32 network after BN folding, ReLU6 handling, cross-layer equalization and bias absorption.
+
+    Args:
+        model: any ``nn.Module`` that ``torch.fx`` can trace (see ``leaf_modules``).
+        example_inputs: a tuple of example input tensors (as for ``torch.export``).
+        config: a :class:`DFQConfig` (defaults to ``DFQConfig()``).
+        leaf_modules: qualified names of submodules to treat as opaque (left in float), for
+            modules ``torch.fx`` cannot trace.
+        inplace: transform ``model`` itself instead of a copy (saves memory).
+
+    Returns:
+        A ``torch.fx.GraphModule`` with a ``report`` attribute (:class:`~dfq_gpu.report.Report`).
+        With ``relu6`` "clip" or "keep" and ``absorb_bias=False`` it computes the same
+        function as ``model`` up to float rounding; bias absorption changes it only where a
+        pre-activation falls below ``beta - 3 gamma``.
+    """
+    cfg = config or DFQConfig()
+    ws = _prepare(model, example_inputs, cfg, leaf_modules, inplace)
+    return _attach(ws.gm, ws)
+
+
+def quantize(model: nn.Module, example_inputs: Any, config: DFQConfig | None = None,
+             data: Iterable[Any] | None = None, *, leaf_modules: Sequence[str] = (),
+             inplace: bool = False) -> fx.GraphModule:
+    """A module that simulates the quantized network: :func:`prepare`, then quantization of
+    weights and activations and bias correction.
+
+    Args:
+        model, example_inputs, config, leaf_modules, inplace: as for :func:`prepare`.
+        data: an iterable of input batches (tensors, tuples of tensors, or ``(inputs, labels)``
+            pairs); needed only for ``act_ranges="calibrate"`` or ``bias_correction="empirical"``
+            (at most ``config.calibration_batches`` batches are used).
+
+    Returns:
+        A ``torch.fx.GraphModule`` with ``report`` and ``dfq_config`` attributes; its layers are
+        :class:`~dfq_gpu.modules.QConv2d` / :class:`~dfq_gpu.modules.QLinear` and its
+        activation quantizers :class:`~dfq_gpu.modules.FakeQuant`. ``dfq_gpu.to_int8`` turns it
+        into an integer network.
+    """
+    cfg = config or DFQConfig()
+    if data is None and cfg.act_ranges == "calibrate" and cfg.act_bits is not None:
+        raise DFQError("act_ranges='calibrate' needs data; pass data=... or use act_ranges='bn' (data-free)")
+    if data is None and cfg.bias_correction == "empirical":
+        raise DFQError("bias_correction='empirical' needs data; pass data=... or use 'analytic' (data-free)")
+    if data is not None and not hasattr(data, "__iter__"):
+        raise DFQError(f"data must be an iterable of input batches, got {type(data).__name__}")
+    t0 = time.perf_counter()
+    ws = _prepare(model, example_inputs, cfg, leaf_modules, inplace)
+    stats = st.propagate(ws.gm, ws.bn_stats, ws.observed, cfg.act_range_sigmas, cfg.input_range)
+    needs_float = cfg.bias_correction == "empirical" or (cfg.act_ranges == "calibrate" and cfg.act_bits is not None)
+    float_gm = copy.deepcopy(ws.gm) if needs_float else None
+    float_weights = quantize_weights(ws)
+    if cfg.bias_correction == "analytic":
+        analytic_bias_correction(ws, stats, float_weights)
+    if cfg.act_bits is not None:
+        calibrated = None
+        if cfg.act_ranges == "calibrate":
+            assert float_gm is not None and data is not None
+            from .quant.simulate import act_quant_points
+            names = [p.name for p in act_quant_points(float_gm, cfg.quantize_output)]
+            calibrated = calibrate_ranges(float_gm, names, data, cfg.calibration_batches)
+        insert_act_quantizers(ws, stats, calibrated)
+    if cfg.bias_correction == "empirical":
+        assert float_gm is not None and data is not None
+        empirical_bias_correction(ws, float_gm, data)
+    if cfg.act_bits is not None:
+        round_biases(ws)
+    _record_act_quant(ws)
+    ws.report.timings["quantize"] = time.perf_counter() - t0
+    return _attach(ws.gm, ws)
+
+
+def _record_act_quant(ws: Workspace) -> None:
+    from .graph.trace import node_module
+    from .modules import FakeQuant, QConv2d, QLinear
+    from .quant.simulate import input_quantizer
+
+    gm = ws.gm
+    for node in gm.graph.nodes:
+        m = node_module(gm, node)
+        if not isinstance(m, (QConv2d, QLinear)):
+            continue
+        rec = ws.report.layers.get(str(node.target))
+        if rec is None:
+            continue
+        fq = input_quantizer(gm, node)
+        if fq is not None:
+            lo, hi = fq.float_range
+            rec.act_in = {"scale": float(fq.scale), "zero_point": int(fq.zero_point), "lo": lo, "hi": hi,
+                          "source": fq.source}
+        # output quantizer: directly after, or after a fused activation
+        cur = node
+        for _ in range(2):
+            users = list(cur.users)
+            if len(users) != 1:
+                break
+            um = node_module(gm, users[0])
+            if isinstance(um, FakeQuant):
+                lo, hi = um.float_range
+                rec.act_out = {"scale": float(um.scale), "zero_point": int(um.zero_point), "lo": lo, "hi": hi,
+                               "source": um.source}
+                break
+            cur = users[0]

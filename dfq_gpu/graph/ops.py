@@ -1,0 +1,211 @@
+"""What each kind of node does to channels: the vocabulary shared by region finding,
+statistics propagation and quantizer placement."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..modules import ChannelClamp
+from .trace import LAYER_TYPES, node_module
+
+__all__ = [
+    "tensor_shape",
+    "channels_of",
+    "tensor_inputs",
+    "is_add",
+    "is_mul",
+    "is_cat",
+    "is_shape_query",
+    "is_zero_pad",
+    "is_spatial_pool",
+    "is_channel_preserving_reshape",
+    "is_flatten_reshape",
+    "is_clamp_act",
+    "describe",
+]
+
+_AVG_POOL_FNS = tuple(f for f in (F.avg_pool2d, F.adaptive_avg_pool2d, getattr(torch, "avg_pool2d", None),
+                                   getattr(torch, "adaptive_avg_pool2d", None),
+                                   getattr(torch._C._nn, "avg_pool2d", None),
+                                   getattr(torch._C._nn, "adaptive_avg_pool2d", None)) if f is not None)
+_ADD = (operator.add, torch.add, operator.iadd)
+_MUL = (operator.mul, torch.mul, operator.imul)
+
+
+def tensor_shape(node: Any) -> tuple[int, ...] | None:
+    """The output shape recorded by shape propagation, or ``None`` for non-tensors."""
+    if not isinstance(node, fx.Node):
+        return None
+    tm = node.meta.get("tensor_meta")
+    if tm is None or not hasattr(tm, "shape"):
+        return None
+    return tuple(int(d) for d in tm.shape)
+
+
+def channels_of(node: Any) -> int | None:
+    """Size of dimension 1 (channels) of a node's output, if it is a tensor of rank >= 2."""
+    shape = tensor_shape(node)
+    if shape is None or len(shape) < 2:
+        return None
+    return shape[1]
+
+
+def tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    """The input nodes of ``node`` that produce tensors, in argument order."""
+    out: list[fx.Node] = []
+    for a in list(node.args) + list(node.kwargs.values()):
+        items = a if isinstance(a, (list, tuple)) else [a]
+        for it in items:
+            if isinstance(it, fx.Node) and tensor_shape(it) is not None and it not in out:
+                out.append(it)
+    return out
+
+
+def is_add(node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target in _ADD:
+        return len(tensor_inputs(node)) == 2 and not node.kwargs.get("alpha")
+    return node.op == "call_method" and node.target in ("add", "add_") and len(tensor_inputs(node)) == 2
+
+
+def is_mul(node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target in _MUL:
+        return len(tensor_inputs(node)) == 2
+    return node.op == "call_method" and node.target in ("mul", "mul_") and len(tensor_inputs(node)) == 2
+
+
+def is_cat(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in (torch.cat, torch.concat)
+
+
+def is_shape_query(node: fx.Node) -> bool:
+    """``x.size()``, ``x.shape``, ``x.dim()``: users that read no values."""
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    return node.op == "call_function" and node.target is getattr and len(node.args) > 1 and \
+        node.args[1] in ("shape", "dtype", "device")
+
+
+def is_zero_pad(gm: fx.GraphModule, node: fx.Node) -> bool:
+    m = node_module(gm, node)
+    if isinstance(m, nn.ZeroPad2d):
+        return True
+    if isinstance(m, (nn.ConstantPad2d, nn.ConstantPad1d)) and float(m.value) == 0.0:
+        return True
+    if node.op == "call_function" and node.target is F.pad:
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
+        return mode == "constant" and (value is None or float(value) == 0.0)
+    return False
+
+
+def zero_pad_amounts(gm: fx.GraphModule, node: fx.Node) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) of a zero-padding node."""
+    m = node_module(gm, node)
+    pad = m.padding if m is not None else node.kwargs.get("pad", node.args[1])
+    pad = tuple(int(p) for p in pad)
+    if len(pad) == 2:
+        pad = pad + (0, 0)
+    return pad[:4]  # type: ignore[return-value]
+
+
+def is_spatial_pool(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """``"max"`` or ``"avg"`` for per-channel spatial pooling (positively homogeneous), else None."""
+    m = node_module(gm, node)
+    if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+        return "max"
+    if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+        return "avg"
+    if node.op == "call_function":
+        if node.target in (F.max_pool2d, F.adaptive_max_pool2d, torch.max_pool2d):
+            return "max"
+        if node.target in _AVG_POOL_FNS:
+            return "avg"
+        if node.target is torch.mean:
+            return "avg" if _mean_over_spatial(node) else None
+    if node.op == "call_method" and node.target == "mean":
+        return "avg" if _mean_over_spatial(node) else None
+    return None
+
+
+def _mean_over_spatial(node: fx.Node) -> bool:
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    shape = tensor_shape(node.args[0])
+    if dims is None or shape is None or len(shape) < 3:
+        return False
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    dims = tuple(d % len(shape) for d in dims)
+    return 0 not in dims and 1 not in dims
+
+
+def is_channel_preserving_reshape(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A reshape/flatten/view/squeeze that keeps dim 1 as the channels and only drops size-1 dims."""
+    if not _is_reshape(gm, node):
+        return False
+    src = tensor_inputs(node)
+    if len(src) != 1:
+        return False
+    si, so = tensor_shape(src[0]), tensor_shape(node)
+    if si is None or so is None or len(si) < 2 or len(so) < 2:
+        return False
+    return si[0] == so[0] and si[1] == so[1] and all(d == 1 for d in si[2:]) and all(d == 1 for d in so[2:])
+
+
+def is_flatten_reshape(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """``[N, C, H, W] -> [N, C*H*W]`` (channel-major flatten)."""
+    if not _is_reshape(gm, node):
+        return False
+    src = tensor_inputs(node)
+    if len(src) != 1:
+        return False
+    si, so = tensor_shape(src[0]), tensor_shape(node)
+    if si is None or so is None or len(so) != 2 or len(si) < 3:
+        return False
+    n = 1
+    for d in si[1:]:
+        n *= d
+    return si[0] == so[0] and so[1] == n
+
+
+def _is_reshape(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target in (torch.flatten, torch.reshape, torch.squeeze):
+        return True
+    if node.op == "call_method" and node.target in ("view", "reshape", "flatten", "squeeze", "contiguous"):
+        return True
+    return isinstance(node_module(gm, node), (nn.Flatten, nn.Unflatten))
+
+
+def is_clamp_act(m: nn.Module | None) -> tuple[float, float] | None:
+    """Bounds of a clamp-type activation (ReLU, ReLU6, Hardtanh) as floats, else ``None``."""
+    if isinstance(m, nn.ReLU6):
+        return 0.0, 6.0
+    if isinstance(m, nn.ReLU):
+        return 0.0, float("inf")
+    if isinstance(m, nn.Hardtanh):
+        return float(m.min_val), float(m.max_val)
+    return None
+
+
+def describe(gm: fx.GraphModule, node: fx.Node) -> str:
+    """A short human description of a node for reports."""
+    m = node_module(gm, node)
+    if m is not None:
+        return f"{node.target} ({type(m).__name__})"
+    if node.op == "call_function":
+        return f"{node.name} ({getattr(node.target, '__name__', str(node.target))})"
+    if node.op == "call_method":
+        return f"{node.name} (.{node.target}())"
+    return f"{node.name} ({node.op})"
+
+
+def is_layer_node(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return isinstance(node_module(gm, node), LAYER_TYPES)
+
+
+def is_channel_clamp(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return isinstance(node_module(gm, node), ChannelClamp)

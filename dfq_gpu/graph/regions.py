@@ -1,0 +1,237 @@
+"""Find the structures the DFQ passes act on.
+
+- :class:`BNPair`: a convolution / linear layer whose only consumer is a batch norm, which
+  can be folded into it.
+- :class:`Region`: a cross-layer equalization region. Its source layers' output channels
+  can all be scaled by ``1/s`` and its sink layers' input channels by ``s`` without
+  changing the network's function, because every op in between (``acts``) is
+  positively scale-equivariant per channel: ReLU, LeakyReLU, PReLU, per-channel clamps
+  (ReLU6 in "clip" mode), zero padding, max / average pooling, channel-preserving
+  reshapes, residual adds (all of whose inputs are then in the region: one scale vector
+  shared by every producer and consumer of the residual stream) and multiplicative gates
+  (``x * g`` where the gate ``g`` lies outside the region, as in squeeze-excitation).
+  A conv -> depthwise -> conv chain is two regions, which equalization iterates over.
+- :class:`SkippedRegion`: a layer whose output channels cannot be scaled, and why.
+
+Regions are found by growing a set of tensors from each layer's output: a tensor in the
+region needs every producer to be a source layer or an equivariant op (whose region inputs
+then join), and every consumer to be a sink layer or an equivariant op (whose output then
+joins). Anything else (the network output, ReLU6 in "keep" mode, a sigmoid, a concat, a
+channel shuffle) makes the region impossible, and that is reported, never an error.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch.fx as fx
+import torch.nn as nn
+
+from ..modules import ChannelClamp
+from . import ops
+from .trace import BN_TYPES, LAYER_TYPES, node_module
+
+__all__ = ["BNPair", "Region", "SkippedRegion", "find_bn_pairs", "find_regions", "is_depthwise"]
+
+
+@dataclass(frozen=True)
+class BNPair:
+    """A layer and the batch norm that directly and solely follows it."""
+
+    layer: str  # module name of the conv / linear
+    bn: str  # module name of the batch norm
+    bn_node: str  # node name of the batch norm
+
+
+@dataclass(frozen=True)
+class Region:
+    """An equalization region: ``srcs`` scaled by ``1/s`` per output channel, ``sinks`` by ``s`` per input channel."""
+
+    srcs: tuple[str, ...]
+    sinks: tuple[str, ...]
+    acts: tuple[str, ...]  # node names of the equivariant ops between them
+    channels: int
+    residual: bool = False  # passes through a residual add (one scale vector shared by several layers)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def name(self) -> str:
+        return f"{'+'.join(self.srcs)} -> {'+'.join(self.sinks)}"
+
+
+@dataclass(frozen=True)
+class SkippedRegion:
+    """A layer whose output channels could not be equalized, with the reason."""
+
+    layer: str
+    reason: str
+
+
+def is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def find_bn_pairs(gm: fx.GraphModule) -> tuple[list[BNPair], list[SkippedRegion]]:
+    """Batch norms that follow a conv / linear layer with no other consumer."""
+    pairs: list[BNPair] = []
+    skipped: list[SkippedRegion] = []
+    for node in gm.graph.nodes:
+        bn = node_module(gm, node)
+        if not isinstance(bn, BN_TYPES):
+            continue
+        src = node.args[0] if node.args else None
+        layer = node_module(gm, src) if isinstance(src, fx.Node) else None
+        if not isinstance(layer, LAYER_TYPES):
+            skipped.append(SkippedRegion(str(node.target), "batch norm not directly after a conv/linear layer; "
+                                                           "left in place"))
+            continue
+        if len(src.users) != 1:
+            skipped.append(SkippedRegion(str(node.target), f"the output of {src.target} is also used elsewhere; "
+                                                           "folding would change the other use"))
+            continue
+        if not bn.track_running_stats or bn.running_mean is None:
+            skipped.append(SkippedRegion(str(node.target), "batch norm without running statistics"))
+            continue
+        pairs.append(BNPair(layer=str(src.target), bn=str(node.target), bn_node=node.name))
+    return pairs, skipped
+
+
+class _Fail(Exception):
+    pass
+
+
+def _is_equivariant_unary(gm: fx.GraphModule, node: fx.Node) -> bool:
+    m = node_module(gm, node)
+    if isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.PReLU, ChannelClamp)):
+        return True
+    if ops.is_zero_pad(gm, node) or ops.is_spatial_pool(gm, node) is not None:
+        return True
+    return ops.is_channel_preserving_reshape(gm, node)
+
+
+def _gate_operand(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """For ``x * g`` with ``g`` broadcast over space (a gate), return ``(x, g)``."""
+    a, b = ops.tensor_inputs(node)
+    sa, sb = ops.tensor_shape(a), ops.tensor_shape(b)
+    if sa is None or sb is None or len(sa) != len(sb) or sa == sb:
+        return None
+    if len(sa) >= 3 and all(d == 1 for d in sb[2:]) and sb[:2] == sa[:2]:
+        return a, b
+    if len(sb) >= 3 and all(d == 1 for d in sa[2:]) and sa[:2] == sb[:2]:
+        return b, a
+    return None
+
+
+def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
+    channels = ops.channels_of(start)
+    if channels is None:
+        raise _Fail("its output has no channel dimension")
+    tensors: set[fx.Node] = {start}
+    queue: deque[fx.Node] = deque([start])
+    srcs: list[str] = []
+    sinks: list[str] = []
+    acts: list[str] = []
+    residual = False
+
+    def add_tensor(n: fx.Node) -> None:
+        if n not in tensors:
+            if ops.channels_of(n) != channels:
+                raise _Fail(f"{ops.describe(gm, n)} changes the number of channels")
+            tensors.add(n)
+            queue.append(n)
+
+    while queue:
+        n = queue.popleft()
+        m = node_module(gm, n)
+        # ---- the producer of tensor n
+        if isinstance(m, LAYER_TYPES):
+            srcs.append(str(n.target))
+        elif _is_equivariant_unary(gm, n):
+            acts.append(n.name)
+            add_tensor(ops.tensor_inputs(n)[0])
+        elif ops.is_add(n):
+            if not residuals:
+                raise _Fail(f"residual add {n.name} (equalize_residuals=False)")
+            residual = True
+            acts.append(n.name)
+            for inp in ops.tensor_inputs(n):
+                add_tensor(inp)
+        elif ops.is_mul(n):
+            pair = _gate_operand(n)
+            if pair is None:
+                raise _Fail(f"{ops.describe(gm, n)} multiplies two full tensors")
+            acts.append(n.name)
+            add_tensor(pair[0])
+        elif n.op == "placeholder":
+            raise _Fail("the residual stream starts at the network input")
+        else:
+            raise _Fail(f"{ops.describe(gm, n)} produces part of it and is not scale-equivariant")
+        # ---- the consumers of tensor n
+        for u in n.users:
+            if ops.is_shape_query(u):
+                continue
+            um = node_module(gm, u)
+            if u.op == "output":
+                raise _Fail("it reaches the network output")
+            if isinstance(um, LAYER_TYPES):
+                if u.args[0] is not n:
+                    raise _Fail(f"{u.target} uses it as a non-input argument")
+                sinks.append(str(u.target))
+            elif _is_equivariant_unary(gm, u):
+                add_tensor(u)
+            elif ops.is_add(u):
+                if not residuals:
+                    raise _Fail(f"residual add {u.name} (equalize_residuals=False)")
+                add_tensor(u)
+            elif ops.is_mul(u):
+                pair = _gate_operand(u)
+                if pair is None or pair[0] is not n:
+                    raise _Fail(f"it feeds the gate of {ops.describe(gm, u)}" if pair else
+                                f"{ops.describe(gm, u)} multiplies two full tensors")
+                add_tensor(u)
+            elif isinstance(um, (nn.ReLU6, nn.Hardtanh)):
+                raise _Fail(f"{ops.describe(gm, u)} is a fixed clamp, not scale-equivariant "
+                            "(relu6='keep'; 'clip' makes it equivariant)")
+            elif ops.is_cat(u):
+                raise _Fail(f"it feeds the concatenation {u.name}")
+            else:
+                raise _Fail(f"it feeds {ops.describe(gm, u)}, which is not scale-equivariant per channel")
+    if not sinks:
+        raise _Fail("no layer consumes it")
+    # a mul gate must not be scaled itself (its other operand outside the region)
+    for name in acts:
+        node = next(x for x in gm.graph.nodes if x.name == name)
+        if ops.is_mul(node):
+            pair = _gate_operand(node)
+            if pair is not None and pair[1] in tensors:
+                raise _Fail(f"both operands of {node.name} are in the region")
+    notes = ()
+    if residual:
+        notes = (f"residual region: {len(srcs)} producers and {len(sinks)} consumers share one scale vector",)
+    return Region(srcs=tuple(dict.fromkeys(srcs)), sinks=tuple(dict.fromkeys(sinks)), acts=tuple(acts),
+                  channels=channels, residual=residual, notes=notes)
+
+
+def find_regions(gm: fx.GraphModule, residuals: bool = True) -> tuple[list[Region], list[SkippedRegion]]:
+    """All equalization regions of a canonical graph, and the layers that could not be equalized.
+
+    Every layer is the source of at most one region; regions are returned in the
+    topological order of their first source.
+    """
+    regions: list[Region] = []
+    skipped: list[SkippedRegion] = []
+    assigned: set[str] = set()
+    for node in gm.graph.nodes:
+        m = node_module(gm, node)
+        if not isinstance(m, LAYER_TYPES) or str(node.target) in assigned:
+            continue
+        try:
+            region = _grow(gm, node, residuals)
+        except _Fail as why:
+            skipped.append(SkippedRegion(str(node.target), str(why)))
+            assigned.add(str(node.target))
+            continue
+        assigned.update(region.srcs)
+        regions.append(region)
+    return regions, skipped

@@ -1,0 +1,182 @@
+"""Cross-layer equalization (CLE), iterated over all regions until the scales converge.
+
+For a region with sources ``S`` and sinks ``T`` and channel ``i``: ``r_S[i]`` is the range of
+output channel ``i`` over the sources, ``r_T[i]`` the range of input channel ``i`` over the
+sinks, each as a fraction of its tensor's largest channel range (so that several sources
+or sinks of different magnitude count alike). The scale is ``s_i = sqrt(r_S[i] / r_T[i])``
+(the paper's choice for one pair); sources are divided and sinks multiplied by it, which
+makes both ranges equal. Regions are swept in topological order, repeatedly, until no
+scale differs from 1 by more than ``cle_tol`` (chains like conv -> depthwise -> conv need
+this), or ``cle_max_iter`` sweeps.
+
+Guards (``DFQ.md`` measured why):
+
+- a channel whose range is below ``cle_dead_threshold`` of its tensor's maximum on either
+  side is dead: left unscaled, so it is never blown up by a near-zero denominator;
+- the total scale of each channel stays within ``[1/cle_scale_bound, cle_scale_bound]``;
+- with ``cle_objective="weights+acts"``, the source side's range of a channel is the larger
+  of its weight range and its data-free activation range (both relative to their tensor's
+  maximum), so equalization never shrinks a channel's weights at the price of making its
+  activation the largest of the tensor: per-tensor activation quantization stays fine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch.fx as fx
+
+from .. import formulas as fm
+from ..graph import ops
+from ..graph import stats as st
+from ..graph.regions import Region, find_regions
+from ..graph.trace import node_module
+from ..modules import ChannelClamp
+from ..report import RegionRecord
+from .base import (Workspace, in_channel_absmax, out_channel_absmax, out_channel_minmax, scale_in_channels,
+                   scale_out_channels)
+
+__all__ = ["equalize", "apply_region_scale", "region_act_ranges"]
+
+log = logging.getLogger(__name__)
+
+
+def _normalized_max(parts: list[np.ndarray]) -> np.ndarray:
+    out = None
+    for p in parts:
+        top = p.max(initial=0.0)
+        q = p / top if top > 0 else np.zeros_like(p)
+        out = q if out is None else np.maximum(out, q)
+    assert out is not None
+    return out
+
+
+def _sink_input_nodes(ws: Workspace, region: Region) -> list[fx.Node]:
+    """The tensors the sinks read (inside the region)."""
+    names = set(region.sinks)
+    out: list[fx.Node] = []
+    for n in ws.gm.graph.nodes:
+        if n.op == "call_module" and str(n.target) in names:
+            src = n.args[0]
+            if src not in out:
+                out.append(src)
+    return out
+
+
+def region_act_ranges(ws: Workspace, region: Region, stats: dict[str, st.NodeStats],
+                      offset_free: bool = False) -> np.ndarray | None:
+    """Per-channel width ``hi - lo`` of the activations the sinks read, relative to each tensor's
+    per-tensor range (``max hi - min lo``); the max over those tensors. ``None`` if unknown."""
+    parts = []
+    for n in _sink_input_nodes(ws, region):
+        s = stats.get(n.name)
+        if s is None or s.channels != region.channels:
+            return None
+        lo, hi = np.minimum(s.lo, 0.0), np.maximum(s.hi, 0.0)
+        total = hi.max() - lo.min()
+        if total <= 0:
+            return None
+        width = (s.hi - s.lo) if offset_free else (hi - lo)
+        parts.append(width / total)
+    return np.max(parts, axis=0) if parts else None
+
+
+def _refresh_region_stats(ws: Workspace, region: Region, stats: dict[str, st.NodeStats]) -> None:
+    """Recompute the statistics of the nodes inside a region (they scale with it)."""
+    inside = set(region.acts) | set(region.srcs)
+    for n in ws.gm.graph.nodes:
+        if n.name in inside or (n.op == "call_module" and str(n.target) in region.srcs):
+            try:
+                s = st._node_stats(ws.gm, n, stats, ws.bn_stats, ws.observed, ws.cfg.act_range_sigmas,
+                                   ws.cfg.input_range)
+            except Exception:  # pragma: no cover - stats are best effort
+                s = None
+            if s is not None:
+                stats[n.name] = s
+
+
+def apply_region_scale(ws: Workspace, region: Region, s: np.ndarray) -> None:
+    """Divide the sources' output channels by ``s`` and multiply the sinks' input channels by it.
+
+    Keeps everything that depends on the channel scale in step: the sources' BN statistics
+    and the per-channel clamp bounds inside the region.
+    """
+    inv = 1.0 / s
+    for name in region.srcs:
+        scale_out_channels(ws.module(name), inv)
+        if name in ws.bn_stats:
+            ws.bn_stats[name] = ws.bn_stats[name].scaled(inv)
+        rec = ws.report.layers.get(name)
+        if rec is not None:
+            rec.out_scale = inv if rec.out_scale is None else rec.out_scale * inv
+    for name in region.sinks:
+        scale_in_channels(ws.module(name), s)
+        rec = ws.report.layers.get(name)
+        if rec is not None:
+            rec.in_scale = s if rec.in_scale is None else rec.in_scale * s
+    acts = set(region.acts)
+    for n in ws.gm.graph.nodes:
+        if n.name in acts:
+            m = node_module(ws.gm, n)
+            if isinstance(m, ChannelClamp):
+                m.lo.mul_(m.lo.new_tensor(inv))
+                m.hi.mul_(m.hi.new_tensor(inv))
+
+
+def equalize(ws: Workspace) -> None:
+    cfg = ws.cfg
+    regions, skipped = find_regions(ws.gm, residuals=cfg.equalize_residuals)
+    ws.regions = regions
+    for sk in skipped:
+        ws.report.regions.append(RegionRecord(srcs=(sk.layer,), sinks=(), channels=0, residual=False,
+                                              status="not equalized", notes=[sk.reason]))
+    records = []
+    for r in regions:
+        rec = RegionRecord(srcs=r.srcs, sinks=r.sinks, channels=r.channels, residual=r.residual, status="equalized",
+                           notes=list(r.notes))
+        ws.report.regions.append(rec)
+        records.append(rec)
+    if not regions:
+        ws.report.step("equalization: no region found")
+        return
+    use_acts = cfg.cle_objective == "weights+acts"
+    stats = st.propagate(ws.gm, ws.bn_stats, ws.observed, cfg.act_range_sigmas, cfg.input_range) if use_acts else {}
+    total = [np.ones(r.channels) for r in regions]
+    from .absorb import region_absorbable
+    absorbable = [cfg.absorb_bias and region_absorbable(ws, r) for r in regions]
+    dead = [np.zeros(r.channels, dtype=bool) for r in regions]
+    bound = cfg.cle_scale_bound
+    sweeps = 0
+    for sweeps in range(1, cfg.cle_max_iter + 1):
+        worst = 0.0
+        for k, r in enumerate(regions):
+            r_src = _normalized_max([out_channel_absmax(ws.module(n)) for n in r.srcs])
+            r_dst = _normalized_max([in_channel_absmax(ws.module(n)) for n in r.sinks])
+            if use_acts:
+                a = region_act_ranges(ws, r, stats, offset_free=absorbable[k])
+                if a is not None:
+                    r_src = np.maximum(r_src, a)
+            s = fm.equalization_scales(r_src, r_dst, dead_threshold=cfg.cle_dead_threshold, bound=None)
+            dead[k] |= (r_src <= cfg.cle_dead_threshold) | (r_dst <= cfg.cle_dead_threshold)
+            if bound is not None:
+                s = np.clip(total[k] * s, 1.0 / bound, bound) / total[k]
+            apply_region_scale(ws, r, s)
+            total[k] *= s
+            if use_acts:
+                _refresh_region_stats(ws, r, stats)
+            worst = max(worst, float(np.max(np.abs(np.log(s)))))
+        log.debug("CLE sweep %d: largest scale change %.3g", sweeps, worst)
+        if worst <= math.log1p(cfg.cle_tol):
+            break
+    ws.report.cle_iterations = sweeps
+    for rec, t, d in zip(records, total, dead):
+        rec.scale_min, rec.scale_max = float(t.min()), float(t.max())
+        if bound is not None:
+            rec.clamped = int(np.sum(np.isclose(t, bound) | np.isclose(t, 1.0 / bound)))
+        rec.dead = int(d.sum())
+    for name, lrec in ws.report.layers.items():
+        lrec.range_equalized = out_channel_minmax(ws.module(name))
+    ws.report.step(f"equalized {len(regions)} regions ({sum(r.residual for r in regions)} residual) in {sweeps} "
+                   f"sweeps; {len(skipped)} layers' outputs could not be equalized")
