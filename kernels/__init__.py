@@ -1,0 +1,61 @@
+"""int8 inference kernels for data-free quantized CNNs.
+
+The integer contract lives in :mod:`kernels.reference` (pure PyTorch, also the CPU fallback) and,
+on the Triton side, in the one shared requantization epilogue of :mod:`kernels.requant`. The
+operators below are ``torch.library`` custom ops (namespace ``dfq_int8``) that dispatch to Triton
+on CUDA tensors and to the reference otherwise; see :mod:`kernels.ops` and ``kernels/README.md``.
+
+Importing this package does not import Triton; the Triton modules (:mod:`kernels.gemm`,
+:mod:`kernels.conv`, :mod:`kernels.depthwise`, :mod:`kernels.elementwise`, :mod:`kernels.pool`)
+load on first use.
+"""
+
+from __future__ import annotations
+
+from . import reference
+from .ops import (
+    BACKENDS,
+    dequantize,
+    get_backend,
+    int8_add,
+    int8_avgpool,
+    int8_conv2d,
+    int8_depthwise_conv2d,
+    int8_gemm,
+    int8_maxpool2d,
+    quantize,
+    set_backend,
+    triton_available,
+    use_backend,
+)
+from .reference import (
+    add_multipliers,
+    conv_weight_to_nhwc,
+    depthwise_weight_to_hwc,
+    float32_reciprocal,
+    float32_value,
+    fold_bias,
+)
+
+__all__ = [
+    "reference",
+    "BACKENDS",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "triton_available",
+    "int8_gemm",
+    "int8_conv2d",
+    "int8_depthwise_conv2d",
+    "int8_add",
+    "int8_avgpool",
+    "int8_maxpool2d",
+    "quantize",
+    "dequantize",
+    "add_multipliers",
+    "fold_bias",
+    "float32_value",
+    "float32_reciprocal",
+    "conv_weight_to_nhwc",
+    "depthwise_weight_to_hwc",
+]

@@ -1,0 +1,171 @@
+"""Tile configurations and the interpreter switch shared by every kernel module.
+
+Two situations are told apart once, at import time:
+
+* ``INTERPRETED``: Triton's interpreter is active (``TRITON_INTERPRET=1`` was in the environment
+  when the ``@triton.jit`` decorators ran).  Kernels are then launched with one fixed, large tile
+  (the interpreter's cost grows with programs x loop steps, and it rejects ``triton.autotune``
+  with several configs) and round half to even with the float magic-number trick.
+* otherwise (a CUDA device): kernels go through a small ``triton.autotune`` list keyed on bucketed
+  problem sizes, and round with ``libdevice.rint``.
+
+The flag is read from the type of a probe ``@triton.jit`` function rather than from the
+environment, so it reflects how the kernels in this package were really decorated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Sequence
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _probe(x_ptr):  # pragma: no cover - never launched, only inspected
+    tl.store(x_ptr, 0)
+
+
+#: True when the kernels of this package run through Triton's interpreter.
+INTERPRETED: bool = type(_probe).__name__ == "InterpretedFunction"
+
+#: Round with ``libdevice.rint`` (GPU) rather than the float magic-number trick (interpreter).
+USE_RINT: bool = not INTERPRETED
+
+
+def next_pow2_bucket(n: int, cap: int = 1 << 20) -> int:
+    """Autotune bucket for a size: the next power of two, at most ``cap``."""
+    return min(triton.next_power_of_2(max(int(n), 1)), cap)
+
+
+def _cfg(num_warps: int, num_stages: int, **meta: int) -> triton.Config:
+    return triton.Config(dict(meta), num_warps=num_warps, num_stages=num_stages)
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM / implicit-GEMM convolution tiles.
+# On Hopper an int8 ``tl.dot`` maps to wgmma when BLOCK_M is a multiple of 64 (128 with 8 warps),
+# BLOCK_N >= 16 and BLOCK_K >= 32; both operands are K-contiguous. Every config compiles for sm_90
+# with wgmma and cp.async pipelining within the shared-memory limit; 128x256 tiles were left out
+# because their int32 accumulator plus the epilogue spills registers.
+# ---------------------------------------------------------------------------------------------
+GEMM_GPU_CONFIGS: List[triton.Config] = [
+    _cfg(8, 3, BLOCK_M=256, BLOCK_N=128, BLOCK_K=128, GROUP_M=8),
+    _cfg(8, 4, BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8),
+    _cfg(8, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8),
+    _cfg(8, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8),
+    _cfg(4, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8),
+    _cfg(4, 4, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8),
+    _cfg(4, 4, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8),
+    _cfg(8, 3, BLOCK_M=256, BLOCK_N=64, BLOCK_K=64, GROUP_M=8),
+    _cfg(4, 4, BLOCK_M=128, BLOCK_N=32, BLOCK_K=64, GROUP_M=8),
+    _cfg(8, 4, BLOCK_M=256, BLOCK_N=32, BLOCK_K=64, GROUP_M=8),
+    _cfg(8, 4, BLOCK_M=256, BLOCK_N=128, BLOCK_K=32, GROUP_M=8),
+    _cfg(4, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8),
+    _cfg(4, 4, BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, GROUP_M=8),
+]
+
+#: Interpreter tile for GEMM and convolution: large, so few programs and few K steps.
+GEMM_INTERPRET_META: Dict[str, Any] = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=4)
+
+# Depthwise convolution / pooling: (pixels x channels) tiles on CUDA cores, channels contiguous.
+DEPTHWISE_GPU_CONFIGS: List[triton.Config] = [
+    _cfg(4, 1, BLOCK_P=64, BLOCK_C=64),
+    _cfg(4, 1, BLOCK_P=128, BLOCK_C=32),
+    _cfg(4, 1, BLOCK_P=32, BLOCK_C=128),
+    _cfg(8, 1, BLOCK_P=128, BLOCK_C=64),
+    _cfg(8, 1, BLOCK_P=64, BLOCK_C=128),
+    _cfg(4, 1, BLOCK_P=128, BLOCK_C=16),
+    _cfg(8, 1, BLOCK_P=256, BLOCK_C=32),
+    _cfg(4, 1, BLOCK_P=64, BLOCK_C=32),
+]
+DEPTHWISE_INTERPRET_META: Dict[str, Any] = dict(BLOCK_P=64, BLOCK_C=64)
+
+#: Elementwise kernels (add, quantize, dequantize): one flat block per program.
+ELEMENTWISE_GPU_BLOCK: int = 2048
+ELEMENTWISE_GPU_WARPS: int = 8
+ELEMENTWISE_INTERPRET_BLOCK: int = 8192
+
+#: Global average pool: (pixels x channels) chunk summed per loop step.
+AVGPOOL_GPU_META: Dict[str, Any] = dict(BLOCK_HW=64, BLOCK_C=64)
+AVGPOOL_GPU_WARPS: int = 4
+AVGPOOL_INTERPRET_META: Dict[str, Any] = dict(BLOCK_HW=64, BLOCK_C=64)
+
+
+def prune_by_size(size_args: Dict[str, Sequence[str]]) -> Callable[..., List[triton.Config]]:
+    """Make an ``early_config_prune`` hook dropping tiles much larger than the problem.
+
+    ``size_args`` maps a meta-parameter (e.g. ``"BLOCK_N"``) to the kernel argument names whose
+    value bounds it (e.g. ``("N",)``).  A config survives when each such block is at most
+    ``max(32, next_pow2(size))``, so a 24-channel problem is not tuned over 256-wide tiles.  When
+    nothing survives, the config with the smallest tiles is kept so autotuning always has one.
+    """
+
+    def prune(configs: List[triton.Config], named_args: Dict[str, Any], **kwargs: Any) -> List[triton.Config]:
+        args = {**named_args, **kwargs}
+        kept = []
+        for cfg in configs:
+            ok = True
+            for block, names in size_args.items():
+                if block not in cfg.kwargs:
+                    continue
+                size = 1
+                for name in names:
+                    size *= int(args[name])
+                if cfg.kwargs[block] > max(32, triton.next_power_of_2(max(size, 1))):
+                    ok = False
+                    break
+            if ok:
+                kept.append(cfg)
+        if not kept:
+            kept = [min(configs, key=lambda c: sum(v for k, v in c.kwargs.items() if k.startswith("BLOCK")))]
+        return kept
+
+    return prune
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch-time cache of tensors derived from weights (folded biases, padding tables)
+# ---------------------------------------------------------------------------------------------
+class DerivedCache:
+    """Tensors computed from weight tensors, reused across calls while the sources are unchanged.
+
+    An entry is keyed on the identity of its source tensors plus hashable extras and is reused
+    only while every source is alive (weak references) and has the same version counter (an
+    in-place update invalidates it). Tensors without a version counter (created under
+    ``torch.inference_mode``) are never cached. This keeps per-call launch overhead (a handful of
+    tiny reductions) off the inference path without changing any result.
+    """
+
+    def __init__(self, max_entries: int = 1024):
+        self.max_entries = max_entries
+        self._entries: Dict[Any, Any] = {}
+
+    def get(self, tag: str, sources: Sequence[Any], extra: Any, compute: Callable[[], Any]) -> Any:
+        import weakref
+
+        try:
+            versions = tuple(None if t is None else t._version for t in sources)
+        except RuntimeError:  # inference tensors have no version counter
+            return compute()
+        key = (tag, tuple(id(t) for t in sources), extra)
+        hit = self._entries.get(key)
+        if hit is not None:
+            refs, vers, value = hit
+            alive = all((r is None) == (t is None) and (r is None or r() is t) for r, t in zip(refs, sources))
+            if alive and vers == versions:
+                return value
+        value = compute()
+        if len(self._entries) >= self.max_entries:
+            self._entries = {k: v for k, v in self._entries.items() if all(r is None or r() is not None for r in v[0])}
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+        self._entries[key] = (tuple(None if t is None else weakref.ref(t) for t in sources), versions, value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+#: The cache every launcher uses.
+DERIVED = DerivedCache()

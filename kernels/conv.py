@@ -1,0 +1,322 @@
+"""int8 implicit-GEMM 2-D convolution, NHWC, with the fused requantization epilogue (Triton).
+
+Layout follows Triton's matmul tutorial: tile configurations, the ``@triton.jit`` kernel, a thin
+launcher, and a reference check (``python -m kernels.conv``).
+
+The convolution is the GEMM ``[M = B*OH*OW, K = KH*KW*C] x [K, N]``: row ``m`` of the virtual
+im2col matrix is gathered on the fly from the NHWC input, the weight ``[N, KH, KW, C]`` is read
+as the K-contiguous ``[N, K]`` matrix.
+
+Padding is zero in the real domain, i.e. a padded tap "holds" ``z_x``. The loads zero-fill instead
+(a plain predicated copy, so the operand tiles go from global to shared memory to the tensor cores
+untouched), and the difference is added exactly, on the tensor cores too. With the folded bias
+``bias - z_x * sum_k w + K * z_x * z_w``, the missing contribution of the padded taps ``P(m)`` of
+output pixel ``m`` is ``corr[m, n] = sum_t P'[m, t] * S[t, n]`` with ``P'[m, t] = z_x`` if tap ``t``
+of pixel ``m`` is padding, else 0 (an int8 tile built from the pixel coordinates), and
+``S[t, n] = sum_c (w[n, t, c] - z_w[n])``. ``S`` does not fit int8, so it is stored as ``NDIG``
+signed base-256 digit planes ``S = sum_i 256^i D_i`` (int8, ``[NDIG, N, TP]``, taps padded to
+``TP >= 32``, built once per weight tensor), and the correction is ``NDIG`` small int8 dots in
+Horner form, ``acc = dot(P', D_i, 256 * acc)``, before the main loop starts accumulating into the
+same registers. All of it is exact modulo 2^32, like the int32 accumulator itself. ``PAD_CORR``
+(constexpr) switches it on when there is padding and ``z_x != 0``. The K loop runs in one of two
+orders (constexpr ``FLAT_K``):
+
+* tap-major (``FLAT_K=False``, channels >= 16): one loop over ``(tap, channel block)`` steps; each
+  step loads ``BLOCK_M`` rows of up to ``BLOCK_K`` contiguous channels of a single tap, so the
+  bounds test is per row and the channel loads vectorize;
+* flat (``FLAT_K=True``, few channels such as an RGB stem): ``k`` runs over ``KH*KW*C`` and each
+  ``k`` is split into ``(kh, kw, c)``, so a 3-channel 7x7 stem does not pad every tap to a
+  whole ``BLOCK_K``.
+
+A 1x1, stride-1, unpadded convolution is routed to :mod:`kernels.gemm`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import triton
+import triton.language as tl
+
+from . import reference as ref
+from ._config import (
+    DERIVED,
+    GEMM_GPU_CONFIGS,
+    GEMM_INTERPRET_META,
+    INTERPRETED,
+    USE_RINT,
+    next_pow2_bucket,
+    prune_by_size,
+)
+from .gemm import launch_gemm
+from .requant import requantize
+
+logger = logging.getLogger(__name__)
+
+Tensor = torch.Tensor
+
+#: Channel counts below this use the flat-K loop.
+FLAT_K_MAX_CHANNELS = 16
+
+
+# =============================================================================================
+# Kernel
+# =============================================================================================
+@triton.jit(do_not_specialize=["z_x", "z_y"])
+def _int8_conv2d_kernel(
+    # Pointers: input, weight, per-output-channel vectors, output
+    x_ptr, w_ptr,  # int8 NHWC [B, H, W, C], int8 [N, KH, KW, C]
+    bias_ptr, wzp_ptr,  # int32 [N] (folded bias), int32 [1|N] weight zero point
+    dig_ptr,  # int8 [NDIG, N, TP] base-256 digits of sum_c (w - z_w) per tap (PAD_CORR only)
+    mult_ptr, lo_ptr, hi_ptr,  # float32 [1|N] multiplier, int32 [1|N] bounds
+    y_ptr,  # int8 (or int32) NHWC [B, OH, OW, N]
+    # Geometry
+    B, H, W, C, OH, OW, N,
+    stride_h, stride_w, pad_top, pad_left,
+    # Per-channel strides: 0 for a per-tensor value, 1 for one value per output channel
+    stride_wzp, stride_mult, stride_lo, stride_hi,
+    # Zero points
+    z_x, z_y,
+    # Autotune bucket of M (not used in the body)
+    M_BUCKET,
+    # Meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr, FLAT_K: tl.constexpr,
+    PAD_CORR: tl.constexpr, NDIG: tl.constexpr, TP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, USE_RINT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    M = B * OH * OW
+    K = KH * KW * C
+
+    # -- grouped program order (as in the GEMM)
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    # -- output pixels of this tile (rows past M wrap around; only the store is masked)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    pix = offs_m % M
+    ow = pix % OW
+    oh = (pix // OW) % OH
+    img = pix // (OW * OH)
+    ih0 = oh * stride_h - pad_top
+    iw0 = ow * stride_w - pad_left
+    x_img = x_ptr + img.to(tl.int64) * (H * W * C)  # [BLOCK_M] int64 image base (batch may be large)
+    w_rows = w_ptr + (offs_n % N).to(tl.int64) * K  # [BLOCK_N] weight rows
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    row_sum = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    if PAD_CORR:
+        # -- padding correction first: acc = sum_t P'[m, t] S[t, n], Horner over the digit planes
+        offs_t = tl.arange(0, TP)
+        ih_t = ih0[:, None] + (offs_t // KW)[None, :]
+        iw_t = iw0[:, None] + (offs_t % KW)[None, :]
+        padded = (ih_t < 0) | (ih_t >= H) | (iw_t < 0) | (iw_t >= W)
+        p = tl.where(padded & (offs_t < KH * KW)[None, :], z_x, 0).to(tl.int8)  # [BLOCK_M, TP]
+        d_ptrs = dig_ptr + (offs_n % N)[None, :] * TP + offs_t[:, None]  # [TP, BLOCK_N], K-major
+        acc = tl.dot(p, tl.load(d_ptrs + (NDIG - 1) * N * TP), acc, out_dtype=tl.int32)
+        for i in tl.static_range(NDIG - 2, -1, -1):
+            acc = tl.dot(p, tl.load(d_ptrs + i * N * TP), acc * 256, out_dtype=tl.int32)
+    if FLAT_K:
+        # -- k = (kh * KW + kw) * C + c, split per element
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + offs_k
+            k_ok = k < K
+            tap = k // C
+            c = k - tap * C
+            kh = tap // KW
+            kw = tap - kh * KW
+            ih = ih0[:, None] + kh[None, :]
+            iw = iw0[:, None] + kw[None, :]
+            inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & k_ok[None, :]
+            a = tl.load(x_img[:, None] + (ih * W + iw) * C + c[None, :], mask=inside, other=0)
+            b = tl.load(w_rows[None, :] + k[:, None], mask=k_ok[:, None], other=0)
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+            if HAS_WZP:
+                row_sum += tl.sum(a.to(tl.int32), axis=1)
+    else:
+        # -- one step = one tap x one block of BLOCK_K channels
+        c_steps = tl.cdiv(C, BLOCK_K)
+        for step in range(0, KH * KW * c_steps):
+            tap = step // c_steps
+            c = (step - tap * c_steps) * BLOCK_K + offs_k
+            c_ok = c < C
+            kh = tap // KW
+            kw = tap - kh * KW
+            ih = ih0 + kh
+            iw = iw0 + kw
+            row_ok = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_ptrs = x_img[:, None] + ((ih * W + iw) * C)[:, None] + c[None, :]
+            a = tl.load(x_ptrs, mask=row_ok[:, None] & c_ok[None, :], other=0)
+            b = tl.load(w_rows[None, :] + (tap * C + c)[:, None], mask=c_ok[:, None], other=0)
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+            if HAS_WZP:
+                row_sum += tl.sum(a.to(tl.int32), axis=1)
+
+    # -- exact int32 corrections
+    mask_n = offs_n < N
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0)
+        acc += bias[None, :]
+    if HAS_WZP:
+        zw = tl.load(wzp_ptr + offs_n * stride_wzp, mask=mask_n, other=0)
+        acc -= row_sum[:, None] * zw[None, :]
+
+    # -- epilogue; the NHWC output is the [M, N] row-major matrix
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    mask = (offs_m < M)[:, None] & mask_n[None, :]
+    if OUT_INT32:
+        tl.store(y_ptrs, acc, mask=mask)
+    else:
+        mult = tl.load(mult_ptr + offs_n * stride_mult, mask=mask_n, other=0.0)
+        lo = tl.load(lo_ptr + offs_n * stride_lo, mask=mask_n, other=-128)
+        hi = tl.load(hi_ptr + offs_n * stride_hi, mask=mask_n, other=127)
+        out = requantize(acc, mult[None, :], z_y, lo[None, :], hi[None, :], USE_RINT)
+        tl.store(y_ptrs, out, mask=mask)
+
+
+def _prune_conv(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}
+    k_size = args["C"] * (args["KH"] * args["KW"] if args["FLAT_K"] else 1)
+    return prune_by_size({"BLOCK_N": ("N",), "BLOCK_K": ("K_SIZE",)})(configs, {**args, "K_SIZE": k_size})
+
+
+_int8_conv2d_kernel_tuned = triton.autotune(
+    configs=GEMM_GPU_CONFIGS,
+    key=["M_BUCKET", "N", "C", "H", "W", "KH", "KW", "stride_h", "stride_w", "HAS_WZP", "OUT_INT32"],
+    prune_configs_by={"early_config_prune": _prune_conv},
+)(_int8_conv2d_kernel)
+
+
+# =============================================================================================
+# Launcher
+# =============================================================================================
+def _channel_stride(t: Optional[Tensor]) -> int:
+    return 0 if t is None or t.numel() == 1 else 1
+
+
+def padding_digits(w: Tensor, w_zp: Optional[Tensor]) -> Tuple[Tensor, int, int]:
+    """Digit planes of the per-tap weight sums, for the padding correction.
+
+    ``S[t, n] = sum_c (w[n, t, c] - z_w[n])`` (int64) is written as ``sum_i 256^i D_i[n, t]`` with
+    signed digits ``D_i`` in [-128, 127], using the fewest planes ``NDIG`` (at most 4, which is
+    exact modulo 2^32 for any value). Returns ``(D int8 [NDIG, N, TP], NDIG, TP)`` with the taps
+    zero-padded to ``TP = max(32, next_pow2(KH * KW))`` (the K of an int8 tensor-core dot).
+    """
+    N, KH, KW, C = w.shape
+    taps = KH * KW
+    tp = max(32, triton.next_power_of_2(taps))
+    s = w.reshape(N, taps, C).sum(dim=2, dtype=torch.int64)
+    if w_zp is not None:
+        s = s - C * w_zp.to(torch.int64).reshape(-1, 1)
+    lo, hi = int(s.min().item()), int(s.max().item())
+    ndig = 1
+    while ndig < 4 and not (-128 * (256**ndig - 1) // 255 <= lo and hi <= 127 * (256**ndig - 1) // 255):
+        ndig += 1
+    digits = torch.zeros((ndig, N, tp), dtype=torch.int8, device=w.device)
+    for i in range(ndig):
+        d = torch.remainder(s + 128, 256) - 128
+        digits[i, :, :taps] = d.to(torch.int8)
+        s = torch.div(s - d, 256, rounding_mode="floor")
+    return digits, ndig, tp
+
+
+def int8_conv2d(
+    x: Tensor,
+    w: Tensor,
+    bias: Optional[Tensor] = None,
+    multiplier: ref.FloatOrTensor = 1.0,
+    z_x: int = 0,
+    w_zp: Optional[Tensor] = None,
+    z_y: int = 0,
+    lo: ref.IntOrTensor = ref.INT8_MIN,
+    hi: ref.IntOrTensor = ref.INT8_MAX,
+    stride: Union[int, Sequence[int]] = 1,
+    padding: ref.Padding = 0,
+    out_int32: bool = False,
+    bias_folded: bool = False,
+) -> Tensor:
+    """Triton implicit-GEMM convolution; same contract as :func:`kernels.reference.int8_conv2d`.
+
+    ``x`` int8 NHWC ``[B, H, W, C]``, ``w`` int8 ``[N, KH, KW, C]`` (both contiguous); ``padding``
+    ``(top, bottom, left, right)``; returns int8 NHWC ``[B, OH, OW, N]`` (int32 if ``out_int32``).
+    """
+    bias, w_zp, m, z_x, z_y, lo, hi, stride, pad = ref.check_conv_args(
+        x, w, bias, w_zp, multiplier, z_x, z_y, lo, hi, stride, padding
+    )
+    B, H, W, C = x.shape
+    N, KH, KW, _ = w.shape
+    if H * W * C >= 2**31:
+        raise ValueError(f"one image of {H}x{W}x{C} int8 values exceeds the kernel's 2^31 index range")
+    OH, OW = ref.conv_output_size(H, W, KH, KW, stride, pad)
+    if not bias_folded:
+        bias = DERIVED.get("fold_bias", (w, bias, w_zp), z_x, lambda: ref.fold_bias(w, bias, z_x, w_zp))
+    if KH == 1 and KW == 1 and stride == (1, 1) and pad == (0, 0, 0, 0):
+        y = launch_gemm(x.view(B * H * W, C), w.view(N, C), bias, w_zp, m, z_y, lo, hi, out_int32)
+        return y.view(B, H, W, N)
+
+    y = torch.empty((B, OH, OW, N), dtype=torch.int32 if out_int32 else torch.int8, device=x.device)
+    M = B * OH * OW
+    if M == 0 or N == 0:
+        return y
+    placeholder = m
+    pad_corr = z_x != 0 and any(pad)
+    digits, ndig, tp = (
+        DERIVED.get("pad_digits", (w, w_zp), None, lambda: padding_digits(w, w_zp)) if pad_corr else (None, 1, 32)
+    )
+    args = dict(
+        x_ptr=x, w_ptr=w,
+        bias_ptr=bias if bias is not None else placeholder,
+        wzp_ptr=w_zp if w_zp is not None else placeholder,
+        dig_ptr=digits if digits is not None else placeholder,
+        mult_ptr=m, lo_ptr=lo, hi_ptr=hi, y_ptr=y,
+        B=B, H=H, W=W, C=C, OH=OH, OW=OW, N=N,
+        stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2],
+        stride_wzp=_channel_stride(w_zp), stride_mult=_channel_stride(m),
+        stride_lo=_channel_stride(lo), stride_hi=_channel_stride(hi),
+        z_x=z_x, z_y=z_y, M_BUCKET=next_pow2_bucket(M),
+        KH=KH, KW=KW, FLAT_K=C < FLAT_K_MAX_CHANNELS, PAD_CORR=pad_corr, NDIG=ndig, TP=tp,
+        HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
+    )  # fmt: skip
+    if INTERPRETED:
+        meta = GEMM_INTERPRET_META
+        grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        _int8_conv2d_kernel[grid](**args, **meta)
+    else:
+        grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)  # noqa: E731
+        _int8_conv2d_kernel_tuned[grid](**args)
+    return y
+
+
+# =============================================================================================
+# Reference check
+# =============================================================================================
+def _self_check(device: str = "cuda" if torch.cuda.is_available() else "cpu") -> bool:
+    """Compare with the reference: a 3x3 tap-major case and a 3-channel flat-K stem."""
+    g = torch.Generator().manual_seed(0)
+    ok = True
+    for C, KH, stride, pad in ((40, 3, (1, 1), (1, 1, 1, 1)), (3, 5, (2, 2), (1, 2, 2, 1))):
+        x = torch.randint(-128, 128, (2, 11, 9, C), generator=g, dtype=torch.int8).to(device)
+        w = torch.randint(-128, 128, (24, KH, KH, C), generator=g, dtype=torch.int8).to(device)
+        bias = torch.randint(-5000, 5000, (24,), generator=g, dtype=torch.int32).to(device)
+        mult = (torch.rand(24, generator=g) * 1e-3).to(device)
+        kwargs = dict(z_x=-5, w_zp=torch.tensor([2], dtype=torch.int32, device=device), z_y=-1, stride=stride,
+                      padding=pad)  # fmt: skip
+        ok &= torch.equal(int8_conv2d(x, w, bias, mult, **kwargs), ref.int8_conv2d(x, w, bias, mult, **kwargs))
+    logger.info("int8_conv2d reference check on %s: %s", device, "bit-exact" if ok else "MISMATCH")
+    return bool(ok)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    raise SystemExit(0 if _self_check() else 1)

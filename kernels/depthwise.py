@@ -1,0 +1,214 @@
+"""int8 depthwise 2-D convolution, NHWC, with the fused requantization epilogue (Triton).
+
+Layout follows Triton's matmul tutorial: tile configurations, the ``@triton.jit`` kernel, a thin
+launcher, and a reference check (``python -m kernels.depthwise``).
+
+Each program owns a ``BLOCK_P`` output pixels x ``BLOCK_C`` channels tile; channels are the
+contiguous NHWC dimension, so every tap is one vectorized load per pixel row. The weight is
+``[KH, KW, C]`` (one contiguous channel vector per tap). There are no tensor cores here: the
+kernel is a memory-bound stencil on CUDA cores (``KH``/``KW`` constexpr; window columns unrolled).
+
+``acc[p, c] = sum_taps (x - z_x)(w - z_w[c]) + bias[c]`` is computed as
+``sum_taps x * w' + (bias - z_x * sum_taps w')`` with ``w' = w - z_w`` (the per-channel correction
+is built in the kernel from the same weight vectors). Padded taps load ``z_x``, so they add
+``z_x * w'`` to the first sum and cancel exactly against the correction.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence, Union
+
+import torch
+import triton
+import triton.language as tl
+
+from . import reference as ref
+from ._config import (
+    DEPTHWISE_GPU_CONFIGS,
+    DEPTHWISE_INTERPRET_META,
+    INTERPRETED,
+    USE_RINT,
+    next_pow2_bucket,
+    prune_by_size,
+)
+from .requant import requantize
+
+logger = logging.getLogger(__name__)
+
+Tensor = torch.Tensor
+
+
+# =============================================================================================
+# Kernel
+# =============================================================================================
+@triton.jit(do_not_specialize=["z_x", "z_y"])
+def _int8_depthwise_kernel(
+    # Pointers: input, weight, per-channel vectors, output
+    x_ptr, w_ptr,  # int8 NHWC [B, H, W, C], int8 [KH, KW, C]
+    bias_ptr, wzp_ptr,  # int32 [C], int32 [1|C] weight zero point
+    mult_ptr, lo_ptr, hi_ptr,  # float32 [1|C] multiplier, int32 [1|C] bounds
+    y_ptr,  # int8 (or int32) NHWC [B, OH, OW, C]
+    # Geometry
+    B, H, W, C, OH, OW,
+    stride_h, stride_w, pad_top, pad_left,
+    # Per-channel strides: 0 for a per-tensor value, 1 for one value per channel
+    stride_wzp, stride_mult, stride_lo, stride_hi,
+    # Zero points
+    z_x, z_y,
+    # Autotune bucket of the pixel count (not used in the body)
+    P_BUCKET,
+    # Meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, USE_RINT: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    P = B * OH * OW
+
+    # -- output pixels (flattened b, oh, ow) and channels of this tile
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_p = offs_p < P
+    mask_c = offs_c < C
+    ow = offs_p % OW
+    oh = (offs_p // OW) % OH
+    img = offs_p // (OW * OH)
+    ih0 = oh * stride_h - pad_top
+    iw0 = ow * stride_w - pad_left
+    x_img = x_ptr + img.to(tl.int64) * (H * W * C)  # [BLOCK_P] int64 image base
+    zx8 = z_x.to(tl.int8)
+    if HAS_WZP:
+        zw = tl.load(wzp_ptr + offs_c * stride_wzp, mask=mask_c, other=0)
+
+    # -- taps: acc += x * (w - z_w); w_sum collects sum_taps (w - z_w). Window rows are a loop and
+    #    columns are unrolled: unrolling both lets the compiler hoist every tap's loads and
+    #    spill registers (measured on sm_90), one row of taps at a time keeps ~110-140 registers.
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.int32)
+    w_sum = tl.zeros((BLOCK_C,), dtype=tl.int32)
+    for kh in range(KH):
+        ih = ih0 + kh
+        row_ok = mask_p & (ih >= 0) & (ih < H)
+        for kw in tl.static_range(KW):
+            iw = iw0 + kw
+            ok = row_ok & (iw >= 0) & (iw < W)
+            wv = tl.load(w_ptr + (kh * KW + kw) * C + offs_c, mask=mask_c, other=0).to(tl.int32)
+            if HAS_WZP:
+                wv = tl.where(mask_c, wv - zw, 0)
+            x_ptrs = x_img[:, None] + ((ih * W + iw) * C)[:, None] + offs_c[None, :]
+            xv = tl.load(x_ptrs, mask=ok[:, None] & mask_c[None, :], other=zx8)
+            acc += xv.to(tl.int32) * wv[None, :]
+            w_sum += wv
+
+    # -- per-channel correction: bias - z_x * sum_taps (w - z_w)
+    corr = -z_x * w_sum
+    if HAS_BIAS:
+        corr += tl.load(bias_ptr + offs_c, mask=mask_c, other=0)
+    acc += corr[None, :]
+
+    # -- epilogue and store
+    y_ptrs = y_ptr + offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
+    mask = mask_p[:, None] & mask_c[None, :]
+    if OUT_INT32:
+        tl.store(y_ptrs, acc, mask=mask)
+    else:
+        mult = tl.load(mult_ptr + offs_c * stride_mult, mask=mask_c, other=0.0)
+        lo = tl.load(lo_ptr + offs_c * stride_lo, mask=mask_c, other=-128)
+        hi = tl.load(hi_ptr + offs_c * stride_hi, mask=mask_c, other=127)
+        out = requantize(acc, mult[None, :], z_y, lo[None, :], hi[None, :], USE_RINT)
+        tl.store(y_ptrs, out, mask=mask)
+
+
+_int8_depthwise_kernel_tuned = triton.autotune(
+    configs=DEPTHWISE_GPU_CONFIGS,
+    key=["P_BUCKET", "C", "KH", "KW", "stride_h", "stride_w", "HAS_WZP", "OUT_INT32"],
+    prune_configs_by={"early_config_prune": prune_by_size({"BLOCK_C": ("C",)})},
+)(_int8_depthwise_kernel)
+
+
+# =============================================================================================
+# Launcher
+# =============================================================================================
+def _channel_stride(t: Optional[Tensor]) -> int:
+    return 0 if t is None or t.numel() == 1 else 1
+
+
+def int8_depthwise_conv2d(
+    x: Tensor,
+    w: Tensor,
+    bias: Optional[Tensor] = None,
+    multiplier: ref.FloatOrTensor = 1.0,
+    z_x: int = 0,
+    w_zp: Optional[Tensor] = None,
+    z_y: int = 0,
+    lo: ref.IntOrTensor = ref.INT8_MIN,
+    hi: ref.IntOrTensor = ref.INT8_MAX,
+    stride: Union[int, Sequence[int]] = 1,
+    padding: ref.Padding = 0,
+    out_int32: bool = False,
+) -> Tensor:
+    """Triton depthwise convolution; same contract as :func:`kernels.reference.int8_depthwise_conv2d`.
+
+    ``x`` int8 NHWC ``[B, H, W, C]``, ``w`` int8 ``[KH, KW, C]`` (both contiguous), any window size;
+    ``padding`` ``(top, bottom, left, right)``; returns int8 NHWC ``[B, OH, OW, C]``.
+    """
+    bias, w_zp, m, z_x, z_y, lo, hi, stride, pad = ref.check_depthwise_args(
+        x, w, bias, w_zp, multiplier, z_x, z_y, lo, hi, stride, padding
+    )
+    B, H, W, C = x.shape
+    KH, KW, _ = w.shape
+    if H * W * C >= 2**31:
+        raise ValueError(f"one image of {H}x{W}x{C} int8 values exceeds the kernel's 2^31 index range")
+    OH, OW = ref.conv_output_size(H, W, KH, KW, stride, pad)
+    y = torch.empty((B, OH, OW, C), dtype=torch.int32 if out_int32 else torch.int8, device=x.device)
+    P = B * OH * OW
+    if P == 0 or C == 0:
+        return y
+    placeholder = m
+    args = dict(
+        x_ptr=x, w_ptr=w,
+        bias_ptr=bias if bias is not None else placeholder,
+        wzp_ptr=w_zp if w_zp is not None else placeholder,
+        mult_ptr=m, lo_ptr=lo, hi_ptr=hi, y_ptr=y,
+        B=B, H=H, W=W, C=C, OH=OH, OW=OW,
+        stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2],
+        stride_wzp=_channel_stride(w_zp), stride_mult=_channel_stride(m),
+        stride_lo=_channel_stride(lo), stride_hi=_channel_stride(hi),
+        z_x=z_x, z_y=z_y, P_BUCKET=next_pow2_bucket(P),
+        KH=KH, KW=KW,
+        HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
+    )  # fmt: skip
+    if INTERPRETED:
+        meta = DEPTHWISE_INTERPRET_META
+        grid = (triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(C, meta["BLOCK_C"]))
+        _int8_depthwise_kernel[grid](**args, **meta)
+    else:
+        grid = lambda META: (triton.cdiv(P, META["BLOCK_P"]), triton.cdiv(C, META["BLOCK_C"]))  # noqa: E731
+        _int8_depthwise_kernel_tuned[grid](**args)
+    return y
+
+
+# =============================================================================================
+# Reference check
+# =============================================================================================
+def _self_check(device: str = "cuda" if torch.cuda.is_available() else "cpu") -> bool:
+    """Compare with the reference on a 5x5 stride-2 case with asymmetric padding."""
+    g = torch.Generator().manual_seed(0)
+    C = 70
+    x = torch.randint(-128, 128, (2, 13, 10, C), generator=g, dtype=torch.int8).to(device)
+    w = torch.randint(-128, 128, (5, 5, C), generator=g, dtype=torch.int8).to(device)
+    bias = torch.randint(-5000, 5000, (C,), generator=g, dtype=torch.int32).to(device)
+    mult = (torch.rand(C, generator=g) * 1e-2).to(device)
+    w_zp = torch.randint(-3, 4, (C,), generator=g, dtype=torch.int32).to(device)
+    kwargs = dict(z_x=9, w_zp=w_zp, z_y=-4, lo=-128, hi=100, stride=2, padding=(1, 2, 1, 2))
+    ok = torch.equal(
+        int8_depthwise_conv2d(x, w, bias, mult, **kwargs), ref.int8_depthwise_conv2d(x, w, bias, mult, **kwargs)
+    )
+    logger.info("int8_depthwise_conv2d reference check on %s: %s", device, "bit-exact" if ok else "MISMATCH")
+    return ok
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    raise SystemExit(0 if _self_check() else 1)

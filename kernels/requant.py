@@ -1,0 +1,53 @@
+"""The one requantization epilogue shared by every Triton kernel of the package.
+
+Contract (mirrored in :func:`kernels.reference.requantize`)::
+
+    y = clamp(rne(float32(acc) * m) + z_y, lo, hi)
+
+* ``acc``: int32 accumulator tile; ``m``: float32 multiplier (scalar or broadcastable per output
+  channel); ``z_y``: output zero point, added *after* rounding; ``lo``/``hi``: int32 bounds
+  (scalar or per channel) within [-128, 127]. ReLU / ReLU6 / per-channel clip bounds are fused
+  as these bounds.
+* ``float32(acc) * m`` is exactly one float32 multiply (bit-identical to PyTorch's
+  ``acc.float() * m``). The product is clamped to ``[lo - z_y - 1, hi - z_y + 1]`` *before*
+  rounding: every value beyond that interval rounds to something the final integer clamp maps to
+  the same bound, and the clamp keeps huge products (multipliers of 1e4, accumulators near
+  2^31) inside the range where the float -> int conversion is defined.
+* ``rne`` is round half to even (``torch.round``). On a GPU it is ``libdevice.rint``; under
+  Triton's interpreter (where libdevice is unavailable) it is ``(x + 1.5 * 2^23) - 1.5 * 2^23``,
+  exact for ``|x| < 2^22``, which the clamp guarantees. The trick is not used on a GPU because
+  an ``x * m + c`` chain there may be contracted into a fused multiply-add.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+
+@triton.jit
+def round_clamp(y, z_y, lo, hi, USE_RINT: tl.constexpr):
+    """``clamp(rne(y) + z_y, lo, hi)`` as int32 for a float32 tile ``y``.
+
+    ``lo``/``hi`` are int32 (scalars or tiles broadcastable against ``y``); ``z_y`` an int32
+    scalar. Infinite ``y`` saturate to the bounds; NaN is not supported.
+    """
+    lo_f = (lo - z_y - 1).to(tl.float32)
+    hi_f = (hi - z_y + 1).to(tl.float32)
+    y = tl.minimum(tl.maximum(y, lo_f), hi_f)
+    if USE_RINT:
+        r = libdevice.rint(y)
+    else:
+        r = (y + 12582912.0) - 12582912.0  # 1.5 * 2^23: float32 round half to even for |y| < 2^22
+    q = r.to(tl.int32) + z_y
+    q = tl.minimum(tl.maximum(q, lo), hi)
+    return q
+
+
+@triton.jit
+def requantize(acc, m, z_y, lo, hi, USE_RINT: tl.constexpr):
+    """int32 accumulator tile -> int8 tile: ``clamp(rne(float32(acc) * m) + z_y, lo, hi)``."""
+    y = acc.to(tl.float32) * m
+    q = round_clamp(y, z_y, lo, hi, USE_RINT)
+    return q.to(tl.int8)

@@ -1,0 +1,701 @@
+"""Tests of the int8 kernels package.
+
+* The reference (``kernels.reference``) is checked against independent computations (int64
+  loops over taps, numpy float32 epilogue) so that a wrong reference fails.
+* Every Triton kernel is checked bit for bit (``torch.equal``) against the reference; without a
+  GPU they run through Triton's interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET``).
+* The custom ops are traced with ``torch.compile`` and ``torch.export``; their fake
+  implementations are checked for shapes and dtypes; bad inputs raise ``ValueError``.
+* ``benchmarks/kernels.py --quick`` runs end to end and writes its JSON report, and
+  ``--compile-only`` compiles every kernel for cuda:90 (wgmma, no register spills) without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels import reference as ref
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# =============================================================================================
+# Helpers
+# =============================================================================================
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def rand_i8(shape, g, lo=-128, hi=128) -> torch.Tensor:
+    return torch.randint(lo, hi, shape, generator=g, dtype=torch.int8)
+
+
+def make_params(variant: str, n: int, k: int, g: torch.Generator) -> Dict:
+    """Quantization parameters for ``n`` output channels with reduction length ``k``.
+
+    variants: ``sym`` (zero points 0, per-tensor), ``asym`` (post-ReLU z_x=-128, per-tensor weight
+    zero point, bias, ReLU6-like bounds), ``perchannel`` (everything per channel), ``int32``
+    (accumulator output with per-channel weight zero point).
+    """
+    scale = 1.0 / (128.0 * 40.0 * math.sqrt(k))
+    if variant == "sym":
+        return dict(bias=None, multiplier=scale * 3, z_x=0, w_zp=None, z_y=0, lo=-128, hi=127)
+    if variant == "asym":
+        return dict(
+            bias=torch.randint(-30000, 30000, (n,), generator=g, dtype=torch.int32),
+            multiplier=scale * 7, z_x=-128, w_zp=torch.tensor([5], dtype=torch.int32),
+            z_y=-128, lo=-128, hi=-128 + 96,
+        )  # fmt: skip
+    if variant in ("perchannel", "int32"):
+        lo = torch.randint(-128, -20, (n,), generator=g, dtype=torch.int32)
+        return dict(
+            bias=torch.randint(-30000, 30000, (n,), generator=g, dtype=torch.int32),
+            multiplier=(torch.rand(n, generator=g) * 6 + 0.5) * scale,
+            z_x=17, w_zp=torch.randint(-4, 5, (n,), generator=g, dtype=torch.int32),
+            z_y=3, lo=lo, hi=lo + torch.randint(30, 140, (n,), generator=g, dtype=torch.int32).clamp(max=127 - lo),
+        )  # fmt: skip
+    raise AssertionError(variant)
+
+
+def to_dev(p: Dict, device: str = DEVICE) -> Dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in p.items()}
+
+
+def np_requant(acc: np.ndarray, m, z_y: int, lo, hi) -> np.ndarray:
+    """Independent epilogue: numpy float32 product, np.rint (half to even), float64 clip."""
+    prod = acc.astype(np.float32) * np.asarray(m, dtype=np.float32)
+    r = np.rint(prod).astype(np.float64) + z_y
+    return np.clip(r, np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)).astype(np.int8)
+
+
+def _np(v):
+    return v.cpu().numpy() if isinstance(v, torch.Tensor) else v
+
+
+def independent_gemm_acc(x, w, bias, z_x, w_zp) -> torch.Tensor:
+    """int64 broadcast-multiply-sum, wrapped to int32."""
+    zw = 0 if w_zp is None else w_zp.to(torch.int64).reshape(-1, 1)
+    xc = x.to(torch.int64) - z_x
+    wc = w.to(torch.int64) - zw
+    acc = (xc[:, None, :] * wc[None, :, :]).sum(-1)
+    if bias is not None:
+        acc = acc + bias.to(torch.int64)
+    return acc.to(torch.int32)
+
+
+def independent_conv_acc(x, w, bias, z_x, w_zp, stride, pad, depthwise=False) -> torch.Tensor:
+    """Loop over taps in int64 on an input explicitly padded with z_x (NHWC)."""
+    B, H, W, C = x.shape
+    KH, KW = (w.shape[0], w.shape[1]) if depthwise else (w.shape[1], w.shape[2])
+    sh, sw = stride
+    t, b, l, r = pad
+    xp = torch.full((B, H + t + b, W + l + r, C), z_x, dtype=torch.int64)
+    xp[:, t : t + H, l : l + W, :] = x.to(torch.int64)
+    OH = (H + t + b - KH) // sh + 1
+    OW = (W + l + r - KW) // sw + 1
+    wc = w.to(torch.int64)
+    if w_zp is not None:
+        wc = wc - (w_zp.to(torch.int64) if depthwise else w_zp.to(torch.int64).reshape(-1, 1, 1, 1))
+    n = C if depthwise else w.shape[0]
+    acc = torch.zeros((B, OH, OW, n), dtype=torch.int64)
+    for kh in range(KH):
+        for kw in range(KW):
+            patch = xp[:, kh : kh + sh * (OH - 1) + 1 : sh, kw : kw + sw * (OW - 1) + 1 : sw, :] - z_x
+            if depthwise:
+                acc += patch * wc[kh, kw]
+            else:
+                acc += (patch[..., None, :] * wc[:, kh, kw, :]).sum(-1)
+    if bias is not None:
+        acc += bias.to(torch.int64)
+    return acc.to(torch.int32)
+
+
+# =============================================================================================
+# The reference against independent computations
+# =============================================================================================
+@pytest.mark.parametrize("variant", ["sym", "asym", "perchannel"])
+def test_reference_gemm_matches_independent(variant):
+    g = _gen(1)
+    M, K, N = 23, 37, 19
+    x, w = rand_i8((M, K), g), rand_i8((N, K), g)
+    p = make_params(variant, N, K, g)
+    acc = ref.int8_gemm(x, w, out_int32=True, **p)
+    expect_acc = independent_gemm_acc(x, w, p["bias"], p["z_x"], p["w_zp"])
+    assert torch.equal(acc, expect_acc)
+    y = ref.int8_gemm(x, w, **p)
+    expect = np_requant(expect_acc.numpy(), _np(p["multiplier"]), p["z_y"], _np(p["lo"]), _np(p["hi"]))
+    assert np.array_equal(y.numpy(), expect)
+    assert len(torch.unique(y)) > 5, "test data saturates: the check would be weak"
+
+
+@pytest.mark.parametrize(
+    "C,KH,KW,stride,pad",
+    [(3, 3, 3, (2, 2), (0, 1, 0, 1)), (5, 5, 5, (1, 1), (2, 2, 2, 2)), (6, 1, 3, (2, 1), (0, 0, 1, 2))],
+)
+def test_reference_conv_matches_independent(C, KH, KW, stride, pad):
+    g = _gen(2)
+    x, w = rand_i8((2, 9, 8, C), g), rand_i8((7, KH, KW, C), g)
+    p = make_params("perchannel", 7, KH * KW * C, g)
+    acc = ref.int8_conv2d(x, w, stride=stride, padding=pad, out_int32=True, **p)
+    expect = independent_conv_acc(x, w, p["bias"], p["z_x"], p["w_zp"], stride, pad)
+    assert torch.equal(acc, expect)
+
+
+@pytest.mark.parametrize("K,stride,pad", [(3, (1, 1), (1, 1, 1, 1)), (5, (2, 2), (1, 2, 1, 2))])
+def test_reference_depthwise_matches_independent(K, stride, pad):
+    g = _gen(3)
+    C = 11
+    x, w = rand_i8((2, 10, 9, C), g), rand_i8((K, K, C), g)
+    p = make_params("perchannel", C, K * K, g)
+    acc = ref.int8_depthwise_conv2d(x, w, stride=stride, padding=pad, out_int32=True, **p)
+    expect = independent_conv_acc(x, w, p["bias"], p["z_x"], p["w_zp"], stride, pad, depthwise=True)
+    assert torch.equal(acc, expect)
+
+
+def test_reference_conv_padding_is_zero_in_real_domain():
+    """Float64 check on dequantized values: padded taps behave like real zeros."""
+    g = _gen(4)
+    s_x, s_w = 0.05, 0.01
+    x, w = rand_i8((1, 6, 7, 4), g), rand_i8((3, 3, 3, 4), g)
+    z_x = -20
+    acc = ref.int8_conv2d(x, w, None, 1.0, z_x=z_x, padding=(0, 1, 0, 1), stride=2, out_int32=True)
+    xr = ((x.double() - z_x) * s_x).permute(0, 3, 1, 2)
+    wr = (w.double() * s_w).permute(0, 3, 1, 2)
+    real = F.conv2d(F.pad(xr, (0, 1, 0, 1)), wr, stride=2).permute(0, 2, 3, 1)
+    assert torch.allclose(acc.double() * s_x * s_w, real, rtol=0, atol=1e-9)
+
+
+def test_reference_requantize_rounds_half_to_even_and_saturates():
+    acc = torch.tensor([-5, -3, -1, 1, 3, 5, 7, 10**6, -(10**6), 2**31 - 1, -(2**31)], dtype=torch.int32)
+    m = torch.tensor([0.5], dtype=torch.float32)
+    y = ref.requantize(acc, m, 0, torch.tensor([-128], dtype=torch.int32), torch.tensor([127], dtype=torch.int32))
+    assert y.tolist() == [-2, -2, 0, 0, 2, 2, 4, 127, -128, 127, -128]
+    assert np.array_equal(y.numpy(), np_requant(acc.numpy(), 0.5, 0, -128, 127))
+
+
+def test_reference_add_close_to_real_valued_add():
+    g = _gen(5)
+    a, b = rand_i8((4000,), g), rand_i8((4000,), g)
+    s_a, s_b, s_y = 0.031, 0.0117, 0.04
+    z_a, z_b, z_y = 3, -9, 1
+    ia, ib, m = ref.add_multipliers(s_a, s_b, s_y)
+    y = ref.int8_add(a, b, z_a, z_b, ia, ib, m, z_y)
+    exact_acc = (a.to(torch.int64) - z_a) * ia + (b.to(torch.int64) - z_b) * ib
+    assert np.array_equal(y.numpy(), np_requant(exact_acc.numpy(), m, z_y, -128, 127))
+    real = ((a.double() - z_a) * s_a + (b.double() - z_b) * s_b) / s_y + z_y
+    # the integer multipliers deviate by < 0.01 output steps: only near-ties may round differently
+    assert (y.double() - real.round().clamp(-128, 127)).abs().max() <= 1
+    unsaturated = (real > -127) & (real < 126)
+    assert ((y.double() - real)[unsaturated].abs() <= 0.51).all()
+    assert (y.double() != real.round().clamp(-128, 127)).float().mean() < 0.01
+
+
+def test_reference_pools_and_quantize_match_independent():
+    g = _gen(6)
+    x = rand_i8((2, 7, 5, 6), g)
+    # max pool against float max_pool2d with -inf padding
+    y = ref.int8_maxpool2d(x, 3, 2, 1)
+    expect = F.max_pool2d(x.permute(0, 3, 1, 2).double(), 3, 2, 1).permute(0, 2, 3, 1)
+    assert torch.equal(y.double(), expect)
+    # average pool: int64 sum then the numpy epilogue
+    m = ref.float32_value(0.8 / 35)
+    y = ref.int8_avgpool(x, -5, m, 4)
+    acc = (x.to(torch.int64) + 5).sum((1, 2))
+    assert np.array_equal(y.numpy(), np_requant(acc.numpy(), m, 4, -128, 127))
+    # quantize: numpy float32 multiply by the float32 reciprocal, and PyTorch's own fake-quantize
+    xf = torch.randn(2, 3, 4, 5, generator=g) * 3
+    q = ref.quantize(xf, 0.02, -7)
+    inv = np.float32(1.0) / np.float32(0.02)
+    fq = torch.fake_quantize_per_tensor_affine(xf, 0.02, -7 + 128, 0, 255)  # uint8 domain = int8 + 128
+    assert torch.equal(((q.float() + 7) * np.float32(0.02)), fq.permute(0, 2, 3, 1))
+    expect = np.clip(np.rint(xf.permute(0, 2, 3, 1).numpy() * inv).astype(np.float64) - 7, -128, 127)
+    assert np.array_equal(q.numpy(), expect.astype(np.int8))
+    back = ref.dequantize(q, 0.02, -7)
+    assert torch.equal(back, (q.float() + 7) * np.float32(0.02))
+
+
+def test_fold_bias_roundtrip():
+    g = _gen(7)
+    w = rand_i8((9, 3, 3, 5), g)
+    bias = torch.randint(-1000, 1000, (9,), generator=g, dtype=torch.int32)
+    w_zp = torch.randint(-3, 4, (9,), generator=g, dtype=torch.int32)
+    folded = ref.fold_bias(w, bias, -128, w_zp)
+    expected = bias.long() + 128 * w.reshape(9, -1).long().sum(1) - 45 * 128 * w_zp.long()
+    assert torch.equal(folded.long(), expected)
+    assert torch.equal(ref.unfold_bias(w, folded, -128, w_zp), bias.long())
+    assert ref.fold_bias(w, None, 0, w_zp) is None
+
+
+# =============================================================================================
+# Triton kernels against the reference (bit-exact)
+# =============================================================================================
+GEMM_SHAPES = [(1, 40, 24), (37, 70, 45), (130, 150, 66), (64, 64, 64), (3, 24, 144)]
+
+
+@pytest.mark.parametrize("variant", ["sym", "asym", "perchannel", "int32"])
+@pytest.mark.parametrize("M,K,N", GEMM_SHAPES)
+def test_gemm_kernel_bit_exact(M, K, N, variant):
+    g = _gen(M * 1000 + K + N)
+    x, w = rand_i8((M, K), g).to(DEVICE), rand_i8((N, K), g).to(DEVICE)
+    p = to_dev(make_params(variant, N, K, g))
+    out_int32 = variant == "int32"
+    y = kernels.int8_gemm(x, w, out_int32=out_int32, backend="triton", **p)
+    expect = ref.int8_gemm(x, w, out_int32=out_int32, **p)
+    assert y.dtype == (torch.int32 if out_int32 else torch.int8) and y.shape == (M, N)
+    assert torch.equal(y, expect)
+
+
+def test_gemm_kernel_bias_folded_matches_unfolded():
+    g = _gen(11)
+    x, w = rand_i8((33, 50), g).to(DEVICE), rand_i8((20, 50), g).to(DEVICE)
+    p = to_dev(make_params("perchannel", 20, 50, g))
+    folded = ref.fold_bias(w, p["bias"], p["z_x"], p["w_zp"])
+    expect = ref.int8_gemm(x, w, **p)
+    q = dict(p, bias=folded)
+    assert torch.equal(kernels.int8_gemm(x, w, bias_folded=True, backend="triton", **q), expect)
+    assert torch.equal(ref.int8_gemm(x, w, bias_folded=True, **q), expect)
+
+
+@pytest.mark.parametrize("m", [1e-9, 1e-4, 0.5, 1.5, 1e4])
+def test_gemm_kernel_extreme_multipliers_and_ties(m):
+    """K=1 GEMM: acc = x - z_x spans [-255, 255]; m=0.5/1.5 give exact ties, 1e4 saturates."""
+    x = torch.arange(-128, 128, dtype=torch.int8).reshape(-1, 1).to(DEVICE)
+    w = torch.tensor([[1], [-1], [3]], dtype=torch.int8).to(DEVICE)
+    bias = torch.tensor([0, 2**30 + 1, -3], dtype=torch.int32).to(DEVICE)
+    kw = dict(bias=bias, multiplier=m, z_x=127, z_y=-1)
+    y = kernels.int8_gemm(x, w, backend="triton", **kw)
+    assert torch.equal(y, ref.int8_gemm(x, w, **kw))
+    acc = independent_gemm_acc(x.cpu(), w.cpu(), bias.cpu(), 127, None)
+    assert np.array_equal(y.cpu().numpy(), np_requant(acc.numpy(), m, -1, -128, 127))
+
+
+def test_gemm_kernel_per_channel_mixed_extremes():
+    g = _gen(12)
+    x, w = rand_i8((40, 30), g).to(DEVICE), rand_i8((6, 30), g).to(DEVICE)
+    mult = torch.tensor([1e-9, 1e4, 0.5, 3e-5, 1.0, 7e-3], dtype=torch.float32).to(DEVICE)
+    lo = torch.tensor([-128, -128, 0, -10, -128, 5], dtype=torch.int32).to(DEVICE)
+    hi = torch.tensor([127, 6, 127, 10, -100, 5], dtype=torch.int32).to(DEVICE)
+    kw = dict(multiplier=mult, z_x=-3, z_y=-2, lo=lo, hi=hi)
+    y = kernels.int8_gemm(x, w, backend="triton", **kw)
+    assert torch.equal(y, ref.int8_gemm(x, w, **kw))
+    assert torch.equal(y[:, 5], torch.full_like(y[:, 5], 5))
+
+
+CONV_CASES = [
+    # B, H, W, C, N, KH, KW, stride, padding
+    (1, 9, 9, 3, 16, 3, 3, (2, 2), (0, 1, 0, 1)),  # EfficientNet stem, TF "same" padding
+    (2, 11, 10, 3, 8, 7, 7, (2, 2), (3, 3, 3, 3)),  # ResNet stem
+    (2, 9, 7, 40, 24, 3, 3, (1, 1), (1, 1, 1, 1)),
+    (1, 10, 9, 40, 20, 5, 5, (2, 2), (1, 2, 1, 2)),
+    (2, 6, 5, 33, 70, 1, 1, (1, 1), (0, 0, 0, 0)),  # routed to the GEMM
+    (2, 8, 7, 20, 12, 1, 1, (2, 2), (0, 0, 0, 0)),  # ResNet downsample
+    (1, 6, 8, 64, 18, 3, 3, (1, 1), (0, 1, 0, 1)),
+    (1, 5, 7, 17, 9, 1, 3, (1, 2), (0, 0, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("variant", ["sym", "perchannel", "int32"])
+@pytest.mark.parametrize("B,H,W,C,N,KH,KW,stride,pad", CONV_CASES)
+def test_conv_kernel_bit_exact(B, H, W, C, N, KH, KW, stride, pad, variant):
+    g = _gen(H * 100 + C + KH)
+    x, w = rand_i8((B, H, W, C), g).to(DEVICE), rand_i8((N, KH, KW, C), g).to(DEVICE)
+    p = to_dev(make_params(variant, N, KH * KW * C, g))
+    out_int32 = variant == "int32"
+    y = kernels.int8_conv2d(x, w, stride=stride, padding=pad, out_int32=out_int32, backend="triton", **p)
+    expect = ref.int8_conv2d(x, w, stride=stride, padding=pad, out_int32=out_int32, **p)
+    assert torch.equal(y, expect)
+
+
+def test_conv_kernel_asym_params():
+    g = _gen(13)
+    x, w = rand_i8((1, 7, 6, 24), g).to(DEVICE), rand_i8((10, 3, 3, 24), g).to(DEVICE)
+    p = to_dev(make_params("asym", 10, 9 * 24, g))
+    kw = dict(stride=2, padding=(1, 0, 0, 1), **p)
+    assert torch.equal(kernels.int8_conv2d(x, w, backend="triton", **kw), ref.int8_conv2d(x, w, **kw))
+
+
+@pytest.mark.parametrize("case,ndig", [("small", 1), ("large", 3), ("huge_zp", 4)])
+def test_conv_kernel_padding_correction_digit_planes(case, ndig):
+    """Padded taps are corrected with int8 digit planes of the per-tap weight sums (1 to 4 planes)."""
+    from kernels.conv import padding_digits
+
+    g = _gen(25)
+    w_zp = None
+    if case == "small":  # |sum| <= 127: one plane
+        C, w = 3, rand_i8((6, 3, 3, 3), g, -4, 5)
+    elif case == "large":  # 300 channels of 127: sums of 38100 need three planes
+        C, w = 300, torch.full((5, 3, 3, 300), 127, dtype=torch.int8)
+    else:  # a weight zero point of 2^24: sums near -2^28, accumulators wrap modulo 2^32
+        C, w = 20, rand_i8((5, 3, 3, 20), g)
+        w_zp = torch.tensor([2**24], dtype=torch.int32)
+    digits, n, tp = padding_digits(w, w_zp)
+    assert n == ndig and tp == 32 and digits.dtype == torch.int8 and digits.shape == (ndig, w.shape[0], tp)
+    sums = w.reshape(w.shape[0], 9, C).sum(2, dtype=torch.int64) - (0 if w_zp is None else C * int(w_zp))
+    rebuilt = sum((256**i) * digits[i, :, :9].to(torch.int64) for i in range(ndig))
+    assert torch.equal((rebuilt - sums) % 2**32, torch.zeros_like(sums))
+    x = rand_i8((1, 5, 6, C), g).to(DEVICE)
+    w = w.to(DEVICE)
+    w_zp = None if w_zp is None else w_zp.to(DEVICE)
+    kw = dict(z_x=-128, w_zp=w_zp, stride=1, padding=(1, 2, 2, 1), out_int32=True)
+    assert torch.equal(kernels.int8_conv2d(x, w, backend="triton", **kw), ref.int8_conv2d(x, w, **kw))
+
+
+def test_derived_tensors_are_cached_and_invalidated():
+    """Folded biases and padding digits are computed once per weight tensor and redone after an update."""
+    from kernels._config import DERIVED
+
+    g = _gen(26)
+    x, w = rand_i8((1, 6, 6, 20), g).to(DEVICE), rand_i8((8, 3, 3, 20), g).to(DEVICE)
+    kw = dict(z_x=-100, padding=1)
+    DERIVED.clear()
+    y1 = kernels.int8_conv2d(x, w, None, 1e-3, backend="triton", **kw)
+    assert len(DERIVED._entries) == 2  # fold_bias and the padding digits
+    assert torch.equal(kernels.int8_conv2d(x, w, None, 1e-3, backend="triton", **kw), y1)
+    assert len(DERIVED._entries) == 2
+    w.mul_(-1).sub_(1)  # in-place update: the cached entries must not be reused
+    y2 = kernels.int8_conv2d(x, w, None, 1e-3, backend="triton", **kw)
+    assert torch.equal(y2, ref.int8_conv2d(x, w, None, 1e-3, **kw))
+    assert not torch.equal(y1, y2)
+
+
+DW_CASES = [
+    # B, H, W, C, K, stride, padding
+    (2, 9, 8, 20, 3, 1, (1, 1, 1, 1)),
+    (1, 10, 11, 70, 3, 2, (0, 1, 0, 1)),
+    (1, 8, 9, 72, 5, 1, (2, 2, 2, 2)),
+    (2, 9, 9, 33, 5, 2, (2, 1, 0, 3)),
+    (1, 7, 6, 8, 3, (2, 1), (1, 0, 0, 1)),
+]
+
+
+@pytest.mark.parametrize("variant", ["sym", "perchannel", "int32"])
+@pytest.mark.parametrize("B,H,W,C,K,stride,pad", DW_CASES)
+def test_depthwise_kernel_bit_exact(B, H, W, C, K, stride, pad, variant):
+    g = _gen(H * 100 + C + K)
+    x, w = rand_i8((B, H, W, C), g).to(DEVICE), rand_i8((K, K, C), g).to(DEVICE)
+    p = to_dev(make_params(variant, C, K * K, g))
+    out_int32 = variant == "int32"
+    kw = dict(stride=stride, padding=pad, out_int32=out_int32, **p)
+    y = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw)
+    assert torch.equal(y, ref.int8_depthwise_conv2d(x, w, **kw))
+
+
+@pytest.mark.parametrize(
+    "shape,scales",
+    [((2, 5, 7, 24), (0.031, 0.0117, 0.04)), ((3, 1000), (0.5, 0.5, 0.25)), ((9,), (1e-3, 2.0, 0.1))],
+)
+def test_add_kernel_bit_exact(shape, scales):
+    g = _gen(14)
+    a, b = rand_i8(shape, g).to(DEVICE), rand_i8(shape, g).to(DEVICE)
+    ia, ib, m = ref.add_multipliers(*scales)
+    for lo, hi, z_y in ((-128, 127, 0), (-128, -128 + 60, -128)):
+        args = (a, b, 3, -9, ia, ib, m, z_y, lo, hi)
+        assert torch.equal(kernels.int8_add(*args, backend="triton"), ref.int8_add(*args))
+
+
+@pytest.mark.parametrize("shape,per_channel", [((2, 7, 7, 70), False), ((3, 4, 5, 33), True), ((1, 1, 1, 5), False)])
+def test_avgpool_kernel_bit_exact(shape, per_channel):
+    g = _gen(15)
+    x = rand_i8(shape, g).to(DEVICE)
+    C = shape[3]
+    hw = shape[1] * shape[2]
+    m = (torch.rand(C, generator=g) / hw).to(DEVICE) if per_channel else ref.float32_value(0.7 / hw)
+    for z_x, z_y, lo, hi in ((-128, -128, -128, 127), (3, 5, -20, 100)):
+        kw = dict(z_x=z_x, multiplier=m, z_y=z_y, lo=lo, hi=hi)
+        assert torch.equal(kernels.int8_avgpool(x, backend="triton", **kw), ref.int8_avgpool(x, **kw))
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 2, 1), (2, 2, 0), (3, 1, (0, 1, 1, 2))])
+def test_maxpool_kernel_bit_exact(k, s, p):
+    x = rand_i8((2, 9, 8, 70), _gen(16)).to(DEVICE)
+    assert torch.equal(kernels.int8_maxpool2d(x, k, s, p, backend="triton"), ref.int8_maxpool2d(x, k, s, p))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nchw_channels_last", "nhwc", "flat"])
+def test_quantize_dequantize_kernels_bit_exact(layout):
+    g = _gen(17)
+    x = torch.randn(2, 5, 6, 7, generator=g) * 4
+    x[0, 0, 0, :4] = torch.tensor([1e30, -1e30, float("inf"), -float("inf")])
+    x[1, 1, 1, :4] = torch.tensor([0.05, 0.15, -0.25, 2.5]) * 0.1  # ties of x / 0.1 in float32
+    if layout == "nchw_channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    mode = {"nchw_channels_last": "nchw"}.get(layout, layout)
+    x = x.to(DEVICE)
+    for scale, z, lo, hi in ((0.1, 0, -128, 127), (0.0371, -7, -100, 90)):
+        q = kernels.quantize(x, scale, z, lo, hi, layout=mode, backend="triton")
+        assert torch.equal(q, ref.quantize(x, scale, z, lo, hi, layout=mode))
+        assert q.dtype == torch.int8 and q.is_contiguous()
+        if mode == "nchw":
+            assert q.shape == (2, 6, 7, 5)
+        d = kernels.dequantize(q, scale, z, backend="triton")
+        assert torch.equal(d, ref.dequantize(q, scale, z))
+
+
+def test_kernel_modules_direct_and_empty_batch():
+    """The Triton launchers are usable directly, and empty inputs give empty outputs."""
+    from kernels import conv, gemm
+
+    g = _gen(18)
+    x, w = rand_i8((0, 16), g).to(DEVICE), rand_i8((8, 16), g).to(DEVICE)
+    assert gemm.int8_gemm(x, w, None, 0.1).shape == (0, 8)
+    x4 = rand_i8((0, 5, 5, 4), g).to(DEVICE)
+    assert conv.int8_conv2d(x4, rand_i8((3, 3, 3, 4), g).to(DEVICE), None, 0.1, padding=1).shape == (0, 5, 5, 3)
+
+
+# =============================================================================================
+# Dispatch, validation, custom ops
+# =============================================================================================
+def test_backend_dispatch_and_context():
+    g = _gen(19)
+    x, w = rand_i8((5, 33), g).to(DEVICE), rand_i8((7, 33), g).to(DEVICE)
+    assert kernels.get_backend() == "auto"
+    with kernels.use_backend("reference"):
+        assert kernels.get_backend() == "reference"
+        y_ref = kernels.int8_gemm(x, w, None, 0.01, z_x=3)
+    assert kernels.get_backend() == "auto"
+    assert torch.equal(kernels.int8_gemm(x, w, None, 0.01, z_x=3, backend="triton"), y_ref)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.int8_gemm(x, w, None, 0.01, backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.set_backend("fast")
+
+
+def test_triton_backend_on_cpu_without_interpreter_is_an_error(monkeypatch):
+    from kernels import ops
+
+    monkeypatch.setattr(ops, "_interpreted", lambda: False)
+    x = torch.zeros((2, 16), dtype=torch.int8)
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        kernels.int8_gemm(x, x, None, 0.1, backend="triton")
+    # "auto" falls back to the reference for CPU tensors
+    assert kernels.int8_gemm(x, x, None, 0.1, backend="auto").shape == (2, 2)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_validation_errors(backend):
+    g = _gen(20)
+
+    def rand_i8(shape, g):  # on the device the backend runs on
+        return torch.randint(-128, 128, shape, generator=g, dtype=torch.int8).to(DEVICE)
+
+    x, w = rand_i8((4, 16), g), rand_i8((3, 16), g)
+    call = lambda *a, **k: kernels.int8_gemm(*a, backend=backend, **k)  # noqa: E731
+    with pytest.raises(ValueError, match="dtype"):
+        call(x.to(torch.int32), w, None, 0.1)
+    with pytest.raises(ValueError, match="K differs"):
+        call(x, rand_i8((3, 15), g), None, 0.1)
+    with pytest.raises(ValueError, match="contiguous"):
+        call(rand_i8((16, 4), g).t(), w, None, 0.1)
+    with pytest.raises(ValueError, match="multiplier"):
+        call(x, w, None, torch.ones(2, device=DEVICE))
+    with pytest.raises(ValueError, match="multiplier"):
+        call(x, w, None, torch.ones(3, dtype=torch.float64, device=DEVICE))
+    with pytest.raises(ValueError, match="z_x"):
+        call(x, w, None, 0.1, z_x=200)
+    with pytest.raises(ValueError, match="bias"):
+        call(x, w, torch.zeros(4, dtype=torch.int32, device=DEVICE), 0.1)
+    with pytest.raises(ValueError, match="lo"):
+        call(x, w, None, 0.1, lo=10, hi=5)
+    with pytest.raises(ValueError, match="lo and hi"):
+        # bound tensors are read back (validated) only on the CPU
+        kernels.int8_gemm(x.cpu(), w.cpu(), None, 0.1, lo=torch.tensor([-200], dtype=torch.int32), backend="reference")
+    x4 = rand_i8((1, 5, 5, 4), g)
+    with pytest.raises(ValueError, match="NHWC"):
+        kernels.int8_conv2d(x4.permute(0, 3, 1, 2), rand_i8((2, 3, 3, 4), g), None, 0.1, backend=backend)
+    with pytest.raises(ValueError, match="channels"):
+        kernels.int8_conv2d(x4, rand_i8((2, 3, 3, 5), g), None, 0.1, backend=backend)
+    with pytest.raises(ValueError, match="padding"):
+        kernels.int8_conv2d(x4, rand_i8((2, 3, 3, 4), g), None, 0.1, padding=(1, 1, 1), backend=backend)
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.int8_conv2d(x4, rand_i8((2, 7, 7, 4), g), None, 0.1, backend=backend)
+    with pytest.raises(ValueError, match="KH, KW, C"):
+        kernels.int8_depthwise_conv2d(x4, rand_i8((4, 3, 3), g), None, 0.1, backend=backend)
+    with pytest.raises(ValueError, match="same shape"):
+        kernels.int8_add(x, x[:2], 0, 0, 1, 1, 1.0, 0, backend=backend)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.quantize(torch.zeros(2, 3, 4, 4, dtype=torch.float64, device=DEVICE), 0.1, 0, backend=backend)
+    with pytest.raises(ValueError, match="4-D"):
+        kernels.quantize(torch.zeros(3, 4, device=DEVICE), 0.1, 0, backend=backend)
+    with pytest.raises(ValueError, match="window"):
+        kernels.int8_maxpool2d(x4, 3, 2, 3, backend=backend)
+
+
+def test_add_multipliers_validation_and_bounds():
+    ia, ib, m = ref.add_multipliers(0.02, 0.05, 0.03)
+    assert ib == 1 << ref.ADD_SHIFT and 0 < ia < ib
+    assert m == ref.float32_value(0.05 / (2**ref.ADD_SHIFT * 0.03))
+    with pytest.raises(ValueError, match="s_b"):
+        ref.add_multipliers(0.02, -1.0, 0.03)
+    with pytest.raises(ValueError, match="ia"):
+        ref.int8_add(torch.zeros(3, dtype=torch.int8), torch.zeros(3, dtype=torch.int8), 0, 0, 2**20, 1, 1.0, 0)
+
+
+def test_weight_layout_helpers():
+    w = torch.arange(2 * 3 * 4 * 5, dtype=torch.int8).reshape(2, 3, 4, 5)  # [N, C, KH, KW]
+    w_nhwc = kernels.conv_weight_to_nhwc(w)
+    assert w_nhwc.shape == (2, 4, 5, 3) and w_nhwc[1, 2, 3, 0] == w[1, 0, 2, 3]
+    dw = torch.arange(6 * 9, dtype=torch.int8).reshape(6, 1, 3, 3)
+    dw_hwc = kernels.depthwise_weight_to_hwc(dw)
+    assert dw_hwc.shape == (3, 3, 6) and dw_hwc[1, 2, 4] == dw[4, 0, 1, 2]
+
+
+class TinyInt8Net(torch.nn.Module):
+    """quantize -> stem conv -> depthwise -> 1x1 conv -> residual add -> max pool -> avg pool -> fc."""
+
+    def __init__(self, backend: Optional[str]):
+        super().__init__()
+        g = _gen(21)
+        self.backend = backend
+        self.w1 = rand_i8((8, 3, 3, 3), g).to(DEVICE)
+        self.b1 = torch.randint(-500, 500, (8,), generator=g, dtype=torch.int32).to(DEVICE)
+        self.m1 = (torch.rand(8, generator=g) * 3e-3).to(DEVICE)
+        self.wd = rand_i8((3, 3, 8), g).to(DEVICE)
+        self.w2 = rand_i8((8, 1, 1, 8), g).to(DEVICE)
+        self.wfc = rand_i8((5, 8), g).to(DEVICE)
+        self.ia, self.ib, self.madd = ref.add_multipliers(0.05, 0.03, 0.06)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        be = self.backend
+        q = kernels.quantize(img, 0.02, -3, backend=be)
+        h = kernels.int8_conv2d(q, self.w1, self.b1, self.m1, z_x=-3, z_y=-128, stride=2, padding=(0, 1, 0, 1),
+                                lo=-128, hi=-128 + 120, backend=be)  # fmt: skip
+        d = kernels.int8_depthwise_conv2d(h, self.wd, None, 4e-3, z_x=-128, w_zp=1, z_y=-128, padding=1, backend=be)
+        e = kernels.int8_conv2d(d, self.w2, None, 2e-3, z_x=-128, z_y=0, backend=be)
+        r = kernels.int8_add(h, e, -128, 0, self.ia, self.ib, self.madd, -10, backend=be)
+        p = kernels.int8_maxpool2d(r, 3, 2, 1, backend=be)
+        a = kernels.int8_avgpool(p, -10, 0.9 / 9, -10, backend=be)
+        logits = kernels.int8_gemm(a, self.wfc, None, 0.01, z_x=-10, z_y=0, backend=be)
+        return kernels.dequantize(logits, 0.1, 0, backend=be)
+
+
+def _tiny_input() -> torch.Tensor:
+    return torch.randn(2, 3, 11, 12, generator=_gen(22)).to(DEVICE)
+
+
+def test_custom_ops_torch_compile_matches_eager():
+    net_ref, net_tri = TinyInt8Net("reference"), TinyInt8Net("triton")
+    img = _tiny_input()
+    eager = net_ref(img)
+    assert torch.equal(net_tri(img), eager)
+    assert eager.abs().sum() > 0 and eager.shape == (2, 5)
+    torch._dynamo.reset()
+    compiled = torch.compile(net_tri, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(img), eager)
+
+
+def test_custom_ops_torch_export_and_fake_shapes():
+    net = TinyInt8Net("reference")
+    img = _tiny_input()
+    ep = torch.export.export(net, (img,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    for op in ("quantize", "conv2d", "depthwise_conv2d", "add", "maxpool2d", "avgpool", "gemm", "dequantize"):
+        assert f"dfq_int8.{op}.default" in targets, targets
+    out_meta = [n for n in ep.graph.nodes if n.op == "output"][0].args[0][0].meta["val"]
+    assert tuple(out_meta.shape) == (2, 5) and out_meta.dtype == torch.float32
+    assert torch.equal(ep.module()(img), net(img))
+
+
+def test_fake_impls_agree_with_real_outputs():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    g = _gen(23)
+    x4, w4 = rand_i8((2, 9, 8, 6), g), rand_i8((5, 3, 3, 6), g)
+    dw, x2, w2 = rand_i8((5, 5, 6), g), rand_i8((7, 6), g), rand_i8((4, 6), g)
+    m1, i1 = torch.tensor([0.01]), torch.tensor([-128], dtype=torch.int32)
+    i2 = torch.tensor([127], dtype=torch.int32)
+    calls = {
+        "gemm": lambda: torch.ops.dfq_int8.gemm(x2, w2, None, m1, 1, None, 0, i1, i2, True, False, "reference"),
+        "conv": lambda: torch.ops.dfq_int8.conv2d(
+            x4, w4, None, m1, 0, None, 0, i1, i2, [2, 1], [0, 1, 1, 1], False, False, "reference"
+        ),
+        "dw": lambda: torch.ops.dfq_int8.depthwise_conv2d(
+            x4, dw, None, m1, 0, None, 0, i1, i2, [2, 2], [2, 2, 2, 2], True, "reference"
+        ),
+        "add": lambda: torch.ops.dfq_int8.add(x4, x4, 0, 1, 3, 4, 0.5, 0, -128, 127, "reference"),
+        "avg": lambda: torch.ops.dfq_int8.avgpool(x4, 0, m1, 0, i1, i2, "reference"),
+        "max": lambda: torch.ops.dfq_int8.maxpool2d(x4, [3, 3], [2, 2], [1, 1, 1, 1], "reference"),
+        "quant": lambda: torch.ops.dfq_int8.quantize(x4.float().permute(0, 3, 1, 2), 0.1, 0, -128, 127, "nchw",
+                                                     "reference"),  # fmt: skip
+        "dequant": lambda: torch.ops.dfq_int8.dequantize(x4, 0.1, 0, "reference"),
+    }
+    real = {k: f() for k, f in calls.items()}
+    mode = FakeTensorMode()
+    with mode:
+        x4, w4, dw, x2, w2, m1, i1, i2 = (mode.from_tensor(t) for t in (x4, w4, dw, x2, w2, m1, i1, i2))
+        fake = {k: f() for k, f in calls.items()}
+    for k in calls:
+        assert fake[k].shape == real[k].shape and fake[k].dtype == real[k].dtype, k
+
+
+def test_opcheck_gemm_and_conv():
+    g = _gen(24)
+    x2, w2 = rand_i8((7, 20), g), rand_i8((4, 20), g)
+    m1, i1, i2 = torch.tensor([0.01]), torch.tensor([-128], dtype=torch.int32), torch.tensor([127], dtype=torch.int32)
+    tests = ("test_schema", "test_faketensor")
+    torch.library.opcheck(
+        torch.ops.dfq_int8.gemm.default, (x2, w2, None, m1, 1, None, 0, i1, i2, False, False, "reference"),
+        test_utils=tests,
+    )  # fmt: skip
+    x4, w4 = rand_i8((1, 6, 5, 4), g), rand_i8((3, 3, 3, 4), g)
+    torch.library.opcheck(
+        torch.ops.dfq_int8.conv2d.default,
+        (x4, w4, None, m1, 2, None, 0, i1, i2, [1, 1], [1, 1, 1, 1], False, False, "reference"),
+        test_utils=tests,
+    )
+
+
+# =============================================================================================
+# Benchmark script
+# =============================================================================================
+def test_benchmark_quick_writes_report(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "benchmarks" / "kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "kernels.json"
+    bench.main(["--quick", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["schema"] == bench.SCHEMA and report["mode"] == "quick"
+    assert report["all_bit_exact"] is True
+    kinds = {r["kind"] for r in report["results"]}
+    assert kinds == {"gemm", "conv3x3", "depthwise", "add"}
+    for r in report["results"]:
+        assert r["bit_exact"] is True and r["ms"] > 0 and r["gbps"] > 0
+        assert set(r) >= {"name", "shape", "tops", "baselines", "speedup", "roofline_floor_ms", "pct_of_roofline"}
+    assert report["copy_bandwidth_gbps"] > 0
+    assert "all bit-exact: True" in capsys.readouterr().out
+
+
+def test_benchmark_compile_only_for_hopper(tmp_path):
+    """Every kernel compiles ahead of time for cuda:90 (no GPU needed); GEMM/conv lower to wgmma."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "compile.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--compile-only", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["all_ok"] and report["target"] == "cuda:90"
+    by_kernel = {r["kernel"]: r for r in report["results"]}
+    assert {"gemm wzp=False", "conv 3x3 flat=False", "depthwise 3x3", "add", "quantize nchw"} <= set(by_kernel)
+    for name, r in by_kernel.items():
+        assert r["wgmma"] == name.startswith(("gemm", "conv")), name
+        assert r["shared_bytes"] <= 227 * 1024, name
+        assert r["spill_bytes"] in (0, None), (name, r["spill_bytes"])
+        assert not r["fp32_fma"], name  # a fused multiply-add would change requantization results
+        assert r["rint"] == (name not in ("dequantize", "maxpool 3x3")), name
