@@ -7,10 +7,11 @@ import logging
 from .api import DFQError, prepare, quantize
 from .config import DFQConfig
 from .graph.trace import TraceFailure
+from .int8 import to_int8
 from .report import Report
 
 __version__ = "0.1.0"
 
-__all__ = ["DFQConfig", "DFQError", "Report", "TraceFailure", "prepare", "quantize", "__version__"]
+__all__ = ["DFQConfig", "DFQError", "Report", "TraceFailure", "prepare", "quantize", "to_int8", "__version__"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -167,7 +167,8 @@ def quantize(model: nn.Module, example_inputs: Any, config: DFQConfig | None = N
             assert float_gm is not None and data is not None
             from .quant.simulate import act_quant_points
             names = [p.name for p in act_quant_points(float_gm, cfg.quantize_output)]
-            calibrated = calibrate_ranges(float_gm, names, data, cfg.calibration_batches)
+            calibrated = calibrate_ranges(float_gm, names, data, cfg.calibration_batches, cfg.act_range_method,
+                                          cfg.act_bits, cfg.act_symmetric)
         insert_act_quantizers(ws, stats, calibrated)
     if cfg.bias_correction == "empirical":
         assert float_gm is not None and data is not None

@@ -67,6 +67,9 @@ class DFQConfig:
         act_ranges: ``"bn"`` (data-free, ``beta +- act_range_sigmas * gamma`` through the
             activation) or ``"calibrate"`` (min/max over data).
         act_range_sigmas: the ``n`` in ``beta +- n gamma``.
+        act_range_method: ``"mse"`` narrows each activation range to the one with the least
+            expected squared error (clipping plus rounding), from the per-channel value
+            model (data-free) or from the calibration data; ``"minmax"`` keeps the full range.
         input_range: float range of the network input, e.g. ``(-1.0, 1.0)``; ``None``
             takes it from the example inputs.
         quantize_output: also quantize the network output (the logits); off by default,
@@ -96,7 +99,8 @@ class DFQConfig:
     absorb_exact: bool = True
     bias_correction: Literal["analytic", "empirical", "none"] = "analytic"
     act_ranges: Literal["bn", "calibrate"] = "bn"
-    act_range_sigmas: float = 6.0
+    act_range_sigmas: float = 8.0
+    act_range_method: Literal["mse", "minmax"] = "mse"
     input_range: tuple[float, float] | None = None
     quantize_output: bool = False
     calibration_batches: int = 8
@@ -123,6 +127,8 @@ class DFQConfig:
                f"must be one of {BIAS_CORRECTION_MODES}, got {self.bias_correction!r}")
         _check(self.act_ranges in ACT_RANGE_MODES, "act_ranges",
                f"must be one of {ACT_RANGE_MODES}, got {self.act_ranges!r}")
+        _check(self.act_range_method in ("mse", "minmax"), "act_range_method",
+               f"must be 'mse' or 'minmax', got {self.act_range_method!r}")
         _check(self.cle_objective in CLE_OBJECTIVES, "cle_objective",
                f"must be one of {CLE_OBJECTIVES}, got {self.cle_objective!r}")
         for name in ("weight_symmetric", "act_symmetric", "fold_bn", "equalize", "equalize_residuals",

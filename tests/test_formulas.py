@@ -119,3 +119,27 @@ def test_normal_function_moments_match_monte_carlo():
         v = hardswish(mu[i] + sigma[i] * Z)
         assert mean[i] == pytest.approx(v.mean(), abs=5e-3)
         assert std[i] == pytest.approx(v.std(), rel=1e-2)
+
+
+def test_range_mse_matches_monte_carlo_with_laplace_tails():
+    rng = np.random.default_rng(7)
+    mu, sigma = np.array([1.0, 3.0]), np.array([1.0, 0.5])
+    clamp_lo, clamp_hi = np.array([0.0, 0.0]), np.array([6.0, 4.0])
+    lo, hi, levels = 0.0, 3.5, 16
+    z = rng.laplace(0.0, 1.0 / math.sqrt(2.0), size=(2, 1_000_000))  # unit variance
+    x = np.clip(mu[:, None] + sigma[:, None] * z, clamp_lo[:, None], clamp_hi[:, None])
+    scale, zp = fm.quant_params(np.array(lo), np.array(hi), 4)
+    mc = np.mean((fm.fake_quant(x, scale, zp, 4) - x) ** 2)
+    model = fm.clipped_normal_range_mse(mu, sigma, clamp_lo, clamp_hi, lo, hi, levels)
+    assert model == pytest.approx(mc, rel=0.05)
+
+
+def test_mse_optimal_range_beats_the_full_range_and_its_neighbours():
+    mu, sigma = np.full(8, 1.0), np.full(8, 1.0)
+    clamp_lo, clamp_hi = np.zeros(8), np.full(8, 20.0)
+    lo, hi, err = fm.mse_optimal_range(mu, sigma, clamp_lo, clamp_hi, 0.0, 20.0, 256)
+    assert lo == 0.0 and 2.0 < hi < 20.0
+    full = fm.clipped_normal_range_mse(mu, sigma, clamp_lo, clamp_hi, 0.0, 20.0, 256)
+    assert err < full
+    for f in (0.9, 1.1):
+        assert err <= fm.clipped_normal_range_mse(mu, sigma, clamp_lo, clamp_hi, 0.0, hi * f, 256) + 1e-15

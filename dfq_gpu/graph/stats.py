@@ -21,6 +21,7 @@ The interval of a node is ``mean +- n sigma`` through the activation, ``n`` bein
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -62,6 +63,21 @@ class NodeStats:
     lo: np.ndarray
     hi: np.ndarray
     source: str  # "bn", "propagated", "observed", "input"
+    # the value model: clip(N(pre_mean, pre_std^2), clamp_lo, clamp_hi) per channel, where known
+    pre_mean: np.ndarray | None = None
+    pre_std: np.ndarray | None = None
+    clamp_lo: np.ndarray | None = None
+    clamp_hi: np.ndarray | None = None
+
+    def value_model(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(mu, sigma, clamp_lo, clamp_hi)``: the values are ``clip(N(mu, sigma^2), clamp_lo, clamp_hi)``.
+
+        After a clamp this is exact under the Gaussian model of the clamp's input; elsewhere the
+        Gaussian with the node's mean and std, clipped to its interval.
+        """
+        if self.pre_mean is not None:
+            return self.pre_mean, self.pre_std, self.clamp_lo, self.clamp_hi  # type: ignore[return-value]
+        return self.mean, self.std, self.lo, self.hi
 
     @property
     def channels(self) -> int:
@@ -127,7 +143,12 @@ def _clamp_bounds(m: nn.Module, channels: int) -> tuple[np.ndarray, np.ndarray] 
 def _apply_clamp(s: NodeStats, lo: np.ndarray, hi: np.ndarray) -> NodeStats:
     mean = fm.clipped_normal_mean(s.mean, s.std, lo, hi)
     std = fm.clipped_normal_std(s.mean, s.std, lo, hi)
-    return NodeStats(mean, std, np.clip(s.lo, lo, hi), np.clip(s.hi, lo, hi), s.source)
+    if s.pre_mean is None:
+        model = dict(pre_mean=s.mean, pre_std=s.std, clamp_lo=np.maximum(lo, s.lo), clamp_hi=np.minimum(hi, s.hi))
+    else:  # a clamp of a clamp: intersect the bounds
+        model = dict(pre_mean=s.pre_mean, pre_std=s.pre_std, clamp_lo=np.clip(s.clamp_lo, lo, hi),
+                     clamp_hi=np.clip(s.clamp_hi, lo, hi))
+    return NodeStats(mean, std, np.clip(s.lo, lo, hi), np.clip(s.hi, lo, hi), s.source, **model)
 
 
 def _apply_fn(s: NodeStats, f: Callable[[np.ndarray], np.ndarray]) -> NodeStats:
@@ -233,7 +254,9 @@ def _node_stats(gm, node, stats, bn_stats, observed, n, input_range) -> NodeStat
             return _apply_fn(s0, f)
     if ops.is_zero_pad(gm, node):
         return NodeStats(s0.mean, s0.std, np.minimum(s0.lo, 0.0), np.maximum(s0.hi, 0.0), s0.source)
-    if ops.is_spatial_pool(gm, node) is not None or ops.is_channel_preserving_reshape(gm, node):
+    if ops.is_spatial_pool(gm, node) == "max" or ops.is_channel_preserving_reshape(gm, node):
+        return dataclasses.replace(s0)
+    if ops.is_spatial_pool(gm, node) == "avg":
         return NodeStats(s0.mean, s0.std, s0.lo, s0.hi, s0.source)
     if ops.is_flatten_reshape(gm, node):
         shape = ops.tensor_shape(ops.tensor_inputs(node)[0])

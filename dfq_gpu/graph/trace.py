@@ -54,6 +54,7 @@ class DFQTracer(fx.Tracer):
         self.leaf_modules = set(leaf_modules)
         self.leaf_types = tuple(leaf_types)
         self.module_stack_names: list[str] = []
+        self.failed_in: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_modules or (self.leaf_types and isinstance(m, self.leaf_types)):
@@ -62,6 +63,10 @@ class DFQTracer(fx.Tracer):
             return False
         mod = type(m).__module__
         if mod.startswith("torch.nn") or mod.startswith("torch.ao.nn"):
+            return True
+        from ..modules import ChannelClamp, FakeQuant
+
+        if isinstance(m, (ChannelClamp, FakeQuant)):
             return True
         for base in LAYER_TYPES + BN_TYPES + ACT_TYPES + (nn.ZeroPad2d, nn.MaxPool2d, nn.AvgPool2d,
                                                           nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity):
@@ -74,6 +79,10 @@ class DFQTracer(fx.Tracer):
         self.module_stack_names.append(name)
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = name
+            raise
         finally:
             self.module_stack_names.pop()
 
@@ -105,7 +114,7 @@ def trace_model(
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many kinds of errors on data-dependent control flow
-        where = tracer.module_stack_names[-1] if tracer.module_stack_names else "<top level>"
+        where = tracer.failed_in or "<top level>"
         raise TraceFailure(
             f"torch.fx could not trace the model inside module '{where}' ({type(exc).__name__}: {exc}). "
             f"Pass leaf_modules=['{where}'] to treat it as an opaque layer left in float."

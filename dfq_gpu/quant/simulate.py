@@ -24,6 +24,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from .. import formulas as fm
 from ..graph import ops
 from ..graph.stats import NodeStats
 from ..graph.trace import LAYER_TYPES, node_module
@@ -152,11 +153,33 @@ def iter_input_batches(data: Iterable[Any], max_batches: int | None = None) -> I
             raise TypeError(f"data must yield tensors or (inputs, labels) pairs, got {type(batch).__name__}")
 
 
+_MAX_SAMPLES = 1 << 18
+
+
+def _mse_range(values: torch.Tensor, lo: float, hi: float, bits: int, symmetric: bool) -> tuple[float, float]:
+    """The range ``f * [lo, hi]`` (f in 0.2..1) quantizing ``values`` with the least squared error."""
+    best: tuple[float, float, float] | None = None
+    v = values.to(torch.float64)
+    for f in np.linspace(0.2, 1.0, 33):
+        l, h = min(lo * f, 0.0), max(hi * f, 0.0)
+        if h <= l:
+            continue
+        scale, zp = act_qparams(l, h, bits, symmetric)
+        qmin, qmax = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
+        q = (torch.clamp(torch.round(v / scale) + zp, qmin, qmax) - zp) * scale
+        e = float(((q - v) ** 2).mean())
+        if best is None or e < best[2]:
+            best = (l, h, e)
+    return (lo, hi) if best is None else (best[0], best[1])
+
+
 @torch.no_grad()
-def calibrate_ranges(gm: fx.GraphModule, names: list[str], data: Iterable[Any], max_batches: int) -> dict[str, tuple[float, float]]:
-    """Min/max of the given nodes' outputs over the data."""
+def calibrate_ranges(gm: fx.GraphModule, names: list[str], data: Iterable[Any], max_batches: int,
+                     method: str = "minmax", bits: int = 8, symmetric: bool = False) -> dict[str, tuple[float, float]]:
+    """Ranges of the given nodes' outputs over the data: min/max, or the MSE-optimal part of it."""
     wanted = set(names)
     ranges: dict[str, list[float]] = {}
+    samples: dict[str, list[torch.Tensor]] = {}
 
     class _Rec(fx.Interpreter):
         def run_node(self, n: fx.Node) -> Any:
@@ -165,6 +188,10 @@ def calibrate_ranges(gm: fx.GraphModule, names: list[str], data: Iterable[Any], 
                 lo, hi = float(res.min()), float(res.max())
                 r = ranges.setdefault(n.name, [lo, hi])
                 r[0], r[1] = min(r[0], lo), max(r[1], hi)
+                if method == "mse":
+                    flat = res.detach().reshape(-1)
+                    stride = max(1, flat.numel() // (_MAX_SAMPLES // max(1, max_batches)))
+                    samples.setdefault(n.name, []).append(flat[::stride].clone())
             return res
 
     count = 0
@@ -173,7 +200,11 @@ def calibrate_ranges(gm: fx.GraphModule, names: list[str], data: Iterable[Any], 
         count += 1
     if count == 0:
         raise ValueError("calibration data is empty")
-    return {k: (v[0], v[1]) for k, v in ranges.items()}
+    out = {k: (v[0], v[1]) for k, v in ranges.items()}
+    if method == "mse":
+        for k, (lo, hi) in out.items():
+            out[k] = _mse_range(torch.cat(samples[k]), lo, hi, bits, symmetric)
+    return out
 
 
 def insert_act_quantizers(ws: Workspace, stats: dict[str, NodeStats],
@@ -197,6 +228,9 @@ def insert_act_quantizers(ws: Workspace, stats: dict[str, NodeStats],
             if p.op == "placeholder" and cfg.input_range is not None:
                 lo, hi = cfg.input_range
                 source = "input_range"
+            elif p.op != "placeholder" and cfg.act_range_method == "mse":
+                mu, sd, clo, chi = s.value_model()
+                lo, hi, _ = fm.mse_optimal_range(mu, sd, clo, chi, lo, hi, levels=2**cfg.act_bits)
         scale, zp = act_qparams(lo, hi, cfg.act_bits, cfg.act_symmetric)
         fq = FakeQuant(scale, zp, cfg.act_bits, cfg.act_symmetric, source=source)
         name = f"act_quant_{p.name}"

@@ -1,0 +1,797 @@
+"""From the simulated quantized network to an integer network: :func:`to_int8`.
+
+:func:`dfq_gpu.quantize` returns a ``torch.fx`` graph that *simulates* integer execution in
+float (``FakeQuant`` after every tensor the integer network stores, quantize-dequantized
+weights, biases on the int32 grid). :func:`to_int8` reads that graph and builds a new one whose
+activations stay int8 (NHWC) from the input quantizer to the final dequantization, calling the
+``torch.ops.dfq_int8`` kernels (see ``kernels/README.md`` for the integer contract).
+
+How each node of the simulation is mapped
+-----------------------------------------
+* placeholder + ``FakeQuant``: :class:`~dfq_gpu.int8.layers.QuantizeInput` (NCHW float ->
+  NHWC int8, the same float32 reciprocal as ``FakeQuant``).
+* ``QConv2d`` / ``QLinear`` [+ ReLU / ReLU6 / Hardtanh / ChannelClamp] + ``FakeQuant``: one
+  kernel call with the requantization epilogue ``clamp(rne(acc * m) + z_y, lo, hi)``,
+  ``m = s_x s_w / s_y`` (float32, per tensor or per output channel), the activation fused into
+  ``lo``/``hi``, the int32 bias folded with the input zero point. Dense convolutions use
+  ``int8_conv2d`` (weights ``[N, KH, KW, C]``), depthwise ones ``int8_depthwise_conv2d``
+  (``[KH, KW, C]``), linear layers ``int8_gemm``. A ``ZeroPad2d`` in front of a convolution is
+  merged into the kernel's (top, bottom, left, right) padding (padded taps hold the input zero
+  point, i.e. real zero, as in the simulation).
+* a layer without an output quantizer (the network output): the kernel returns its int32
+  accumulator, which becomes ``acc * float32(s_x s_w)`` (the bias is part of ``acc``); an
+  activation after it is applied in float.
+* residual add [+ activation] + ``FakeQuant``: ``int8_add`` with integer multipliers
+  ``ia, ib`` (at most ``2^15``) whose ratio is the best rational approximation of ``s_a / s_b``
+  (:func:`add_multipliers`); per-tensor bounds are fused, per-channel ones that differ between
+  channels follow as an exact integer clamp.
+* global average pooling (``AdaptiveAvgPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``,
+  ``x.mean((2, 3))``, an ``AvgPool2d`` covering the whole input) + ``FakeQuant``: ``int8_avgpool``
+  with ``m = s_x / (H W s_y)``.
+* ``MaxPool2d`` / ``F.max_pool2d``: ``int8_maxpool2d`` (values and quantization unchanged);
+  ``AdaptiveMaxPool2d(1)``: a max over H and W.
+* ``view`` / ``reshape`` / ``flatten`` / ``squeeze`` / ``contiguous``: the int8 values are moved
+  unchanged; a flatten of an NHWC tensor with ``H W > 1`` is taken in NCHW order, as in the
+  simulation. ``x.size()`` / ``x.shape`` report NCHW sizes, and arithmetic on such Python values
+  is copied as it is.
+* output: int8 tensors are dequantized (``(q - z) * s`` in float32, bit-identical to the
+  simulation's last ``FakeQuant``), 4-D results are returned as NCHW.
+
+Integer parameters
+------------------
+Activations on the asymmetric grid ``[0, 2^b - 1]`` are stored as ``q - 128`` with zero
+point ``z - 128`` (``[-128, 127]`` for 8 bits); symmetric activations as they are. Weights the
+same (``integer_weight() - 128`` with zero point ``w_zero_point - 128`` when asymmetric;
+symmetric weights get no zero point at all, which the kernels compile out). The bias is
+``round(bias / (s_x s_w))`` in int32: the simulation already rounded it to that grid, so this
+recovers its integers exactly. A clamp bound ``b`` of a fused activation becomes
+``clamp(round(float32(b) * (1 / s_y)) + z_y, qmin, qmax)``, computed in float32 exactly as the
+output ``FakeQuant`` would quantize ``b`` (``+-inf`` become the ends of the grid). Because
+quantization is monotone, clamping before quantizing (the simulation) and clamping the
+quantized value to the quantized bounds (the kernel epilogue) give the same integer, so fused
+activations add no difference of their own.
+
+Where the integer network and the simulation differ
+---------------------------------------------------
+Both compute the same integers up to rounding effects, each of which moves a value by one
+quantization step, and only when the exact value lies within a tiny distance of a rounding
+boundary (``k + 0.5`` steps):
+
+1. **Requantization.** The simulation computes a layer in float32 on dequantized values
+   (``F.conv2d`` sums ``K`` products in float32 and adds the float32 bias) and multiplies the
+   result by ``float32(1 / s_y)``. The integer network computes the accumulator exactly and
+   multiplies it by one float32 multiplier ``float32(s_x s_w / s_y)``. Both are within a few
+   float32 ulps of the exact value (relative ~1e-6), so they round differently only that close
+   to a tie: about 1e-5 of the outputs of a layer.
+2. **Residual adds.** The simulation adds the two dequantized float32 tensors and multiplies by
+   ``1 / s_y``; the kernel computes ``((a - z_a) ia + (b - z_b) ib) * m`` with ``ia / ib`` within
+   ``1 / (ia ib)`` of ``s_a / s_b`` (relative), so again only float32 rounding separates the two.
+   (``kernels.add_multipliers`` would round both multipliers to 15 bits, a relative error of up
+   to ``2^-16`` that flipped about 0.1-0.4% of the outputs of an add.)
+3. **Average pooling.** The simulation averages dequantized float32 values
+   (``adaptive_avg_pool2d``) and quantizes with ``1 / s_y``; the kernel sums the integers exactly
+   and multiplies by ``float32(s_x / (H W s_y))``. When the exact mean is a tie (common when
+   ``s_x = s_y`` and ``H W`` is a power of two, e.g. a 2x2 map) the kernel rounds it half to even,
+   while the simulation rounds whatever float32 rounding made of it.
+4. **Float output.** ``acc * float32(s_x s_w)`` against the simulation's float32 convolution:
+   relative differences of ~1e-6 in the logits (no rounding to a grid is involved).
+5. **Bias.** The int32 bias is recovered exactly from the simulation's float32 bias as long as
+   it is below 2^24 grid steps; larger biases (not seen in practice) are off by the float32
+   rounding of the simulation's own bias.
+
+Input quantization, fused activation bounds, zero padding, max pooling and the final
+dequantization are bit-identical to the simulation.
+
+Fed the simulation's own quantized inputs (:func:`dfq_gpu.int8.compare_with_simulation`), every
+step of EfficientNet-Lite0 reproduces the simulation's integers except for ~1e-5 of the values,
+each by one step. Run freely, such a difference in an early layer propagates and grows, as
+any float32 rounding difference does: a float64 run of the simulation differs from the float32
+one by as much. At the level of predictions they agree: on the 160 ImageNet sample views the
+integer Lite0 and the simulation have the same top-1 on all 160 views, and the same logit SQNR
+against FP32 within 0.05 dB (``tests/test_int8.py``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import numbers
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+
+from ..graph import ops
+from ..graph.trace import LAYER_TYPES, node_module
+from ..modules import ChannelClamp, FakeQuant, QConv2d, QLinear
+from ..quant.simulate import FUSABLE_ACTS, is_passthrough
+from . import layers as L
+
+__all__ = ["to_int8", "Int8ConversionError", "Int8Network"]
+
+log = logging.getLogger(__name__)
+
+INT8_MIN, INT8_MAX = -128, 127
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+class Int8ConversionError(ValueError):
+    """The simulated network contains something the integer network cannot execute; the message
+    names the node and the reason."""
+
+
+# =============================================================================================
+# Values flowing through the conversion
+# =============================================================================================
+@dataclass(frozen=True)
+class _QParams:
+    """Per-tensor activation quantization in the int8 domain."""
+
+    scale: float  # the float32 value of FakeQuant.scale
+    zero_point: int  # int8-domain zero point
+    lo: int  # int8-domain grid ends
+    hi: int
+    sim_quantizer: str  # name of the FakeQuant node of the simulation
+
+
+@dataclass(frozen=True)
+class _Val:
+    """What a simulation node has become in the integer graph.
+
+    kind: ``"int8"`` (int8 tensor, NHWC when 4-D), ``"float"`` (float tensor, NHWC when 4-D),
+    ``"input"`` (the float network input, NCHW), ``"other"`` (a Python value, e.g. a size).
+    ``pad``: a zero padding (top, bottom, left, right) not yet applied (merged into the next
+    convolution when there is one).
+    """
+
+    node: fx.Node
+    kind: str
+    q: Optional[_QParams] = None
+    rank: Optional[int] = None
+    pad: Optional[tuple[int, int, int, int]] = None
+
+
+def _act_offset(symmetric: bool) -> int:
+    """Shift from the simulation's grid to int8: asymmetric grids start at 0, int8 at -128."""
+    return 0 if symmetric else 128
+
+
+def _fq_params(name: str, fq: FakeQuant) -> _QParams:
+    if not fq.enabled:
+        raise Int8ConversionError(f"activation quantizer '{name}' is disabled (FakeQuant.enabled=False): the "
+                                  "integer network needs every quantizer of the simulation")
+    if fq.bits > 8:
+        raise Int8ConversionError(f"activation quantizer '{name}' has {fq.bits} bits: the int8 kernels take at "
+                                  "most 8-bit activations")
+    off = _act_offset(fq.symmetric)
+    z = int(round(float(fq.zero_point))) - off
+    lo, hi = int(fq.qmin) - off, int(fq.qmax) - off
+    if not (INT8_MIN <= lo <= z <= hi <= INT8_MAX):
+        raise Int8ConversionError(f"activation quantizer '{name}': zero point {int(float(fq.zero_point))} on the "
+                                  f"grid [{fq.qmin}, {fq.qmax}] does not map into int8")
+    return _QParams(float(fq.scale), z, lo, hi, name)
+
+
+def _quantized_bounds(fq: FakeQuant, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8-domain bounds of a fused clamp: the output quantizer applied to the float bounds,
+    with the quantizer's own float32 arithmetic (so the result is what the simulation gets for
+    a value clamped to the bound)."""
+    scale = fq.scale.detach().to(torch.float32).cpu()
+    zp = fq.zero_point.detach().to(torch.float32).cpu()
+    inv = torch.reciprocal(scale)
+    off = _act_offset(fq.symmetric)
+
+    def q(b: torch.Tensor) -> torch.Tensor:
+        v = torch.clamp(torch.round(b.to(torch.float32) * inv) + zp, fq.qmin, fq.qmax)
+        return v.to(torch.int64) - off
+
+    return q(lo), q(hi)
+
+
+def _act_float_bounds(gm: fx.GraphModule, node: fx.Node, act: nn.Module, channels: int) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+    """Float32 bounds ``[1]`` or ``[channels]`` of a fusable activation."""
+    if isinstance(act, ChannelClamp):
+        if act.channels != channels:
+            raise Int8ConversionError(f"{ops.describe(gm, node)} clamps {act.channels} channels but its input has "
+                                      f"{channels}")
+        return act.lo.detach().to(torch.float32).cpu(), act.hi.detach().to(torch.float32).cpu()
+    bounds = ops.is_clamp_act(act)
+    if bounds is None:  # pragma: no cover - FUSABLE_ACTS are all clamps
+        raise Int8ConversionError(f"{ops.describe(gm, node)}: cannot fuse {type(act).__name__}")
+    lo, hi = bounds
+    return torch.tensor([lo], dtype=torch.float32), torch.tensor([hi], dtype=torch.float32)
+
+
+def add_multipliers(s_a: float, s_b: float, s_y: float) -> tuple[int, int, float]:
+    """Integer multipliers ``(ia, ib, m)`` of ``int8_add`` for ``y = ((a - z_a) s_a + (b - z_b) s_b) / s_y``.
+
+    Only the ratio ``ia / ib`` has to match ``s_a / s_b``: it is the best rational approximation
+    with numerator and denominator at most ``2^15`` (continued fractions), and
+    ``m = float32(s_max / (max(ia, ib) s_y))``. This satisfies the kernel's limits
+    (``|ia|, |ib| <= 2^15``, so ``|acc| < 2^24`` is exact in float32) like
+    ``kernels.add_multipliers``, whose rounding of both multipliers to 15 bits leaves a relative
+    error of up to ``2^-16``; the best approximation's error is below ``1 / (ia ib)``, so the
+    kernel's value before rounding is off only by float32 rounding of ``m`` and of the product.
+    """
+    s_max, s_min = max(s_a, s_b), min(s_a, s_b)
+    ratio = Fraction(s_min / s_max).limit_denominator(kernels.reference.ADD_MAX_MULTIPLIER)
+    p, q = ratio.numerator, ratio.denominator
+    if p == 0:  # a ratio below 2^-16: keep the kernels' multipliers
+        return kernels.add_multipliers(s_a, s_b, s_y)
+    ia, ib = (q, p) if s_a >= s_b else (p, q)
+    return ia, ib, kernels.float32_value(s_max / (q * s_y))
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, numbers.Integral):
+        return int(v), int(v)
+    t = tuple(int(a) for a in v)
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+# =============================================================================================
+# The converter
+# =============================================================================================
+class _Converter:
+    def __init__(self, gm: fx.GraphModule, backend: Optional[str]) -> None:
+        self.gm = gm
+        self.backend = backend
+        self.graph = fx.Graph()
+        self.root = nn.Module()
+        self.env: dict[fx.Node, _Val] = {}
+        self.done: set[fx.Node] = set()
+        self.names: set[str] = set()
+
+    # ---------------------------------------------------------------------------------------
+    # helpers
+    # ---------------------------------------------------------------------------------------
+    def err(self, node: fx.Node, why: str) -> Int8ConversionError:
+        return Int8ConversionError(f"cannot convert {ops.describe(self.gm, node)} to int8: {why}")
+
+    def step(self, name: str, module: L.Int8Step, *args: Any) -> fx.Node:
+        base = name.replace(".", "_")
+        name, i = base, 1
+        while name in self.names or hasattr(self.root, name):
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        module.backend = self.backend
+        self.root.add_module(name, module)
+        return self.graph.call_module(name, tuple(args))
+
+    def fn(self, f: Any, *args: Any) -> fx.Node:
+        return self.graph.call_function(f, tuple(args))
+
+    def val(self, node: fx.Node, user: fx.Node) -> _Val:
+        v = self.env.get(node)
+        if v is None:
+            raise self.err(user, f"its input {ops.describe(self.gm, node)} has no integer counterpart")
+        return v
+
+    def int8_input(self, user: fx.Node, arg: Any, keep_pad: bool = False) -> _Val:
+        """The int8 value of ``arg`` (an input of ``user``), with any pending padding applied
+        unless ``keep_pad``."""
+        if not isinstance(arg, fx.Node):
+            raise self.err(user, f"its input {arg!r} is not a tensor")
+        v = self.val(arg, user)
+        if v.kind == "input":
+            raise self.err(user, f"its input {ops.describe(self.gm, arg)} is the float network input without an "
+                                 "activation quantizer")
+        if v.kind == "float":
+            raise self.err(user, f"its input {ops.describe(self.gm, arg)} is a float tensor, not quantized "
+                                 "(a float op between quantizers, or an op after the output layer)")
+        if v.kind != "int8":
+            raise self.err(user, f"its input {ops.describe(self.gm, arg)} is not a tensor")
+        if v.pad is not None and not keep_pad:
+            v = self.apply_pad(arg, v)
+        return v
+
+    def apply_pad(self, node: fx.Node, v: _Val) -> _Val:
+        assert v.q is not None and v.pad is not None
+        out = self.step(f"{node.name}_pad", L.Int8Pad(v.pad, v.q.zero_point), v.node)
+        v2 = replace(v, node=out, pad=None)
+        self.env[node] = v2
+        return v2
+
+    def follow(self, node: fx.Node) -> tuple[Optional[fx.Node], Optional[fx.Node], fx.Node]:
+        """The fused activation and output quantizer after ``node`` (each ``None`` if absent)
+        and the last node of the chain."""
+        act = fq = None
+        tail = node
+        users = list(node.users)
+        if len(users) == 1 and isinstance(node_module(self.gm, users[0]), FUSABLE_ACTS):
+            act = tail = users[0]
+            users = list(act.users)
+        if len(users) == 1 and isinstance(node_module(self.gm, users[0]), FakeQuant):
+            fq = tail = users[0]
+        return act, fq, tail
+
+    def out_params(self, node: fx.Node, act: Optional[fx.Node], fq: fx.Node,
+                   channels: int) -> tuple[_QParams, torch.Tensor, torch.Tensor]:
+        """Output quantization and the int8 bounds (``[1]`` or ``[channels]``) with the activation fused."""
+        fqm = node_module(self.gm, fq)
+        assert isinstance(fqm, FakeQuant)
+        qp = _fq_params(fq.name, fqm)
+        if act is None:
+            return qp, torch.tensor([qp.lo]), torch.tensor([qp.hi])
+        flo, fhi = _act_float_bounds(self.gm, act, node_module(self.gm, act), channels)
+        lo, hi = _quantized_bounds(fqm, flo, fhi)
+        return qp, lo, hi
+
+    def float_act(self, act: Optional[fx.Node], out: fx.Node, channels: int) -> fx.Node:
+        if act is None:
+            return out
+        flo, fhi = _act_float_bounds(self.gm, act, node_module(self.gm, act), channels)
+        return self.step(act.name, L.FloatClamp(flo, fhi), out)
+
+    def finish(self, node: fx.Node, act: Optional[fx.Node], fq: Optional[fx.Node], tail: fx.Node, v: _Val) -> None:
+        for n in (node, act, fq):
+            if n is not None:
+                self.done.add(n)
+        self.env[tail] = v
+        if tail is not node:  # shape queries on the pre-activation value see the same shape
+            self.env.setdefault(node, v)
+
+    # ---------------------------------------------------------------------------------------
+    # the walk
+    # ---------------------------------------------------------------------------------------
+    def run(self) -> fx.GraphModule:
+        for node in self.gm.graph.nodes:
+            if node in self.done:
+                continue
+            self.visit(node)
+        gm = fx.GraphModule(self.root, self.graph, class_name="Int8GraphModule")
+        gm.graph.eliminate_dead_code()
+        gm.graph.lint()
+        gm.recompile()
+        return gm
+
+    def visit(self, node: fx.Node) -> None:
+        gm = self.gm
+        if node.op == "placeholder":
+            new = self.graph.placeholder(node.name, default_value=node.args[0] if node.args else
+                                         inspect.Signature.empty)
+            new.meta = {}
+            self.env[node] = _Val(new, "input", rank=len(ops.tensor_shape(node) or ()))
+            return
+        if node.op == "output":
+            self.output(node)
+            return
+        if node.op == "get_attr":
+            raise self.err(node, "constant tensors (get_attr) are not supported")
+        m = node_module(gm, node)
+        if isinstance(m, FakeQuant):
+            self.fake_quant(node, m)
+        elif isinstance(m, (QConv2d, QLinear)):
+            self.layer(node, m)
+        elif isinstance(m, LAYER_TYPES):
+            raise self.err(node, "the layer was left in float (skip_layers, or not quantized); the integer network "
+                                 "needs quantized weights for every layer")
+        elif ops.is_add(node):
+            self.add(node)
+        elif ops.is_shape_query(node):
+            self.shape_query(node)
+        elif ops.is_zero_pad(gm, node):
+            self.zero_pad(node)
+        elif ops.is_spatial_pool(gm, node) == "max":
+            self.maxpool(node, m)
+        elif ops.is_spatial_pool(gm, node) == "avg":
+            self.avgpool(node, m)
+        elif is_passthrough(gm, node):
+            self.reshape(node)
+        elif self.is_python_value_op(node):
+            new = self.graph.node_copy(node, lambda n: self.env[n].node)
+            new.meta = {}
+            self.env[node] = _Val(new, "other")
+        elif isinstance(m, FUSABLE_ACTS):
+            raise self.err(node, "an activation that does not directly follow a convolution, linear layer or add "
+                                 "(with its quantizer right after it) cannot be fused into a kernel")
+        else:
+            what = type(m).__name__ if m is not None else getattr(node.target, "__name__", str(node.target))
+            raise self.err(node, f"no int8 kernel for {what} (supported: convolutions, depthwise convolutions, "
+                                 "linear layers, ReLU/ReLU6/clamp activations fused into them, residual adds, "
+                                 "global average pooling, max pooling, zero padding and reshapes)")
+
+    def is_python_value_op(self, node: fx.Node) -> bool:
+        """An op on sizes or other Python values (``x.shape[0]``, ``b * c``): copied as it is."""
+        if node.op not in ("call_function", "call_method") or ops.tensor_shape(node) is not None:
+            return False
+        inputs = node.all_input_nodes
+        return bool(inputs) and all(n in self.env and self.env[n].kind == "other" for n in inputs)
+
+    # ---------------------------------------------------------------------------------------
+    # node kinds
+    # ---------------------------------------------------------------------------------------
+    def fake_quant(self, node: fx.Node, fq: FakeQuant) -> None:
+        src = node.args[0]
+        v = self.val(src, node)
+        if v.kind != "input":
+            raise self.err(node, f"an activation quantizer after {ops.describe(self.gm, src)} that is not fused "
+                                 "with the op producing it (re-quantizing an int8 tensor is not supported)")
+        qp = _fq_params(node.name, fq)
+        if v.rank not in (2, 4):
+            raise self.err(node, f"the network input has rank {v.rank}; NCHW images (4-D) or [B, K] (2-D) are "
+                                 "supported")
+        out = self.step(node.name, L.QuantizeInput(qp.scale, qp.zero_point, qp.lo, qp.hi, sim_quantizer=node.name),
+                        v.node)
+        self.env[node] = _Val(out, "int8", qp, rank=v.rank)
+
+    def _weights(self, node: fx.Node, m: QConv2d | QLinear) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """int8 weights (PyTorch layout) and int32 weight zero point ``[1|N]`` (``None`` if all zero)."""
+        if m.w_bits > 8:
+            raise self.err(node, f"its weights have {m.w_bits} bits; the int8 kernels take at most 8")
+        from ..formulas import quant_grid
+
+        qmin, qmax = quant_grid(m.w_bits, m.w_symmetric)
+        q = m.integer_weight()
+        zp = m.w_zero_point.detach().to(torch.int64).cpu().reshape(-1)
+        n = m.weight.shape[0]
+        if zp.numel() not in (1, n) or m.w_scale.numel() not in (1, n):
+            raise self.err(node, "weight scale / zero point must be per tensor or per output channel")
+        if int(q.min()) < qmin or int(q.max()) > qmax:
+            raise self.err(node, f"its integer weights lie outside the grid [{qmin}, {qmax}]")
+        s = m.w_scale.detach().to(torch.float64).cpu()
+        shape = [-1] + [1] * (q.dim() - 1)
+        s_b = s.view(shape) if s.numel() > 1 else s.reshape(())
+        z_b = zp.view(shape) if zp.numel() > 1 else zp.reshape(())
+        deq = (q - z_b).to(torch.float64) * s_b
+        if not torch.allclose(deq, m.weight.detach().to(torch.float64).cpu(), rtol=1e-5, atol=float(s.min()) * 1e-3):
+            raise self.err(node, "its weights are not on their quantization grid (were they changed after quantize?)")
+        off = _act_offset(m.w_symmetric)
+        w8 = (q - off).to(torch.int8)
+        zp8 = (zp - off).to(torch.int32)
+        return w8, (None if bool((zp8 == 0).all()) else zp8)
+
+    def layer(self, node: fx.Node, m: QConv2d | QLinear) -> None:
+        if len(node.args) != 1 or node.kwargs:
+            raise self.err(node, "a layer call with extra arguments")
+        is_conv = isinstance(m, QConv2d)
+        x = self.int8_input(node, node.args[0], keep_pad=is_conv)
+        assert x.q is not None
+        act, fq, tail = self.follow(node)
+        n_out = m.weight.shape[0]
+        w8, wzp = self._weights(node, m)
+        s_x = x.q.scale
+        s_w = m.w_scale.detach().to(torch.float64).cpu().reshape(-1)
+        step = s_x * s_w  # float64 [1|N]: the grid of the int32 accumulator
+        bias = m.bias.detach().to(torch.float64).cpu() if m.bias is not None else torch.zeros(n_out, dtype=torch.float64)
+        bias_q = torch.clamp(torch.round(bias / step), INT32_MIN, INT32_MAX).to(torch.int64)
+        if fq is not None:
+            qp, lo, hi = self.out_params(node, act, fq, n_out)
+            mult = (step / qp.scale).to(torch.float32)
+            epi = dict(multiplier=mult, z_y=qp.zero_point, lo=lo, hi=hi, out_scale=None)
+            sim_q = fq.name
+        else:
+            qp = None
+            epi = dict(multiplier=torch.ones(1), z_y=0, lo=torch.tensor([INT8_MIN]), hi=torch.tensor([INT8_MAX]),
+                       out_scale=step.to(torch.float32))
+            sim_q = ""
+        if is_conv:
+            assert isinstance(m, QConv2d)
+            if x.rank != 4:
+                raise self.err(node, f"a convolution on a rank-{x.rank} tensor")
+            if tuple(m.dilation) != (1, 1):
+                raise self.err(node, f"dilation {tuple(m.dilation)} (the int8 kernels support dilation 1)")
+            if m.padding_mode != "zeros":
+                raise self.err(node, f"padding_mode='{m.padding_mode}' (only zero padding is supported)")
+            kh, kw = m.kernel_size
+            if isinstance(m.padding, str):
+                if m.padding == "valid":
+                    ph = pw = (0, 0)
+                else:  # "same" (stride 1): PyTorch puts the extra row/column at the end
+                    ph = ((kh - 1) // 2, kh - 1 - (kh - 1) // 2)
+                    pw = ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)
+            else:
+                p = _pair(m.padding)
+                ph, pw = (p[0], p[0]), (p[1], p[1])
+            extra = x.pad or (0, 0, 0, 0)
+            pad = (ph[0] + extra[0], ph[1] + extra[1], pw[0] + extra[2], pw[1] + extra[3])
+            stride = _pair(m.stride)
+            if m.groups == 1:
+                mod: L.Int8Step = L.Int8Conv2d(kernels.conv_weight_to_nhwc(w8), bias_q, wzp, x.q.zero_point,
+                                               stride=stride, padding=pad, sim_quantizer=sim_q, **epi)
+            elif m.groups == m.in_channels == m.out_channels:
+                mod = L.Int8DepthwiseConv2d(kernels.depthwise_weight_to_hwc(w8), bias_q, wzp, x.q.zero_point,
+                                            stride=stride, padding=pad, sim_quantizer=sim_q, **epi)
+            else:
+                raise self.err(node, f"a grouped convolution (groups={m.groups}, {m.in_channels} -> "
+                                     f"{m.out_channels} channels) that is not depthwise")
+            rank = 4
+        else:
+            if x.rank != 2:
+                raise self.err(node, f"a linear layer on a rank-{x.rank} tensor (only [B, K] inputs are supported)")
+            mod = L.Int8Linear(w8, bias_q, wzp, x.q.zero_point, sim_quantizer=sim_q, **epi)
+            rank = 2
+        out = self.step(node.name, mod, x.node)
+        if qp is not None:
+            v = _Val(out, "int8", qp, rank=rank)
+        else:
+            v = _Val(self.float_act(act, out, n_out), "float", rank=rank)
+        self.finish(node, act, fq, tail, v)
+
+    def add(self, node: fx.Node) -> None:
+        ins = ops.tensor_inputs(node)
+        a = self.int8_input(node, ins[0])
+        b = self.int8_input(node, ins[1])
+        assert a.q is not None and b.q is not None
+        sa, sb = ops.tensor_shape(ins[0]), ops.tensor_shape(ins[1])
+        if sa != sb:
+            raise self.err(node, f"an add of tensors of different shapes {sa} and {sb} (broadcasting)")
+        act, fq, tail = self.follow(node)
+        shape = ops.tensor_shape(node) or ()
+        channels = shape[1] if len(shape) >= 2 else 1
+        if fq is None:
+            out = self.step(node.name, L.FloatAdd(a.q.scale, a.q.zero_point, b.q.scale, b.q.zero_point),
+                            a.node, b.node)
+            v = _Val(self.float_act(act, out, channels), "float", rank=a.rank)
+            self.finish(node, act, fq, tail, v)
+            return
+        qp, lo, hi = self.out_params(node, act, fq, channels)
+        ia, ib, mult = add_multipliers(a.q.scale, b.q.scale, qp.scale)
+        clamp_lo = clamp_hi = None
+        if lo.numel() > 1 and (bool((lo != lo[0]).any()) or bool((hi != hi[0]).any())):
+            clamp_lo, clamp_hi = lo, hi
+            lo_s, hi_s = qp.lo, qp.hi
+        else:
+            lo_s, hi_s = int(lo.reshape(-1)[0]), int(hi.reshape(-1)[0])
+        mod = L.Int8Add(a.q.zero_point, b.q.zero_point, ia, ib, mult, qp.zero_point, lo_s, hi_s, clamp_lo, clamp_hi,
+                        sim_quantizer=fq.name)
+        out = self.step(node.name, mod, a.node, b.node)
+        self.finish(node, act, fq, tail, _Val(out, "int8", qp, rank=a.rank))
+
+    def zero_pad(self, node: fx.Node) -> None:
+        x = self.int8_input(node, node.args[0], keep_pad=True)
+        if x.rank != 4:
+            raise self.err(node, "zero padding of a tensor that is not 4-D")
+        left, right, top, bottom = ops.zero_pad_amounts(self.gm, node)
+        if min(left, right, top, bottom) < 0:
+            raise self.err(node, "negative padding (cropping)")
+        p = x.pad or (0, 0, 0, 0)
+        self.env[node] = replace(x, pad=(p[0] + top, p[1] + bottom, p[2] + left, p[3] + right))
+
+    def maxpool(self, node: fx.Node, m: Optional[nn.Module]) -> None:
+        x = self.int8_input(node, node.args[0])
+        if x.rank != 4:
+            raise self.err(node, "max pooling of a tensor that is not 4-D")
+        out_rank = len(ops.tensor_shape(node) or ())
+        if isinstance(m, nn.AdaptiveMaxPool2d) or (node.op == "call_function" and node.target is F.adaptive_max_pool2d):
+            size = m.output_size if m is not None else _arg(node, 1, "output_size", None)
+            ret = getattr(m, "return_indices", False) if m is not None else _arg(node, 2, "return_indices", False)
+            if _pair(size) != (1, 1) or ret:
+                raise self.err(node, f"adaptive max pooling to {size} (only global, output size 1)")
+            out = self.step(node.name, L.Int8GlobalMaxPool(keepdim=out_rank == 4), x.node)
+            self.env[node] = replace(x, node=out, rank=out_rank)
+            return
+        if isinstance(m, nn.MaxPool2d):
+            ks, stride, pad, dil, ceil, ret = (m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                                               m.return_indices)
+        elif node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d):
+            ks = _arg(node, 1, "kernel_size", None)
+            stride = _arg(node, 2, "stride", None)
+            pad = _arg(node, 3, "padding", 0)
+            dil = _arg(node, 4, "dilation", 1)
+            ceil = _arg(node, 5, "ceil_mode", False)
+            ret = _arg(node, 6, "return_indices", False)
+        else:
+            raise self.err(node, "an unsupported kind of max pooling")
+        if _pair(dil) != (1, 1) or ceil or ret:
+            raise self.err(node, "max pooling with dilation, ceil_mode or return_indices")
+        ks = _pair(ks)
+        stride = ks if stride is None or (not isinstance(stride, numbers.Integral) and len(stride) == 0) else \
+            _pair(stride)
+        p = _pair(pad)
+        out = self.step(node.name, L.Int8MaxPool2d(ks, stride, (p[0], p[0], p[1], p[1])), x.node)
+        self.env[node] = replace(x, node=out)
+
+    def avgpool(self, node: fx.Node, m: Optional[nn.Module]) -> None:
+        x = self.int8_input(node, node.args[0])
+        assert x.q is not None
+        shape_in = ops.tensor_shape(node.args[0])
+        shape_out = ops.tensor_shape(node)
+        if x.rank != 4 or shape_in is None or shape_out is None:
+            raise self.err(node, "average pooling of a tensor that is not 4-D")
+        if not (shape_out[0] == shape_in[0] and shape_out[1] == shape_in[1] and all(d == 1 for d in shape_out[2:])):
+            raise self.err(node, f"average pooling from {shape_in} to {shape_out} (only global average pooling)")
+        if isinstance(m, nn.AvgPool2d):
+            if _pair(m.padding) != (0, 0) or _pair(m.kernel_size) != tuple(shape_in[2:]):
+                raise self.err(node, "an AvgPool2d that is not a global average pool")
+        keepdim = len(shape_out) == 4
+        act, fq, tail = self.follow(node)
+        if act is not None:
+            raise self.err(act, "an activation after average pooling is not fused by the simulation")
+        if fq is None:
+            out = self.step(node.name, L.FloatAvgPool(x.q.scale, x.q.zero_point, keepdim), x.node)
+            self.finish(node, None, None, tail, _Val(out, "float", rank=len(shape_out)))
+            return
+        qp = _fq_params(fq.name, node_module(self.gm, fq))  # type: ignore[arg-type]
+        hw = int(shape_in[2] * shape_in[3])
+        mod = L.Int8AvgPool(x.q.zero_point, x.q.scale / qp.scale, hw, qp.zero_point, qp.lo, qp.hi, keepdim,
+                            sim_quantizer=fq.name)
+        out = self.step(node.name, mod, x.node)
+        self.finish(node, None, fq, tail, _Val(out, "int8", qp, rank=len(shape_out)))
+
+    def reshape(self, node: fx.Node) -> None:
+        ins = ops.tensor_inputs(node)
+        if len(ins) != 1:
+            raise self.err(node, "a reshape with several tensor inputs")
+        v = self.val(ins[0], node)
+        if v.kind in ("int8",):
+            v = self.int8_input(node, ins[0])
+        elif v.kind != "float":
+            raise self.err(node, f"its input {ops.describe(self.gm, ins[0])} is not quantized")
+        si, so = ops.tensor_shape(ins[0]), ops.tensor_shape(node)
+        if si is None or so is None:
+            raise self.err(node, "no shape information")
+        if si == so:
+            self.env[node] = v
+            return
+        if len(so) == 2 and so[0] == si[0] and so[1] == math.prod(si[1:]):
+            out = self.fn(L.flatten_nhwc, v.node) if len(si) == 4 else v.node
+            self.env[node] = replace(v, node=out, rank=2)
+            return
+        if len(si) == 2 and len(so) == 4 and so[:2] == si and so[2:] == (1, 1):
+            self.env[node] = replace(v, node=self.fn(L.expand_to_nhwc, v.node), rank=4)
+            return
+        if len(si) == 4 and len(so) == 4 and so[0] == si[0] and so[1] == si[1] and si[2:] == so[2:]:
+            self.env[node] = v
+            return
+        raise self.err(node, f"a reshape from {si} to {so} (supported: flatten to [B, N], [B, C] <-> [B, C, 1, 1])")
+
+    def shape_query(self, node: fx.Node) -> None:
+        src = node.args[0]
+        v = self.val(src, node)
+        if node.op == "call_method" and node.target == "size":
+            dim = _arg(node, 1, "dim", None)
+            if v.kind == "input":
+                out = self.graph.call_method("size", (v.node,) if dim is None else (v.node, dim))
+            else:
+                out = self.fn(L.nchw_size, v.node, dim) if dim is not None else self.fn(L.nchw_size, v.node)
+        elif node.op == "call_method" and node.target == "dim":
+            out = self.graph.call_method("dim", (v.node,))
+        elif node.op == "call_function" and node.args[1] == "shape":
+            out = self.graph.call_function(getattr, (v.node, "shape")) if v.kind == "input" else \
+                self.fn(L.nchw_shape, v.node)
+        else:
+            raise self.err(node, f"the query {node.args[1]!r} (its value differs between float and int8 tensors)")
+        self.env[node] = _Val(out, "other")
+
+    def output(self, node: fx.Node) -> None:
+        def conv(a: fx.Node) -> fx.Node:
+            v = self.val(a, node)
+            if v.kind == "int8":
+                v = self.int8_input(node, a)
+                assert v.q is not None
+                return self.step(f"dequant_{a.name}", L.Dequantize(v.q.scale, v.q.zero_point), v.node)
+            if v.kind == "float":
+                return self.fn(L.nhwc_to_nchw, v.node) if v.rank == 4 else v.node
+            return v.node
+
+        self.graph.output(fx.node.map_arg(node.args[0], conv))
+
+
+# =============================================================================================
+# The integer network
+# =============================================================================================
+class Int8Network(nn.Module):
+    """An int8 network built by :func:`to_int8`.
+
+    ``forward`` takes what the simulated network takes (float NCHW images) and returns float
+    outputs. ``net`` is the ``torch.fx.GraphModule`` of integer steps (see ``print(net.graph)``);
+    its steps' names are those of the simulation's nodes they replace. ``backend`` chooses the
+    kernels for every step: ``"auto"`` (Triton on CUDA tensors, the integer reference
+    otherwise), ``"triton"``, ``"reference"``, or ``None`` (the kernels' process-wide default,
+    see ``kernels.use_backend``).
+    """
+
+    def __init__(self, net: fx.GraphModule, backend: Optional[str] = "auto") -> None:
+        super().__init__()
+        self.net = net
+        self.backend = backend
+
+    @property
+    def backend(self) -> Optional[str]:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: Optional[str]) -> None:
+        if value is not None and value not in kernels.BACKENDS:
+            raise ValueError(f"backend must be one of {kernels.BACKENDS} or None, got {value!r}")
+        self._backend = value
+        for m in self.net.modules():
+            if isinstance(m, L.Int8Step):
+                m.backend = value
+
+    @property
+    def graph(self) -> fx.Graph:
+        return self.net.graph
+
+    def forward(self, *args: Any) -> Any:
+        return self.net(*args)
+
+    def steps(self) -> dict[str, L.Int8Step]:
+        """The integer steps by name, in graph order."""
+        return {str(n.target): self.net.get_submodule(str(n.target)) for n in self.net.graph.nodes
+                if n.op == "call_module"}
+
+    @torch.no_grad()
+    def activations(self, *args: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Run the network and return ``(output, {step name: int8 output})`` for every step
+        whose output is an int8 activation (NHWC, or ``[B, C]``).
+
+        ``self.steps()[name].sim_quantizer`` names the simulation's ``FakeQuant`` node whose
+        (dequantized) values that activation stands for.
+        """
+        acts: dict[str, torch.Tensor] = {}
+
+        class _Rec(fx.Interpreter):
+            def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+                res = super().call_module(target, args, kwargs)
+                if isinstance(res, torch.Tensor) and res.dtype == torch.int8:
+                    acts[str(target)] = res
+                return res
+
+        out = _Rec(self.net).run(*args)
+        return out, acts
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}"
+
+
+def to_int8(q: nn.Module, backend: Optional[str] = "auto") -> Int8Network:
+    """The integer network of a simulated quantized model.
+
+    Args:
+        q: the ``torch.fx.GraphModule`` returned by :func:`dfq_gpu.quantize` (activations
+            quantized, weights of at most 8 bits).
+        backend: ``"auto"`` (default: Triton kernels for CUDA tensors, the integer reference on
+            the CPU), ``"triton"`` (on the CPU only under Triton's interpreter,
+            ``TRITON_INTERPRET=1``), ``"reference"``, or ``None`` to follow the kernels'
+            process-wide default; changeable later through ``.backend``.
+
+    Returns:
+        An :class:`Int8Network` on the CPU (``.to("cuda")`` moves its integer parameters) that
+        takes float NCHW images and returns float outputs. The module docstring of
+        :mod:`dfq_gpu.int8.convert` lists how it can differ from the simulation.
+
+    Raises:
+        Int8ConversionError: something cannot run in int8 (activations not quantized, weights
+            of more than 8 bits, an op without an int8 kernel such as a hardswish, a float op
+            between quantizers, a grouped non-depthwise or dilated convolution...); the message
+            names the node.
+    """
+    if backend is not None and backend not in kernels.BACKENDS:
+        raise ValueError(f"backend must be one of {kernels.BACKENDS} or None, got {backend!r}")
+    if not isinstance(q, fx.GraphModule):
+        raise Int8ConversionError(f"to_int8 takes the torch.fx.GraphModule returned by dfq_gpu.quantize, got "
+                                  f"{type(q).__name__}")
+    cfg = getattr(q, "dfq_config", None)
+    if cfg is not None and getattr(cfg, "act_bits", 8) is None:
+        raise Int8ConversionError("the activations are not quantized (DFQConfig.act_bits=None): the integer network "
+                                  "needs activation quantizers; quantize with act_bits=8")
+    if cfg is not None and getattr(cfg, "weight_bits", 8) > 8:
+        raise Int8ConversionError(f"the weights have {cfg.weight_bits} bits (DFQConfig.weight_bits): the int8 kernels "
+                                  "take at most 8")
+    if not any(isinstance(m, FakeQuant) for m in q.modules()):
+        raise Int8ConversionError("the model has no activation quantizer (FakeQuant): quantize it with "
+                                  "dfq_gpu.quantize(..., DFQConfig(act_bits=8)) first")
+    with torch.inference_mode(False), torch.no_grad():
+        net = _Converter(q, backend).run()
+    n_steps = sum(1 for n in net.graph.nodes if n.op == "call_module")
+    log.info("built an int8 network with %d steps", n_steps)
+    out = Int8Network(net, backend)
+    out.dfq_config = cfg  # type: ignore[attr-defined]
+    return out
+

@@ -1,0 +1,401 @@
+"""The steps of an integer network: small modules that call the ``dfq_int8`` kernels.
+
+Each step holds its integer parameters as buffers (int8 weights in the kernel layouts,
+int32 biases, float32 multipliers, int32 clamp bounds), so ``.to("cuda")`` moves them, and
+its zero points, strides and paddings as Python ints. Activations between steps are int8
+NHWC tensors (``[B, H, W, C]``), or ``[B, C]`` after pooling and flattening.
+
+``backend`` (``"auto"``, ``"triton"``, ``"reference"``, or ``None`` for the kernels'
+process-wide default) is passed to every kernel call; :class:`~dfq_gpu.int8.Int8Network`
+sets it on all its steps at once.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+import kernels
+
+__all__ = [
+    "Int8Step",
+    "QuantizeInput",
+    "Dequantize",
+    "Int8Conv2d",
+    "Int8DepthwiseConv2d",
+    "Int8Linear",
+    "Int8Add",
+    "FloatAdd",
+    "Int8AvgPool",
+    "FloatAvgPool",
+    "Int8MaxPool2d",
+    "Int8GlobalMaxPool",
+    "Int8Pad",
+    "FloatClamp",
+    "nchw_size",
+    "nchw_shape",
+    "flatten_nhwc",
+    "expand_to_nhwc",
+    "nhwc_to_nchw",
+]
+
+Tensor = torch.Tensor
+
+
+class Int8Step(nn.Module):
+    """Base class of the steps: a ``backend`` attribute and the name of the quantizer it replaces.
+
+    ``sim_quantizer`` is the name of the simulation's ``FakeQuant`` node whose values the
+    step's int8 output stands for; it is empty for steps with float output and for steps that
+    only move int8 values (padding, max pooling).
+    """
+
+    def __init__(self, backend: Optional[str] = "auto", sim_quantizer: str = "") -> None:
+        super().__init__()
+        self.backend = backend
+        self.sim_quantizer = sim_quantizer
+
+
+def _i32(values: Sequence[int] | Tensor) -> Tensor:
+    return torch.as_tensor(values, dtype=torch.int32).reshape(-1).clone()
+
+
+def _f32(values: Sequence[float] | Tensor) -> Tensor:
+    return torch.as_tensor(values, dtype=torch.float32).reshape(-1).clone()
+
+
+class QuantizeInput(Int8Step):
+    """Float network input -> int8: NCHW images become NHWC, other ranks keep their shape."""
+
+    def __init__(self, scale: float, zero_point: int, lo: int, hi: int, **kw) -> None:
+        super().__init__(**kw)
+        self.scale, self.zero_point, self.lo, self.hi = float(scale), int(zero_point), int(lo), int(hi)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.float32:
+            x = x.to(torch.float32)
+        layout = "nchw" if x.dim() == 4 else "flat"
+        return kernels.quantize(x, self.scale, self.zero_point, self.lo, self.hi, layout=layout,
+                                backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:.6g}, zero_point={self.zero_point}, lo={self.lo}, hi={self.hi}"
+
+
+class Dequantize(Int8Step):
+    """int8 -> float32 ``(q - z) * s``; 4-D NHWC tensors are returned as NCHW (a permuted view)."""
+
+    def __init__(self, scale: float, zero_point: int, **kw) -> None:
+        super().__init__(**kw)
+        self.scale, self.zero_point = float(scale), int(zero_point)
+
+    def forward(self, q: Tensor) -> Tensor:
+        y = kernels.dequantize(q.contiguous(), self.scale, self.zero_point, backend=self.backend)
+        return y.permute(0, 3, 1, 2) if y.dim() == 4 else y
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:.6g}, zero_point={self.zero_point}"
+
+
+class _Requant(Int8Step):
+    """Epilogue parameters shared by the layer steps.
+
+    ``multiplier`` float32 ``[1|N]``, ``lo``/``hi`` int32 ``[1|N]``, ``z_y``. With
+    ``out_scale`` (float32 ``[1|N]``) the step returns float ``acc * out_scale`` instead of int8
+    (a layer whose output is the network output).
+    """
+
+    def _init_epilogue(self, multiplier: Tensor, z_y: int, lo: Tensor, hi: Tensor,
+                       out_scale: Optional[Tensor]) -> None:
+        self.register_buffer("multiplier", _f32(multiplier))
+        self.register_buffer("lo", _i32(lo))
+        self.register_buffer("hi", _i32(hi))
+        self.z_y = int(z_y)
+        self.float_output = out_scale is not None
+        if out_scale is not None:
+            self.register_buffer("out_scale", _f32(out_scale))
+        else:
+            self.out_scale = None
+
+    def _to_float(self, acc: Tensor) -> Tensor:
+        assert self.out_scale is not None
+        return acc.to(torch.float32) * self.out_scale
+
+
+class Int8Conv2d(_Requant):
+    """Dense convolution (groups 1) on NHWC int8: ``kernels.int8_conv2d`` with a folded bias.
+
+    A 1x1, stride-1, unpadded convolution is a GEMM over the ``B*H*W`` pixels and runs as
+    ``kernels.int8_gemm`` (what the Triton convolution launcher does internally too; on the CPU
+    the reference GEMM is much faster than the reference convolution).
+    """
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], w_zp: Optional[Tensor], z_x: int,
+                 multiplier: Tensor, z_y: int, lo: Tensor, hi: Tensor, stride: Sequence[int],
+                 padding: Sequence[int], out_scale: Optional[Tensor] = None, **kw) -> None:
+        super().__init__(**kw)
+        self.register_buffer("weight", weight.to(torch.int8).contiguous())  # [N, KH, KW, C]
+        self.register_buffer("w_zp", None if w_zp is None else _i32(w_zp))
+        self.z_x = int(z_x)
+        folded = kernels.fold_bias(self.weight, None if bias is None else _i32(bias), self.z_x, self.w_zp)
+        self.register_buffer("bias", folded)  # folded: bias - z_x sum w + K z_x z_w (int32) or None
+        self.stride = tuple(int(s) for s in stride)
+        self.padding = tuple(int(p) for p in padding)  # (top, bottom, left, right)
+        self.pointwise = self.weight.shape[1:3] == (1, 1) and self.stride == (1, 1) and not any(self.padding)
+        self._init_epilogue(multiplier, z_y, lo, hi, out_scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        folded = self.bias is not None
+        if self.pointwise:
+            b, h, w, c = x.shape
+            n = self.weight.shape[0]
+            y = kernels.int8_gemm(x.reshape(b * h * w, c), self.weight.view(n, c), self.bias, self.multiplier,
+                                  self.z_x, self.w_zp, self.z_y, self.lo, self.hi, out_int32=self.float_output,
+                                  bias_folded=folded, backend=self.backend).view(b, h, w, n)
+            return self._to_float(y) if self.float_output else y
+        y = kernels.int8_conv2d(x, self.weight, self.bias, self.multiplier, self.z_x, self.w_zp, self.z_y, self.lo,
+                                self.hi, self.stride, self.padding, out_int32=self.float_output,
+                                bias_folded=folded, backend=self.backend)
+        return self._to_float(y) if self.float_output else y
+
+    def extra_repr(self) -> str:
+        n, kh, kw, c = self.weight.shape
+        return (f"{c}, {n}, kernel=({kh}, {kw}), stride={self.stride}, padding={self.padding}, z_x={self.z_x}, "
+                f"z_y={self.z_y}, per_channel={self.multiplier.numel() > 1}, float_output={self.float_output}")
+
+
+class Int8DepthwiseConv2d(_Requant):
+    """Depthwise convolution on NHWC int8: ``kernels.int8_depthwise_conv2d`` (raw int32 bias)."""
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], w_zp: Optional[Tensor], z_x: int,
+                 multiplier: Tensor, z_y: int, lo: Tensor, hi: Tensor, stride: Sequence[int],
+                 padding: Sequence[int], out_scale: Optional[Tensor] = None, **kw) -> None:
+        super().__init__(**kw)
+        self.register_buffer("weight", weight.to(torch.int8).contiguous())  # [KH, KW, C]
+        self.register_buffer("bias", None if bias is None else _i32(bias))
+        self.register_buffer("w_zp", None if w_zp is None else _i32(w_zp))
+        self.z_x = int(z_x)
+        self.stride = tuple(int(s) for s in stride)
+        self.padding = tuple(int(p) for p in padding)
+        self._init_epilogue(multiplier, z_y, lo, hi, out_scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = kernels.int8_depthwise_conv2d(x, self.weight, self.bias, self.multiplier, self.z_x, self.w_zp, self.z_y,
+                                          self.lo, self.hi, self.stride, self.padding,
+                                          out_int32=self.float_output, backend=self.backend)
+        return self._to_float(y) if self.float_output else y
+
+    def extra_repr(self) -> str:
+        kh, kw, c = self.weight.shape
+        return (f"{c}, kernel=({kh}, {kw}), stride={self.stride}, padding={self.padding}, z_x={self.z_x}, "
+                f"z_y={self.z_y}, per_channel={self.multiplier.numel() > 1}, float_output={self.float_output}")
+
+
+class Int8Linear(_Requant):
+    """Fully connected layer on ``[B, K]`` int8: ``kernels.int8_gemm`` with a folded bias."""
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], w_zp: Optional[Tensor], z_x: int,
+                 multiplier: Tensor, z_y: int, lo: Tensor, hi: Tensor, out_scale: Optional[Tensor] = None,
+                 **kw) -> None:
+        super().__init__(**kw)
+        self.register_buffer("weight", weight.to(torch.int8).contiguous())  # [N, K]
+        self.register_buffer("w_zp", None if w_zp is None else _i32(w_zp))
+        self.z_x = int(z_x)
+        folded = kernels.fold_bias(self.weight, None if bias is None else _i32(bias), self.z_x, self.w_zp)
+        self.register_buffer("bias", folded)
+        self._init_epilogue(multiplier, z_y, lo, hi, out_scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = kernels.int8_gemm(x.contiguous(), self.weight, self.bias, self.multiplier, self.z_x, self.w_zp, self.z_y,
+                              self.lo, self.hi, out_int32=self.float_output, bias_folded=self.bias is not None,
+                              backend=self.backend)
+        return self._to_float(y) if self.float_output else y
+
+    def extra_repr(self) -> str:
+        n, k = self.weight.shape
+        return (f"{k}, {n}, z_x={self.z_x}, z_y={self.z_y}, per_channel={self.multiplier.numel() > 1}, "
+                f"float_output={self.float_output}")
+
+
+class Int8Add(Int8Step):
+    """Residual add ``kernels.int8_add`` with integer multipliers from ``kernels.add_multipliers``.
+
+    ``lo``/``hi`` are the fused per-tensor bounds. A per-channel clamp whose bounds differ
+    between channels (``clamp_lo``/``clamp_hi``, int8 ``[C]``) is applied after the kernel as an
+    exact integer clamp.
+    """
+
+    def __init__(self, z_a: int, z_b: int, ia: int, ib: int, multiplier: float, z_y: int, lo: int, hi: int,
+                 clamp_lo: Optional[Tensor] = None, clamp_hi: Optional[Tensor] = None, **kw) -> None:
+        super().__init__(**kw)
+        self.z_a, self.z_b, self.ia, self.ib = int(z_a), int(z_b), int(ia), int(ib)
+        self.multiplier, self.z_y, self.lo, self.hi = float(multiplier), int(z_y), int(lo), int(hi)
+        self.register_buffer("clamp_lo", None if clamp_lo is None else clamp_lo.to(torch.int8).reshape(-1).clone())
+        self.register_buffer("clamp_hi", None if clamp_hi is None else clamp_hi.to(torch.int8).reshape(-1).clone())
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        y = kernels.int8_add(a.contiguous(), b.contiguous(), self.z_a, self.z_b, self.ia, self.ib, self.multiplier,
+                             self.z_y, self.lo, self.hi, backend=self.backend)
+        if self.clamp_lo is not None and self.clamp_hi is not None:
+            y = torch.minimum(torch.maximum(y, self.clamp_lo), self.clamp_hi)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"z_a={self.z_a}, z_b={self.z_b}, ia={self.ia}, ib={self.ib}, multiplier={self.multiplier:.6g}, "
+                f"z_y={self.z_y}, lo={self.lo}, hi={self.hi}, per_channel_clamp={self.clamp_lo is not None}")
+
+
+class FloatAdd(Int8Step):
+    """An add whose result is the (float) network output: dequantize both operands and add."""
+
+    def __init__(self, s_a: float, z_a: int, s_b: float, z_b: int, **kw) -> None:
+        super().__init__(**kw)
+        self.s_a, self.z_a, self.s_b, self.z_b = float(s_a), int(z_a), float(s_b), int(z_b)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        fa = kernels.dequantize(a.contiguous(), self.s_a, self.z_a, backend=self.backend)
+        fb = kernels.dequantize(b.contiguous(), self.s_b, self.z_b, backend=self.backend)
+        return fa + fb
+
+
+class Int8AvgPool(_Requant):
+    """Global average pool ``[B, H, W, C] -> [B, C]`` (``[B, 1, 1, C]`` with ``keepdim``).
+
+    The multiplier ``s_x / (H W s_y)`` is stored for the spatial size seen at conversion; other
+    sizes get their own multiplier, computed on first use and kept.
+    """
+
+    def __init__(self, z_x: int, ratio: float, hw: int, z_y: int, lo: int, hi: int, keepdim: bool, **kw) -> None:
+        super().__init__(**kw)
+        self.z_x = int(z_x)
+        self.ratio = float(ratio)  # s_x / s_y
+        self.hw = int(hw)
+        self._init_epilogue(torch.tensor([self.ratio / self.hw]), z_y, torch.tensor([lo]), torch.tensor([hi]), None)
+        self.keepdim = bool(keepdim)
+        self._other: dict = {}
+
+    def _multiplier(self, hw: int, device: torch.device) -> Tensor:
+        if hw == self.hw:
+            return self.multiplier
+        key = (hw, str(device))
+        m = self._other.get(key)
+        if m is None:
+            m = torch.tensor([self.ratio / hw], dtype=torch.float32, device=device)
+            self._other[key] = m
+        return m
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self._multiplier(x.shape[1] * x.shape[2], x.device)
+        y = kernels.int8_avgpool(x, self.z_x, m, self.z_y, self.lo, self.hi, backend=self.backend)
+        return y.view(y.shape[0], 1, 1, y.shape[1]) if self.keepdim else y
+
+    def extra_repr(self) -> str:
+        return f"z_x={self.z_x}, z_y={self.z_y}, s_x/s_y={self.ratio:.6g}, keepdim={self.keepdim}"
+
+
+class FloatAvgPool(Int8Step):
+    """Global average pool whose result is the (float) network output."""
+
+    def __init__(self, scale: float, zero_point: int, keepdim: bool, **kw) -> None:
+        super().__init__(**kw)
+        self.scale, self.zero_point, self.keepdim = float(scale), int(zero_point), bool(keepdim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = kernels.dequantize(x.contiguous(), self.scale, self.zero_point, backend=self.backend)
+        return f.mean(dim=(1, 2), keepdim=self.keepdim)
+
+
+class Int8MaxPool2d(Int8Step):
+    """Max pool on NHWC int8 (scale and zero point unchanged)."""
+
+    def __init__(self, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int], **kw) -> None:
+        super().__init__(**kw)
+        self.kernel_size = tuple(int(k) for k in kernel_size)
+        self.stride = tuple(int(s) for s in stride)
+        self.padding = tuple(int(p) for p in padding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return kernels.int8_maxpool2d(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class Int8GlobalMaxPool(Int8Step):
+    """Global max pool on NHWC int8 (``AdaptiveMaxPool2d(1)``)."""
+
+    def __init__(self, keepdim: bool, **kw) -> None:
+        super().__init__(**kw)
+        self.keepdim = bool(keepdim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.amax(x, dim=(1, 2))
+        return y.view(y.shape[0], 1, 1, y.shape[1]) if self.keepdim else y
+
+
+class Int8Pad(Int8Step):
+    """Zero padding of an NHWC int8 tensor (the padded taps hold the zero point, i.e. real zero)."""
+
+    def __init__(self, padding: Sequence[int], value: int, **kw) -> None:
+        super().__init__(**kw)
+        self.padding = tuple(int(p) for p in padding)  # (top, bottom, left, right)
+        self.value = int(value)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t, b, left, r = self.padding
+        return torch.nn.functional.pad(x, (0, 0, left, r, t, b), value=self.value)
+
+    def extra_repr(self) -> str:
+        return f"padding={self.padding}, value={self.value}"
+
+
+class FloatClamp(Int8Step):
+    """An activation after a layer whose output is the float network output: a clamp along the
+    channel (last) dimension."""
+
+    def __init__(self, lo: Tensor, hi: Tensor, **kw) -> None:
+        super().__init__(**kw)
+        self.register_buffer("lo", _f32(lo))
+        self.register_buffer("hi", _f32(hi))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.minimum(torch.maximum(x, self.lo), self.hi)
+
+
+# =============================================================================================
+# Layout helpers (called from the integer network's graph)
+# =============================================================================================
+_NCHW_TO_NHWC = (0, 3, 1, 2)
+
+
+def nchw_size(x: Tensor, dim: Optional[int] = None):
+    """``size`` of the NCHW tensor that the NHWC tensor ``x`` stands for (other ranks: ``x.size``)."""
+    if x.dim() != 4:
+        return x.size() if dim is None else x.size(dim)
+    if dim is None:
+        return torch.Size((x.shape[0], x.shape[3], x.shape[1], x.shape[2]))
+    return x.size(_NCHW_TO_NHWC[dim % 4])
+
+
+def nchw_shape(x: Tensor):
+    """``shape`` of the NCHW tensor that the NHWC tensor ``x`` stands for."""
+    return nchw_size(x)
+
+
+def flatten_nhwc(x: Tensor) -> Tensor:
+    """``[B, C, H, W] -> [B, C*H*W]`` in NCHW order, for an NHWC tensor (``[B, N]`` stays)."""
+    if x.dim() == 4 and x.shape[1] * x.shape[2] != 1:
+        x = x.permute(0, 3, 1, 2)
+    return x.reshape(x.shape[0], -1).contiguous()
+
+
+def expand_to_nhwc(x: Tensor) -> Tensor:
+    """``[B, C] -> [B, 1, 1, C]`` (NHWC of ``[B, C, 1, 1]``)."""
+    return x.reshape(x.shape[0], 1, 1, -1)
+
+
+def nhwc_to_nchw(x: Tensor) -> Tensor:
+    """A float NHWC tensor as NCHW (a permuted view)."""
+    return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
