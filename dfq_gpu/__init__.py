@@ -8,10 +8,13 @@ from .api import DFQError, prepare, quantize
 from .config import DFQConfig
 from .graph.trace import TraceFailure
 from .int8 import to_int8
+from .io import load, save
 from .report import Report
+from .evaluate import Metrics, evaluate
+from .zoo import load_model
+from ._version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = ["DFQConfig", "DFQError", "Report", "TraceFailure", "prepare", "quantize", "to_int8", "__version__"]
+__all__ = ["DFQConfig", "DFQError", "Metrics", "Report", "TraceFailure", "evaluate", "load", "load_model", "prepare",
+           "quantize", "save", "to_int8", "__version__"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

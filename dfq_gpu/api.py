@@ -3,11 +3,12 @@ quantized network), each on a private copy of the user's model."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -105,6 +106,33 @@ def _attach(gm: fx.GraphModule, ws: Workspace) -> fx.GraphModule:
     return gm
 
 
+_USER_THREADS = [torch.get_num_threads()]
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _few_threads() -> Iterator[None]:
+    """The passes run thousands of tiny tensor ops: one intra-op thread avoids the pool's
+    synchronisation, which costs 10x or more when other processes share the cores. Passes
+    that run the network on data use the caller's thread count again (``_data_threads``)."""
+    _USER_THREADS[0] = torch.get_num_threads()
+    with _threads(1):
+        yield
+
+
+def _data_threads() -> contextlib.AbstractContextManager[None]:
+    return _threads(_USER_THREADS[0])
+
+
 def prepare(model: nn.Module, example_inputs: Any, config: DFQConfig | None = None, *,
             leaf_modules: Sequence[str] = (), inplace: bool = False) -> fx.GraphModule:
     """The FP32 network after BN folding, ReLU6 handling, cross-layer equalization and bias absorption.
@@ -124,7 +152,8 @@ def prepare(model: nn.Module, example_inputs: Any, config: DFQConfig | None = No
         pre-activation falls below ``beta - 3 gamma``.
     """
     cfg = config or DFQConfig()
-    ws = _prepare(model, example_inputs, cfg, leaf_modules, inplace)
+    with _few_threads():
+        ws = _prepare(model, example_inputs, cfg, leaf_modules, inplace)
     return _attach(ws.gm, ws)
 
 
@@ -153,6 +182,12 @@ def quantize(model: nn.Module, example_inputs: Any, config: DFQConfig | None = N
         raise DFQError("bias_correction='empirical' needs data; pass data=... or use 'analytic' (data-free)")
     if data is not None and not hasattr(data, "__iter__"):
         raise DFQError(f"data must be an iterable of input batches, got {type(data).__name__}")
+    with _few_threads():
+        return _quantize(model, example_inputs, cfg, data, leaf_modules, inplace)
+
+
+def _quantize(model: nn.Module, example_inputs: Any, cfg: DFQConfig, data: Iterable[Any] | None,
+              leaf_modules: Sequence[str], inplace: bool) -> fx.GraphModule:
     t0 = time.perf_counter()
     ws = _prepare(model, example_inputs, cfg, leaf_modules, inplace)
     stats = st.propagate(ws.gm, ws.bn_stats, ws.observed, cfg.act_range_sigmas, cfg.input_range)
@@ -167,12 +202,14 @@ def quantize(model: nn.Module, example_inputs: Any, config: DFQConfig | None = N
             assert float_gm is not None and data is not None
             from .quant.simulate import act_quant_points
             names = [p.name for p in act_quant_points(float_gm, cfg.quantize_output)]
-            calibrated = calibrate_ranges(float_gm, names, data, cfg.calibration_batches, cfg.act_range_method,
-                                          cfg.act_bits, cfg.act_symmetric)
+            with _data_threads():
+                calibrated = calibrate_ranges(float_gm, names, data, cfg.calibration_batches,
+                                              cfg.act_range_method, cfg.act_bits, cfg.act_symmetric)
         insert_act_quantizers(ws, stats, calibrated)
     if cfg.bias_correction == "empirical":
         assert float_gm is not None and data is not None
-        empirical_bias_correction(ws, float_gm, data)
+        with _data_threads():
+            empirical_bias_correction(ws, float_gm, data)
     if cfg.act_bits is not None:
         round_biases(ws)
     _record_act_quant(ws)
