@@ -52,8 +52,9 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The repository root goes first: this script's own folder would otherwise shadow the
+# `kernels` package with this file.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, Path(__file__).parent)]
 
 import triton  # noqa: E402
 

@@ -82,7 +82,8 @@ def run_ablation(model: nn.Module, data: torch.utils.data.TensorDataset, model_n
     """
     x = data.tensors[0]
     ref = collect_outputs(model, data, batch_size=batch_size)
-    example = (x[:1],)
+    # only the shape of the example input matters to the data-free rows (as for `dfq-gpu quantize`)
+    example = (torch.zeros_like(x[:1]),)
     if calibration is None:
         calibration = [x[i:i + 16] for i in range(0, max(16, len(x) // 4), 16)]
     result = AblationResult(model=model_name, n=len(x))

@@ -23,7 +23,8 @@ from .passes.bias_correction import analytic_bias_correction, empirical_bias_cor
 from .passes.bn_fold import fold_batch_norms
 from .passes.equalize import equalize
 from .passes.relu6 import handle_relu6
-from .quant.simulate import calibrate_ranges, insert_act_quantizers, quantize_weights, round_biases
+from .quant.simulate import (calibrate_ranges, finalize_integer_simulation, insert_act_quantizers, quantize_weights,
+                             round_biases)
 from .report import LayerRecord, Report
 
 __all__ = ["prepare", "quantize", "DFQError"]
@@ -212,6 +213,7 @@ def _quantize(model: nn.Module, example_inputs: Any, cfg: DFQConfig, data: Itera
             empirical_bias_correction(ws, float_gm, data)
     if cfg.act_bits is not None:
         round_biases(ws)
+        finalize_integer_simulation(ws)
     _record_act_quant(ws)
     ws.report.timings["quantize"] = time.perf_counter() - t0
     return _attach(ws.gm, ws)

@@ -33,7 +33,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from ._version import __version__
 from .config import DFQConfig
-from .modules import ChannelClamp, FakeQuant, QConv2d, QLinear
+from .modules import ChannelClamp, FakeQuant, QAdd, QAvgPool, QConv2d, QLinear
 from .report import LayerRecord, RegionRecord, Report
 
 __all__ = ["save", "load", "FORMAT_VERSION", "SaveError", "LoadError"]
@@ -50,7 +50,8 @@ _NN_TYPES: dict[str, type[nn.Module]] = {
         nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Softmax,
     )
 }
-_OWN_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in (QConv2d, QLinear, ChannelClamp, FakeQuant)}
+_OWN_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in (QConv2d, QLinear, ChannelClamp, FakeQuant, QAdd,
+                                                                    QAvgPool)}
 _FUNCTION_MODULES = ("torch", "operator", "_operator", "math")
 
 
@@ -153,6 +154,13 @@ def _module_spec(name: str, m: nn.Module) -> dict[str, Any]:
     elif tname == "FakeQuant":
         init = {"scale": float(m.scale), "zero_point": int(m.zero_point), "bits": m.bits, "symmetric": m.symmetric,
                 "source": m.source, "enabled": m.enabled}
+    elif tname == "QAdd":
+        init = {"a_scale": m.a_scale, "b_scale": m.b_scale, "ia": m.ia, "ib": m.ib, "multiplier": m.multiplier,
+                "y_scale": m.y_scale, "zero_point": m.zero_point, "a_range": list(m.a_range),
+                "b_range": list(m.b_range), "channels": m.lo.numel()}
+    elif tname == "QAvgPool":
+        init = {"x_scale": m.x_scale, "x_range": list(m.x_range), "keepdim": m.keepdim, "y_scale": m.y_scale,
+                "zero_point": m.zero_point, "qmin": m.qmin, "qmax": m.qmax}
     else:
         for p in list(inspect.signature(cls.__init__).parameters)[1:]:
             if p in ("device", "dtype", "args", "kwargs"):
@@ -166,7 +174,7 @@ def _module_spec(name: str, m: nn.Module) -> dict[str, Any]:
                 init[p] = _encode(val)
     extra: dict[str, Any] = {}
     if tname in ("QConv2d", "QLinear"):
-        extra = {"w_bits": m.w_bits, "w_symmetric": m.w_symmetric}
+        extra = {"w_bits": m.w_bits, "w_symmetric": m.w_symmetric, "integer_path": m.integer_path_spec()}
     return {"type": tname, "kind": kind, "init": init, "extra": extra, "training": m.training}
 
 
@@ -183,7 +191,14 @@ def _build_module(name: str, spec: dict[str, Any]) -> nn.Module:
     if tname in ("QConv2d", "QLinear"):
         q = _OWN_TYPES[tname](**init)
         q._init_quant(torch.ones(1), torch.zeros(1), spec["extra"]["w_bits"], spec["extra"]["w_symmetric"])
+        if spec["extra"].get("integer_path"):
+            q.restore_integer_path(spec["extra"]["integer_path"])  # its buffers are loaded next
         return q
+    if tname == "QAdd":
+        c = init.pop("channels")
+        return QAdd(**init, lo=torch.zeros(c, dtype=torch.int64), hi=torch.zeros(c, dtype=torch.int64))
+    if tname == "QAvgPool":
+        return QAvgPool(**init)
     cls = _NN_TYPES.get(tname)
     if cls is None:
         raise LoadError(f"module '{name}' has unknown type {tname}")

@@ -460,7 +460,7 @@ def int8_gemm(
     bias, w_zp, m, z_x, z_y, lo, hi = check_gemm_args(x, w, bias, w_zp, multiplier, z_x, z_y, lo, hi)
     xc = _centered(x, z_x, ())
     wc = _centered(w, w_zp, (-1, 1))
-    acc64 = (xc @ wc.t()).to(torch.int64)
+    acc64 = torch.round(xc @ wc.t()).to(torch.int64)
     return _finish(acc64, _raw_bias(w, bias, z_x, w_zp, bias_folded), m, z_y, lo, hi, out_int32)
 
 
@@ -490,7 +490,10 @@ def int8_conv2d(
     xc = _centered(x, z_x, ()).permute(0, 3, 1, 2)
     xc = F.pad(xc, (pad[2], pad[3], pad[0], pad[1]))
     wc = _centered(w, w_zp, (-1, 1, 1, 1)).permute(0, 3, 1, 2)
-    acc64 = F.conv2d(xc, wc, stride=stride).permute(0, 2, 3, 1).to(torch.int64)
+    # contiguous NCHW float64 (channels-last float64 convolution is very slow on the CPU); the
+    # round guards against convolution algorithms that are not exact on a GPU (Winograd, FFT)
+    acc = F.conv2d(xc.contiguous(), wc.contiguous(), stride=stride)
+    acc64 = torch.round(acc).permute(0, 2, 3, 1).to(torch.int64)
     raw = _raw_bias(w, bias, z_x, w_zp, bias_folded)
     return _finish(acc64, raw, m, z_y, lo, hi, out_int32).contiguous()
 
@@ -520,7 +523,8 @@ def int8_depthwise_conv2d(
     xc = _centered(x, z_x, ()).permute(0, 3, 1, 2)
     xc = F.pad(xc, (pad[2], pad[3], pad[0], pad[1]))
     wc = _centered(w, w_zp, (1, 1, -1)).permute(2, 0, 1).unsqueeze(1)
-    acc64 = F.conv2d(xc, wc, stride=stride, groups=c).permute(0, 2, 3, 1).to(torch.int64)
+    acc = F.conv2d(xc.contiguous(), wc.contiguous(), stride=stride, groups=c)
+    acc64 = torch.round(acc).permute(0, 2, 3, 1).to(torch.int64)
     return _finish(acc64, bias, m, z_y, lo, hi, out_int32).contiguous()
 
 

@@ -119,3 +119,58 @@ def test_report_plot_ranges(fmnist_q, tmp_path):
     plt.savefig(tmp_path / "ranges.png")
     assert (tmp_path / "ranges.png").stat().st_size > 1000
     plt.close("all")
+
+
+def test_integer_simulation_round_trips(tmp_path, fmnist_q):
+    """The integer steps of the simulation (layers' integer paths, QAdd, QAvgPool) come back from
+    the file as they were: same parameters, same outputs bit for bit."""
+    from dfq_gpu.modules import QAdd, QAvgPool, QConv2d, QLinear
+    from dfq_gpu.quant.simulate import stale_integer_steps
+
+    q, x = fmnist_q
+    loaded = D.load(D.save(q, tmp_path / "q.safetensors"))
+
+    def steps(gm):
+        out = {}
+        for n, m in gm.named_modules():
+            if isinstance(m, (QConv2d, QLinear)):
+                out[n] = m.integer_state()
+            elif isinstance(m, (QAdd, QAvgPool)):
+                out[n] = (type(m).__name__, m.state())
+        return out
+
+    before, after = steps(q), steps(loaded)
+    assert before == after
+    assert sum(1 for v in before.values() if isinstance(v, tuple) and v[0] == "QAdd") == 5
+    assert stale_integer_steps(loaded) == []
+    with torch.no_grad():
+        assert torch.equal(q(x), loaded(x))
+
+
+class _MeanTail(nn.Module):
+    """A ReLU6 (a per-channel clamp after equalization), a residual add and a global average
+    that is the float network output."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+
+    def forward(self, x):
+        h = self.a(x)
+        return (h + self.b(h)).mean((2, 3))
+
+
+def test_float_output_average_round_trips(tmp_path):
+    from dfq_gpu.modules import QAvgPool
+
+    torch.manual_seed(0)
+    model = _MeanTail().eval()
+    x = torch.randn(4, 3, 10, 10)
+    q = D.quantize(model, (x[:1],), D.DFQConfig(input_range=(-3.0, 3.0)))
+    pool = next(m for m in q.modules() if isinstance(m, QAvgPool))
+    assert pool.y_scale is None  # float output
+    loaded = D.load(D.save(q, tmp_path / "m.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(q(x), loaded(x))
+        assert torch.equal(D.to_int8(loaded, backend="reference")(x), loaded(x))

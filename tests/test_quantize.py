@@ -197,3 +197,113 @@ def test_fmnist_w8a8_within_0p3_points():
     q = D.quantize(model, (x[:1],))
     qm = evaluate(q, test, batch_size=1000)
     assert abs(qm.top1 - fp.top1) <= 0.003
+
+
+# =============================================================================================
+# The simulation computes with the integer network's arithmetic
+# =============================================================================================
+def _integer_kinds(q):
+    return {n: m.integer_output for n, m in q.named_modules() if isinstance(m, (QConv2d, QLinear))}
+
+
+def test_simulation_computes_with_integer_arithmetic():
+    from dfq_gpu.modules import QAdd, QAvgPool
+
+    net, x = trained_stats_net()
+    q = D.quantize(net, (x[:2],))
+    assert _integer_kinds(q) == {"c1": "quantized", "dw": "quantized", "c2": "quantized", "fc": "float"}
+    assert isinstance(q.get_submodule("add"), QAdd) and isinstance(q.get_submodule("adaptive_avg_pool2d"), QAvgPool)
+    # the nodes keep their names; the FakeQuants stay where they were
+    assert [n.name for n in q.graph.nodes] == [
+        "x", "act_quant_x", "c1", "act", "act_quant_act", "dw", "act_1", "act_quant_act_1", "c2", "act_quant_c2",
+        "add", "act_quant_add", "adaptive_avg_pool2d", "act_quant_adaptive_avg_pool2d", "flatten", "fc", "output"]
+    assert q.report.steps[-1] == "integer arithmetic in the simulation: 4 layers, 1 adds, 1 average pools"
+    # integer arithmetic: the result of an image does not depend on the batch it is in
+    with torch.no_grad():
+        full = q(x[:64])
+        single = torch.cat([q(x[i:i + 1]) for i in range(64)])
+    assert torch.equal(full, single)
+    assert torch.equal(q(x[:4]), full[:4])  # with autograd on too (the integer steps run without it)
+
+
+def test_integer_arithmetic_only_where_it_applies():
+    net, x = trained_stats_net()
+    q = D.quantize(net, (x[:2],), D.DFQConfig(act_bits=None))
+    assert set(_integer_kinds(q).values()) == {None}
+    assert not any(type(m).__name__ in ("QAdd", "QAvgPool") for m in q.modules())
+    # 16-bit weights and activations: the layers' accumulators could exceed int32
+    q = D.quantize(net, (x[:2],), D.DFQConfig(weight_bits=16, act_bits=16))
+    assert set(_integer_kinds(q).values()) == {None}
+    assert q.report.steps[-1].endswith("float simulation for c1, dw, c2, fc (its accumulator could exceed int32)")
+    # wider than int8 but exact in int32: integer arithmetic
+    q = D.quantize(net, (x[:2],), D.DFQConfig(act_bits=10))
+    assert set(_integer_kinds(q).values()) == {"quantized", "float"}
+    q = D.quantize(net, (x[:2],), D.DFQConfig(skip_layers=("fc",)))
+    assert type(q.get_submodule("fc")) is nn.Linear
+    assert _integer_kinds(q) == {"c1": "quantized", "dw": "quantized", "c2": "quantized"}
+
+
+@pytest.mark.parametrize("cfg", [D.DFQConfig(), D.DFQConfig(act_bits=10, weight_bits=6),
+                                 D.DFQConfig(weight_granularity="channel", weight_symmetric=True)],
+                         ids=["w8a8", "w6a10", "perchannel-sym"])
+def test_exact_accumulation_does_not_depend_on_how_it_is_split(monkeypatch, cfg):
+    """Float32 chunks added in float64, a float32 bias added after the reduction, and one float64
+    reduction all give the same exact accumulator."""
+    import dfq_gpu.modules as M
+
+    net, x = trained_stats_net()
+    q = D.quantize(net, (x[:2],), cfg)
+    layers = [m for m in q.modules() if isinstance(m, (QConv2d, QLinear))]
+    with torch.no_grad():
+        ref = q(x[:32])
+    kinds = set()
+    for limit, max_chunks in ((2**24, 8), (2**18, 8), (2**16, 64), (2**14, 1000), (2**24, 0)):
+        monkeypatch.setattr(M, "EXACT_FLOAT32", limit)
+        monkeypatch.setattr(M, "MAX_FLOAT32_CHUNKS", max_chunks)
+        for m in layers:
+            m._iq_cache = None
+            plan = m._integer_plan(torch.device("cpu"))
+            kinds.add((plan[1], len(plan[2] or ()) > 1))
+        with torch.no_grad():
+            assert torch.equal(q(x[:32]), ref), (limit, max_chunks)
+    assert {("f32", False), ("chunks", True), ("f64", False)} <= kinds, kinds
+
+
+def test_integer_arithmetic_follows_changes_of_the_quantizers():
+    """Disabling a quantizer and running make_integer_exact again takes the steps around it back
+    to the float simulation (the add back to a float add); enabling it restores them."""
+    import operator
+
+    from dfq_gpu.modules import QAdd
+    from dfq_gpu.quant.simulate import make_integer_exact, stale_integer_steps
+
+    net, x = trained_stats_net()
+    q = D.quantize(net, (x[:2],))
+    with torch.no_grad():
+        ref = q(x[:16])
+    fq = q.get_submodule("act_quant_c2")
+    fq.enabled = False
+    assert stale_integer_steps(q) == ["c2", "add"]
+    res = make_integer_exact(q)
+    assert res["layers"] == 3 and res["adds"] == 0 and set(res["float"]) == {"c2", "add"}
+    assert q.get_submodule("c2").integer_output is None
+    add = next(n for n in q.graph.nodes if n.name == "add")
+    assert add.op == "call_function" and add.target is operator.add
+    fq.enabled = True
+    res = make_integer_exact(q)
+    assert (res["layers"], res["adds"], res["pools"], res["float"]) == (4, 1, 1, {})
+    assert isinstance(q.get_submodule("add"), QAdd) and stale_integer_steps(q) == []
+    with torch.no_grad():
+        assert torch.equal(q(x[:16]), ref)
+
+
+def test_empirical_bias_correction_reaches_the_integer_arithmetic():
+    """Empirical bias correction runs the float simulation before the switch to integers; the
+    integer steps use its corrected (and rounded) biases, as the integer network does."""
+    net, x = trained_stats_net()
+    cfg = D.DFQConfig(weight_bits=4, act_bits=8, equalize=False, bias_correction="empirical", relu6="keep")
+    q = D.quantize(net, (x[:2],), cfg, data=[x[i:i + 64] for i in range(0, 256, 64)])
+    assert set(_integer_kinds(q).values()) == {"quantized", "float"}
+    int8 = D.to_int8(q, backend="reference")
+    with torch.no_grad():
+        assert torch.equal(q(x[:32]), int8(x[:32]))

@@ -1,11 +1,12 @@
 """Step-by-step comparison of an integer network with the simulation it was built from.
 
-A one-step difference in an early layer propagates and grows through a deep network, so the
-final outputs of the integer network and of the simulation are compared best with aggregate
-metrics (top-1 agreement, SQNR). :func:`compare_with_simulation` isolates what each integer step
-itself does: with ``teacher_forcing`` every step receives the simulation's own quantized inputs
+The simulation computes with the integer network's arithmetic (``dfq_gpu.quant.requant``), so
+every step of the integer network reproduces the simulation's integers exactly and the outputs
+are bit-identical; :func:`compare_with_simulation` checks it step by step and, where a network
+was changed after quantization (``dfq_gpu.quant.simulate.stale_integer_steps``), shows where the
+two part. With ``teacher_forcing`` every step receives the simulation's own quantized inputs
 (the outputs of the simulation's ``FakeQuant`` nodes, as int8), so the difference it reports for
-a step is that step's rounding difference alone.
+a step is that step's own difference; without it, differences propagate from step to step.
 """
 
 from __future__ import annotations

@@ -11,23 +11,25 @@ How each node of the simulation is mapped
 * placeholder + ``FakeQuant``: :class:`~dfq_gpu.int8.layers.QuantizeInput` (NCHW float ->
   NHWC int8, the same float32 reciprocal as ``FakeQuant``).
 * ``QConv2d`` / ``QLinear`` [+ ReLU / ReLU6 / Hardtanh / ChannelClamp] + ``FakeQuant``: one
-  kernel call with the requantization epilogue ``clamp(rne(acc * m) + z_y, lo, hi)``,
-  ``m = s_x s_w / s_y`` (float32, per tensor or per output channel), the activation fused into
+  kernel call with the requantization epilogue ``clamp(rne(float32(acc) * m) + z_y, lo, hi)``,
+  ``m = float32(s_x s_w / s_y)`` (per tensor or per output channel), the activation fused into
   ``lo``/``hi``, the int32 bias folded with the input zero point. Dense convolutions use
   ``int8_conv2d`` (weights ``[N, KH, KW, C]``), depthwise ones ``int8_depthwise_conv2d``
   (``[KH, KW, C]``), linear layers ``int8_gemm``. A ``ZeroPad2d`` in front of a convolution is
   merged into the kernel's (top, bottom, left, right) padding (padded taps hold the input zero
   point, i.e. real zero, as in the simulation).
 * a layer without an output quantizer (the network output): the kernel returns its int32
-  accumulator, which becomes ``acc * float32(s_x s_w)`` (the bias is part of ``acc``); an
-  activation after it is applied in float.
-* residual add [+ activation] + ``FakeQuant``: ``int8_add`` with integer multipliers
-  ``ia, ib`` (at most ``2^15``) whose ratio is the best rational approximation of ``s_a / s_b``
-  (:func:`add_multipliers`); per-tensor bounds are fused, per-channel ones that differ between
-  channels follow as an exact integer clamp.
-* global average pooling (``AdaptiveAvgPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``,
+  accumulator, which becomes ``float32(acc) * float32(s_x s_w)`` (the bias is part of ``acc``);
+  an activation after it is applied in float.
+* residual add (``QAdd``, or an ``operator.add``) [+ activation] + ``FakeQuant``: ``int8_add``
+  with integer multipliers ``ia, ib`` (at most ``2^15``) whose ratio is the best rational
+  approximation of ``s_a / s_b`` (:func:`dfq_gpu.quant.requant.add_multipliers`); per-tensor
+  bounds are fused, per-channel ones that differ between channels follow as an exact integer
+  clamp. An add whose result is the float network output adds the two dequantized tensors.
+* global average pooling (``QAvgPool``, ``AdaptiveAvgPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``,
   ``x.mean((2, 3))``, an ``AvgPool2d`` covering the whole input) + ``FakeQuant``: ``int8_avgpool``
-  with ``m = s_x / (H W s_y)``.
+  with ``m = float32((s_x / s_y) / (H W))``; as the float network output,
+  ``float32(sum (x - z_x)) * float32(s_x / (H W))``.
 * ``MaxPool2d`` / ``F.max_pool2d``: ``int8_maxpool2d`` (values and quantization unchanged);
   ``AdaptiveMaxPool2d(1)``: a max over H and W.
 * ``view`` / ``reshape`` / ``flatten`` / ``squeeze`` / ``contiguous``: the int8 values are moved
@@ -39,58 +41,30 @@ How each node of the simulation is mapped
 
 Integer parameters
 ------------------
-Activations on the asymmetric grid ``[0, 2^b - 1]`` are stored as ``q - 128`` with zero
-point ``z - 128`` (``[-128, 127]`` for 8 bits); symmetric activations as they are. Weights the
-same (``integer_weight() - 128`` with zero point ``w_zero_point - 128`` when asymmetric;
-symmetric weights get no zero point at all, which the kernels compile out). The bias is
-``round(bias / (s_x s_w))`` in int32: the simulation already rounded it to that grid, so this
-recovers its integers exactly. A clamp bound ``b`` of a fused activation becomes
+Bias, multipliers, clamp bounds, add multipliers and pooling multipliers all come from
+:mod:`dfq_gpu.quant.requant`, the definition the simulation computes with as well
+(:func:`dfq_gpu.quant.simulate.make_integer_exact`); this module only maps them to the int8
+storage: activations on the asymmetric grid ``[0, 2^b - 1]`` are stored as ``q - 128`` with
+zero point ``z - 128`` (``[-128, 127]`` for 8 bits), and so are their clamp bounds; symmetric
+activations as they are. Weights the same (``integer_weight() - 128`` with zero point
+``w_zero_point - 128`` when asymmetric; symmetric weights get no zero point at all, which the
+kernels compile out). The bias is ``round(bias / (s_x s_w))`` in int32: the simulation already
+rounded it to that grid, so this recovers its integers exactly (while below 2^24 grid steps,
+which the float32 bias holds exactly). A clamp bound ``b`` of a fused activation becomes
 ``clamp(round(float32(b) * (1 / s_y)) + z_y, qmin, qmax)``, computed in float32 exactly as the
-output ``FakeQuant`` would quantize ``b`` (``+-inf`` become the ends of the grid). Because
-quantization is monotone, clamping before quantizing (the simulation) and clamping the
-quantized value to the quantized bounds (the kernel epilogue) give the same integer, so fused
-activations add no difference of their own.
+output ``FakeQuant`` would quantize ``b`` (``+-inf`` become the ends of the grid).
 
-Where the integer network and the simulation differ
----------------------------------------------------
-Both compute the same integers up to rounding effects, each of which moves a value by one
-quantization step, and only when the exact value lies within a tiny distance of a rounding
-boundary (``k + 0.5`` steps):
-
-1. **Requantization.** The simulation computes a layer in float32 on dequantized values
-   (``F.conv2d`` sums ``K`` products in float32 and adds the float32 bias) and multiplies the
-   result by ``float32(1 / s_y)``. The integer network computes the accumulator exactly and
-   multiplies it by one float32 multiplier ``float32(s_x s_w / s_y)``. Both are within a few
-   float32 ulps of the exact value (relative ~1e-6), so they round differently only that close
-   to a tie: about 1e-5 of the outputs of a layer.
-2. **Residual adds.** The simulation adds the two dequantized float32 tensors and multiplies by
-   ``1 / s_y``; the kernel computes ``((a - z_a) ia + (b - z_b) ib) * m`` with ``ia / ib`` within
-   ``1 / (ia ib)`` of ``s_a / s_b`` (relative), so again only float32 rounding separates the two.
-   (``kernels.add_multipliers`` would round both multipliers to 15 bits, a relative error of up
-   to ``2^-16`` that flipped about 0.1-0.4% of the outputs of an add.)
-3. **Average pooling.** The simulation averages dequantized float32 values
-   (``adaptive_avg_pool2d``) and quantizes with ``1 / s_y``; the kernel sums the integers exactly
-   and multiplies by ``float32(s_x / (H W s_y))``. When the exact mean is a tie (common when
-   ``s_x = s_y`` and ``H W`` is a power of two, e.g. a 2x2 map) the kernel rounds it half to even,
-   while the simulation rounds whatever float32 rounding made of it.
-4. **Float output.** ``acc * float32(s_x s_w)`` against the simulation's float32 convolution:
-   relative differences of ~1e-6 in the logits (no rounding to a grid is involved).
-5. **Bias.** The int32 bias is recovered exactly from the simulation's float32 bias as long as
-   it is below 2^24 grid steps; larger biases (not seen in practice) are off by the float32
-   rounding of the simulation's own bias.
-
+The integer network and the simulation
+--------------------------------------
+The simulation computes every quantized layer, residual add and global average pool with the
+integer network's arithmetic: the exact integer accumulator and the same epilogue
+(:mod:`dfq_gpu.modules`), so the two produce the same integers, and the integer network's
+output is bit-identical to the simulation's (``tests/test_int8.py``: Fashion-MNIST,
+EfficientNet-Lite0 on the ImageNet sample, per-channel, symmetric and 4-bit quantization).
 Input quantization, fused activation bounds, zero padding, max pooling and the final
-dequantization are bit-identical to the simulation.
-
-Fed the simulation's own quantized inputs (:func:`dfq_gpu.int8.compare_with_simulation`), the
-steps of EfficientNet-Lite0 reproduce the simulation's integers except for about one value in a
-million, each off by one step. Run freely, such a difference in an early layer propagates and
-grows, as any float32 rounding difference does: on the 160 ImageNet sample views the logits of
-the integer network are 29 dB (SQNR) from the simulation's, while a float64 run of the
-simulation is 24 dB from the float32 one, and the simulation itself changes its top-1 on two
-near-tied views when run at batch 32 instead of 4. Top-1 agrees on 157 to 160 of the 160
-views depending on the quantization (the others are such near-ties) and the logit SQNR against
-FP32 is the simulation's within 0.05 dB (``tests/test_int8.py``).
+dequantization were bit-identical already. :func:`dfq_gpu.int8.compare_with_simulation`
+checks it step by step. The simulation is therefore also independent of the batch size and of
+the convolution algorithms of the machine it runs on.
 """
 
 from __future__ import annotations
@@ -100,7 +74,6 @@ import logging
 import math
 import numbers
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from typing import Any, Optional
 
 import torch
@@ -112,8 +85,10 @@ import kernels
 
 from ..graph import ops
 from ..graph.trace import LAYER_TYPES, node_module
-from ..modules import ChannelClamp, FakeQuant, QConv2d, QLinear
-from ..quant.simulate import FUSABLE_ACTS, is_passthrough
+from ..modules import FakeQuant, QAdd, QAvgPool, QConv2d, QLinear
+from ..quant import requant
+from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
+from ..quant.simulate import FUSABLE_ACTS, fused_output, global_avgpool_problem, is_passthrough, stale_integer_steps
 from . import layers as L
 
 __all__ = ["to_int8", "Int8ConversionError", "Int8Network"]
@@ -121,7 +96,6 @@ __all__ = ["to_int8", "Int8ConversionError", "Int8Network"]
 log = logging.getLogger(__name__)
 
 INT8_MIN, INT8_MAX = -128, 127
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 class Int8ConversionError(ValueError):
@@ -141,6 +115,8 @@ class _QParams:
     lo: int  # int8-domain grid ends
     hi: int
     sim_quantizer: str  # name of the FakeQuant node of the simulation
+    grid: requant.Grid  # the quantizer's own grid (what dfq_gpu.quant.requant computes on)
+    offset: int  # grid value - int8 value
 
 
 @dataclass(frozen=True)
@@ -178,58 +154,7 @@ def _fq_params(name: str, fq: FakeQuant) -> _QParams:
     if not (INT8_MIN <= lo <= z <= hi <= INT8_MAX):
         raise Int8ConversionError(f"activation quantizer '{name}': zero point {int(float(fq.zero_point))} on the "
                                   f"grid [{fq.qmin}, {fq.qmax}] does not map into int8")
-    return _QParams(float(fq.scale), z, lo, hi, name)
-
-
-def _quantized_bounds(fq: FakeQuant, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8-domain bounds of a fused clamp: the output quantizer applied to the float bounds,
-    with the quantizer's own float32 arithmetic (so the result is what the simulation gets for
-    a value clamped to the bound)."""
-    scale = fq.scale.detach().to(torch.float32).cpu()
-    zp = fq.zero_point.detach().to(torch.float32).cpu()
-    inv = torch.reciprocal(scale)
-    off = _act_offset(fq.symmetric)
-
-    def q(b: torch.Tensor) -> torch.Tensor:
-        v = torch.clamp(torch.round(b.to(torch.float32) * inv) + zp, fq.qmin, fq.qmax)
-        return v.to(torch.int64) - off
-
-    return q(lo), q(hi)
-
-
-def _act_float_bounds(gm: fx.GraphModule, node: fx.Node, act: nn.Module, channels: int) -> tuple[torch.Tensor,
-                                                                                                  torch.Tensor]:
-    """Float32 bounds ``[1]`` or ``[channels]`` of a fusable activation."""
-    if isinstance(act, ChannelClamp):
-        if act.channels != channels:
-            raise Int8ConversionError(f"{ops.describe(gm, node)} clamps {act.channels} channels but its input has "
-                                      f"{channels}")
-        return act.lo.detach().to(torch.float32).cpu(), act.hi.detach().to(torch.float32).cpu()
-    bounds = ops.is_clamp_act(act)
-    if bounds is None:  # pragma: no cover - FUSABLE_ACTS are all clamps
-        raise Int8ConversionError(f"{ops.describe(gm, node)}: cannot fuse {type(act).__name__}")
-    lo, hi = bounds
-    return torch.tensor([lo], dtype=torch.float32), torch.tensor([hi], dtype=torch.float32)
-
-
-def add_multipliers(s_a: float, s_b: float, s_y: float) -> tuple[int, int, float]:
-    """Integer multipliers ``(ia, ib, m)`` of ``int8_add`` for ``y = ((a - z_a) s_a + (b - z_b) s_b) / s_y``.
-
-    Only the ratio ``ia / ib`` has to match ``s_a / s_b``: it is the best rational approximation
-    with numerator and denominator at most ``2^15`` (continued fractions), and
-    ``m = float32(s_max / (max(ia, ib) s_y))``. This satisfies the kernel's limits
-    (``|ia|, |ib| <= 2^15``, so ``|acc| < 2^24`` is exact in float32) like
-    ``kernels.add_multipliers``, whose rounding of both multipliers to 15 bits leaves a relative
-    error of up to ``2^-16``; the best approximation's error is below ``1 / (ia ib)``, so the
-    kernel's value before rounding is off only by float32 rounding of ``m`` and of the product.
-    """
-    s_max, s_min = max(s_a, s_b), min(s_a, s_b)
-    ratio = Fraction(s_min / s_max).limit_denominator(kernels.reference.ADD_MAX_MULTIPLIER)
-    p, q = ratio.numerator, ratio.denominator
-    if p == 0:  # a ratio below 2^-16: keep the kernels' multipliers
-        return kernels.add_multipliers(s_a, s_b, s_y)
-    ia, ib = (q, p) if s_a >= s_b else (p, q)
-    return ia, ib, kernels.float32_value(s_max / (q * s_y))
+    return _QParams(float(fq.scale), z, lo, hi, name, requant.Grid.of(fq), off)
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -310,33 +235,31 @@ class _Converter:
 
     def follow(self, node: fx.Node) -> tuple[Optional[fx.Node], Optional[fx.Node], fx.Node]:
         """The fused activation and output quantizer after ``node`` (each ``None`` if absent)
-        and the last node of the chain."""
-        act = fq = None
-        tail = node
-        users = list(node.users)
-        if len(users) == 1 and isinstance(node_module(self.gm, users[0]), FUSABLE_ACTS):
-            act = tail = users[0]
-            users = list(act.users)
-        if len(users) == 1 and isinstance(node_module(self.gm, users[0]), FakeQuant):
-            fq = tail = users[0]
-        return act, fq, tail
+        and the last node of the chain (:func:`dfq_gpu.quant.simulate.fused_output`)."""
+        return fused_output(self.gm, node)
 
-    def out_params(self, node: fx.Node, act: Optional[fx.Node], fq: fx.Node,
-                   channels: int) -> tuple[_QParams, torch.Tensor, torch.Tensor]:
-        """Output quantization and the int8 bounds (``[1]`` or ``[channels]``) with the activation fused."""
+    def out_quantizer(self, fq: fx.Node) -> _QParams:
         fqm = node_module(self.gm, fq)
         assert isinstance(fqm, FakeQuant)
-        qp = _fq_params(fq.name, fqm)
+        return _fq_params(fq.name, fqm)
+
+    def act_module(self, act: Optional[fx.Node], channels: int) -> Optional[nn.Module]:
+        """The fused activation's module (``None`` if absent), checked to be fusable."""
         if act is None:
-            return qp, torch.tensor([qp.lo]), torch.tensor([qp.hi])
-        flo, fhi = _act_float_bounds(self.gm, act, node_module(self.gm, act), channels)
-        lo, hi = _quantized_bounds(fqm, flo, fhi)
-        return qp, lo, hi
+            return None
+        m = node_module(self.gm, act)
+        assert m is not None
+        try:
+            requant.act_float_bounds(m, channels)
+        except ValueError as exc:
+            raise self.err(act, str(exc)) from exc
+        return m
 
     def float_act(self, act: Optional[fx.Node], out: fx.Node, channels: int) -> fx.Node:
-        if act is None:
+        m = self.act_module(act, channels)
+        if act is None or m is None:
             return out
-        flo, fhi = _act_float_bounds(self.gm, act, node_module(self.gm, act), channels)
+        flo, fhi = requant.act_float_bounds(m, channels)
         return self.step(act.name, L.FloatClamp(flo, fhi), out)
 
     def finish(self, node: fx.Node, act: Optional[fx.Node], fq: Optional[fx.Node], tail: fx.Node, v: _Val) -> None:
@@ -382,8 +305,10 @@ class _Converter:
         elif isinstance(m, LAYER_TYPES):
             raise self.err(node, "the layer was left in float (skip_layers, or not quantized); the integer network "
                                  "needs quantized weights for every layer")
-        elif ops.is_add(node):
+        elif isinstance(m, QAdd) or ops.is_add(node):
             self.add(node)
+        elif isinstance(m, QAvgPool):
+            self.avgpool(node, m)
         elif ops.is_shape_query(node):
             self.shape_query(node)
         elif ops.is_zero_pad(gm, node):
@@ -466,20 +391,18 @@ class _Converter:
         act, fq, tail = self.follow(node)
         n_out = m.weight.shape[0]
         w8, wzp = self._weights(node, m)
-        s_x = x.q.scale
-        s_w = m.w_scale.detach().to(torch.float64).cpu().reshape(-1)
-        step = s_x * s_w  # float64 [1|N]: the grid of the int32 accumulator
-        bias = torch.zeros(n_out, dtype=torch.float64) if m.bias is None else m.bias.detach().to(torch.float64).cpu()
-        bias_q = torch.clamp(torch.round(bias / step), INT32_MIN, INT32_MAX).to(torch.int64)
-        if fq is not None:
-            qp, lo, hi = self.out_params(node, act, fq, n_out)
-            mult = (step / qp.scale).to(torch.float32)
-            epi = dict(multiplier=mult, z_y=qp.zero_point, lo=lo, hi=hi, out_scale=None)
-            sim_q = fq.name
+        qp = self.out_quantizer(fq) if fq is not None else None
+        act_m = self.act_module(act, n_out) if qp is not None else None
+        rq = requant.layer_requant(x.q.grid, m.w_scale, m.bias, n_out, None if qp is None else qp.grid, act_m)
+        bias_q = rq.bias
+        if qp is not None:
+            assert rq.multiplier is not None and rq.lo is not None and rq.hi is not None
+            epi = dict(multiplier=rq.multiplier, z_y=qp.zero_point, lo=rq.lo - qp.offset, hi=rq.hi - qp.offset,
+                       out_scale=None)
+            sim_q = fq.name if fq is not None else ""
         else:
-            qp = None
             epi = dict(multiplier=torch.ones(1), z_y=0, lo=torch.tensor([INT8_MIN]), hi=torch.tensor([INT8_MAX]),
-                       out_scale=step.to(torch.float32))
+                       out_scale=rq.float_scale)
             sim_q = ""
         if is_conv:
             assert isinstance(m, QConv2d)
@@ -541,8 +464,10 @@ class _Converter:
             v = _Val(self.float_act(act, out, channels), "float", rank=a.rank)
             self.finish(node, act, fq, tail, v)
             return
-        qp, lo, hi = self.out_params(node, act, fq, channels)
-        ia, ib, mult = add_multipliers(a.q.scale, b.q.scale, qp.scale)
+        qp = self.out_quantizer(fq)
+        rq = requant.add_requant(a.q.grid, b.q.grid, qp.grid, self.act_module(act, channels), channels)
+        ia, ib, mult = rq.ia, rq.ib, rq.multiplier
+        lo, hi = rq.lo - qp.offset, rq.hi - qp.offset
         clamp_lo = clamp_hi = None
         if lo.numel() > 1 and (bool((lo != lo[0]).any()) or bool((hi != hi[0]).any())):
             clamp_lo, clamp_hi = lo, hi
@@ -605,11 +530,9 @@ class _Converter:
         shape_out = ops.tensor_shape(node)
         if x.rank != 4 or shape_in is None or shape_out is None:
             raise self.err(node, "average pooling of a tensor that is not 4-D")
-        if not (shape_out[0] == shape_in[0] and shape_out[1] == shape_in[1] and all(d == 1 for d in shape_out[2:])):
-            raise self.err(node, f"average pooling from {shape_in} to {shape_out} (only global average pooling)")
-        if isinstance(m, nn.AvgPool2d):
-            if _pair(m.padding) != (0, 0) or _pair(m.kernel_size) != tuple(shape_in[2:]):
-                raise self.err(node, "an AvgPool2d that is not a global average pool")
+        problem = global_avgpool_problem(self.gm, node)
+        if problem is not None:
+            raise self.err(node, problem)
         keepdim = len(shape_out) == 4
         act, fq, tail = self.follow(node)
         if act is not None:
@@ -618,9 +541,9 @@ class _Converter:
             out = self.step(node.name, L.FloatAvgPool(x.q.scale, x.q.zero_point, keepdim), x.node)
             self.finish(node, None, None, tail, _Val(out, "float", rank=len(shape_out)))
             return
-        qp = _fq_params(fq.name, node_module(self.gm, fq))  # type: ignore[arg-type]
+        qp = self.out_quantizer(fq)
         hw = int(shape_in[2] * shape_in[3])
-        mod = L.Int8AvgPool(x.q.zero_point, x.q.scale / qp.scale, hw, qp.zero_point, qp.lo, qp.hi, keepdim,
+        mod = L.Int8AvgPool(x.q.zero_point, x.q.scale, qp.scale, hw, qp.zero_point, qp.lo, qp.hi, keepdim,
                             sim_quantizer=fq.name)
         out = self.step(node.name, mod, x.node)
         self.finish(node, None, fq, tail, _Val(out, "int8", qp, rank=len(shape_out)))
@@ -786,6 +709,12 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto") -> Int8Network:
     if not any(isinstance(m, FakeQuant) for m in q.modules()):
         raise Int8ConversionError("the model has no activation quantizer (FakeQuant): quantize it with "
                                   "dfq_gpu.quantize(..., DFQConfig(act_bits=8)) first")
+    stale = stale_integer_steps(q)
+    if stale:
+        log.warning("the simulation's integer parameters of %s no longer match its quantizers, biases or activations "
+                    "(changed after quantize?); the integer network follows those, so its outputs can differ from "
+                    "the simulation's until dfq_gpu.quant.simulate.make_integer_exact(q) updates it",
+                    ", ".join(stale))
     with torch.inference_mode(False), torch.no_grad():
         net = _Converter(q, backend).run()
     n_steps = sum(1 for n in net.graph.nodes if n.op == "call_module")

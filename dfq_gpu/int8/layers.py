@@ -19,6 +19,8 @@ import torch.nn as nn
 
 import kernels
 
+from ..quant.requant import avgpool_float_scale, avgpool_multiplier
+
 __all__ = [
     "Int8Step",
     "QuantizeInput",
@@ -220,7 +222,8 @@ class Int8Linear(_Requant):
 
 
 class Int8Add(Int8Step):
-    """Residual add ``kernels.int8_add`` with integer multipliers from ``kernels.add_multipliers``.
+    """Residual add ``kernels.int8_add`` with the integer multipliers of
+    :func:`dfq_gpu.quant.requant.add_multipliers`.
 
     ``lo``/``hi`` are the fused per-tensor bounds. A per-channel clamp whose bounds differ
     between channels (``clamp_lo``/``clamp_hi``, int8 ``[C]``) is applied after the kernel as an
@@ -263,16 +266,19 @@ class FloatAdd(Int8Step):
 class Int8AvgPool(_Requant):
     """Global average pool ``[B, H, W, C] -> [B, C]`` (``[B, 1, 1, C]`` with ``keepdim``).
 
-    The multiplier ``s_x / (H W s_y)`` is stored for the spatial size seen at conversion; other
-    sizes get their own multiplier, computed on first use and kept.
+    The multiplier ``float32((s_x / s_y) / (H W))`` (:func:`dfq_gpu.quant.requant.avgpool_multiplier`)
+    is stored for the spatial size seen at conversion; other sizes get their own multiplier,
+    computed on first use and kept.
     """
 
-    def __init__(self, z_x: int, ratio: float, hw: int, z_y: int, lo: int, hi: int, keepdim: bool, **kw) -> None:
+    def __init__(self, z_x: int, x_scale: float, y_scale: float, hw: int, z_y: int, lo: int, hi: int, keepdim: bool,
+                 **kw) -> None:
         super().__init__(**kw)
         self.z_x = int(z_x)
-        self.ratio = float(ratio)  # s_x / s_y
+        self.x_scale, self.y_scale = float(x_scale), float(y_scale)
         self.hw = int(hw)
-        self._init_epilogue(torch.tensor([self.ratio / self.hw]), z_y, torch.tensor([lo]), torch.tensor([hi]), None)
+        self._init_epilogue(torch.tensor([avgpool_multiplier(self.x_scale, self.y_scale, self.hw)]), z_y,
+                            torch.tensor([lo]), torch.tensor([hi]), None)
         self.keepdim = bool(keepdim)
         self._other: dict = {}
 
@@ -282,7 +288,7 @@ class Int8AvgPool(_Requant):
         key = (hw, str(device))
         m = self._other.get(key)
         if m is None:
-            m = torch.tensor([self.ratio / hw], dtype=torch.float32, device=device)
+            m = torch.tensor([avgpool_multiplier(self.x_scale, self.y_scale, hw)], dtype=torch.float32, device=device)
             self._other[key] = m
         return m
 
@@ -292,19 +298,25 @@ class Int8AvgPool(_Requant):
         return y.view(y.shape[0], 1, 1, y.shape[1]) if self.keepdim else y
 
     def extra_repr(self) -> str:
-        return f"z_x={self.z_x}, z_y={self.z_y}, s_x/s_y={self.ratio:.6g}, keepdim={self.keepdim}"
+        return (f"z_x={self.z_x}, z_y={self.z_y}, s_x/s_y={self.x_scale / self.y_scale:.6g}, "
+                f"keepdim={self.keepdim}")
 
 
 class FloatAvgPool(Int8Step):
-    """Global average pool whose result is the (float) network output."""
+    """Global average pool whose result is the (float) network output:
+    ``float32(sum_hw (x - z_x)) * float32(s_x / (H W))``
+    (:func:`dfq_gpu.quant.requant.avgpool_float_scale`), the integer sum taken exactly."""
 
     def __init__(self, scale: float, zero_point: int, keepdim: bool, **kw) -> None:
         super().__init__(**kw)
         self.scale, self.zero_point, self.keepdim = float(scale), int(zero_point), bool(keepdim)
 
     def forward(self, x: Tensor) -> Tensor:
-        f = kernels.dequantize(x.contiguous(), self.scale, self.zero_point, backend=self.backend)
-        return f.mean(dim=(1, 2), keepdim=self.keepdim)
+        hw = int(x.shape[1] * x.shape[2])
+        acc = (x.to(torch.int64) - self.zero_point).sum(dim=(1, 2))  # exact
+        y = acc.to(torch.float32) * torch.tensor(avgpool_float_scale(self.scale, hw), dtype=torch.float32,
+                                                 device=x.device)
+        return y.view(y.shape[0], 1, 1, y.shape[1]) if self.keepdim else y
 
 
 class Int8MaxPool2d(Int8Step):

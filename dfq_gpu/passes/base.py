@@ -63,25 +63,25 @@ def _w(m: nn.Module) -> torch.Tensor:
 
 
 def out_channel_minmax(m: nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    w = _w(m).to(torch.float64).reshape(_w(m).shape[0], -1)
-    return w.min(1).values.cpu().numpy(), w.max(1).values.cpu().numpy()
+    w = _w(m).reshape(_w(m).shape[0], -1)
+    return (w.amin(1).to(torch.float64).cpu().numpy(), w.amax(1).to(torch.float64).cpu().numpy())
 
 
 def out_channel_absmax(m: nn.Module) -> np.ndarray:
-    """Per output channel ``max |W|``."""
-    w = _w(m).to(torch.float64)
-    return w.reshape(w.shape[0], -1).abs().max(1).values.cpu().numpy()
+    """Per output channel ``max |W|`` (exact: max and abs need no wider type)."""
+    w = _w(m)
+    return w.reshape(w.shape[0], -1).abs().amax(1).to(torch.float64).cpu().numpy()
 
 
 def in_channel_absmax(m: nn.Module) -> np.ndarray:
     """Per input channel ``max |W|`` over output channels and taps (grouped convs handled)."""
-    w = _w(m).to(torch.float64).abs()
+    w = _w(m).abs()
     if isinstance(m, nn.Linear):
-        return w.max(0).values.cpu().numpy()
+        return w.amax(0).to(torch.float64).cpu().numpy()
     g = m.groups
     o, ipg = w.shape[0], w.shape[1]
     w = w.reshape(g, o // g, ipg, -1)  # [g, o/g, i/g, taps]
-    return w.amax(dim=(1, 3)).reshape(-1).cpu().numpy()
+    return w.amax(dim=(1, 3)).reshape(-1).to(torch.float64).cpu().numpy()
 
 
 def _as(m: nn.Module, v: np.ndarray) -> torch.Tensor:
