@@ -381,6 +381,8 @@ class _QuantLayerMixin:
                 kind = "chunks"
         else:
             kind = "chunks"
+        if kind == "chunks" and (getattr(self, "groups", 1) != 1 or chunks is None):
+            kind = "f64"  # grouped / depthwise convolutions cannot be split along input channels
         dtype = torch.float64 if kind == "f64" else torch.float32
         bounds = None
         if self.integer_output == "quantized" and self.iq_lo.numel() == 1:

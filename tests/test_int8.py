@@ -569,3 +569,17 @@ def test_fully_connected_network():
         ys, yi = sim(x), net(x)
     check_steps(net, sim, x)
     assert sqnr_per_sample(ys, yi).min().item() > 30.0
+
+
+def test_depthwise_with_a_huge_integer_bias_stays_exact():
+    """A depthwise layer whose integer bias exceeds float32's exact range takes the float64 path
+    (it cannot be split along input channels) and still matches the integer network bit for bit."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        model[2].bias.fill_(1e4)
+    x = torch.randn(4, 3, 8, 8)
+    q = quantize(model, (x,), DFQConfig(equalize=False, absorb_bias=False))
+    net = to_int8(q, backend="reference")
+    with torch.no_grad():
+        assert torch.equal(q(x), net(x))
