@@ -342,6 +342,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         triton_version: Optional[str] = triton.__version__
     except ImportError:
         triton_version = None
+    int8_autotune: Optional[bool] = None
+    if cuda:
+        from kernels._config import autotune_enabled
+
+        int8_autotune = autotune_enabled()
     report = Report(args.out, {
         "schema": SCHEMA,
         "mode": "quick" if quick else "full",
@@ -353,6 +358,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "batches": list(batches),
         "timer": clock.name,
         "autotune_bench_ms": args.autotune_ms if patched else None,
+        "int8_autotune": int8_autotune,
         "autotuners_patched": patched,
         "budget_s": args.budget_s,
         "note": None if cuda else "CPU timings with the integer reference: plumbing only, not performance",
@@ -382,7 +388,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         entry["int8_steps"] = len(net.steps())
         if cuda:
             try:
-                xb = torch.empty(2, 3, size, size, device=device).uniform_(*input_range)
+                xb = torch.empty(args.check_batch, 3, size, size, device=device).uniform_(*input_range)
                 t2 = time.perf_counter()
                 entry["triton_vs_reference"] = check_bit_exact(net, xb)
                 # includes compiling and autotuning the kernels for batch 2
@@ -522,6 +528,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                         help="milliseconds Triton's autotuner benchmarks each config (0: Triton's default)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--compile", action="store_true", help="with --quick: also time torch.compile")
+    parser.add_argument("--check-batch", type=int, default=2,
+                        help="batch of the Triton-vs-reference check (a multiple of 16 shares the kernels' "
+                             "compiled specializations with batch 32 and 256)")
     args = parser.parse_args(argv)
     report = run(args)
     print(f"wrote {args.out}")

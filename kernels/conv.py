@@ -44,9 +44,8 @@ from . import reference as ref
 from ._config import (
     DERIVED,
     GEMM_GPU_CONFIGS,
-    GEMM_INTERPRET_META,
-    INTERPRETED,
     USE_RINT,
+    launch_meta,
     next_pow2_bucket,
     prune_by_size,
 )
@@ -179,7 +178,7 @@ def _int8_conv2d_kernel(
         tl.store(y_ptrs, acc, mask=mask)
     else:
         mult = tl.load(mult_ptr + offs_n * stride_mult, mask=mask_n, other=0.0)
-        lo = tl.load(lo_ptr + offs_n * stride_lo, mask=mask_n, other=-128)
+        lo = tl.load(lo_ptr + offs_n * stride_lo, mask=mask_n, other=0)
         hi = tl.load(hi_ptr + offs_n * stride_hi, mask=mask_n, other=127)
         out = requantize(acc, mult[None, :], z_y, lo[None, :], hi[None, :], USE_RINT)
         tl.store(y_ptrs, out, mask=mask)
@@ -288,13 +287,12 @@ def int8_conv2d(
         KH=KH, KW=KW, FLAT_K=C < FLAT_K_MAX_CHANNELS, PAD_CORR=pad_corr, NDIG=ndig, TP=tp,
         HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
     )  # fmt: skip
-    if INTERPRETED:
-        meta = GEMM_INTERPRET_META
-        grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-        _int8_conv2d_kernel[grid](**args, **meta)
-    else:
-        grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)  # noqa: E731
+    grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)  # noqa: E731
+    meta = launch_meta("gemm")
+    if meta is None:
         _int8_conv2d_kernel_tuned[grid](**args)
+    else:
+        _int8_conv2d_kernel[grid(meta)](**args, **meta)
     return y
 
 

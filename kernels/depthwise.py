@@ -26,9 +26,8 @@ import triton.language as tl
 from . import reference as ref
 from ._config import (
     DEPTHWISE_GPU_CONFIGS,
-    DEPTHWISE_INTERPRET_META,
-    INTERPRETED,
     USE_RINT,
+    launch_meta,
     next_pow2_bucket,
     prune_by_size,
 )
@@ -114,7 +113,7 @@ def _int8_depthwise_kernel(
         tl.store(y_ptrs, acc, mask=mask)
     else:
         mult = tl.load(mult_ptr + offs_c * stride_mult, mask=mask_c, other=0.0)
-        lo = tl.load(lo_ptr + offs_c * stride_lo, mask=mask_c, other=-128)
+        lo = tl.load(lo_ptr + offs_c * stride_lo, mask=mask_c, other=0)
         hi = tl.load(hi_ptr + offs_c * stride_hi, mask=mask_c, other=127)
         out = requantize(acc, mult[None, :], z_y, lo[None, :], hi[None, :], USE_RINT)
         tl.store(y_ptrs, out, mask=mask)
@@ -179,13 +178,12 @@ def int8_depthwise_conv2d(
         KH=KH, KW=KW,
         HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
     )  # fmt: skip
-    if INTERPRETED:
-        meta = DEPTHWISE_INTERPRET_META
-        grid = (triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(C, meta["BLOCK_C"]))
-        _int8_depthwise_kernel[grid](**args, **meta)
-    else:
-        grid = lambda META: (triton.cdiv(P, META["BLOCK_P"]), triton.cdiv(C, META["BLOCK_C"]))  # noqa: E731
+    grid = lambda META: (triton.cdiv(P, META["BLOCK_P"]), triton.cdiv(C, META["BLOCK_C"]))  # noqa: E731
+    meta = launch_meta("depthwise")
+    if meta is None:
         _int8_depthwise_kernel_tuned[grid](**args)
+    else:
+        _int8_depthwise_kernel[grid(meta)](**args, **meta)
     return y
 
 

@@ -30,9 +30,8 @@ from . import reference as ref
 from ._config import (
     DERIVED,
     GEMM_GPU_CONFIGS,
-    GEMM_INTERPRET_META,
-    INTERPRETED,
     USE_RINT,
+    launch_meta,
     next_pow2_bucket,
     prune_by_size,
 )
@@ -117,7 +116,7 @@ def _int8_gemm_kernel(
         tl.store(y_ptrs, acc, mask=mask)
     else:
         mult = tl.load(mult_ptr + offs_n * stride_mult, mask=mask_n, other=0.0)
-        lo = tl.load(lo_ptr + offs_n * stride_lo, mask=mask_n, other=-128)
+        lo = tl.load(lo_ptr + offs_n * stride_lo, mask=mask_n, other=0)
         hi = tl.load(hi_ptr + offs_n * stride_hi, mask=mask_n, other=127)
         out = requantize(acc, mult[None, :], z_y, lo[None, :], hi[None, :], USE_RINT)
         tl.store(y_ptrs, out, mask=mask)
@@ -167,13 +166,12 @@ def launch_gemm(
         z_y=z_y, M_BUCKET=next_pow2_bucket(M),
         HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
     )  # fmt: skip
-    if INTERPRETED:
-        meta = GEMM_INTERPRET_META
-        grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-        _int8_gemm_kernel[grid](**args, **meta)
-    else:
-        grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)  # noqa: E731
+    grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)  # noqa: E731
+    meta = launch_meta("gemm")
+    if meta is None:
         _int8_gemm_kernel_tuned[grid](**args)
+    else:
+        _int8_gemm_kernel[grid(meta)](**args, **meta)
     return y
 
 

@@ -24,9 +24,9 @@ from ._config import (
     AVGPOOL_GPU_WARPS,
     AVGPOOL_INTERPRET_META,
     DEPTHWISE_GPU_CONFIGS,
-    DEPTHWISE_INTERPRET_META,
     INTERPRETED,
     USE_RINT,
+    launch_meta,
     next_pow2_bucket,
     prune_by_size,
 )
@@ -62,7 +62,7 @@ def _int8_avgpool_kernel(
         part += xv.to(tl.int32)
     acc = tl.sum(part, axis=0) - HW * z_x
     mult = tl.load(mult_ptr + offs_c * stride_mult, mask=mask_c, other=0.0)
-    lo = tl.load(lo_ptr + offs_c * stride_lo, mask=mask_c, other=-128)
+    lo = tl.load(lo_ptr + offs_c * stride_lo, mask=mask_c, other=0)
     hi = tl.load(hi_ptr + offs_c * stride_hi, mask=mask_c, other=127)
     out = requantize(acc, mult, z_y, lo, hi, USE_RINT)
     tl.store(y_ptr + img.to(tl.int64) * C + offs_c, out, mask=mask_c)
@@ -86,17 +86,23 @@ def _int8_maxpool_kernel(
     ih0 = oh * stride_h - pad_top
     iw0 = ow * stride_w - pad_left
     x_img = x_ptr + img.to(tl.int64) * (H * W * C)
-    best = tl.full((BLOCK_P, BLOCK_C), -128, dtype=tl.int8)
+    # Padded taps count as -128. They are not loaded with other=-128: Triton (3.6 to 3.8) packs
+    # a constant int8 `other` of a vectorized masked load as a sign-extended 32-bit word
+    # (0xFFFFFF80, i.e. bytes -128, -1, -1, -1), so padding would read as -1 whenever C allows
+    # 16-byte loads. Masked taps load 0 and are replaced by -128 after widening to int32.
+    best = tl.full((BLOCK_P, BLOCK_C), -128, dtype=tl.int32)
     for kh in tl.static_range(KH):
         ih = ih0 + kh
         row_ok = mask_p & (ih >= 0) & (ih < H)
         for kw in tl.static_range(KW):
             iw = iw0 + kw
             ok = row_ok & (iw >= 0) & (iw < W)
+            m = ok[:, None] & mask_c[None, :]
             x_ptrs = x_img[:, None] + ((ih * W + iw) * C)[:, None] + offs_c[None, :]
-            best = tl.maximum(best, tl.load(x_ptrs, mask=ok[:, None] & mask_c[None, :], other=-128))
+            xv = tl.load(x_ptrs, mask=m, other=0).to(tl.int32)
+            best = tl.maximum(best, tl.where(m, xv, -128))
     y_ptrs = y_ptr + offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
-    tl.store(y_ptrs, best, mask=mask_p[:, None] & mask_c[None, :])
+    tl.store(y_ptrs, best.to(tl.int8), mask=mask_p[:, None] & mask_c[None, :])
 
 
 _int8_maxpool_kernel_tuned = triton.autotune(
@@ -161,12 +167,12 @@ def int8_maxpool2d(
         stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2],
         P_BUCKET=next_pow2_bucket(P), KH=ks[0], KW=ks[1],
     )  # fmt: skip
-    if INTERPRETED:
-        meta = DEPTHWISE_INTERPRET_META
-        _int8_maxpool_kernel[(triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(C, meta["BLOCK_C"]))](**args, **meta)
-    else:
-        grid = lambda META: (triton.cdiv(P, META["BLOCK_P"]), triton.cdiv(C, META["BLOCK_C"]))  # noqa: E731
+    grid = lambda META: (triton.cdiv(P, META["BLOCK_P"]), triton.cdiv(C, META["BLOCK_C"]))  # noqa: E731
+    meta = launch_meta("depthwise")
+    if meta is None:
         _int8_maxpool_kernel_tuned[grid](**args)
+    else:
+        _int8_maxpool_kernel[grid(meta)](**args, **meta)
     return y
 
 

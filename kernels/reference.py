@@ -138,6 +138,9 @@ def check_epilogue(
     for v, nm in ((lo, "lo"), (hi, "hi")):
         if not isinstance(v, Tensor) and isinstance(v, numbers.Integral) and not INT8_MIN <= int(v) <= INT8_MAX:
             raise ValueError(f"{nm} must lie in [-128, 127], got {v}")
+    if isinstance(lo, numbers.Integral) and isinstance(hi, numbers.Integral) and int(lo) > int(hi):
+        # checked here for every device (bound tensors on a GPU are not read back below)
+        raise ValueError(f"lo ({lo}) must not exceed hi ({hi})")
     if isinstance(multiplier, numbers.Real) and not isinstance(multiplier, bool):
         if not math.isfinite(float(multiplier)):
             raise ValueError(f"multiplier must be finite, got {multiplier}")

@@ -325,6 +325,76 @@ def test_conv_kernel_asym_params():
     assert torch.equal(kernels.int8_conv2d(x, w, backend="triton", **kw), ref.int8_conv2d(x, w, **kw))
 
 
+def _config_id(cfg) -> str:
+    return "_".join(f"{k[6:] if k.startswith('BLOCK_') else k}{v}" for k, v in cfg.kwargs.items()) + (
+        f"_w{cfg.num_warps}s{cfg.num_stages}"
+    )
+
+
+def _autotune_configs(family: str):
+    from kernels import _config
+
+    return [pytest.param(c, id=_config_id(c)) for c in _config.GPU_CONFIGS[family]]
+
+
+@pytest.mark.parametrize("cfg", _autotune_configs("gemm"))
+def test_every_gemm_autotune_config_is_bit_exact(cfg):
+    """Each entry of the GEMM/conv autotune list, forced, on shapes no tile divides (autotuning
+    may pick any of them on a GPU, so each must be exact, not only the default)."""
+    from kernels._config import forced_config
+
+    g = _gen(21)
+    x, w = rand_i8((131, 161), g).to(DEVICE), rand_i8((37, 161), g).to(DEVICE)
+    p = to_dev(make_params("perchannel", 37, 161, g))
+    xc, wc = rand_i8((2, 9, 7, 19), g).to(DEVICE), rand_i8((21, 3, 3, 19), g).to(DEVICE)
+    pc = to_dev(make_params("perchannel", 21, 9 * 19, g))
+    conv_kw = dict(stride=(2, 1), padding=(0, 1, 1, 1), **pc)
+    with forced_config("gemm", cfg):
+        y = kernels.int8_gemm(x, w, backend="triton", **p)
+        yc = kernels.int8_conv2d(xc, wc, backend="triton", **conv_kw)
+    assert torch.equal(y, ref.int8_gemm(x, w, **p))
+    assert torch.equal(yc, ref.int8_conv2d(xc, wc, **conv_kw))
+
+
+@pytest.mark.parametrize("cfg", _autotune_configs("depthwise"))
+def test_every_depthwise_autotune_config_is_bit_exact(cfg):
+    from kernels._config import forced_config
+
+    g = _gen(22)
+    x, w = rand_i8((2, 11, 9, 37), g).to(DEVICE), rand_i8((5, 5, 37), g).to(DEVICE)
+    p = to_dev(make_params("perchannel", 37, 25, g))
+    kw = dict(stride=2, padding=(1, 2, 1, 2), **p)
+    xm = rand_i8((1, 9, 10, 45), g).to(DEVICE)
+    with forced_config("depthwise", cfg):
+        y = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw)
+        ym = kernels.int8_maxpool2d(xm, 3, 2, 1, backend="triton")
+    assert torch.equal(y, ref.int8_depthwise_conv2d(x, w, **kw))
+    assert torch.equal(ym, ref.int8_maxpool2d(xm, 3, 2, 1))
+
+
+def test_forced_config_and_autotune_switch():
+    from kernels import _config
+
+    cfg = _config.GPU_CONFIGS["gemm"][-1]
+    before = _config.launch_meta("gemm")
+    with _config.forced_config("gemm", cfg):
+        meta = _config.launch_meta("gemm")
+        assert {k: meta[k] for k in cfg.kwargs} == cfg.kwargs
+    assert _config.launch_meta("gemm") == before
+    with pytest.raises(ValueError, match="unknown kernel family"):
+        with _config.forced_config("winograd", cfg):
+            pass
+    enabled = _config.autotune_enabled()
+    try:
+        _config.set_autotune(False)
+        if not _config.INTERPRETED:
+            assert _config.launch_meta("depthwise")["BLOCK_P"] == _config.DEFAULT_GPU_CONFIG["depthwise"].kwargs["BLOCK_P"]
+        else:  # the interpreter always launches one fixed tile
+            assert _config.launch_meta("depthwise") == _config.INTERPRET_META["depthwise"]
+    finally:
+        _config.set_autotune(enabled)
+
+
 @pytest.mark.parametrize("case,ndig", [("small", 1), ("large", 3), ("huge_zp", 4)])
 def test_conv_kernel_padding_correction_digit_planes(case, ndig):
     """Padded taps are corrected with int8 digit planes of the per-tap weight sums (1 to 4 planes)."""
@@ -420,6 +490,20 @@ def test_avgpool_kernel_bit_exact(shape, per_channel):
 def test_maxpool_kernel_bit_exact(k, s, p):
     x = rand_i8((2, 9, 8, 70), _gen(16)).to(DEVICE)
     assert torch.equal(kernels.int8_maxpool2d(x, k, s, p, backend="triton"), ref.int8_maxpool2d(x, k, s, p))
+
+
+def test_maxpool_kernel_padding_on_post_relu_input():
+    """ResNet's 3x3/2 max pool after a ReLU: most values are the zero point -128 and C = 64 allows
+    16-byte loads; padded taps must count as -128 (not -1) so all-zero border windows stay -128."""
+    g = _gen(17)
+    x = torch.full((3, 12, 12, 64), -128, dtype=torch.int8)
+    keep = torch.rand(x.shape, generator=g) < 0.05
+    x[keep] = rand_i8((int(keep.sum()),), g, lo=-128, hi=128)
+    x = x.to(DEVICE)
+    y = kernels.int8_maxpool2d(x, 3, 2, 1, backend="triton")
+    expect = ref.int8_maxpool2d(x, 3, 2, 1)
+    assert torch.equal(y, expect)
+    assert (expect[:, 0, :, :] == -128).any()  # some border windows hold only zeros
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nchw_channels_last", "nhwc", "flat"])
@@ -529,6 +613,16 @@ def test_validation_errors(backend):
         kernels.quantize(torch.zeros(3, 4, device=DEVICE), 0.1, 0, backend=backend)
     with pytest.raises(ValueError, match="window"):
         kernels.int8_maxpool2d(x4, 3, 2, 3, backend=backend)
+
+
+def test_integer_bounds_checked_on_every_device():
+    """Python-int bounds are validated before they become device tensors (a GPU's bound tensors
+    are not read back), so lo > hi fails on a non-CPU device too; here the meta device."""
+    meta = torch.device("meta")
+    with pytest.raises(ValueError, match=r"lo \(10\) must not exceed hi \(5\)"):
+        ref.check_epilogue(0.1, 0, 10, 5, 3, meta)
+    m, z, lo, hi = ref.check_epilogue(0.1, 0, -3, 7, 3, meta)
+    assert lo.device.type == "meta" and hi.shape == (1,) and z == 0
 
 
 def test_add_multipliers_validation_and_bounds():
@@ -699,3 +793,4 @@ def test_benchmark_compile_only_for_hopper(tmp_path):
         assert r["spill_bytes"] in (0, None), (name, r["spill_bytes"])
         assert not r["fp32_fma"], name  # a fused multiply-add would change requantization results
         assert r["rint"] == (name not in ("dequantize", "maxpool 3x3")), name
+        assert not r["sign_extended_load_other"], name  # see kernels/pool.py's max pool
