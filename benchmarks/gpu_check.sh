@@ -31,10 +31,10 @@ export PYTHONUNBUFFERED=1
 # time limits in seconds, the steps to run and the benchmark cases (override through the environment)
 T_TESTS="${T_TESTS:-150}"
 T_INT8="${T_INT8:-80}"
-T_KERNELS="${T_KERNELS:-130}"
+T_KERNELS="${T_KERNELS:-150}"
 T_E2E="${T_E2E:-170}"
 STEPS="${STEPS:-test_kernels test_int8 kernels_bench e2e}"
-KERNEL_KINDS="${KERNEL_KINDS:-gemm conv3x3 depthwise add}"
+KERNEL_KINDS="${KERNEL_KINDS:-gemm conv3x3 depthwise add maxpool avgpool quantize}"
 # Autotuning every layer of a network compiles each of ~12 tiles for each layer's specialization:
 # over 2 minutes per model on an H200. The end-to-end run uses each kernel's default tile unless
 # E2E_AUTOTUNE=1.

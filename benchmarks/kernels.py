@@ -82,6 +82,12 @@ QUICK_GEMM = [(64, 64, 64), (100, 24, 144), (100, 144, 24)]
 QUICK_CONV = [(1, 8, 8, 32, 32)]
 QUICK_DW = [(1, 8, 8, 144, 1), (1, 10, 10, 96, 2)]
 QUICK_ADD = [(2, 12, 12, 24)]
+FULL_MAXPOOL = [(256, 112, 112, 64)]  # ResNet-50 after conv1
+QUICK_MAXPOOL = [(2, 12, 12, 64)]
+FULL_AVGPOOL = [(256, 7, 7, 1280), (256, 7, 7, 2048)]  # EfficientNet-Lite0/MobileNetV2, ResNet-50 heads
+QUICK_AVGPOOL = [(2, 7, 7, 40)]
+FULL_QUANTIZE = [(256, 224, 224, 3)]
+QUICK_QUANTIZE = [(2, 16, 16, 3)]
 
 
 # =============================================================================================
@@ -315,6 +321,78 @@ def bench_add(B: int, H: int, W: int, C: int, ctx: Dict[str, Any]) -> Dict[str, 
                   {}, speed, ">= 60% of copy bandwidth", speed["vs_copy"] >= 0.6, ms_launch)  # fmt: skip
 
 
+def _post_relu_int8(shape, g: torch.Generator, density: float = 0.4) -> torch.Tensor:
+    """int8 activations after a ReLU: the zero point -128 where the real value is 0."""
+    x = torch.randint(-128, 128, shape, dtype=torch.int8, generator=g)
+    x[torch.rand(shape, generator=g) >= density] = -128
+    return x
+
+
+def bench_maxpool(B: int, H: int, W: int, C: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
+    """ResNet's 3x3/2 max pool (padding 1) on post-ReLU activations."""
+    dev, timer, g = ctx["device"], ctx["timer"], ctx["gen"]
+    x = _post_relu_int8((B, H, W, C), g).to(dev)
+
+    def ours():
+        return kernels.int8_maxpool2d(x, 3, 2, 1, backend="triton")
+
+    y = ours()
+    exact = torch.equal(y, ref.int8_maxpool2d(x, 3, 2, 1))
+    ms = timer(ours)
+    ms_launch = timer.with_launch(ours)
+    xh = x.permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
+    base = {"cudnn_fp16_channels_last_ms": _try_time(timer, lambda: torch.nn.functional.max_pool2d(xh, 3, 2, 1))}
+    del xh
+    nbytes = x.numel() + y.numel()
+    copy_ms = nbytes / (ctx["copy_gbps"] * 1e9) * 1e3
+    speed = {"vs_fp16_max_pool2d": _ratio(base["cudnn_fp16_channels_last_ms"], ms), "vs_copy": copy_ms / ms}
+    return _entry("maxpool", f"maxpool3x3 s2 {B}x{H}x{W}x{C}", {"B": B, "H": H, "W": W, "C": C}, exact, ms, 0.0,
+                  nbytes, ctx, base, speed, ">= 60% of copy bandwidth", speed["vs_copy"] >= 0.6, ms_launch)  # fmt: skip
+
+
+def bench_avgpool(B: int, H: int, W: int, C: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
+    """Global average pool with requantization (the classifier head of MobileNet/EfficientNet/ResNet)."""
+    dev, timer, g = ctx["device"], ctx["timer"], ctx["gen"]
+    x = _post_relu_int8((B, H, W, C), g).to(dev)
+    m = (torch.rand(C, generator=g) * 0.02 + 0.01).to(dev) / (H * W)
+    lo = torch.full((1,), -128, dtype=torch.int32, device=dev)
+    hi = torch.full((1,), 127, dtype=torch.int32, device=dev)
+
+    def ours():
+        return kernels.int8_avgpool(x, -128, m, -128, lo, hi, backend="triton")
+
+    y = ours()
+    exact = torch.equal(y, ref.int8_avgpool(x, -128, m, -128, lo, hi))
+    ms = timer(ours)
+    ms_launch = timer.with_launch(ours)
+    nbytes = x.numel() + y.numel() + 12 * C
+    copy_ms = nbytes / (ctx["copy_gbps"] * 1e9) * 1e3
+    speed = {"vs_copy": copy_ms / ms}
+    return _entry("avgpool", f"avgpool global {B}x{H}x{W}x{C}", {"B": B, "H": H, "W": W, "C": C}, exact, ms, 0.0,
+                  nbytes, ctx, {}, speed, ">= 60% of copy bandwidth", speed["vs_copy"] >= 0.6, ms_launch)  # fmt: skip
+
+
+def bench_quantize(B: int, H: int, W: int, C: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
+    """Input quantization: float32 NCHW images to int8 NHWC (the first step of the int8 network)."""
+    dev, timer, g = ctx["device"], ctx["timer"], ctx["gen"]
+    x = (torch.rand((B, C, H, W), generator=g) * 2 - 1).to(dev)
+    scale, zp = 2.0 / 255.0, 0
+
+    def ours():
+        return kernels.quantize(x, scale, zp, layout="nchw", backend="triton")
+
+    y = ours()
+    exact = torch.equal(y, ref.quantize(x, scale, zp, layout="nchw"))
+    ms = timer(ours)
+    ms_launch = timer.with_launch(ours)
+    nbytes = 4 * x.numel() + y.numel()
+    copy_ms = nbytes / (ctx["copy_gbps"] * 1e9) * 1e3
+    speed = {"vs_copy": copy_ms / ms}
+    return _entry("quantize", f"quantize nchw->nhwc {B}x{C}x{H}x{W}", {"B": B, "H": H, "W": W, "C": C}, exact, ms,
+                  0.0, nbytes, ctx, {}, speed, ">= 60% of copy bandwidth", speed["vs_copy"] >= 0.6,
+                  ms_launch)  # fmt: skip
+
+
 # =============================================================================================
 # Ahead-of-time compilation for sm_90 (no GPU needed)
 # =============================================================================================
@@ -457,7 +535,7 @@ def _case_error(kind: str, name: str, shape: Dict[str, Any], exc: BaseException)
             "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}  # fmt: skip
 
 
-KINDS = ("gemm", "conv3x3", "depthwise", "add")
+KINDS = ("gemm", "conv3x3", "depthwise", "add", "maxpool", "avgpool", "quantize")
 
 
 def run(quick: bool, save: Optional[Callable[[Dict[str, Any]], None]] = None,
@@ -512,6 +590,12 @@ def run(quick: bool, save: Optional[Callable[[Dict[str, Any]], None]] = None,
                bench_depthwise, (B, H, W, C, st)) for B, H, W, C, st in (QUICK_DW if quick else FULL_DW)]  # fmt: skip
     cases += [("add", f"add {B}x{H}x{W}x{C}", dict(B=B, H=H, W=W, C=C), bench_add, (B, H, W, C))
               for B, H, W, C in (QUICK_ADD if quick else FULL_ADD)]  # fmt: skip
+    cases += [("maxpool", f"maxpool3x3 s2 {B}x{H}x{W}x{C}", dict(B=B, H=H, W=W, C=C), bench_maxpool, (B, H, W, C))
+              for B, H, W, C in (QUICK_MAXPOOL if quick else FULL_MAXPOOL)]  # fmt: skip
+    cases += [("avgpool", f"avgpool global {B}x{H}x{W}x{C}", dict(B=B, H=H, W=W, C=C), bench_avgpool, (B, H, W, C))
+              for B, H, W, C in (QUICK_AVGPOOL if quick else FULL_AVGPOOL)]  # fmt: skip
+    cases += [("quantize", f"quantize nchw->nhwc {B}x{C}x{H}x{W}", dict(B=B, H=H, W=W, C=C), bench_quantize,
+               (B, H, W, C)) for B, H, W, C in (QUICK_QUANTIZE if quick else FULL_QUANTIZE)]  # fmt: skip
     cases = [c for c in cases if c[0] in kinds]
     report["kinds"] = list(kinds)
     if save is not None:

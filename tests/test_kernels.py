@@ -762,12 +762,31 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
     assert report["schema"] == bench.SCHEMA and report["mode"] == "quick"
     assert report["all_bit_exact"] is True
     kinds = {r["kind"] for r in report["results"]}
-    assert kinds == {"gemm", "conv3x3", "depthwise", "add"}
+    assert kinds == {"gemm", "conv3x3", "depthwise", "add", "maxpool", "avgpool", "quantize"} == set(bench.KINDS)
     for r in report["results"]:
         assert r["bit_exact"] is True and r["ms"] > 0 and r["gbps"] > 0
         assert set(r) >= {"name", "shape", "tops", "baselines", "speedup", "roofline_floor_ms", "pct_of_roofline"}
     assert report["copy_bandwidth_gbps"] > 0
     assert "all bit-exact: True" in capsys.readouterr().out
+
+
+def test_benchmark_records_a_failing_case_and_goes_on(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_kernels2", ROOT / "benchmarks" / "kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def broken(*args):
+        raise RuntimeError("no kernel image is available")
+
+    monkeypatch.setattr(bench, "bench_add", broken)
+    out = tmp_path / "kernels.json"
+    with pytest.raises(SystemExit, match="not bit-exact"):
+        bench.main(["--quick", "--kinds", "add", "avgpool", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["complete"] is True and report["all_bit_exact"] is False and report["kinds"] == ["add", "avgpool"]
+    add, pool = report["results"]
+    assert add["kind"] == "add" and add["bit_exact"] is False and "no kernel image" in add["error"]
+    assert pool["kind"] == "avgpool" and pool["bit_exact"] is True  # the run went on past the failure
 
 
 def test_benchmark_compile_only_for_hopper(tmp_path):
