@@ -11,8 +11,9 @@ notebooks stay short and everything they show is importable and testable.
 - :func:`layer_output_bias`: the mean output error per channel that weight quantization
   causes, for chapter 5;
 - :func:`gemm_tiled` and :func:`gemm_program_grid`: the int8 GEMM kernel's tiling replayed in
-  NumPy, and the benchmark results helpers (:func:`kernel_benchmarks`,
-  :func:`run_quick_kernel_benchmark`), for chapter 6.
+  NumPy, :func:`bit_exact_checks` and :func:`int8_check`, and the benchmark results helpers
+  (:func:`benchmark_reports`, :func:`run_quick_kernel_benchmark`, :func:`run_quick_e2e_benchmark`,
+  :func:`e2e_rows`), for chapter 6.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +43,8 @@ from .config import DFQConfig
 __all__ = [
     "REPO_ROOT", "RESULTS_DIR", "setup", "lite0", "imagenet", "fmnist", "example_input", "ablation", "ablation_rows",
     "CLEStepper", "absorption_intervals", "bn_stats_after_cle", "layer_output_bias", "gemm_tiled",
-    "gemm_program_grid", "kernel_benchmarks", "run_quick_kernel_benchmark", "bit_exact_checks", "timer",
+    "gemm_program_grid", "BenchmarkReports", "benchmark_reports", "results_dir", "kernel_benchmarks",
+    "run_quick_kernel_benchmark", "run_quick_e2e_benchmark", "e2e_rows", "bit_exact_checks", "int8_check", "timer",
 ]
 
 log = logging.getLogger(__name__)
@@ -209,7 +211,7 @@ def _cache_key(row: AblationRow, model_name: str, data: torch.utils.data.TensorD
 
 def ablation(names: Sequence[str], model: nn.Module | None = None, data: torch.utils.data.TensorDataset | None = None,
              model_name: str = "efficientnet_lite0", input_range: tuple[float, float] | None = None,
-             progress: bool = True, use_results_file: bool = True) -> tuple[AblationResult, str]:
+             progress: bool = True, use_results_file: bool | None = None) -> tuple[AblationResult, str]:
     """Rows of the README's results table, computed as the README computes them.
 
     With no ``model``/``data``: EfficientNet-Lite0 on the 160 views of the ImageNet sample with
@@ -219,9 +221,13 @@ def ablation(names: Sequence[str], model: nn.Module | None = None, data: torch.u
     on-disk cache of earlier runs of the same code (``$DFQ_TUTORIAL_CACHE_DIR``, default
     ``~/.cache/dfq_gpu/tutorial``; set it to the empty string to turn it off); and
     :func:`dfq_gpu.ablation.run_ablation` for the rest, in one call (one FP32 reference pass).
+    ``use_results_file=False`` (or ``DFQ_TUTORIAL_USE_RESULTS=0`` in the environment) skips the
+    results files, to recompute the rows with the code as it is.
 
     Returns the result and a sentence saying where the rows came from.
     """
+    if use_results_file is None:
+        use_results_file = os.environ.get("DFQ_TUTORIAL_USE_RESULTS", "1") != "0"
     if model is None or data is None:
         model, pre = lite0()
         data = imagenet(pre)
@@ -484,7 +490,7 @@ def layer_output_bias(float_gm: nn.Module, q_gm: nn.Module, inputs: torch.Tensor
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
-    def hook(name: str):
+    def hook(name: str) -> Callable[..., None]:
         qm = q_gm.get_submodule(name)
 
         def f(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
@@ -578,25 +584,93 @@ def gemm_tiled(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, multiplier
     return y
 
 
-def kernel_benchmarks(directory: Path | str | None = None) -> list[tuple[Path, dict[str, Any]]]:
-    """The GPU kernel benchmark reports (``benchmarks/kernels.py`` JSON run on a GPU) in
-    ``benchmarks/results``, newest first."""
-    d = Path(directory) if directory is not None else RESULTS_DIR
-    found = []
-    for p in d.glob("*.json"):
+KERNEL_SCHEMA = "dfq_int8-kernel-bench"
+E2E_VARIANTS = ("int8", "fp16_eager", "fp16_compile", "fp32_eager")
+E2E_SCHEMA = "dfq_int8-e2e-bench"
+COMPILE_SCHEMA = "dfq_int8-kernel-compile"
+
+
+def _is_gpu_report(rep: Mapping[str, Any]) -> bool:
+    """A report measured on a GPU: the full (not ``--quick``) run, not through the interpreter."""
+    return rep.get("mode") == "full" and rep.get("backend", "triton") != "triton-interpreter" \
+        and not str(rep.get("device", "")).startswith("CPU")
+
+
+@dataclass
+class BenchmarkReports:
+    """The benchmark JSON reports found in a results folder, by kind, newest first.
+
+    ``kernels_gpu`` / ``e2e_gpu``: full runs of ``benchmarks/kernels.py`` / ``benchmarks/e2e.py``
+    on a GPU (``benchmarks/gpu_check.sh`` writes them as ``kernels_<gpu>.json`` and
+    ``e2e_<gpu>.json``); ``kernels_cpu`` / ``e2e_cpu``: their ``--quick`` runs; ``compile``:
+    ``benchmarks/kernels.py --compile-only`` reports; ``unreadable``: JSON files that could not
+    be read, with the reason (other JSON files, such as the ablation results, are ignored).
+    """
+
+    directory: Path
+    kernels_gpu: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    kernels_cpu: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    e2e_gpu: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    e2e_cpu: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    compile: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def has_gpu_results(self) -> bool:
+        return bool(self.kernels_gpu or self.e2e_gpu)
+
+
+def results_dir() -> Path:
+    """``$DFQ_BENCHMARK_RESULTS_DIR`` if set, else ``benchmarks/results`` of this checkout."""
+    env = os.environ.get("DFQ_BENCHMARK_RESULTS_DIR")
+    return Path(env) if env else RESULTS_DIR
+
+
+def benchmark_reports(directory: Path | str | None = None) -> BenchmarkReports:
+    """Sort the JSON reports of ``benchmarks/kernels.py`` and ``benchmarks/e2e.py`` in
+    ``directory`` (default :func:`results_dir`) by kind; see :class:`BenchmarkReports`.
+
+    A file that is not valid JSON, or that has a known schema but not the fields the plots need,
+    is listed in ``unreadable`` instead of raising: a GPU run cut short can leave one behind.
+    """
+    d = Path(directory) if directory is not None else results_dir()
+    out = BenchmarkReports(directory=d)
+    paths = sorted(d.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True) if d.is_dir() else []
+    for p in paths:
         try:
             rep = json.loads(p.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            out.unreadable.append((p, f"{type(exc).__name__}: {exc}"))
             continue
-        if isinstance(rep, dict) and str(rep.get("schema", "")).startswith("dfq_int8-kernel-bench") \
-                and rep.get("backend") != "triton-interpreter" and rep.get("mode") != "quick":
-            found.append((p, rep))
-    return sorted(found, key=lambda t: t[0].stat().st_mtime, reverse=True)
+        if not isinstance(rep, dict):
+            continue
+        schema = str(rep.get("schema", ""))
+        if schema.startswith(KERNEL_SCHEMA):
+            if not isinstance(rep.get("results"), list):
+                out.unreadable.append((p, "no 'results' list"))
+                continue
+            (out.kernels_gpu if _is_gpu_report(rep) else out.kernels_cpu).append((p, rep))
+        elif schema.startswith(E2E_SCHEMA):
+            if not isinstance(rep.get("models"), dict):
+                out.unreadable.append((p, "no 'models' mapping"))
+                continue
+            (out.e2e_gpu if _is_gpu_report(rep) else out.e2e_cpu).append((p, rep))
+        elif schema.startswith(COMPILE_SCHEMA):
+            if not isinstance(rep.get("results"), list):
+                out.unreadable.append((p, "no 'results' list"))
+                continue
+            out.compile.append((p, rep))
+    return out
 
 
-def run_quick_kernel_benchmark(out: Path | str, timeout: float = 300.0) -> dict[str, Any]:
-    """Run ``python benchmarks/kernels.py --quick --out OUT`` (tiny shapes; on a CPU through
-    Triton's interpreter) in a fresh process and return its JSON report.
+def kernel_benchmarks(directory: Path | str | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """The GPU kernel benchmark reports (``benchmarks/kernels.py`` run on a GPU) in
+    ``directory`` (default ``benchmarks/results``), newest first."""
+    return benchmark_reports(directory).kernels_gpu
+
+
+def _run_benchmark_script(script: str, args: Sequence[str], out: Path | str, timeout: float) -> dict[str, Any]:
+    """Run ``python benchmarks/<script> ARGS --out OUT`` in a fresh process and return its report.
 
     The script is started from the repository root without ``PYTHONPATH``: the script's own
     folder comes first on ``sys.path`` and holds a ``kernels.py``, so the script inserts the
@@ -605,11 +679,46 @@ def run_quick_kernel_benchmark(out: Path | str, timeout: float = 300.0) -> dict[
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"
-    cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / "kernels.py"), "--quick", "--out", str(out)]
+    cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args, "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmarks/kernels.py --quick failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"benchmarks/{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return json.loads(Path(out).read_text())
+
+
+def run_quick_kernel_benchmark(out: Path | str, timeout: float = 300.0) -> dict[str, Any]:
+    """Run ``python benchmarks/kernels.py --quick --out OUT`` (tiny shapes; on a CPU through
+    Triton's interpreter) in a fresh process and return its JSON report."""
+    return _run_benchmark_script("kernels.py", ["--quick"], out, timeout)
+
+
+def run_quick_e2e_benchmark(out: Path | str, models: Sequence[str] = ("efficientnet_lite0",),
+                            timeout: float = 300.0) -> dict[str, Any]:
+    """Run ``python benchmarks/e2e.py --quick --models ... --out OUT`` (CPU, integer reference,
+    batch 1 and 2 at 32x32) in a fresh process and return its JSON report."""
+    return _run_benchmark_script("e2e.py", ["--quick", "--models", *models], out, timeout)
+
+
+def e2e_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per model and batch of a ``benchmarks/e2e.py`` report: images/s of every variant
+    (``None`` where it was not measured, with the error if there was one) and the speedups."""
+    rows = []
+    for model, entry in (report.get("models") or {}).items():
+        results = (entry or {}).get("results") or {}
+        for batch in sorted(results, key=lambda b: int(b) if str(b).isdigit() else 0):
+            r = results[batch] or {}
+            row: dict[str, Any] = {"model": model, "batch": int(batch) if str(batch).isdigit() else batch}
+            for v in E2E_VARIANTS:
+                m = r.get(v) or {}
+                ips = m.get("images_per_s")
+                if ips is None and m.get("ms"):
+                    ips = row["batch"] / (m["ms"] * 1e-3) if isinstance(row["batch"], int) else None
+                row[v] = ips
+                row[v + "_error"] = m.get("error")
+            for k in ("speedup_vs_fp16_eager", "speedup_vs_fp16_compile", "speedup_vs_fp32_eager"):
+                row[k] = r.get(k)
+            rows.append(row)
+    return rows
 
 
 def bit_exact_checks(device: str | None = None, seed: int = 0) -> list[dict[str, Any]]:
@@ -662,3 +771,42 @@ def bit_exact_checks(device: str | None = None, seed: int = 0) -> list[dict[str,
         out.append({"name": name, "equal": bool(torch.equal(y_triton.cpu(), y_ref.cpu())), "seconds": secs,
                     "shape": tuple(y_ref.shape), "device": str(dev)})
     return out
+
+
+def int8_check(q: nn.Module, net: nn.Module, data: torch.utils.data.TensorDataset, reference: nn.Module,
+               device: str | None = None, triton_images: int = 4) -> dict[str, Any]:
+    """Run the integer network ``net = dfq_gpu.to_int8(q)`` next to the simulation ``q`` on ``data``.
+
+    Returns the seconds the integer network took, whether its logits equal the simulation's
+    bit for bit (and the largest difference), the metrics of both against ``reference`` (the float
+    model), and, on a CPU, whether the Triton kernels (through the interpreter) give the same
+    logits as the integer reference on the first ``triton_images`` inputs.
+    """
+    from .evaluate import collect_outputs, evaluate
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    xs = data.tensors[0].to(dev)
+    net, qd = net.to(dev), q.to(dev)
+    with timer() as t:
+        out_int8 = collect_outputs(net, xs, batch_size=256)
+    out_sim = collect_outputs(qd, xs, batch_size=256)
+    res: dict[str, Any] = {
+        "device": dev, "images": len(xs), "seconds": t.seconds, "equal": bool(torch.equal(out_int8, out_sim)),
+        "max_abs_diff": float((out_int8 - out_sim).abs().max()),
+        "agreement": float((out_int8.argmax(1) == out_sim.argmax(1)).float().mean()),
+        "simulation": evaluate(qd.cpu(), data, reference=reference, progress=False),
+        "int8": evaluate(net.cpu(), data, reference=reference, progress=False),
+    }
+    net.to(dev)
+    if dev == "cpu" and triton_images:
+        saved = getattr(net, "backend", None)
+        try:
+            net.backend = "triton"
+            with timer() as tt:
+                few = collect_outputs(net, xs[:triton_images])
+        finally:
+            net.backend = saved
+        res["triton_equal"] = bool(torch.equal(few, out_int8[:triton_images]))
+        res["triton_images"] = triton_images
+        res["triton_seconds"] = tt.seconds
+    return res

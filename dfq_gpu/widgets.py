@@ -12,6 +12,7 @@ in a status line; plots are real matplotlib figures rendered into an ``ipywidget
 - :class:`AbsorptionExplorer` (chapter 4): bias absorption's ``beta - n gamma`` rule;
 - :class:`BiasCorrectionExplorer` (chapter 5): bias correction per bit width and mode;
 - :class:`GemmTileExplorer` (chapter 6): the int8 GEMM kernel's tiles and K loop;
+  :func:`show_benchmark_results`: the GPU (or else CPU) benchmark results;
 - :class:`DFQDashboard` / :func:`dashboard` (chapter 7): every DFQ stage on any model and data.
 """
 
@@ -21,6 +22,7 @@ import html
 import logging
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -33,7 +35,8 @@ __all__ = [
     "show_figure", "quantize_tensor", "plot_quantization", "QuantizationExplorer", "plot_channel_boxplot",
     "plot_layer_sqnr", "ChannelRangeExplorer", "plot_cle_region", "CLEExplorer", "plot_absorption",
     "AbsorptionExplorer", "plot_layer_bias", "BiasCorrectionExplorer", "plot_gemm_tiles", "GemmTileExplorer",
-    "plot_kernel_benchmark", "DFQDashboard", "dashboard", "metrics_table",
+    "plot_kernel_benchmark", "plot_e2e_benchmark", "kernel_table_html", "e2e_table_html", "compile_table_html",
+    "show_benchmark_results", "DFQDashboard", "dashboard", "metrics_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,13 +44,13 @@ log = logging.getLogger(__name__)
 _BLUE, _GREY, _RED, _GREEN, _ORANGE = "tab:blue", "0.6", "tab:red", "tab:green", "tab:orange"
 
 
-def _plt():
+def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def _w():
+def _w() -> Any:
     import ipywidgets
 
     return ipywidgets
@@ -66,13 +69,18 @@ def show_figure(out: Any, fig: Any) -> None:
 class _Explorer:
     """Shared plumbing: a status line with a progress bar, an output area, and display."""
 
-    def _init_ui(self, controls: Sequence[Any], extra: Sequence[Any] = ()) -> None:
+    def _init_ui(self, controls: Sequence[Any], extra: Sequence[Any] = (),
+                 rows: Sequence[Sequence[Any]] | None = None) -> None:
+        """Lay out ``controls`` three to a row (or as the given ``rows``), then ``extra``, the
+        progress bar and status line, the result line and the plot."""
         W = _w()
         self.status = W.HTML(value="")
         self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="160px", visibility="hidden"))
         self.text = W.HTML(value="")
         self.out = W.Output(layout=W.Layout(min_height="120px"))
-        rows = [W.HBox(list(controls[i:i + 3])) for i in range(0, len(controls), 3)]
+        if rows is None:
+            rows = [controls[i:i + 3] for i in range(0, len(controls), 3)]
+        rows = [W.HBox(list(r)) for r in rows]
         self.widget = W.VBox(rows + list(extra) + [W.HBox([self.progress, self.status]), self.text, self.out])
 
     @contextmanager
@@ -92,7 +100,8 @@ class _Explorer:
             yield advance
             self.status.value = f"<span style='color:gray'>updated in {time.perf_counter() - t0:.1f} s</span>"
         except Exception as exc:
-            self.status.value = f"<span style='color:#b00'>{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>"
+            why = f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}"
+            self.status.value = f"<span style='color:#b00'>{why}</span>"
             log.exception("widget update failed")
         finally:
             self.progress.value = self.progress.max
@@ -108,7 +117,10 @@ def _slider(kind: str, **kw: Any) -> Any:
     W = _w()
     if kind.endswith("Slider"):
         kw.setdefault("continuous_update", False)
-    kw.setdefault("style", {"description_width": "initial"})
+    style = {"description_width": "initial"}
+    if kind == "ToggleButtons":
+        style["button_width"] = "auto"
+    kw.setdefault("style", style)
     return getattr(W, kind)(**kw)
 
 
@@ -284,8 +296,8 @@ class ChannelRangeExplorer(_Explorer):
         layers = list(layers) if layers is not None else [n for n, r in report.layers.items() if r.kind == "depthwise"]
         opts = [(f"{n} ({report.layers[n].kind}, spread {report.layers[n].range_ratio_folded:.1f})", n)
                 for n in layers]
-        self.layer = _slider("Dropdown", options=opts, value=layer if layer is not None else layers[0], description="layer",
-                             layout=_w().Layout(width="430px"))
+        self.layer = _slider("Dropdown", options=opts, value=layer if layer is not None else layers[0],
+                             description="layer", layout=_w().Layout(width="430px"))
         self.bits = _slider("IntSlider", min=2, max=8, value=bits, description="bits")
         self._init_ui([self.layer, self.bits])
         for c in (self.layer, self.bits):
@@ -325,7 +337,8 @@ class ChannelRangeExplorer(_Explorer):
             fig.tight_layout()
             spread = float((hi - lo).max() / np.median(hi - lo))
             self.text.value = (
-                f"<b>{html.escape(layer)}</b>: {w.shape[0]} channels; largest/median channel range <b>{spread:.1f}</b>; "
+                f"<b>{html.escape(layer)}</b>: {w.shape[0]} channels; largest/median channel range "
+                f"<b>{spread:.1f}</b>; "
                 f"per-tensor {bits}-bit grid: <b>{int(np.sum(levels < 4))}</b> channels span fewer than 4 steps, "
                 f"median {np.median(levels):.0f} steps; layer SQNR per-tensor "
                 f"<b>{fm.sqnr_db(w2, _fq(w2, bits, False)):.1f} dB</b> vs per-channel "
@@ -381,8 +394,9 @@ def plot_cle_region(stepper: Any, k: int, sweep: int) -> Any:
 
 
 def _plain_log_axis(ax: Any) -> None:
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
+    ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
     ax.yaxis.set_minor_formatter(NullFormatter())
 
@@ -436,6 +450,7 @@ def plot_absorption(view: Any, layer: str, n_sigmas: float, curve: tuple[np.ndar
         ax[0].axhline(v, color=_BLUE, ls="--", lw=0.8)
     ax[0].set_xlabel("channel")
     ax[0].set_title(f"{layer}: data-free activation range per channel (dashed: per tensor)", fontsize="small")
+    ax[0].set_ylabel("activation value")
     ax[0].legend(fontsize="x-small", loc="upper right")
     i = int(np.argmax(view.c)) if np.any(view.c > 0) else int(np.argmax(view.beta))
     mu, sd, c = view.beta[i], max(view.gamma[i], 1e-12), view.c[i]
@@ -463,16 +478,22 @@ class AbsorptionExplorer(_Explorer):
     """The ``c = max(0, beta - n gamma)`` rule on the absorbed layers of a prepared network.
 
     ``gm`` is ``prepare(model, ...)`` with absorption (its CLE scales are used); the intervals
-    are the data-free ones the activation quantizers use, ``clip(beta +- act_sigmas gamma)``.
+    are the data-free ones the activation quantizers start from, ``clip(beta +- act_sigmas gamma)``
+    (``act_sigmas``: the configuration's ``act_range_sigmas`` unless given).
     """
 
     def __init__(self, model: nn.Module, gm: nn.Module, layers: Sequence[str] | None = None, n_sigmas: float = 3.0,
-                 act_sigmas: float = 6.0) -> None:
+                 act_sigmas: float | None = None) -> None:
+        from .config import DFQConfig
         from .tutorial import act_upper_bound, bn_stats_after_cle
 
-        self.act_sigmas = act_sigmas
+        if act_sigmas is None:
+            act_sigmas = getattr(gm, "dfq_config", DFQConfig()).act_range_sigmas
+        self.act_sigmas = float(act_sigmas)
         rep = gm.report
-        layers = list(layers) if layers is not None else [n for n, r in rep.layers.items() if r.absorbed_out is not None]
+        if layers is None:
+            layers = [n for n, r in rep.layers.items() if r.absorbed_out is not None]
+        layers = list(layers)
         if not layers:
             raise ValueError("no layer of this network had a bias absorbed")
         self.stats = {}
@@ -575,8 +596,11 @@ class BiasCorrectionExplorer(_Explorer):
         self.names = list(self.float_gm.report.layers)
         self.reference = collect_outputs(model, data)
         self.cache: dict[tuple[int, str], dict[str, Any]] = {}
-        for b, m in precomputed:
-            self.compute(b, m)
+        if precomputed:
+            from tqdm.auto import tqdm
+
+            for b, m in tqdm(list(precomputed), desc="quantize, evaluate, measure", leave=False):
+                self.compute(b, m)
         self.bits = _slider("IntSlider", min=3, max=8, value=bits, description="weight bits")
         self.mode = _slider("ToggleButtons", options=["none", "analytic", "empirical"], value=mode,
                             description="bias correction")
@@ -621,7 +645,8 @@ class BiasCorrectionExplorer(_Explorer):
             none = self.compute(bits, "none", advance)
             m, m0 = res["metrics"], none["metrics"]
             self.text.value = (
-                f"W{bits}, bias correction <b>{mode}</b>: logit SQNR <b>{m.sqnr_db:.2f} dB</b> (none: {m0.sqnr_db:.2f}), "
+                f"W{bits}, bias correction <b>{mode}</b>: logit SQNR <b>{m.sqnr_db:.2f} dB</b> "
+                f"(none: {m0.sqnr_db:.2f}), "
                 f"top-1 agreement with FP32 <b>{m.agreement:.3f}</b> (none: {m0.agreement:.3f}) on {m.n} images; "
                 f"{html.escape(layer)}: mean |E[y_q - y]| {np.abs(none['bias'][layer]).mean():.3g} &rarr; "
                 f"<b>{np.abs(res['bias'][layer]).mean():.3g}</b>")
@@ -710,31 +735,42 @@ class GemmTileExplorer(_Explorer):
             step = steps[min(k_step, len(steps) - 1)]
             r0, c0 = step.pid_m * bm, step.pid_n * bn
             self.text.value = (
-                f"program <b>{pid}</b> computes output tile ({step.pid_m}, {step.pid_n}): rows {r0}..{min(M, r0 + bm) - 1}, "
-                f"columns {c0}..{min(N, c0 + bn) - 1}; after K step {k_step} (k = {step.k0}..{min(K, step.k0 + bk) - 1}) "
+                f"program <b>{pid}</b> computes output tile ({step.pid_m}, {step.pid_n}): "
+                f"rows {r0}..{min(M, r0 + bm) - 1}, columns {c0}..{min(N, c0 + bn) - 1}; "
+                f"after K step {k_step} (k = {step.k0}..{min(K, step.k0 + bk) - 1}) "
                 f"its int32 accumulator acc[0, 0] = sum x*w so far = <b>{step.acc_sample}</b>; final int8 "
                 f"y[{r0}, {c0}] = <b>{int(self.y[r0, c0])}</b>")
             show_figure(self.out, plot_gemm_tiles(M, N, K, bm, bn, bk, gm, pid, k_step))
         return step
 
 
+def _num(v: Any) -> float:
+    """A finite float, or NaN for ``None``, strings and other non-numbers (missing measurements)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return f if np.isfinite(f) else float("nan")
+
+
 def plot_kernel_benchmark(report: Mapping[str, Any], title: str = "") -> Any:
     """Kernel time against its baselines for every case of a ``benchmarks/kernels.py`` report
-    (log scale), with bit-exactness and, on a GPU, the fraction of the roofline reached."""
+    (log scale), with bit-exactness and, on a GPU, the fraction of the roofline reached.
+    Missing times (a case that failed) are left out of the bars."""
     plt = _plt()
-    cases = list(report.get("results", []))
+    cases = [c for c in report.get("results", []) if isinstance(c, Mapping)]
     gpu = report.get("backend") != "triton-interpreter" and report.get("mode") != "quick"
     fig, ax = plt.subplots(1, 2 if gpu else 1, figsize=(14 if gpu else 10, 0.45 * len(cases) + 1.6), squeeze=False)
     ax = ax[0]
     y = np.arange(len(cases))
-    names = [c["name"] + ("" if c.get("bit_exact") else "  (NOT bit-exact)") for c in cases]
-    ax[0].barh(y, [c["ms"] for c in cases], height=0.35, color=_BLUE, label="int8 kernel")
-    base_keys = sorted({k for c in cases for k in c.get("baselines", {})})
+    names = [str(c.get("name", "?")) + ("" if c.get("bit_exact") else "  (NOT bit-exact)") for c in cases]
+    ax[0].barh(y, [_num(c.get("ms")) for c in cases], height=0.35, color=_BLUE, label="int8 kernel")
+    base_keys = sorted({k for c in cases for k in (c.get("baselines") or {})})
     colors = [_GREY, _ORANGE, _GREEN, "tab:purple", "tab:brown"]
     for i, k in enumerate(base_keys):
-        vals = [c.get("baselines", {}).get(k) for c in cases]
-        ys = [yy + 0.35 + 0.12 * i for yy, v in zip(y, vals) if v is not None]
-        ax[0].barh(ys, [v for v in vals if v is not None], height=0.12, color=colors[i % len(colors)],
+        vals = [_num((c.get("baselines") or {}).get(k)) for c in cases]
+        ys = [yy + 0.35 + 0.12 * i for yy, v in zip(y, vals) if not np.isnan(v)]
+        ax[0].barh(ys, [v for v in vals if not np.isnan(v)], height=0.12, color=colors[i % len(colors)],
                    label=k.replace("_ms", ""))
     ax[0].set_yticks(y + 0.2)
     ax[0].set_yticklabels(names, fontsize="small")
@@ -744,14 +780,204 @@ def plot_kernel_benchmark(report: Mapping[str, Any], title: str = "") -> Any:
     ax[0].legend(fontsize="x-small", loc="lower right")
     ax[0].set_title(title or f"{report.get('device', '')} ({report.get('backend', '')})", fontsize="small")
     if gpu:
-        pct = [c.get("pct_of_roofline") or 0.0 for c in cases]
+        pct = [np.nan_to_num(_num(c.get("pct_of_roofline"))) for c in cases]
         ax[1].barh(y, pct, color=[_GREEN if c.get("goal_met") else _ORANGE for c in cases])
         ax[1].set_yticks(y)
-        ax[1].set_yticklabels([c.get("goal", "") for c in cases], fontsize="x-small")
+        ax[1].set_yticklabels([str(c.get("goal", "")) for c in cases], fontsize="x-small")
         ax[1].invert_yaxis()
         ax[1].set_xlabel("% of the roofline floor (green: goal met)")
     fig.tight_layout()
     return fig
+
+
+def plot_e2e_benchmark(report: Mapping[str, Any], title: str = "") -> Any:
+    """Images per second of the int8 network and the float baselines, per model and batch size,
+    from a ``benchmarks/e2e.py`` report (log scale; variants that were not measured are left
+    out), with the int8 speedup over fp16 eager written above each group."""
+    from .tutorial import E2E_VARIANTS, e2e_rows
+
+    plt = _plt()
+    rows = e2e_rows(report)
+    models = list(dict.fromkeys(r["model"] for r in rows)) or ["(no results)"]
+    fig, axes = plt.subplots(1, len(models), figsize=(max(6.0, 5.5 * len(models)), 3.4), squeeze=False)
+    colors = {"int8": _BLUE, "fp16_eager": _ORANGE, "fp16_compile": _GREEN, "fp32_eager": _GREY}
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model]
+        x = np.arange(len(mine))
+        width = 0.8 / len(E2E_VARIANTS)
+        for i, v in enumerate(E2E_VARIANTS):
+            vals = np.array([_num(r[v]) for r in mine])
+            if np.all(np.isnan(vals)):
+                continue
+            ax.bar(x + (i - 1.5) * width, np.nan_to_num(vals), width=width, color=colors[v], label=v)
+        for xi, r in zip(x, mine):
+            sp = _num(r.get("speedup_vs_fp16_eager"))
+            if not np.isnan(sp):
+                top = max([_num(r[v]) for v in E2E_VARIANTS if not np.isnan(_num(r[v]))] or [1.0])
+                ax.text(xi, top * 1.15, f"x{sp:.2f}", ha="center", fontsize="x-small")
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"batch {r['batch']}" for r in mine])
+        measured = [_num(r[v]) for r in mine for v in E2E_VARIANTS if not np.isnan(_num(r[v])) and _num(r[v]) > 0]
+        if measured:
+            ax.set_yscale("log")
+            ax.set_ylim(min(measured) / 2, max(measured) * 2)  # room for the speedups above the bars
+        ax.set_ylabel("images / s (log)")
+        ax.set_title(model, fontsize="small")
+        ax.legend(fontsize="x-small", loc="lower right")
+    fig.suptitle(title or f"{report.get('device', '')}: int8 network vs float (xN: int8 / fp16 eager)",
+                 fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _html_table(head: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+    th = "".join(f"<th style='padding:0 8px;text-align:left'>{html.escape(str(h))}</th>" for h in head)
+    tr = "".join("<tr>" + "".join(f"<td style='padding:0 8px'>{html.escape(str(c))}</td>" for c in b) + "</tr>"
+                 for b in body)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{tr}</tbody></table>"
+
+
+def _f(v: Any, spec: str) -> str:
+    f = _num(v)
+    return "-" if np.isnan(f) else format(f, spec)
+
+
+def kernel_table_html(report: Mapping[str, Any]) -> str:
+    """The cases of a ``benchmarks/kernels.py`` report as an HTML table."""
+    head = ["case", "bit-exact", "ms", "TOPS", "GB/s", "% roofline", "speedups", "goal", "met"]
+    body = []
+    for c in report.get("results", []):
+        if not isinstance(c, Mapping):
+            continue
+        sp = ", ".join(f"{k.replace('vs_', '')} x{_f(v, '.2f')}" for k, v in (c.get("speedup") or {}).items())
+        body.append([c.get("name", "?"), c.get("bit_exact"), _f(c.get("ms"), ".4f"), _f(c.get("tops"), ".1f"),
+                     _f(c.get("gbps"), ".1f"), _f(c.get("pct_of_roofline"), ".0f"), sp, c.get("goal", ""),
+                     "-" if c.get("goal_met") is None else c.get("goal_met")])
+    return _html_table(head, body)
+
+
+def e2e_table_html(report: Mapping[str, Any]) -> str:
+    """The model x batch rows of a ``benchmarks/e2e.py`` report as an HTML table (images/s)."""
+    from .tutorial import E2E_VARIANTS, e2e_rows
+
+    head = ["model", "batch", *[f"{v} img/s" for v in E2E_VARIANTS], "int8 / fp16 eager", "int8 / fp16 compile"]
+    body = []
+    for r in e2e_rows(report):
+        cells = []
+        for v in E2E_VARIANTS:
+            val = _f(r[v], ".1f")
+            cells.append(val if val != "-" or not r.get(v + "_error") else f"- ({r[v + '_error']})")
+        body.append([r["model"], r["batch"], *cells, _f(r.get("speedup_vs_fp16_eager"), ".2f"),
+                     _f(r.get("speedup_vs_fp16_compile"), ".2f")])
+    return _html_table(head, body)
+
+
+def compile_table_html(report: Mapping[str, Any]) -> str:
+    """A ``benchmarks/kernels.py --compile-only`` report as an HTML table."""
+    head = ["kernel", "compiled", "wgmma", "shared bytes", "registers", "spill bytes", "cvt.rni", "fp32 FMA"]
+    body = []
+    for r in report.get("results", []):
+        if isinstance(r, Mapping):
+            body.append([r.get("kernel", "?"), r.get("ok"), r.get("wgmma", "-"), r.get("shared_bytes", "-"),
+                         r.get("registers", "-"), r.get("spill_bytes", "-"), r.get("rint", "-"),
+                         r.get("fp32_fma", "-")])
+    return _html_table(head, body)
+
+
+def show_benchmark_results(directory: Any = None, run_quick: bool = True) -> dict[str, Any]:
+    """Display the benchmark results of ``directory`` (default ``benchmarks/results``) in a notebook.
+
+    GPU reports of ``benchmarks/kernels.py`` and ``benchmarks/e2e.py`` (``kernels_<gpu>.json``,
+    ``e2e_<gpu>.json`` from ``benchmarks/gpu_check.sh``) are shown as tables and plots, newest
+    first. Where there is none, that is said, and the CPU results are shown instead: a ``--quick``
+    report found in ``directory``, or else (with ``run_quick``) a fresh ``--quick`` run in a
+    temporary folder (a few seconds each; through Triton's interpreter and the integer reference,
+    so they show that everything runs, not how fast). ``--compile-only`` reports (the kernels
+    compiled for an H100/H200 without a GPU) are listed too.
+
+    Returns what was shown: ``{"kernels": [...], "e2e": [...], "compile": [...], "gpu": bool,
+    "unreadable": [...]}``, each list holding ``(source, device, kind)`` tuples.
+    """
+    import tempfile
+
+    from IPython.display import HTML, display
+
+    from .tutorial import REPO_ROOT, benchmark_reports, run_quick_e2e_benchmark, run_quick_kernel_benchmark
+
+    reps = benchmark_reports(directory)
+    try:
+        where = str(reps.directory.resolve().relative_to(REPO_ROOT))
+    except ValueError:  # a folder outside this checkout
+        where = str(reps.directory)
+    shown: dict[str, Any] = {"kernels": [], "e2e": [], "compile": [], "gpu": reps.has_gpu_results,
+                             "unreadable": [p.name for p, _ in reps.unreadable]}
+    plt = _plt()
+
+    def show(fig: Any) -> None:
+        display(fig)
+        plt.close(fig)
+
+    def heading(text: str) -> None:
+        display(HTML(f"<h4>{html.escape(text)}</h4>"))
+
+    def note(text: str) -> None:
+        display(HTML(f"<p>{text}</p>"))
+
+    for what, gpu_list, cpu_list, runner, table, plot in (
+            ("kernels", reps.kernels_gpu, reps.kernels_cpu, run_quick_kernel_benchmark, kernel_table_html,
+             plot_kernel_benchmark),
+            ("e2e", reps.e2e_gpu, reps.e2e_cpu, run_quick_e2e_benchmark, e2e_table_html, plot_e2e_benchmark)):
+        script = "benchmarks/kernels.py" if what == "kernels" else "benchmarks/e2e.py"
+        heading(f"{script}: {'the int8 kernels' if what == 'kernels' else 'the whole int8 network'}")
+        for path, rep in gpu_list:
+            ok = rep.get("all_bit_exact") if what == "kernels" else rep.get("complete")
+            note(f"<b>{html.escape(path.name)}</b>: {html.escape(str(rep.get('device', '?')))}, torch "
+                 f"{html.escape(str(rep.get('torch', '?')))}, triton {html.escape(str(rep.get('triton', '?')))}; "
+                 + (f"all bit-exact: <b>{ok}</b>" if what == "kernels" else f"complete: <b>{ok}</b>"
+                    + (f", skipped: {html.escape(', '.join(map(str, rep.get('skipped') or [])))}"
+                       if rep.get("skipped") else "")))
+            if what == "e2e":
+                checks = [f"{html.escape(str(name))}: <b>"
+                          + ("bit-exact" if (m.get("triton_vs_reference") or {}).get("bit_exact") else "NOT bit-exact")
+                          + "</b>" for name, m in (rep.get("models") or {}).items() if "triton_vs_reference" in m]
+                if checks:
+                    note("Triton network against the integer reference: " + "; ".join(checks))
+            for text in rep.get("notes") or []:
+                note(html.escape(str(text)))
+            display(HTML(table(rep)))
+            show(plot(rep, title=f"{path.name}: {rep.get('device', '')}"))
+            shown[what].append((path.name, rep.get("device"), "gpu"))
+        if gpu_list:
+            continue
+        note(f"<b>No GPU results yet</b> in {html.escape(where)}: <code>benchmarks/gpu_check.sh</code> "
+             f"on an H100/H200 writes <code>{'kernels' if what == 'kernels' else 'e2e'}_&lt;gpu&gt;.json</code> "
+             "there. The CPU run below shows that everything runs end to end; its times are not a "
+             "performance measurement.")
+        if cpu_list:
+            path, rep = cpu_list[0]
+            source = path.name
+        elif run_quick:
+            with tempfile.TemporaryDirectory() as tmp:
+                rep = runner(Path(tmp) / "quick.json")
+            source = f"{script} --quick (run now)"
+        else:
+            continue
+        note(f"{html.escape(source)}: {html.escape(str(rep.get('device', '?')))}; "
+             + (f"all bit-exact: <b>{rep.get('all_bit_exact')}</b>; " if what == "kernels" else "")
+             + html.escape(str(rep.get("note") or "")))
+        display(HTML(table(rep)))
+        show(plot(rep, title=f"{source} on {rep.get('device', '')}: not a performance measurement"))
+        shown[what].append((source, rep.get("device"), "cpu"))
+    if reps.compile:
+        heading("benchmarks/kernels.py --compile-only: the kernels compiled for an H100/H200 (sm_90) without a GPU")
+        for path, rep in reps.compile:
+            note(f"<b>{html.escape(path.name)}</b>: target {html.escape(str(rep.get('target', '?')))}, triton "
+                 f"{html.escape(str(rep.get('triton', '?')))}; all compiled: <b>{rep.get('all_ok')}</b>")
+            display(HTML(compile_table_html(rep)))
+            shown["compile"].append((path.name, rep.get("target"), "compile"))
+    for path, why in reps.unreadable:
+        note(f"skipped {html.escape(path.name)}: {html.escape(why)}")
+    return shown
 
 
 # ============================================================================ chapter 7
@@ -818,16 +1044,17 @@ class DFQDashboard(_Explorer):
         self._wanted_layer = layer
         self.run_button = W.Button(description="run", icon="play", layout=W.Layout(width="90px"))
         self.run_button.on_click(lambda _b: self.run())
-        controls = [W.HBox([self.fold_bn, self.equalize, self.absorb]), self.relu6, self.bias_correction,
-                    self.weight_bits, self.act_bits, self.granularity, self.layer, self.run_button]
+        stages = W.HBox([self.fold_bn, self.equalize, self.absorb], layout=W.Layout(width="430px"))
+        rows = [[stages, self.relu6], [self.bias_correction, self.granularity], [self.weight_bits, self.act_bits],
+                [self.layer, self.run_button]]
         self.table = W.HTML()
-        self._init_ui(controls, extra=[self.table])
+        self._init_ui([c for r in rows for c in r], extra=[self.table], rows=rows)
         self.stage_controls = [self.fold_bn, self.equalize, self.absorb, self.relu6, self.bias_correction,
                                self.granularity, self.weight_bits, self.act_bits]
+        self._quiet = False
         if auto:
             for c in self.stage_controls:
-                c.observe(lambda _change: self.run(), names="value")
-        self._quiet = False
+                c.observe(lambda _change: None if self._quiet else self.run(), names="value")
         self.layer.observe(lambda _change: None if self._quiet else self.redraw(), names="value")
         self.run()
 
@@ -855,21 +1082,43 @@ class DFQDashboard(_Explorer):
             act_bits=self.act_bits.value or None, weight_granularity=self.granularity.value,
             input_range=self.input_range)
 
-    def label(self) -> str:
-        c = self.config()
+    def set_controls(self, config: Any) -> None:
+        """Move the controls to ``config`` (as far as they can show it) without running anything."""
+        acts = config.act_bits or 0
+        values = [(self.fold_bn, config.fold_bn), (self.equalize, config.equalize), (self.absorb, config.absorb_bias),
+                  (self.relu6, config.relu6), (self.bias_correction, config.bias_correction),
+                  (self.granularity, config.weight_granularity), (self.weight_bits, config.weight_bits),
+                  (self.act_bits, acts if acts in [v for _, v in self.act_bits.options] else None)]
+        self._quiet = True
+        try:
+            for control, value in values:
+                if value is None:
+                    continue
+                if hasattr(control, "min") and not control.min <= value <= control.max:
+                    continue
+                control.value = value
+        finally:
+            self._quiet = False
+
+    def label(self, config: Any = None) -> str:
+        """A short description of ``config`` (default: the controls' setting) for the runs table."""
+        c = config if config is not None else self.config()
         stages = [s for s, on in (("BN", c.fold_bn), ("CLE", c.equalize), ("absorb", c.absorb_bias)) if on]
         acts = "float" if c.act_bits is None else str(c.act_bits)
         return (f"W{c.weight_bits}A{acts} per-{c.weight_granularity}, {'+'.join(stages) or 'nothing'}, "
                 f"relu6={c.relu6}, BC={c.bias_correction}")
 
     def run(self, config: Any = None) -> Any:
-        """Quantize with ``config`` (default: the controls), evaluate, and redraw; returns the metrics."""
+        """Quantize with ``config`` (default: the controls' setting; a given config also moves the
+        controls to it), evaluate, add a row to the runs table and redraw; returns the metrics."""
         from .api import quantize
         from .evaluate import evaluate
 
         metrics = None
         with self.busy("quantizing", steps=3) as advance:
             cfg = config or self.config()
+            if config is not None:
+                self.set_controls(config)
             t0 = time.perf_counter()
             q = quantize(self.model, self.example_inputs, cfg,
                          data=self.calibration if cfg.bias_correction == "empirical" or cfg.act_ranges == "calibrate"
@@ -878,8 +1127,8 @@ class DFQDashboard(_Explorer):
             advance("evaluating")
             metrics = evaluate(q, self.data, reference=self.reference, batch_size=self.batch_size, progress=False)
             self.q = q
-            self.history.insert(0, {"run": len(self.history) + 1, "label": self.label() if config is None else
-                                    str(cfg.to_dict()), "metrics": metrics, "seconds": secs})
+            self.history.insert(0, {"run": len(self.history) + 1, "label": self.label(cfg), "metrics": metrics,
+                                    "seconds": secs, "config": cfg})
             self.table.value = metrics_table(self.history[:8])
             names = list(q.report.layers)
             current = self.layer.value if self.layer.value in names else (

@@ -1,0 +1,286 @@
+"""A reader's path through tutorial chapters in a real browser.
+
+Starts JupyterLab on 127.0.0.1 (a free port, a token, a temporary root directory holding copies of
+chapters 1 and 7, temporary settings that switch off the news and update checks and start the
+default kernel without asking) and opens each chapter in Debian's Chromium through Playwright. It
+runs all cells, then in chapter 1 moves the bit-width slider of the quantization explorer with the
+keyboard, and in chapter 7 switches the DFQ dashboard from per-tensor to per-channel weights, and
+checks that each widget's plot and result line change. Screenshots go to ``artifacts/browser/``.
+
+Needs ``/usr/bin/chromium`` (``apt-get install chromium``, part of ``make system-deps``); never
+downloads a browser. It is skipped only when Chromium is missing outside CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTER = ROOT / "notebooks" / "01_quantization_basics.ipynb"
+CHAPTER7 = ROOT / "notebooks" / "07_your_own_model.ipynb"
+CHAPTERS = (CHAPTER, CHAPTER7)
+ARTIFACTS = ROOT / "artifacts" / "browser"
+CHROMIUM = os.environ.get("DFQ_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SETTINGS_OVERRIDES = {
+    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/notebook-extension:tracker": {"autoStartDefaultKernel": True},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as exc:  # the server is still starting, a request failed: try again
+            last = exc
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+class Lab:
+    """A JupyterLab server in a subprocess, with a small REST client."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = _free_port()
+        self.token = uuid.uuid4().hex
+        self.root = workdir / "root"
+        self.root.mkdir()
+        config = workdir / "config"
+        (config / "labconfig").mkdir(parents=True)
+        # labconfig/default_setting_overrides.json in a jupyter config dir: overrides of the
+        # plugins' default settings, read by jupyterlab_server at start-up
+        (config / "labconfig" / "default_setting_overrides.json").write_text(json.dumps(SETTINGS_OVERRIDES))
+        env = dict(os.environ)
+        env.update({
+            "JUPYTER_CONFIG_DIR": str(config),
+            "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
+            "PYTHONPATH": os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
+            "DFQ_TUTORIAL_CACHE_DIR": str(workdir / "cache"),
+        })
+        self.log = open(workdir / "jupyterlab.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+             f"--port={self.port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
+             "--ServerApp.open_browser=False", "--LabApp.extension_manager=readonly",
+             f"--ServerApp.root_dir={self.root}", f"--LabApp.user_settings_dir={workdir / 'user-settings'}",
+             f"--LabApp.workspaces_dir={workdir / 'workspaces'}"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.root)
+        self.url = f"http://127.0.0.1:{self.port}"
+        _wait("JupyterLab to answer", lambda: self.proc.poll() is None and self.api("GET", "/api/status"), 90)
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"JupyterLab exited with {self.proc.returncode}")
+        req = urllib.request.Request(self.url + path, method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Authorization": f"token {self.token}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read() or b"null")
+
+    def start_session(self, notebook: str) -> str:
+        """Create the notebook's kernel session before the page opens (a fresh server otherwise
+        races a second kernel against the first). The server reports the kernel's state only
+        once a client talks to it, so the page waits for it to be idle."""
+        s = self.api("POST", "/api/sessions", {"path": notebook, "name": notebook, "type": "notebook",
+                                                "kernel": {"name": "python3"}})
+        kid = s["kernel"]["id"]
+        _wait("the kernel to start", lambda: self.api("GET", f"/api/kernels/{kid}")["execution_state"] != "dead", 60)
+        return kid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing on CI: install it with 'apt-get install chromium' (make system-deps)")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    pytest.importorskip("jupyterlab")
+    pytest.importorskip("ipywidgets")
+    pytest.importorskip("playwright.sync_api")
+    workdir = tmp_path_factory.mktemp("lab")
+    server = Lab(workdir)
+    for chapter in CHAPTERS:  # copies without stored outputs: everything seen is fresh
+        nb = json.loads(chapter.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                cell["outputs"], cell["execution_count"] = [], None
+        nb["metadata"].pop("widgets", None)
+        (server.root / chapter.name).write_text(json.dumps(nb))
+    try:
+        yield server
+    finally:
+        server.stop()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(workdir / "jupyterlab.log", ARTIFACTS / "jupyterlab.log")
+
+
+@pytest.fixture
+def page(lab: Lab):
+    """A Chromium page (Debian's Chromium through Playwright; never a downloaded browser)."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            pg = browser.new_page(viewport={"width": 1500, "height": 1000})
+            pg.set_default_timeout(60_000)
+            yield pg
+        finally:
+            browser.close()
+
+
+#: The notebook on screen (a restored workspace can hold other notebooks in hidden tabs).
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+
+
+def _executed_cells(page) -> int:
+    return page.evaluate(f"""() => [...document.querySelectorAll('{PANEL} .jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+        .filter(p => /\\[\\d+\\]/.test(p.textContent)).length""")
+
+
+def _idle(page) -> bool:
+    return page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
+
+
+def _menu(page, menu: str, item: str) -> None:
+    page.locator(".lm-MenuBar-itemLabel").get_by_text(menu, exact=True).click()
+    page.locator(".lm-Menu-itemLabel").get_by_text(item, exact=True).click()
+
+
+def open_and_run(lab: Lab, page, chapter: Path, tag: str, run_timeout: float) -> None:
+    """Open ``chapter`` in JupyterLab, run all its cells and check that none failed."""
+    lab.start_session(chapter.name)
+    n_code = sum(c["cell_type"] == "code" for c in json.loads(chapter.read_text())["cells"])
+    # a workspace of its own, reset: only this chapter is open
+    page.goto(f"{lab.url}/lab/workspaces/{tag}/tree/{chapter.name}?reset&token={lab.token}")
+    page.wait_for_selector(f"{PANEL} .jp-Notebook .jp-Cell", timeout=90_000)
+    _wait("the notebook's kernel to be idle", lambda: _idle(page), 90)
+    for attempt in range(4):  # Run All can run nothing while the page is still attaching to the kernel
+        _menu(page, "Run", "Run All Cells")
+        try:
+            _wait("a cell to run", lambda: _executed_cells(page) > 0, 15)
+            break
+        except AssertionError:
+            if attempt == 3:
+                page.screenshot(path=str(ARTIFACTS / f"{tag}_run_all_failed.png"))
+                raise
+
+    def all_ran() -> bool:
+        return _executed_cells(page) >= n_code and _idle(page)
+
+    try:
+        _wait("all cells to run", all_ran, run_timeout)
+    except AssertionError:  # a stuck run: restart the kernel and run everything once more
+        page.screenshot(path=str(ARTIFACTS / f"{tag}_run_all_incomplete.png"))
+        page.locator(".lm-MenuBar-itemLabel").get_by_text("Kernel", exact=True).click()
+        page.locator(".lm-Menu-itemLabel").get_by_text("Restart Kernel and Run All Cells…").click()
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+        _wait("all cells to run after a kernel restart", all_ran, run_timeout + 30)
+    errors = page.locator(f"{PANEL} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
+    assert not tracebacks, tracebacks
+
+
+def test_chapter1_widget_in_jupyterlab(lab: Lab, page) -> None:
+    """Chapter 1: move the bit-width slider with the keyboard; the plot and the result line change."""
+    t0 = time.monotonic()
+    open_and_run(lab, page, CHAPTER, "ch1", 90)
+    explorer = page.locator(f"{PANEL} .widget-vbox").filter(has=page.locator(".widget-slider")).first
+    explorer.scroll_into_view_if_needed()
+    image = explorer.locator(".widget-output img").first
+    _wait("the explorer's plot", lambda: image.count() > 0 and image.get_attribute("src"), 60)
+    result = explorer.locator(".widget-html-content").filter(has_text="SQNR").first
+    readout = explorer.locator(".widget-slider .widget-readout").first
+    before = {"src": image.get_attribute("src"), "text": result.inner_text(), "bits": readout.inner_text()}
+    explorer.screenshot(path=str(ARTIFACTS / "ch1_explorer_before.png"))
+
+    handle = explorer.locator(".widget-slider .noUi-handle").first
+    handle.focus()
+    handle.press("ArrowRight")
+    _wait("the slider's value to change", lambda: readout.inner_text() != before["bits"], 20)
+    _wait("the plot to be redrawn", lambda: image.get_attribute("src") not in (None, before["src"]), 60)
+    _wait("the result line to change", lambda: result.inner_text() != before["text"], 30)
+    after = {"src": image.get_attribute("src"), "text": result.inner_text(), "bits": readout.inner_text()}
+    explorer.screenshot(path=str(ARTIFACTS / "ch1_explorer_after.png"))
+    page.screenshot(path=str(ARTIFACTS / "ch1_page.png"), full_page=False)
+    assert int(after["bits"]) == int(before["bits"]) + 1
+    assert after["src"].startswith("data:image/png") and after["src"] != before["src"]
+    assert after["text"] != before["text"] and "SQNR" in after["text"]
+    (ARTIFACTS / "ch1_result.json").write_text(json.dumps({"before": {k: v for k, v in before.items() if k != "src"},
+                                                            "after": {k: v for k, v in after.items() if k != "src"},
+                                                            "seconds": round(time.monotonic() - t0, 1)}, indent=1))
+
+
+def test_chapter7_dashboard_in_jupyterlab(lab: Lab, page) -> None:
+    """Chapter 7: switch the dashboard's weights from per-tensor to per-channel; it quantizes and
+    evaluates again (status line), adds a run to its table, and redraws its plot and result line."""
+    t0 = time.monotonic()
+    open_and_run(lab, page, CHAPTER7, "ch7", 150)
+    dash = page.locator(f"{PANEL} .widget-vbox").filter(has_text="fold BN").first
+    dash.scroll_into_view_if_needed()
+    image = dash.locator(".widget-output img").first
+    _wait("the dashboard's plot", lambda: image.count() > 0 and image.get_attribute("src"), 60)
+    result = dash.locator(".widget-html-content").filter(has_text="agreement with float").first
+    runs = dash.locator("table.dfq-runs tbody tr")
+    status = dash.locator(".widget-html-content").filter(has_text="updated in").first
+    channel = dash.locator(".widget-toggle-button").filter(has_text="channel").first
+    tensor = dash.locator(".widget-toggle-button").filter(has_text="tensor").first
+    _wait("per-tensor weights to be selected", lambda: "mod-active" in (tensor.get_attribute("class") or ""), 30)
+    before = {"src": image.get_attribute("src"), "text": result.inner_text(), "runs": runs.count()}
+    assert "per-tensor" in before["text"], before["text"]
+    dash.screenshot(path=str(ARTIFACTS / "ch7_dashboard_before.png"))
+
+    channel.click()
+    _wait("a new run in the table", lambda: runs.count() == before["runs"] + 1, 90)
+    _wait("the result line to change", lambda: result.inner_text() != before["text"], 30)
+    _wait("the plot to be redrawn", lambda: image.get_attribute("src") not in (None, before["src"]), 30)
+    _wait("the status line to say it is done", lambda: status.count() > 0, 30)
+    after = {"src": image.get_attribute("src"), "text": result.inner_text(), "runs": runs.count(),
+             "newest": runs.first.inner_text()}
+    dash.screenshot(path=str(ARTIFACTS / "ch7_dashboard_after.png"))
+    page.screenshot(path=str(ARTIFACTS / "ch7_page.png"), full_page=False)
+    assert "mod-active" in (channel.get_attribute("class") or "")
+    assert "per-channel" in after["text"] and "per-channel" in after["newest"], after
+    assert after["src"].startswith("data:image/png") and after["src"] != before["src"]
+    (ARTIFACTS / "ch7_result.json").write_text(json.dumps({"before": {k: v for k, v in before.items() if k != "src"},
+                                                            "after": {k: v for k, v in after.items() if k != "src"},
+                                                            "seconds": round(time.monotonic() - t0, 1)}, indent=1))
