@@ -188,6 +188,18 @@ def launch_meta(family: str) -> Optional[Dict[str, Any]]:
     return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
+def launch(
+    kernel: Any, tuned: Any, family: str, grid: Callable[[Dict[str, Any]], tuple], args: Dict[str, Any]
+) -> None:
+    """Launch ``kernel`` on ``args``: through its autotuned wrapper ``tuned``, or directly with the
+    meta-parameters of :func:`launch_meta` (interpreter, forced config, autotuning off)."""
+    meta = launch_meta(family)
+    if meta is None:
+        tuned[grid](**args)
+    else:
+        kernel[grid(meta)](**args, **meta)
+
+
 # ---------------------------------------------------------------------------------------------
 # Launch-time cache of tensors derived from weights (folded biases, padding tables)
 # ---------------------------------------------------------------------------------------------

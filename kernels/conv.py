@@ -45,7 +45,7 @@ from ._config import (
     DERIVED,
     GEMM_GPU_CONFIGS,
     USE_RINT,
-    launch_meta,
+    launch,
     next_pow2_bucket,
     prune_by_size,
 )
@@ -288,11 +288,7 @@ def int8_conv2d(
         HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
     )  # fmt: skip
     grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)  # noqa: E731
-    meta = launch_meta("gemm")
-    if meta is None:
-        _int8_conv2d_kernel_tuned[grid](**args)
-    else:
-        _int8_conv2d_kernel[grid(meta)](**args, **meta)
+    launch(_int8_conv2d_kernel, _int8_conv2d_kernel_tuned, "gemm", grid, args)
     return y
 
 

@@ -27,7 +27,7 @@ from . import reference as ref
 from ._config import (
     DEPTHWISE_GPU_CONFIGS,
     USE_RINT,
-    launch_meta,
+    launch,
     next_pow2_bucket,
     prune_by_size,
 )
@@ -179,11 +179,7 @@ def int8_depthwise_conv2d(
         HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
     )  # fmt: skip
     grid = lambda META: (triton.cdiv(P, META["BLOCK_P"]), triton.cdiv(C, META["BLOCK_C"]))  # noqa: E731
-    meta = launch_meta("depthwise")
-    if meta is None:
-        _int8_depthwise_kernel_tuned[grid](**args)
-    else:
-        _int8_depthwise_kernel[grid(meta)](**args, **meta)
+    launch(_int8_depthwise_kernel, _int8_depthwise_kernel_tuned, "depthwise", grid, args)
     return y
 
 

@@ -31,7 +31,7 @@ from ._config import (
     DERIVED,
     GEMM_GPU_CONFIGS,
     USE_RINT,
-    launch_meta,
+    launch,
     next_pow2_bucket,
     prune_by_size,
 )
@@ -167,11 +167,7 @@ def launch_gemm(
         HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
     )  # fmt: skip
     grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)  # noqa: E731
-    meta = launch_meta("gemm")
-    if meta is None:
-        _int8_gemm_kernel_tuned[grid](**args)
-    else:
-        _int8_gemm_kernel[grid(meta)](**args, **meta)
+    launch(_int8_gemm_kernel, _int8_gemm_kernel_tuned, "gemm", grid, args)
     return y
 
 

@@ -26,7 +26,7 @@ from ._config import (
     DEPTHWISE_GPU_CONFIGS,
     INTERPRETED,
     USE_RINT,
-    launch_meta,
+    launch,
     next_pow2_bucket,
     prune_by_size,
 )
@@ -168,11 +168,7 @@ def int8_maxpool2d(
         P_BUCKET=next_pow2_bucket(P), KH=ks[0], KW=ks[1],
     )  # fmt: skip
     grid = lambda META: (triton.cdiv(P, META["BLOCK_P"]), triton.cdiv(C, META["BLOCK_C"]))  # noqa: E731
-    meta = launch_meta("depthwise")
-    if meta is None:
-        _int8_maxpool_kernel_tuned[grid](**args)
-    else:
-        _int8_maxpool_kernel[grid(meta)](**args, **meta)
+    launch(_int8_maxpool_kernel, _int8_maxpool_kernel_tuned, "depthwise", grid, args)
     return y
 
 
