@@ -50,7 +50,7 @@ from ._config import (
     prune_by_size,
 )
 from .gemm import launch_gemm
-from .requant import requantize
+from .requant import add_gemm_corrections, requantize_channels
 
 logger = logging.getLogger(__name__)
 
@@ -164,12 +164,7 @@ def _int8_conv2d_kernel(
 
     # -- exact int32 corrections
     mask_n = offs_n < N
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0)
-        acc += bias[None, :]
-    if HAS_WZP:
-        zw = tl.load(wzp_ptr + offs_n * stride_wzp, mask=mask_n, other=0)
-        acc -= row_sum[:, None] * zw[None, :]
+    acc = add_gemm_corrections(acc, row_sum, offs_n, mask_n, bias_ptr, wzp_ptr, stride_wzp, HAS_BIAS, HAS_WZP)
 
     # -- epilogue; the NHWC output is the [M, N] row-major matrix
     y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
@@ -177,10 +172,8 @@ def _int8_conv2d_kernel(
     if OUT_INT32:
         tl.store(y_ptrs, acc, mask=mask)
     else:
-        mult = tl.load(mult_ptr + offs_n * stride_mult, mask=mask_n, other=0.0)
-        lo = tl.load(lo_ptr + offs_n * stride_lo, mask=mask_n, other=0)
-        hi = tl.load(hi_ptr + offs_n * stride_hi, mask=mask_n, other=127)
-        out = requantize(acc, mult[None, :], z_y, lo[None, :], hi[None, :], USE_RINT)
+        out = requantize_channels(acc, offs_n, mask_n, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
+                                  USE_RINT, ROWS=True)
         tl.store(y_ptrs, out, mask=mask)
 
 

@@ -31,7 +31,7 @@ from ._config import (
     next_pow2_bucket,
     prune_by_size,
 )
-from .requant import requantize
+from .requant import requantize_channels
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +112,8 @@ def _int8_depthwise_kernel(
     if OUT_INT32:
         tl.store(y_ptrs, acc, mask=mask)
     else:
-        mult = tl.load(mult_ptr + offs_c * stride_mult, mask=mask_c, other=0.0)
-        lo = tl.load(lo_ptr + offs_c * stride_lo, mask=mask_c, other=0)
-        hi = tl.load(hi_ptr + offs_c * stride_hi, mask=mask_c, other=127)
-        out = requantize(acc, mult[None, :], z_y, lo[None, :], hi[None, :], USE_RINT)
+        out = requantize_channels(acc, offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
+                                  USE_RINT, ROWS=True)
         tl.store(y_ptrs, out, mask=mask)
 
 

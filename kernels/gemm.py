@@ -10,7 +10,7 @@ launcher, and a reference check (``python -m kernels.gemm``).
   the launcher (:func:`kernels.reference.fold_bias`), or passed already folded;
 * ``- z_w[n] * sum_k x[m,k]``: the row sums of ``x`` are accumulated in the K loop only when the
   weights have a zero point (``HAS_WZP`` constexpr);
-* then :func:`kernels.requant.requantize`.
+* then :func:`kernels.requant.requantize_channels` (the shared epilogue).
 
 Both operands are K-contiguous: ``x`` is ``[M, K]`` row-major and ``w`` is ``[N, K]`` row-major,
 read as a ``[BLOCK_K, BLOCK_N]`` tile by transposed indexing (the K-major B operand Hopper's int8
@@ -35,7 +35,7 @@ from ._config import (
     next_pow2_bucket,
     prune_by_size,
 )
-from .requant import requantize
+from .requant import add_gemm_corrections, requantize_channels
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +102,7 @@ def _int8_gemm_kernel(
 
     # -- exact int32 corrections
     mask_n = offs_n < N
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0)
-        acc += bias[None, :]
-    if HAS_WZP:
-        zw = tl.load(wzp_ptr + offs_n * stride_wzp, mask=mask_n, other=0)
-        acc -= row_sum[:, None] * zw[None, :]
+    acc = add_gemm_corrections(acc, row_sum, offs_n, mask_n, bias_ptr, wzp_ptr, stride_wzp, HAS_BIAS, HAS_WZP)
 
     # -- epilogue and store
     y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
@@ -115,10 +110,8 @@ def _int8_gemm_kernel(
     if OUT_INT32:
         tl.store(y_ptrs, acc, mask=mask)
     else:
-        mult = tl.load(mult_ptr + offs_n * stride_mult, mask=mask_n, other=0.0)
-        lo = tl.load(lo_ptr + offs_n * stride_lo, mask=mask_n, other=0)
-        hi = tl.load(hi_ptr + offs_n * stride_hi, mask=mask_n, other=127)
-        out = requantize(acc, mult[None, :], z_y, lo[None, :], hi[None, :], USE_RINT)
+        out = requantize_channels(acc, offs_n, mask_n, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
+                                  USE_RINT, ROWS=True)
         tl.store(y_ptrs, out, mask=mask)
 
 

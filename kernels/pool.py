@@ -30,7 +30,7 @@ from ._config import (
     next_pow2_bucket,
     prune_by_size,
 )
-from .requant import requantize
+from .requant import requantize_channels
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,8 @@ def _int8_avgpool_kernel(
         xv = tl.load(x_img + p[:, None] * C + offs_c[None, :], mask=(p < HW)[:, None] & mask_c[None, :], other=0)
         part += xv.to(tl.int32)
     acc = tl.sum(part, axis=0) - HW * z_x
-    mult = tl.load(mult_ptr + offs_c * stride_mult, mask=mask_c, other=0.0)
-    lo = tl.load(lo_ptr + offs_c * stride_lo, mask=mask_c, other=0)
-    hi = tl.load(hi_ptr + offs_c * stride_hi, mask=mask_c, other=127)
-    out = requantize(acc, mult, z_y, lo, hi, USE_RINT)
+    out = requantize_channels(acc, offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
+                              USE_RINT, ROWS=False)
     tl.store(y_ptr + img.to(tl.int64) * C + offs_c, out, mask=mask_c)
 
 

@@ -51,3 +51,34 @@ def requantize(acc, m, z_y, lo, hi, USE_RINT: tl.constexpr):
     y = acc.to(tl.float32) * m
     q = round_clamp(y, z_y, lo, hi, USE_RINT)
     return q.to(tl.int8)
+
+
+@triton.jit
+def requantize_channels(acc, offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
+                        USE_RINT: tl.constexpr, ROWS: tl.constexpr):  # fmt: skip
+    """:func:`requantize` with the parameters of channels ``offs_c`` loaded from memory.
+
+    ``acc`` is ``[rows, channels]`` int32 when ``ROWS``, else ``[channels]``; the multiplier and
+    the bounds are per tensor (stride 0) or per channel (stride 1). Masked-off channels get
+    harmless values (their outputs are never stored); no negative constant is used as a load's
+    ``other``.
+    """
+    mult = tl.load(mult_ptr + offs_c * stride_mult, mask=mask_c, other=0.0)
+    lo = tl.load(lo_ptr + offs_c * stride_lo, mask=mask_c, other=0)
+    hi = tl.load(hi_ptr + offs_c * stride_hi, mask=mask_c, other=127)
+    if ROWS:
+        return requantize(acc, mult[None, :], z_y, lo[None, :], hi[None, :], USE_RINT)
+    return requantize(acc, mult, z_y, lo, hi, USE_RINT)
+
+
+@triton.jit
+def add_gemm_corrections(acc, row_sum, offs_n, mask_n, bias_ptr, wzp_ptr, stride_wzp,
+                         HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr):  # fmt: skip
+    """The exact int32 terms of a GEMM-shaped accumulator ``[M, N]``: ``+ bias`` (with
+    ``-z_x * sum_k w`` already folded in) and ``- sum_k x * z_w`` (``row_sum`` is ``sum_k x``)."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0)[None, :]
+    if HAS_WZP:
+        zw = tl.load(wzp_ptr + offs_n * stride_wzp, mask=mask_n, other=0)
+        acc -= row_sum[:, None] * zw[None, :]
+    return acc
