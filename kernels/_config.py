@@ -43,7 +43,13 @@ USE_RINT: bool = not INTERPRETED
 
 def next_pow2_bucket(n: int, cap: int = 1 << 20) -> int:
     """Autotune bucket for a size: the next power of two, at most ``cap``."""
-    return min(triton.next_power_of_2(max(int(n), 1)), cap)
+    return min(1 << (max(int(n), 1) - 1).bit_length(), cap)
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive ints (plain Python: ``triton.cdiv`` is a slower wrapper in
+    recent Triton versions, and grids are computed on every launch)."""
+    return -(-a // b)
 
 
 def _cfg(num_warps: int, num_stages: int, **meta: int) -> triton.Config:

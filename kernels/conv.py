@@ -41,15 +41,8 @@ import triton
 import triton.language as tl
 
 from . import reference as ref
-from ._config import (
-    DERIVED,
-    GEMM_GPU_CONFIGS,
-    USE_RINT,
-    launch,
-    next_pow2_bucket,
-    prune_by_size,
-)
-from .gemm import launch_gemm
+from ._config import DERIVED, GEMM_GPU_CONFIGS, USE_RINT, cdiv, launch, next_pow2_bucket, prune_by_size
+from .gemm import GemmPlan
 from .requant import add_gemm_corrections, requantize_channels
 
 logger = logging.getLogger(__name__)
@@ -223,6 +216,82 @@ def padding_digits(w: Tensor, w_zp: Optional[Tensor]) -> Tuple[Tensor, int, int]
     return digits, ndig, tp
 
 
+class ConvPlan:
+    """The convolution launch with its weight-side arguments bound once; calling it on an NHWC
+    ``x`` checks ``x`` (dtype, rank, channels, layout, device), sizes the output and launches.
+
+    The arguments must already be validated and normalized (as
+    :func:`kernels.reference.check_conv_args` returns them, with ``bias`` folded); the padding
+    digit planes are derived here, once. A 1x1, stride-1, unpadded convolution runs as a
+    :class:`~kernels.gemm.GemmPlan` over the ``B*H*W`` pixels.
+    """
+
+    def __init__(
+        self,
+        w: Tensor,
+        bias: Optional[Tensor],
+        w_zp: Optional[Tensor],
+        multiplier: Tensor,
+        z_x: int,
+        z_y: int,
+        lo: Tensor,
+        hi: Tensor,
+        stride: Tuple[int, int],
+        pad: Tuple[int, int, int, int],
+        out_int32: bool,
+    ) -> None:
+        N, KH, KW, C = w.shape
+        self.N, self.KH, self.KW, self.C = N, KH, KW, C
+        self.stride, self.pad = stride, pad
+        self.device = w.device
+        self.out_dtype = torch.int32 if out_int32 else torch.int8
+        self.gemm: Optional[GemmPlan] = None
+        if KH == 1 and KW == 1 and stride == (1, 1) and pad == (0, 0, 0, 0):
+            self.gemm = GemmPlan(w.view(N, C), bias, w_zp, multiplier, z_y, lo, hi, out_int32)
+            return
+        placeholder = multiplier
+        pad_corr = z_x != 0 and any(pad)
+        digits, ndig, tp = (
+            DERIVED.get("pad_digits", (w, w_zp), None, lambda: padding_digits(w, w_zp)) if pad_corr else (None, 1, 32)
+        )
+        self.static = dict(
+            w_ptr=w,
+            bias_ptr=bias if bias is not None else placeholder,
+            wzp_ptr=w_zp if w_zp is not None else placeholder,
+            dig_ptr=digits if digits is not None else placeholder,
+            mult_ptr=multiplier, lo_ptr=lo, hi_ptr=hi,
+            C=C, N=N,
+            stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2],
+            stride_wzp=_channel_stride(w_zp), stride_mult=_channel_stride(multiplier),
+            stride_lo=_channel_stride(lo), stride_hi=_channel_stride(hi),
+            z_x=z_x, z_y=z_y,
+            KH=KH, KW=KW, FLAT_K=C < FLAT_K_MAX_CHANNELS, PAD_CORR=pad_corr, NDIG=ndig, TP=tp,
+            HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
+        )  # fmt: skip
+
+    def __call__(self, x: Tensor) -> Tensor:
+        ref.check_tensor(x, "x", torch.int8, 4, "NHWC [B, H, W, C]")
+        B, H, W, C = x.shape
+        if C != self.C:
+            raise ValueError(f"x has C={C} channels (NHWC {tuple(x.shape)}) but the weight expects {self.C}")
+        if x.device != self.device:
+            raise ValueError(f"x is on {x.device} but the weight is on {self.device}")
+        if H * W * C >= 2**31:
+            raise ValueError(f"one image of {H}x{W}x{C} int8 values exceeds the kernel's 2^31 index range")
+        N = self.N
+        if self.gemm is not None:
+            return self.gemm(x.view(B * H * W, C)).view(B, H, W, N)
+        OH, OW = ref.conv_output_size(H, W, self.KH, self.KW, self.stride, self.pad)
+        y = torch.empty((B, OH, OW, N), dtype=self.out_dtype, device=x.device)
+        M = B * OH * OW
+        if M == 0 or N == 0:
+            return y
+        args = dict(self.static, x_ptr=x, y_ptr=y, B=B, H=H, W=W, OH=OH, OW=OW, M_BUCKET=next_pow2_bucket(M))
+        grid = lambda META: (cdiv(M, META["BLOCK_M"]) * cdiv(N, META["BLOCK_N"]),)  # noqa: E731
+        launch(_int8_conv2d_kernel, _int8_conv2d_kernel_tuned, "gemm", grid, args)
+        return y
+
+
 def int8_conv2d(
     x: Tensor,
     w: Tensor,
@@ -246,43 +315,9 @@ def int8_conv2d(
     bias, w_zp, m, z_x, z_y, lo, hi, stride, pad = ref.check_conv_args(
         x, w, bias, w_zp, multiplier, z_x, z_y, lo, hi, stride, padding
     )
-    B, H, W, C = x.shape
-    N, KH, KW, _ = w.shape
-    if H * W * C >= 2**31:
-        raise ValueError(f"one image of {H}x{W}x{C} int8 values exceeds the kernel's 2^31 index range")
-    OH, OW = ref.conv_output_size(H, W, KH, KW, stride, pad)
     if not bias_folded:
         bias = DERIVED.get("fold_bias", (w, bias, w_zp), z_x, lambda: ref.fold_bias(w, bias, z_x, w_zp))
-    if KH == 1 and KW == 1 and stride == (1, 1) and pad == (0, 0, 0, 0):
-        y = launch_gemm(x.view(B * H * W, C), w.view(N, C), bias, w_zp, m, z_y, lo, hi, out_int32)
-        return y.view(B, H, W, N)
-
-    y = torch.empty((B, OH, OW, N), dtype=torch.int32 if out_int32 else torch.int8, device=x.device)
-    M = B * OH * OW
-    if M == 0 or N == 0:
-        return y
-    placeholder = m
-    pad_corr = z_x != 0 and any(pad)
-    digits, ndig, tp = (
-        DERIVED.get("pad_digits", (w, w_zp), None, lambda: padding_digits(w, w_zp)) if pad_corr else (None, 1, 32)
-    )
-    args = dict(
-        x_ptr=x, w_ptr=w,
-        bias_ptr=bias if bias is not None else placeholder,
-        wzp_ptr=w_zp if w_zp is not None else placeholder,
-        dig_ptr=digits if digits is not None else placeholder,
-        mult_ptr=m, lo_ptr=lo, hi_ptr=hi, y_ptr=y,
-        B=B, H=H, W=W, C=C, OH=OH, OW=OW, N=N,
-        stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2],
-        stride_wzp=_channel_stride(w_zp), stride_mult=_channel_stride(m),
-        stride_lo=_channel_stride(lo), stride_hi=_channel_stride(hi),
-        z_x=z_x, z_y=z_y, M_BUCKET=next_pow2_bucket(M),
-        KH=KH, KW=KW, FLAT_K=C < FLAT_K_MAX_CHANNELS, PAD_CORR=pad_corr, NDIG=ndig, TP=tp,
-        HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
-    )  # fmt: skip
-    grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)  # noqa: E731
-    launch(_int8_conv2d_kernel, _int8_conv2d_kernel_tuned, "gemm", grid, args)
-    return y
+    return ConvPlan(w, bias, w_zp, m, z_x, z_y, lo, hi, stride, pad, out_int32)(x)
 
 
 # =============================================================================================

@@ -17,20 +17,14 @@ is built in the kernel from the same weight vectors). Padded taps load ``z_x``, 
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import triton
 import triton.language as tl
 
 from . import reference as ref
-from ._config import (
-    DEPTHWISE_GPU_CONFIGS,
-    USE_RINT,
-    launch,
-    next_pow2_bucket,
-    prune_by_size,
-)
+from ._config import DEPTHWISE_GPU_CONFIGS, USE_RINT, cdiv, launch, next_pow2_bucket, prune_by_size
 from .requant import requantize_channels
 
 logger = logging.getLogger(__name__)
@@ -131,6 +125,68 @@ def _channel_stride(t: Optional[Tensor]) -> int:
     return 0 if t is None or t.numel() == 1 else 1
 
 
+class DepthwisePlan:
+    """The depthwise launch with its weight-side arguments bound once; calling it on an NHWC
+    ``x`` checks ``x`` (dtype, rank, channels, layout, device), sizes the output and launches.
+
+    The arguments must already be validated and normalized (as
+    :func:`kernels.reference.check_depthwise_args` returns them).
+    """
+
+    def __init__(
+        self,
+        w: Tensor,
+        bias: Optional[Tensor],
+        w_zp: Optional[Tensor],
+        multiplier: Tensor,
+        z_x: int,
+        z_y: int,
+        lo: Tensor,
+        hi: Tensor,
+        stride: Tuple[int, int],
+        pad: Tuple[int, int, int, int],
+        out_int32: bool,
+    ) -> None:
+        KH, KW, C = w.shape
+        self.KH, self.KW, self.C = KH, KW, C
+        self.stride, self.pad = stride, pad
+        self.device = w.device
+        self.out_dtype = torch.int32 if out_int32 else torch.int8
+        placeholder = multiplier
+        self.static = dict(
+            w_ptr=w,
+            bias_ptr=bias if bias is not None else placeholder,
+            wzp_ptr=w_zp if w_zp is not None else placeholder,
+            mult_ptr=multiplier, lo_ptr=lo, hi_ptr=hi,
+            C=C,
+            stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2],
+            stride_wzp=_channel_stride(w_zp), stride_mult=_channel_stride(multiplier),
+            stride_lo=_channel_stride(lo), stride_hi=_channel_stride(hi),
+            z_x=z_x, z_y=z_y,
+            KH=KH, KW=KW,
+            HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
+        )  # fmt: skip
+
+    def __call__(self, x: Tensor) -> Tensor:
+        ref.check_tensor(x, "x", torch.int8, 4, "NHWC [B, H, W, C]")
+        B, H, W, C = x.shape
+        if C != self.C:
+            raise ValueError(f"x has C={C} channels but the weight [KH, KW, C] has {self.C}")
+        if x.device != self.device:
+            raise ValueError(f"x is on {x.device} but the weight is on {self.device}")
+        if H * W * C >= 2**31:
+            raise ValueError(f"one image of {H}x{W}x{C} int8 values exceeds the kernel's 2^31 index range")
+        OH, OW = ref.conv_output_size(H, W, self.KH, self.KW, self.stride, self.pad)
+        y = torch.empty((B, OH, OW, C), dtype=self.out_dtype, device=x.device)
+        P = B * OH * OW
+        if P == 0 or C == 0:
+            return y
+        args = dict(self.static, x_ptr=x, y_ptr=y, B=B, H=H, W=W, OH=OH, OW=OW, P_BUCKET=next_pow2_bucket(P))
+        grid = lambda META: (cdiv(P, META["BLOCK_P"]), cdiv(C, META["BLOCK_C"]))  # noqa: E731
+        launch(_int8_depthwise_kernel, _int8_depthwise_kernel_tuned, "depthwise", grid, args)
+        return y
+
+
 def int8_depthwise_conv2d(
     x: Tensor,
     w: Tensor,
@@ -153,32 +209,7 @@ def int8_depthwise_conv2d(
     bias, w_zp, m, z_x, z_y, lo, hi, stride, pad = ref.check_depthwise_args(
         x, w, bias, w_zp, multiplier, z_x, z_y, lo, hi, stride, padding
     )
-    B, H, W, C = x.shape
-    KH, KW, _ = w.shape
-    if H * W * C >= 2**31:
-        raise ValueError(f"one image of {H}x{W}x{C} int8 values exceeds the kernel's 2^31 index range")
-    OH, OW = ref.conv_output_size(H, W, KH, KW, stride, pad)
-    y = torch.empty((B, OH, OW, C), dtype=torch.int32 if out_int32 else torch.int8, device=x.device)
-    P = B * OH * OW
-    if P == 0 or C == 0:
-        return y
-    placeholder = m
-    args = dict(
-        x_ptr=x, w_ptr=w,
-        bias_ptr=bias if bias is not None else placeholder,
-        wzp_ptr=w_zp if w_zp is not None else placeholder,
-        mult_ptr=m, lo_ptr=lo, hi_ptr=hi, y_ptr=y,
-        B=B, H=H, W=W, C=C, OH=OH, OW=OW,
-        stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2],
-        stride_wzp=_channel_stride(w_zp), stride_mult=_channel_stride(m),
-        stride_lo=_channel_stride(lo), stride_hi=_channel_stride(hi),
-        z_x=z_x, z_y=z_y, P_BUCKET=next_pow2_bucket(P),
-        KH=KH, KW=KW,
-        HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
-    )  # fmt: skip
-    grid = lambda META: (triton.cdiv(P, META["BLOCK_P"]), triton.cdiv(C, META["BLOCK_C"]))  # noqa: E731
-    launch(_int8_depthwise_kernel, _int8_depthwise_kernel_tuned, "depthwise", grid, args)
-    return y
+    return DepthwisePlan(w, bias, w_zp, m, z_x, z_y, lo, hi, stride, pad, out_int32)(x)
 
 
 # =============================================================================================

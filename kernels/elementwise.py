@@ -21,7 +21,14 @@ import triton
 import triton.language as tl
 
 from . import reference as ref
-from ._config import ELEMENTWISE_GPU_BLOCK, ELEMENTWISE_GPU_WARPS, ELEMENTWISE_INTERPRET_BLOCK, INTERPRETED, USE_RINT
+from ._config import (
+    ELEMENTWISE_GPU_BLOCK,
+    ELEMENTWISE_GPU_WARPS,
+    ELEMENTWISE_INTERPRET_BLOCK,
+    INTERPRETED,
+    USE_RINT,
+    cdiv,
+)
 from .requant import requantize, round_clamp
 
 logger = logging.getLogger(__name__)
@@ -118,7 +125,7 @@ def int8_add(
     if n == 0:
         return y
     block = _block()
-    _int8_add_kernel[(triton.cdiv(n, block),)](
+    _int8_add_kernel[(cdiv(n, block),)](
         a, b, y, n, z_a, z_b, ia, ib, m, z_y, lo, hi, USE_RINT=USE_RINT, BLOCK=block, **_launch_opts()
     )
     return y
@@ -153,7 +160,7 @@ def quantize(
     n = y.numel()
     if n == 0:
         return y
-    _quantize_kernel[(triton.cdiv(n, block),)](
+    _quantize_kernel[(cdiv(n, block),)](
         x, y, n, C, H, W, *strides, inv, z, lo, hi,
         GATHER=gather, USE_RINT=USE_RINT, BLOCK=block, **_launch_opts(),
     )  # fmt: skip
@@ -168,7 +175,7 @@ def dequantize(q: Tensor, scale: float, zero_point: int) -> Tensor:
     if n == 0:
         return y
     block = _block()
-    _dequantize_kernel[(triton.cdiv(n, block),)](q, y, n, s, z, BLOCK=block, **_launch_opts())
+    _dequantize_kernel[(cdiv(n, block),)](q, y, n, s, z, BLOCK=block, **_launch_opts())
     return y
 
 

@@ -27,14 +27,7 @@ import triton
 import triton.language as tl
 
 from . import reference as ref
-from ._config import (
-    DERIVED,
-    GEMM_GPU_CONFIGS,
-    USE_RINT,
-    launch,
-    next_pow2_bucket,
-    prune_by_size,
-)
+from ._config import DERIVED, GEMM_GPU_CONFIGS, USE_RINT, cdiv, launch, next_pow2_bucket, prune_by_size
 from .requant import add_gemm_corrections, requantize_channels
 
 logger = logging.getLogger(__name__)
@@ -129,39 +122,57 @@ def _channel_stride(t: Optional[Tensor]) -> int:
     return 0 if t is None or t.numel() == 1 else 1
 
 
-def launch_gemm(
-    x: Tensor,
-    w: Tensor,
-    bias: Optional[Tensor],
-    w_zp: Optional[Tensor],
-    multiplier: Tensor,
-    z_y: int,
-    lo: Tensor,
-    hi: Tensor,
-    out_int32: bool,
-) -> Tensor:
-    """Launch the kernel on validated, normalized arguments (``bias`` already folded)."""
-    M, K = x.shape
-    N = w.shape[0]
-    y = torch.empty((M, N), dtype=torch.int32 if out_int32 else torch.int8, device=x.device)
-    if M == 0 or N == 0:
+class GemmPlan:
+    """The GEMM launch with its weight-side arguments bound once; calling it on ``x`` ``[M, K]``
+    checks ``x`` (dtype, rank, K, layout, device), sizes the output and launches.
+
+    The weight-side arguments must already be validated and normalized (as
+    :func:`kernels.reference.check_gemm_args` returns them, with ``bias`` folded): a network
+    layer builds its plan once and reuses it on every call (see ``dfq_gpu.int8.layers``).
+    """
+
+    def __init__(
+        self,
+        w: Tensor,
+        bias: Optional[Tensor],
+        w_zp: Optional[Tensor],
+        multiplier: Tensor,
+        z_y: int,
+        lo: Tensor,
+        hi: Tensor,
+        out_int32: bool,
+    ) -> None:
+        self.N, self.K = w.shape
+        self.device = w.device
+        self.out_dtype = torch.int32 if out_int32 else torch.int8
+        placeholder = multiplier  # any valid pointer for arguments a constexpr switches off
+        self.static = dict(
+            w_ptr=w,
+            bias_ptr=bias if bias is not None else placeholder,
+            wzp_ptr=w_zp if w_zp is not None else placeholder,
+            mult_ptr=multiplier, lo_ptr=lo, hi_ptr=hi,
+            N=self.N, K=self.K, stride_wn=w.stride(0),
+            stride_wzp=_channel_stride(w_zp), stride_mult=_channel_stride(multiplier),
+            stride_lo=_channel_stride(lo), stride_hi=_channel_stride(hi),
+            z_y=z_y,
+            HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
+        )  # fmt: skip
+
+    def __call__(self, x: Tensor) -> Tensor:
+        ref.check_tensor(x, "x", torch.int8, 2, "[M, K]")
+        if x.shape[1] != self.K:
+            raise ValueError(f"x is [M, K] = {tuple(x.shape)} but the weight has K = {self.K}")
+        if x.device != self.device:
+            raise ValueError(f"x is on {x.device} but the weight is on {self.device}")
+        M, N = x.shape[0], self.N
+        y = torch.empty((M, N), dtype=self.out_dtype, device=x.device)
+        if M == 0 or N == 0:
+            return y
+        args = dict(self.static, x_ptr=x, y_ptr=y, M=M, stride_xm=x.stride(0), stride_ym=y.stride(0),
+                    M_BUCKET=next_pow2_bucket(M))
+        grid = lambda META: (cdiv(M, META["BLOCK_M"]) * cdiv(N, META["BLOCK_N"]),)  # noqa: E731
+        launch(_int8_gemm_kernel, _int8_gemm_kernel_tuned, "gemm", grid, args)
         return y
-    placeholder = multiplier  # any valid pointer for arguments a constexpr switches off
-    args = dict(
-        x_ptr=x, w_ptr=w,
-        bias_ptr=bias if bias is not None else placeholder,
-        wzp_ptr=w_zp if w_zp is not None else placeholder,
-        mult_ptr=multiplier, lo_ptr=lo, hi_ptr=hi, y_ptr=y,
-        M=M, N=N, K=K,
-        stride_xm=x.stride(0), stride_wn=w.stride(0), stride_ym=y.stride(0),
-        stride_wzp=_channel_stride(w_zp), stride_mult=_channel_stride(multiplier),
-        stride_lo=_channel_stride(lo), stride_hi=_channel_stride(hi),
-        z_y=z_y, M_BUCKET=next_pow2_bucket(M),
-        HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
-    )  # fmt: skip
-    grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)  # noqa: E731
-    launch(_int8_gemm_kernel, _int8_gemm_kernel_tuned, "gemm", grid, args)
-    return y
 
 
 def int8_gemm(
@@ -185,7 +196,7 @@ def int8_gemm(
     bias, w_zp, m, z_x, z_y, lo, hi = ref.check_gemm_args(x, w, bias, w_zp, multiplier, z_x, z_y, lo, hi)
     if not bias_folded:
         bias = DERIVED.get("fold_bias", (w, bias, w_zp), z_x, lambda: ref.fold_bias(w, bias, z_x, w_zp))
-    return launch_gemm(x, w, bias, w_zp, m, z_y, lo, hi, out_int32)
+    return GemmPlan(w, bias, w_zp, m, z_y, lo, hi, out_int32)(x)
 
 
 # =============================================================================================

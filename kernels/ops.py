@@ -42,6 +42,7 @@ __all__ = [
     "set_backend",
     "use_backend",
     "triton_available",
+    "triton_module",
     "int8_gemm",
     "int8_conv2d",
     "int8_depthwise_conv2d",
@@ -123,6 +124,26 @@ def _impl(backend: str, t: Tensor, module: str) -> ModuleType:
                 "TRITON_INTERPRET=1 in the environment before kernels is imported"
             )
     return importlib.import_module(f"{__package__}.{module}")
+
+
+def triton_module(x: object, backend: Optional[str], module: str) -> Optional[ModuleType]:
+    """The Triton kernel module (``"gemm"``, ``"conv"``, ``"depthwise"``, ``"elementwise"``,
+    ``"pool"``) that runs an op on ``x`` eagerly under ``backend``, or ``None`` when the op must go
+    through its ``dfq_int8`` custom op instead: the reference backend, CPU tensors without the
+    interpreter under ``"auto"``, tensor subclasses (fake and functional tensors of tracing), and
+    ``torch.compile``/``torch.export`` tracing.
+
+    Callers that validated their arguments once (the steps of ``dfq_gpu.int8``) use it to launch
+    the kernels directly, without the dispatcher and the per-call argument checks. ``"triton"``
+    on CPU tensors without the interpreter raises the same ``ValueError`` as the op.
+    """
+    if type(x) is not Tensor or torch.compiler.is_compiling():
+        return None
+    name = _resolve(backend)
+    if name == "reference":
+        return None
+    impl = _impl(name, x, module)
+    return None if impl is ref else impl
 
 
 # =============================================================================================

@@ -26,6 +26,7 @@ from ._config import (
     DEPTHWISE_GPU_CONFIGS,
     INTERPRETED,
     USE_RINT,
+    cdiv,
     launch,
     next_pow2_bucket,
     prune_by_size,
@@ -135,7 +136,7 @@ def int8_avgpool(
         return y
     meta = AVGPOOL_INTERPRET_META if INTERPRETED else AVGPOOL_GPU_META
     opts = {} if INTERPRETED else {"num_warps": AVGPOOL_GPU_WARPS}
-    grid = (B, triton.cdiv(C, meta["BLOCK_C"]))
+    grid = (B, cdiv(C, meta["BLOCK_C"]))
     _int8_avgpool_kernel[grid](
         x, y, m, lo, hi, H * W, C,
         _channel_stride(m), _channel_stride(lo), _channel_stride(hi), z_x, z_y,
@@ -165,7 +166,7 @@ def int8_maxpool2d(
         stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2],
         P_BUCKET=next_pow2_bucket(P), KH=ks[0], KW=ks[1],
     )  # fmt: skip
-    grid = lambda META: (triton.cdiv(P, META["BLOCK_P"]), triton.cdiv(C, META["BLOCK_C"]))  # noqa: E731
+    grid = lambda META: (cdiv(P, META["BLOCK_P"]), cdiv(C, META["BLOCK_C"]))  # noqa: E731
     launch(_int8_maxpool_kernel, _int8_maxpool_kernel_tuned, "depthwise", grid, args)
     return y
 

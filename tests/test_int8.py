@@ -391,6 +391,64 @@ def test_small_network_variants(cfg):
     assert sq > 25.0, sq
 
 
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the names of the operators dispatched while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("cfg", [DFQConfig(weight_granularity="channel"), DFQConfig(quantize_output=True)],
+                         ids=["perchannel", "quantized-output"])
+def test_triton_steps_launch_directly_and_follow_buffer_changes(cfg):
+    """On the Triton path the steps launch the kernels directly (no ``dfq_int8`` dispatch, no
+    per-call argument checks) from launch plans bound once per step; a plan is rebuilt when a
+    buffer changes in place or is replaced, and is not copied with the network."""
+    device = interpreter_or_cuda()
+    if device is None:
+        pytest.skip("needs CUDA or Triton's interpreter (TRITON_INTERPRET=1 before kernels is imported)")
+    _, sim, x = _small_sim(cfg)
+    ref_net = to_int8(sim, backend="reference").to(device)
+    net = to_int8(sim, backend="triton").to(device)
+    x = x.to(device)
+    with torch.no_grad():
+        with _OpLog() as log:
+            y = net(x)
+        assert not [op for op in log.ops if "dfq_int8" in op]
+        with _OpLog() as log:
+            y_ref = ref_net(x)
+        assert {"dfq_int8.conv2d.default", "dfq_int8.depthwise_conv2d.default"} <= set(log.ops)
+        assert torch.equal(y, y_ref)
+
+        name = next(k for k, m in net.steps().items() if isinstance(m, L.Int8DepthwiseConv2d))
+        dw, dw_ref = net.steps()[name], ref_net.steps()[name]
+        plan = dw.__dict__["_plan"][1]
+        assert torch.equal(net(x[:1]), ref_net(x[:1]))  # another batch size, same plan
+        assert dw.__dict__["_plan"][1] is plan
+        # in-place changes of the epilogue and weights reach the kernels
+        for step in (dw, dw_ref):
+            step.multiplier.mul_(0.5)
+            step.weight.neg_()
+        y2 = net(x)
+        assert dw.__dict__["_plan"][1] is not plan
+        assert torch.equal(y2, ref_net(x)) and not torch.equal(y2, y)
+        # copies carry no plan and run on their own buffers
+        copied = copy.deepcopy(net)
+        assert "_plan" not in copied.steps()[name].__dict__
+        assert torch.equal(copied(x), y2)
+        # the direct path checks its input like the ops do
+        c = dw.weight.shape[2]
+        with pytest.raises(ValueError, match=f"C={c + 1} channels"):
+            dw(torch.zeros(1, 5, 5, c + 1, dtype=torch.int8, device=device))
+        with pytest.raises(ValueError, match="dtype torch.int8"):
+            dw(torch.zeros(1, 5, 5, c, dtype=torch.int32, device=device))
+
+
 def test_per_channel_clamp_after_add(caplog):
     """A per-channel clamp after a residual add (bounds differing between channels) cannot go
     into the add kernel's per-tensor bounds: it follows as an exact integer clamp. (The clamp is
@@ -583,3 +641,19 @@ def test_depthwise_with_a_huge_integer_bias_stays_exact():
     net = to_int8(q, backend="reference")
     with torch.no_grad():
         assert torch.equal(q(x), net(x))
+
+
+def test_host_overhead_benchmark(tmp_path):
+    """The host-overhead benchmark stubs every kernel launch of the network (one per step of
+    Lite0 and ResNet-50: none runs through the interpreter unnoticed) and reports the time."""
+    out = tmp_path / "host.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_overhead.py"), "--image-size", "64",
+                           "--repeats", "3", "--label", "test", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    assert rep["schema"] == "dfq_int8-host-overhead/1" and rep["label"] == "test"
+    assert set(rep["models"]) == {"efficientnet_lite0", "resnet50"}
+    for name, res in rep["models"].items():
+        assert res["launches"] == res["steps"] > 50, (name, res)
+        assert 0 < res["us_per_step"] < 1e4

@@ -12,7 +12,8 @@ sets it on all its steps at once.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from types import ModuleType
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -59,6 +60,32 @@ class Int8Step(nn.Module):
         self.backend = backend
         self.sim_quantizer = sim_quantizer
 
+    def _triton(self, x: Tensor, module: str) -> Optional[ModuleType]:
+        """The Triton module to launch directly on ``x`` (eager CUDA or interpreter), else None."""
+        return kernels.ops.triton_module(x, self.backend, module)
+
+    def _cached_plan(self, build: Callable[[], Any]) -> Any:
+        """The step's kernel launch plan (weight-side arguments bound once), rebuilt whenever a
+        buffer is replaced (``.to()``, ``load_state_dict`` with ``assign``) or changed in place.
+
+        Buffers created under ``torch.inference_mode`` have no version counter; their plan is
+        rebuilt on every call (still without the dispatcher)."""
+        try:
+            key = tuple((id(b), b._version) for b in self._buffers.values() if b is not None)
+        except RuntimeError:
+            return build()
+        cached = self.__dict__.get("_plan")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        plan = build()
+        self.__dict__["_plan"] = (key, plan)
+        return plan
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_plan", None)  # launch plans hold kernel handles and are rebuilt on demand
+        return state
+
 
 def _i32(values: Sequence[int] | Tensor) -> Tensor:
     return torch.as_tensor(values, dtype=torch.int32).reshape(-1).clone()
@@ -79,6 +106,9 @@ class QuantizeInput(Int8Step):
         if x.dtype != torch.float32:
             x = x.to(torch.float32)
         layout = "nchw" if x.dim() == 4 else "flat"
+        mod = self._triton(x, "elementwise")
+        if mod is not None:
+            return mod.quantize(x, self.scale, self.zero_point, self.lo, self.hi, layout)
         return kernels.quantize(x, self.scale, self.zero_point, self.lo, self.hi, layout=layout,
                                 backend=self.backend)
 
@@ -94,7 +124,12 @@ class Dequantize(Int8Step):
         self.scale, self.zero_point = float(scale), int(zero_point)
 
     def forward(self, q: Tensor) -> Tensor:
-        y = kernels.dequantize(q.contiguous(), self.scale, self.zero_point, backend=self.backend)
+        q = q.contiguous()
+        mod = self._triton(q, "elementwise")
+        if mod is not None:
+            y = mod.dequantize(q, self.scale, self.zero_point)
+        else:
+            y = kernels.dequantize(q, self.scale, self.zero_point, backend=self.backend)
         return y.permute(0, 3, 1, 2) if y.dim() == 4 else y
 
     def extra_repr(self) -> str:
@@ -120,6 +155,12 @@ class _Requant(Int8Step):
             self.register_buffer("out_scale", _f32(out_scale))
         else:
             self.out_scale = None
+
+    def _checked_epilogue(self, n: int) -> tuple:
+        """The epilogue buffers validated for ``n`` output channels (once per launch plan)."""
+        m, z_y, lo, hi = kernels.reference.check_epilogue(self.multiplier, self.z_y, self.lo, self.hi, n,
+                                                          self.multiplier.device)
+        return m, z_y, lo, hi
 
     def _to_float(self, acc: Tensor) -> Tensor:
         assert self.out_scale is not None
@@ -148,7 +189,19 @@ class Int8Conv2d(_Requant):
         self.pointwise = self.weight.shape[1:3] == (1, 1) and self.stride == (1, 1) and not any(self.padding)
         self._init_epilogue(multiplier, z_y, lo, hi, out_scale)
 
+    def _conv_plan(self, mod: ModuleType) -> Any:
+        n = self.weight.shape[0]
+        kernels.reference.check_tensor(self.weight, "weight", torch.int8, 4, "[N, KH, KW, C]")
+        bias, w_zp = kernels.reference.check_weight_extras(self.bias, self.w_zp, n, self.weight.device)
+        m, z_y, lo, hi = self._checked_epilogue(n)
+        return mod.ConvPlan(self.weight, bias, w_zp, m, self.z_x, z_y, lo, hi, self.stride, self.padding,
+                            self.float_output)
+
     def forward(self, x: Tensor) -> Tensor:
+        mod = self._triton(x, "conv")
+        if mod is not None:
+            y = self._cached_plan(lambda: self._conv_plan(mod))(x)
+            return self._to_float(y) if self.float_output else y
         folded = self.bias is not None
         if self.pointwise:
             b, h, w, c = x.shape
@@ -183,7 +236,19 @@ class Int8DepthwiseConv2d(_Requant):
         self.padding = tuple(int(p) for p in padding)
         self._init_epilogue(multiplier, z_y, lo, hi, out_scale)
 
+    def _depthwise_plan(self, mod: ModuleType) -> Any:
+        c = self.weight.shape[2]
+        kernels.reference.check_tensor(self.weight, "weight", torch.int8, 3, "[KH, KW, C]")
+        bias, w_zp = kernels.reference.check_weight_extras(self.bias, self.w_zp, c, self.weight.device)
+        m, z_y, lo, hi = self._checked_epilogue(c)
+        return mod.DepthwisePlan(self.weight, bias, w_zp, m, self.z_x, z_y, lo, hi, self.stride, self.padding,
+                                 self.float_output)
+
     def forward(self, x: Tensor) -> Tensor:
+        mod = self._triton(x, "depthwise")
+        if mod is not None:
+            y = self._cached_plan(lambda: self._depthwise_plan(mod))(x)
+            return self._to_float(y) if self.float_output else y
         y = kernels.int8_depthwise_conv2d(x, self.weight, self.bias, self.multiplier, self.z_x, self.w_zp, self.z_y,
                                           self.lo, self.hi, self.stride, self.padding,
                                           out_int32=self.float_output, backend=self.backend)
@@ -209,8 +274,20 @@ class Int8Linear(_Requant):
         self.register_buffer("bias", folded)
         self._init_epilogue(multiplier, z_y, lo, hi, out_scale)
 
+    def _gemm_plan(self, mod: ModuleType) -> Any:
+        n = self.weight.shape[0]
+        kernels.reference.check_tensor(self.weight, "weight", torch.int8, 2, "[N, K]")
+        bias, w_zp = kernels.reference.check_weight_extras(self.bias, self.w_zp, n, self.weight.device)
+        m, z_y, lo, hi = self._checked_epilogue(n)
+        return mod.GemmPlan(self.weight, bias, w_zp, m, z_y, lo, hi, self.float_output)
+
     def forward(self, x: Tensor) -> Tensor:
-        y = kernels.int8_gemm(x.contiguous(), self.weight, self.bias, self.multiplier, self.z_x, self.w_zp, self.z_y,
+        x = x.contiguous()
+        mod = self._triton(x, "gemm")
+        if mod is not None:
+            y = self._cached_plan(lambda: self._gemm_plan(mod))(x)
+            return self._to_float(y) if self.float_output else y
+        y = kernels.int8_gemm(x, self.weight, self.bias, self.multiplier, self.z_x, self.w_zp, self.z_y,
                               self.lo, self.hi, out_int32=self.float_output, bias_folded=self.bias is not None,
                               backend=self.backend)
         return self._to_float(y) if self.float_output else y
@@ -239,8 +316,13 @@ class Int8Add(Int8Step):
         self.register_buffer("clamp_hi", None if clamp_hi is None else clamp_hi.to(torch.int8).reshape(-1).clone())
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        y = kernels.int8_add(a.contiguous(), b.contiguous(), self.z_a, self.z_b, self.ia, self.ib, self.multiplier,
-                             self.z_y, self.lo, self.hi, backend=self.backend)
+        a, b = a.contiguous(), b.contiguous()
+        mod = self._triton(a, "elementwise")
+        if mod is not None:
+            y = mod.int8_add(a, b, self.z_a, self.z_b, self.ia, self.ib, self.multiplier, self.z_y, self.lo, self.hi)
+        else:
+            y = kernels.int8_add(a, b, self.z_a, self.z_b, self.ia, self.ib, self.multiplier, self.z_y, self.lo,
+                                 self.hi, backend=self.backend)
         if self.clamp_lo is not None and self.clamp_hi is not None:
             y = torch.minimum(torch.maximum(y, self.clamp_lo), self.clamp_hi)
         return y
@@ -294,7 +376,11 @@ class Int8AvgPool(_Requant):
 
     def forward(self, x: Tensor) -> Tensor:
         m = self._multiplier(x.shape[1] * x.shape[2], x.device)
-        y = kernels.int8_avgpool(x, self.z_x, m, self.z_y, self.lo, self.hi, backend=self.backend)
+        mod = self._triton(x, "pool")
+        if mod is not None:
+            y = mod.int8_avgpool(x, self.z_x, m, self.z_y, self.lo, self.hi)
+        else:
+            y = kernels.int8_avgpool(x, self.z_x, m, self.z_y, self.lo, self.hi, backend=self.backend)
         return y.view(y.shape[0], 1, 1, y.shape[1]) if self.keepdim else y
 
     def extra_repr(self) -> str:
@@ -329,6 +415,9 @@ class Int8MaxPool2d(Int8Step):
         self.padding = tuple(int(p) for p in padding)
 
     def forward(self, x: Tensor) -> Tensor:
+        mod = self._triton(x, "pool")
+        if mod is not None:
+            return mod.int8_maxpool2d(x, self.kernel_size, self.stride, self.padding)
         return kernels.int8_maxpool2d(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
 
     def extra_repr(self) -> str:
