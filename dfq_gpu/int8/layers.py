@@ -400,8 +400,9 @@ class FloatAvgPool(Int8Step):
     def forward(self, x: Tensor) -> Tensor:
         hw = int(x.shape[1] * x.shape[2])
         acc = (x.to(torch.int64) - self.zero_point).sum(dim=(1, 2))  # exact
-        y = acc.to(torch.float32) * torch.tensor(avgpool_float_scale(self.scale, hw), dtype=torch.float32,
-                                                 device=x.device)
+        # a Python float already on the float32 grid: the product is the float32 one, and no
+        # host-to-device copy (which would wait for the GPU) is made per call
+        y = acc.to(torch.float32) * avgpool_float_scale(self.scale, hw)
         return y.view(y.shape[0], 1, 1, y.shape[1]) if self.keepdim else y
 
 
