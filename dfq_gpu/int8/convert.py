@@ -4,7 +4,9 @@
 float (``FakeQuant`` after every tensor the integer network stores, quantize-dequantized
 weights, biases on the int32 grid). :func:`to_int8` reads that graph and builds a new one whose
 activations stay int8 (NHWC) from the input quantizer to the final dequantization, calling the
-``torch.ops.dfq_int8`` kernels (see ``kernels/README.md`` for the integer contract).
+``dfq_int8`` kernels (see ``kernels/README.md`` for the integer contract): on the Triton path,
+outside ``torch.compile``/``torch.export`` tracing, each step launches its kernel directly from a
+launch plan bound once; otherwise it calls the ``torch.ops.dfq_int8`` custom op.
 
 How each node of the simulation is mapped
 -----------------------------------------
