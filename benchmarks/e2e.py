@@ -23,6 +23,10 @@ timed loops. Reported per model and batch: ``speedup_vs_fp16_eager`` and
 ``speedup_vs_fp16_compile`` (int8 images/s divided by theirs, each at its best), and the same
 without CUDA graphs on either side (``speedup_vs_fp16_eager_no_graphs``).
 
+At the largest batch the int8 network is also timed step by step (``step_profile``: CUDA events
+around each step of one eager call; time per step type and the slowest steps with their shapes),
+to show where the time goes.
+
 Before timing, the int8 network's Triton output is compared bit for bit with the integer
 reference on the same device (every int8 activation and the logits). Autotuning of the int8
 kernels happens on each new shape; ``--autotune-ms`` shortens Triton's per-config benchmark so
@@ -312,6 +316,70 @@ def check_bit_exact(net: Any, x: torch.Tensor) -> Dict[str, Any]:
             "logits_equal": logits_equal, "bit_exact": not differing and logits_equal}
 
 
+def profile_steps(net: Any, x: torch.Tensor, cuda: bool, top: int = 15) -> Dict[str, Any]:
+    """Time every step of the int8 network in one eager call: CUDA events around each step on a
+    GPU (the stream runs the steps one after the other, so each pair brackets that step's
+    kernels), the wall clock on a CPU. Returns the total, the time per step type and the
+    slowest steps with their input and output shapes."""
+    steps = net.steps()
+    marks: Dict[str, List[Any]] = {}
+
+    def stamp() -> Any:
+        if cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    shapes: Dict[str, Any] = {}
+
+    def pre(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            marks[name] = [stamp()]
+            shapes[name] = [list(a.shape) for a in args if isinstance(a, torch.Tensor)]
+        return hook
+
+    def post(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            marks[name].append(stamp())
+            shapes[name] = (shapes[name], list(out.shape) if isinstance(out, torch.Tensor) else None)
+        return hook
+
+    handles = []
+    for name, m in steps.items():
+        handles += [m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name))]
+    try:
+        with torch.no_grad():
+            net(x)
+        if cuda:
+            torch.cuda.synchronize()
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for name, (t0, t1) in marks.items():
+        ms = t0.elapsed_time(t1) if cuda else (t1 - t0) * 1e3
+        ins, out = shapes[name]
+        rows.append({"step": name, "kind": type(steps[name]).__name__, "ms": ms, "in": ins, "out": out,
+                     "detail": steps[name].extra_repr()})
+    total = sum(r["ms"] for r in rows)
+    by_kind: Dict[str, Dict[str, Any]] = {}
+    for r in rows:
+        k = by_kind.setdefault(r["kind"], {"ms": 0.0, "steps": 0})
+        k["ms"] += r["ms"]
+        k["steps"] += 1
+    for k in by_kind.values():
+        k["share"] = k["ms"] / total if total else None
+    return {
+        "batch": int(x.shape[0]),
+        "timer": "CUDA events around each step (one eager call)" if cuda else "wall clock around each step",
+        "total_ms": total,
+        "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1]["ms"])),
+        "slowest": sorted(rows, key=lambda r: -r["ms"])[:top],
+        "steps": len(rows),
+    }
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     quick = args.quick
     cuda = torch.cuda.is_available() and not quick
@@ -425,6 +493,15 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 res["fp16_eager"] = measure(clock, lambda: fp16(x16), cuda, True)
                 res["fp32_eager"] = measure(clock, lambda: fp32(x32), cuda, True)
             _summarize(res, batch)
+            if batch == max(batches) and (res.get("int8") or {}).get("ms") is not None:
+                try:
+                    prof = entry["step_profile"] = profile_steps(net, x, cuda)
+                    print(f"{name} batch {batch} int8 step profile: " + ", ".join(
+                        f"{k} {v['share']:.0%}" for k, v in prof["by_kind"].items() if v["share"] is not None),
+                        flush=True)
+                except Exception as exc:
+                    entry["step_profile"] = {"error": _err(exc)}
+                    traceback.print_exc()
             report.save()
             print(_line(name, batch, res), flush=True)
             if cuda:
