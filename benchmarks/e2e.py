@@ -293,6 +293,26 @@ def _ips(batch: int, ms: Optional[float]) -> Optional[float]:
     return None if not ms else batch / (ms * 1e-3)
 
 
+def time_graphed_network(clock: Clock, net: Any, x: torch.Tensor) -> Dict[str, Any]:
+    """The library's CUDA-graph runner (``dfq_gpu.int8.GraphedNetwork``: input copied in, output
+    copied out, buffer checks on every call): its output against the eager network's, bit for
+    bit, and its time per call."""
+    from dfq_gpu.int8 import GraphedNetwork
+
+    out: Dict[str, Any] = {"graphed_network_equal": None, "graphed_network_ms": None, "graphed_network_error": None}
+    try:
+        graphed = GraphedNetwork(net)
+        with torch.no_grad():
+            out["graphed_network_equal"] = bool(torch.equal(graphed(x), net(x)))
+            out["graphed_network_ms"] = clock(lambda: graphed(x))
+        graphed.reset()
+    except Exception as exc:
+        out["graphed_network_error"] = _err(exc)
+        traceback.print_exc()
+        torch.cuda.synchronize()
+    return out
+
+
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if a is None or b is None or b == 0 else a / b
 
@@ -487,6 +507,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     first = time.perf_counter() - t0
                     res["int8"] = measure(clock, lambda: net(x), cuda, True)
                     res["int8"]["first_call_s"] = first
+                    if cuda:
+                        res["int8"].update(time_graphed_network(clock, net, x))
                 except Exception as exc:
                     res["int8"] = {"error": _err(exc), "ms": None}
                     traceback.print_exc()

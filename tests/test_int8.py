@@ -665,3 +665,76 @@ def test_host_overhead_benchmark(tmp_path):
     for name, res in rep["models"].items():
         assert res["launches"] == res["steps"] > 50, (name, res)
         assert 0 < res["us_per_step"] < 1e4
+
+
+# =============================================================================================
+# CUDA-graph replay (the capture itself is torch's; a CPU stand-in records and replays here)
+# =============================================================================================
+def _cpu_capture(fn, warmup):
+    """Stand-in for ``cuda_capture``: the "graph" re-runs the call and writes the static output
+    in place, as a replayed CUDA graph does."""
+    for _ in range(warmup):
+        fn()
+    out = fn()
+
+    def replay():
+        out.copy_(fn())
+
+    return replay, out
+
+
+def test_graphed_network_replays_per_shape_and_recaptures_on_changes():
+    from dfq_gpu.int8 import GraphedNetwork
+
+    _, sim, x = _small_sim(DFQConfig(weight_granularity="channel"))
+    net = to_int8(sim, backend="reference")
+    g = GraphedNetwork(net, max_graphs=2, capture=_cpu_capture)
+    with torch.no_grad():
+        y4 = g(x)
+        assert g.captures == 1 and torch.equal(y4, net(x))
+        x_other = x.flip(0)
+        assert torch.equal(g(x_other), net(x_other)) and g.captures == 1  # replay with new values
+        y1 = g(x[:1])
+        assert g.captures == 2 and torch.equal(y1, net(x[:1]))
+        # outputs are copies unless asked otherwise
+        a, b = g(x), g(x)
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+        # an in-place change of a buffer invalidates the graphs that saw the old values
+        step = next(m for m in net.steps().values() if isinstance(m, L.Int8DepthwiseConv2d))
+        step.multiplier.mul_(0.5)
+        y_changed = g(x)
+        assert g.captures == 3 and torch.equal(y_changed, net(x)) and not torch.equal(y_changed, y4)
+        # so does a backend change
+        net.backend = "auto"
+        g(x)
+        assert g.captures == 4
+        # least recently used shapes are dropped beyond max_graphs
+        g(x[:2])
+        g(x[:3])
+        assert g.captures == 6 and len(g._graphs) == 2
+        g(x[:3])
+        assert g.captures == 6
+        g(x)
+        assert g.captures == 7
+        # without copies the static buffer is returned (overwritten by the next call)
+        g2 = GraphedNetwork(net, clone_output=False, capture=_cpu_capture)
+        o1 = g2(x)
+        o2 = g2(x.flip(0))
+        assert o1 is o2 and torch.equal(o2, net(x.flip(0)))
+        # CPU tensors without a capture function run the network as it is
+        plain = GraphedNetwork(net)
+        assert torch.equal(plain(x), net(x)) and plain.captures == 0
+    # the end-to-end benchmark's check of the runner (on a CPU: no graphs, the network as it is)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_e2e_bench", ROOT / "benchmarks" / "e2e.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    res = e2e.time_graphed_network(e2e.Clock(cuda=False, quick=True), net, x)
+    assert res["graphed_network_equal"] is True and res["graphed_network_ms"] > 0, res
+    with pytest.raises(ValueError, match="max_graphs"):
+        GraphedNetwork(net, max_graphs=0)
+    with pytest.raises(ValueError, match="warmup"):
+        GraphedNetwork(net, warmup=0)
+    with pytest.raises(ValueError, match="one tensor input"):
+        g([x])

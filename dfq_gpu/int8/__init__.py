@@ -6,5 +6,7 @@ from __future__ import annotations
 
 from .compare import StepAgreement, compare_with_simulation
 from .convert import Int8ConversionError, Int8Network, to_int8
+from .graphs import GraphedNetwork
 
-__all__ = ["to_int8", "Int8ConversionError", "Int8Network", "compare_with_simulation", "StepAgreement"]
+__all__ = ["to_int8", "Int8ConversionError", "Int8Network", "GraphedNetwork", "compare_with_simulation",
+           "StepAgreement"]
