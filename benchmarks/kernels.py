@@ -409,6 +409,9 @@ def _compile_sm90(fn, runtime: Dict[str, Any], constexprs: Dict[str, Any], div16
 
     target = GPUTarget("cuda", 90, 32)
     backend = triton.compiler.make_backend(target)
+    # as at run time, an int argument equal to 1 is specialized into a constant (per-channel
+    # strides of 1, for instance, let the channel vectors load as wide vectors)
+    constexprs = {**constexprs, **{n: 1 for n, v in runtime.items() if type(v) is int and v == 1}}
     signature = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -456,7 +459,8 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
     if _config.INTERPRETED:
         raise SystemExit("--compile-only must run without TRITON_INTERPRET (in a fresh process)")
     i8, i32, f32 = torch.int8, torch.int32, torch.float32
-    epi = dict(mult_ptr=f32, lo_ptr=i32, hi_ptr=i32, stride_mult=0, stride_lo=0, stride_hi=0, z_y=0)
+    # per-channel multipliers and bounds (stride 1), as DFQ's equalized ReLU6 clips produce
+    epi = dict(mult_ptr=f32, lo_ptr=i32, hi_ptr=i32, stride_mult=1, stride_lo=1, stride_hi=1, z_y=0)
     gemm_rt = dict(x_ptr=i8, w_ptr=i8, bias_ptr=i32, wzp_ptr=i32, y_ptr=i8, M=0, N=0, K=0, stride_xm=0,
                    stride_wn=0, stride_ym=0, stride_wzp=0, M_BUCKET=0, **epi)  # fmt: skip
     conv_rt = dict(x_ptr=i8, w_ptr=i8, bias_ptr=i32, wzp_ptr=i32, dig_ptr=i8, y_ptr=i8, B=0, H=0, W=0, C=0, OH=0,
