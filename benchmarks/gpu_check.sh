@@ -4,13 +4,15 @@
 #     OUT=/tmp/out bash benchmarks/gpu_check.sh
 #
 # Four steps, each under its own time limit, each continuing past a failure of the previous one
-# (at most 9 minutes in all; STEPS selects steps):
+# (at most 10 minutes in all; STEPS selects steps):
 #   1. the kernel tests on the GPU (bit-exact against the integer reference; every autotune
 #      configuration forced once, otherwise each kernel's default tile: DFQ_KERNELS_AUTOTUNE=0):
 #        python -m pytest tests/test_kernels.py tests/test_kernels_property.py [-n <cores>]
 #   2. the int8 network on the GPU against the integer reference, every activation bit for bit:
-#      pretrained EfficientNet-Lite0 on two ImageNet-sample images at 224x224:
-#        python -m pytest tests/test_int8.py -k "lite0_reference_and_triton or lite0_graph"
+#      pretrained EfficientNet-Lite0 on two ImageNet-sample images at 224x224; the steps' direct
+#      launches from launch plans, and GraphedNetwork with real CUDA graphs:
+#        python -m pytest tests/test_int8.py -k "lite0_reference_and_triton or lite0_graph or
+#                                                launch_directly or graphed"
 #   3. the kernel benchmark (autotuned):  python benchmarks/kernels.py --out $OUT/kernels_<gpu>.json
 #   4. the end-to-end benchmark:          python benchmarks/e2e.py --out $OUT/e2e_<gpu>.json
 # Logs go to $OUT/<step>_<gpu>.log, a summary to $OUT/gpu_check_<gpu>.log. Needs torch, triton
@@ -30,7 +32,7 @@ export PYTHONUNBUFFERED=1
 
 # time limits in seconds, the steps to run and the benchmark cases (override through the environment)
 T_TESTS="${T_TESTS:-150}"
-T_INT8="${T_INT8:-80}"
+T_INT8="${T_INT8:-110}"
 T_KERNELS="${T_KERNELS:-150}"
 T_E2E="${T_E2E:-170}"
 STEPS="${STEPS:-test_kernels test_int8 kernels_bench e2e}"
@@ -84,7 +86,7 @@ step test_kernels "$T_TESTS" env DFQ_KERNELS_AUTOTUNE=0 "$PY" -m pytest tests/te
     tests/test_kernels_property.py -v -rfE --tb=short "${XDIST[@]}" --durations=10 -p no:cacheprovider \
     -p no:benchmark
 step test_int8 "$T_INT8" env DFQ_KERNELS_AUTOTUNE=0 "$PY" -m pytest tests/test_int8.py -q \
-    -k "lite0_reference_and_triton or lite0_graph" --durations=5 -p no:cacheprovider
+    -k "lite0_reference_and_triton or lite0_graph or launch_directly or graphed" --durations=5 -p no:cacheprovider
 # shellcheck disable=SC2086
 step kernels_bench "$T_KERNELS" "$PY" benchmarks/kernels.py --out "$OUT/kernels_${GPU}.json" --kinds $KERNEL_KINDS
 # e2e.py rewrites its JSON after every measurement and skips what no longer fits in its budget

@@ -684,11 +684,16 @@ def _cpu_capture(fn, warmup):
 
 
 def test_graphed_network_replays_per_shape_and_recaptures_on_changes():
+    """On a CPU the capture is a stand-in (re-run and copy into the static output); on a CUDA
+    machine the same checks run with real CUDA graphs of the Triton network."""
     from dfq_gpu.int8 import GraphedNetwork
 
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
     _, sim, x = _small_sim(DFQConfig(weight_granularity="channel"))
-    net = to_int8(sim, backend="reference")
-    g = GraphedNetwork(net, max_graphs=2, capture=_cpu_capture)
+    net = to_int8(sim, backend="auto" if cuda else "reference").to(device)
+    x = x.to(device)
+    g = GraphedNetwork(net, max_graphs=2, capture=None if cuda else _cpu_capture)
     with torch.no_grad():
         y4 = g(x)
         assert g.captures == 1 and torch.equal(y4, net(x))
@@ -705,7 +710,7 @@ def test_graphed_network_replays_per_shape_and_recaptures_on_changes():
         y_changed = g(x)
         assert g.captures == 3 and torch.equal(y_changed, net(x)) and not torch.equal(y_changed, y4)
         # so does a backend change
-        net.backend = "auto"
+        net.backend = "triton" if cuda else "auto"
         g(x)
         assert g.captures == 4
         # least recently used shapes are dropped beyond max_graphs
@@ -717,13 +722,14 @@ def test_graphed_network_replays_per_shape_and_recaptures_on_changes():
         g(x)
         assert g.captures == 7
         # without copies the static buffer is returned (overwritten by the next call)
-        g2 = GraphedNetwork(net, clone_output=False, capture=_cpu_capture)
+        g2 = GraphedNetwork(net, clone_output=False, capture=None if cuda else _cpu_capture)
         o1 = g2(x)
         o2 = g2(x.flip(0))
         assert o1 is o2 and torch.equal(o2, net(x.flip(0)))
         # CPU tensors without a capture function run the network as it is
-        plain = GraphedNetwork(net)
-        assert torch.equal(plain(x), net(x)) and plain.captures == 0
+        cpu_net = to_int8(sim, backend="reference")
+        plain = GraphedNetwork(cpu_net)
+        assert torch.equal(plain(x.cpu()), cpu_net(x.cpu())) and plain.captures == 0
     # the end-to-end benchmark's check of the runner (on a CPU: no graphs, the network as it is)
     import importlib.util
 
