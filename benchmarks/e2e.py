@@ -23,7 +23,8 @@ timed loops. Reported per model and batch: ``speedup_vs_fp16_eager`` and
 ``speedup_vs_fp16_compile`` (int8 images/s divided by theirs, each at its best), and the same
 without CUDA graphs on either side (``speedup_vs_fp16_eager_no_graphs``).
 
-At the largest batch the int8 network is also timed step by step (``step_profile``: CUDA events
+At the largest batch the int8 network is also timed with the other depthwise kernel variant
+(``int8_dw_rows``: output compared bit for bit with the default's), and step by step (``step_profile``: CUDA events
 around each step of one eager call; time per step type and the slowest steps with their shapes),
 to show where the time goes.
 
@@ -293,6 +294,28 @@ def _ips(batch: int, ms: Optional[float]) -> Optional[float]:
     return None if not ms else batch / (ms * 1e-3)
 
 
+def time_other_depthwise_variant(clock: Clock, net: Any, x: torch.Tensor) -> Dict[str, Any]:
+    """The int8 network with the other depthwise kernel (``kernels._config`` variants "tiles" and
+    "rows"; "rows" runs the stride-1 layers): its output against the default's, bit for bit, and
+    its times. Returned under ``int8_dw_<variant>``."""
+    from kernels._config import depthwise_variant, use_depthwise_variant
+
+    other = "rows" if depthwise_variant() == "tiles" else "tiles"
+    out: Dict[str, Any] = {"variant": other}
+    try:
+        with torch.no_grad():
+            y_default = net(x)
+            with use_depthwise_variant(other):
+                out["equal_to_default"] = bool(torch.equal(net(x), y_default))
+                out.update(measure(clock, lambda: net(x), clock.cuda, True))
+    except Exception as exc:
+        out.update(error=_err(exc), ms=None)
+        traceback.print_exc()
+        if clock.cuda:
+            torch.cuda.synchronize()
+    return {f"int8_dw_{other}": out}
+
+
 def time_graphed_network(clock: Clock, net: Any, x: torch.Tensor) -> Dict[str, Any]:
     """The library's CUDA-graph runner (``dfq_gpu.int8.GraphedNetwork``: input copied in, output
     copied out, buffer checks on every call): its output against the eager network's, bit for
@@ -509,6 +532,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     res["int8"]["first_call_s"] = first
                     if cuda:
                         res["int8"].update(time_graphed_network(clock, net, x))
+                    if cuda and batch == max(batches):
+                        res.update(time_other_depthwise_variant(clock, net, x))
                 except Exception as exc:
                     res["int8"] = {"error": _err(exc), "ms": None}
                     traceback.print_exc()
@@ -599,6 +624,10 @@ def _summarize(res: Dict[str, Any], batch: int) -> None:
     res["speedup_vs_fp16_compile"] = _ratio(ips["int8"], ips["fp16_compile"])
     res["speedup_vs_fp32_eager"] = _ratio(ips["int8"], ips["fp32_eager"])
     res["speedup_vs_fp16_eager_no_graphs"] = _ratio(eager["int8"], eager["fp16_eager"])
+    for key in [k for k in res if k.startswith("int8_dw_")]:
+        other = res[key]
+        other["images_per_s"] = _ips(batch, other.get("ms"))
+        res[f"speedup_vs_fp16_eager_{key[len('int8_'):]}"] = _ratio(other["images_per_s"], ips["fp16_eager"])
 
 
 def _line(name: str, batch: int, res: Dict[str, Any]) -> str:

@@ -65,6 +65,7 @@ if __name__ == "__main__" and not torch.cuda.is_available() and "--compile-only"
 import triton  # noqa: E402
 
 import kernels  # noqa: E402
+from kernels import _config  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 
 SCHEMA = "dfq_int8-kernel-bench/1"
@@ -284,6 +285,15 @@ def bench_depthwise(B: int, H: int, W: int, C: int, stride: int, ctx: Dict[str, 
     exact = all(torch.equal(y[s], ref.int8_depthwise_conv2d(x[s], w, bias, m, **kw)) for s in _slices(B))
     ms = timer(ours)
     ms_launch = timer.with_launch(ours)
+    # the other kernel variant (stride 1 only): checked and timed the same way
+    variants: Dict[str, Any] = {_config.depthwise_variant(): {"ms": ms, "bit_exact": exact}}
+    if stride == 1:
+        other = "rows" if _config.depthwise_variant() == "tiles" else "tiles"
+        with _config.use_depthwise_variant(other):
+            y_other = ours()
+            variants[other] = {"bit_exact": bool(torch.equal(y_other, y)) and exact, "ms": _try_time(timer, ours)}
+        del y_other
+        exact = exact and variants[other]["bit_exact"]  # the case is exact only if both variants are
     xh = x.permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
     wh = w.permute(2, 0, 1).unsqueeze(1).to(torch.float16).contiguous(memory_format=torch.channels_last)
     base = {
@@ -296,9 +306,13 @@ def bench_depthwise(B: int, H: int, W: int, C: int, stride: int, ctx: Dict[str, 
     copy_ms = nbytes / (ctx["copy_gbps"] * 1e9) * 1e3
     speed = {"vs_cudnn_fp16": _ratio(base["cudnn_fp16_channels_last_ms"], ms), "vs_copy": copy_ms / ms}
     ops = 2.0 * y.numel() * 9
-    return _entry("depthwise", f"depthwise3x3 s{stride} {B}x{H}x{W}x{C}",
+    for v in variants.values():
+        v["pct_of_copy"] = None if not v.get("ms") else 100.0 * copy_ms / v["ms"]
+    entry = _entry("depthwise", f"depthwise3x3 s{stride} {B}x{H}x{W}x{C}",
                   {"B": B, "H": H, "W": W, "C": C, "stride": stride}, exact, ms, ops, nbytes, ctx, base, speed,
                   ">= 60% of copy bandwidth", speed["vs_copy"] >= 0.6, ms_launch)  # fmt: skip
+    entry["variants"] = variants
+    return entry
 
 
 def bench_add(B: int, H: int, W: int, C: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
@@ -454,7 +468,7 @@ def _compile_sm90(fn, runtime: Dict[str, Any], constexprs: Dict[str, Any], div16
 
 def compile_only(all_configs: bool) -> Dict[str, Any]:
     """Compile every kernel for cuda:90 (one config each, or every autotune config)."""
-    from kernels import _config, conv, depthwise, elementwise, gemm, pool
+    from kernels import conv, depthwise, elementwise, gemm, pool
 
     if _config.INTERPRETED:
         raise SystemExit("--compile-only must run without TRITON_INTERPRET (in a fresh process)")
@@ -480,6 +494,12 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
             consts = dict(KH=k, KW=k, FLAT_K=flat, PAD_CORR=pad_corr, NDIG=2, TP=32 if k < 7 else 64,
                           HAS_WZP=False, **flags)  # fmt: skip
             jobs.append((f"conv {k}x{k} flat={flat}", conv._int8_conv2d_kernel, conv_rt, consts, ["C", "N"], cfg))
+    rows_rt = {k: v for k, v in dw_rt.items() if k in depthwise._int8_depthwise_rows_kernel.arg_names}
+    rows_cfgs = _config.DEPTHWISE_ROWS_GPU_CONFIGS if all_configs else [_config.DEFAULT_GPU_CONFIG["depthwise_rows"]]
+    for cfg in rows_cfgs:
+        for k in (3, 5):
+            jobs.append((f"depthwise rows {k}x{k}", depthwise._int8_depthwise_rows_kernel, rows_rt,
+                         dict(KH=k, KW=k, HAS_WZP=True, **flags), ["C"], cfg))  # fmt: skip
     for cfg in dw_cfgs:
         jobs.append(("depthwise 3x3", depthwise._int8_depthwise_kernel, dw_rt,
                      dict(KH=3, KW=3, HAS_WZP=True, **flags), ["C"], cfg))  # fmt: skip

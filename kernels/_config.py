@@ -95,6 +95,25 @@ DEPTHWISE_GPU_CONFIGS: List[triton.Config] = [
 ]
 DEPTHWISE_INTERPRET_META: Dict[str, Any] = dict(BLOCK_P=64, BLOCK_C=64)
 
+# Depthwise convolution, "rows" variant (stride 1): a (columns x channels) strip of one image
+# walks down the rows, each input row loaded once per window column and added into the KH output
+# rows it belongs to.
+DEPTHWISE_ROWS_GPU_CONFIGS: List[triton.Config] = [
+    # sm_90, Triton 3.6: 90 registers for 3x3 windows and 156 for 5x5 with the first four tiles,
+    # 142-146 and 238 with the last three; no spills (BLOCK_C=128 tiles spill on 5x5 windows:
+    # the compiler keeps the KH*KW weight vectors in registers across the row loop)
+    _cfg(4, 1, BLOCK_W=16, BLOCK_C=32),
+    _cfg(4, 1, BLOCK_W=8, BLOCK_C=64),
+    _cfg(2, 1, BLOCK_W=8, BLOCK_C=32),
+    _cfg(4, 1, BLOCK_W=8, BLOCK_C=32),
+    _cfg(4, 1, BLOCK_W=16, BLOCK_C=64),
+    _cfg(2, 1, BLOCK_W=16, BLOCK_C=32),
+    _cfg(8, 1, BLOCK_W=32, BLOCK_C=64),
+]
+DEPTHWISE_ROWS_INTERPRET_META: Dict[str, Any] = dict(BLOCK_W=16, BLOCK_C=64)  # few programs, few steps
+#: Largest window height of the rows variant (one register accumulator per window row).
+DEPTHWISE_ROWS_MAX_KH: int = 5
+
 #: Elementwise kernels (add, quantize, dequantize): one flat block per program.
 ELEMENTWISE_GPU_BLOCK: int = 2048
 ELEMENTWISE_GPU_WARPS: int = 8
@@ -142,9 +161,56 @@ def prune_by_size(size_args: Dict[str, Sequence[str]]) -> Callable[..., List[tri
 DEFAULT_GPU_CONFIG: Dict[str, triton.Config] = {
     "gemm": _cfg(4, 4, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8),
     "depthwise": _cfg(4, 1, BLOCK_P=64, BLOCK_C=64),
+    "depthwise_rows": _cfg(4, 1, BLOCK_W=16, BLOCK_C=32),
 }
-GPU_CONFIGS: Dict[str, List[triton.Config]] = {"gemm": GEMM_GPU_CONFIGS, "depthwise": DEPTHWISE_GPU_CONFIGS}
-INTERPRET_META: Dict[str, Dict[str, Any]] = {"gemm": GEMM_INTERPRET_META, "depthwise": DEPTHWISE_INTERPRET_META}
+GPU_CONFIGS: Dict[str, List[triton.Config]] = {
+    "gemm": GEMM_GPU_CONFIGS,
+    "depthwise": DEPTHWISE_GPU_CONFIGS,
+    "depthwise_rows": DEPTHWISE_ROWS_GPU_CONFIGS,
+}
+INTERPRET_META: Dict[str, Dict[str, Any]] = {
+    "gemm": GEMM_INTERPRET_META,
+    "depthwise": DEPTHWISE_INTERPRET_META,
+    "depthwise_rows": DEPTHWISE_ROWS_INTERPRET_META,
+}
+
+#: Depthwise kernels: "tiles" (pixel x channel tiles, any stride) or "rows" (stride-1 windows
+#: of at most DEPTHWISE_ROWS_MAX_KH rows walk down the image; other cases use "tiles").
+DEPTHWISE_VARIANTS = ("tiles", "rows")
+
+
+def _variant_from_env() -> str:
+    value = os.environ.get("DFQ_DEPTHWISE_VARIANT", "tiles").strip().lower()
+    if value not in DEPTHWISE_VARIANTS:
+        raise ValueError(f"DFQ_DEPTHWISE_VARIANT must be one of {DEPTHWISE_VARIANTS}, got {value!r}")
+    return value
+
+
+_DEPTHWISE_VARIANT: str = _variant_from_env()
+
+
+def depthwise_variant() -> str:
+    """The depthwise kernel in use: ``"tiles"`` (default) or ``"rows"``."""
+    return _DEPTHWISE_VARIANT
+
+
+def set_depthwise_variant(name: str) -> None:
+    """Choose the depthwise kernel (also ``DFQ_DEPTHWISE_VARIANT`` in the environment)."""
+    global _DEPTHWISE_VARIANT
+    if name not in DEPTHWISE_VARIANTS:
+        raise ValueError(f"depthwise variant must be one of {DEPTHWISE_VARIANTS}, got {name!r}")
+    _DEPTHWISE_VARIANT = name
+
+
+@contextlib.contextmanager
+def use_depthwise_variant(name: str) -> Iterator[None]:
+    """Context manager: run the enclosed depthwise convolutions with another kernel variant."""
+    previous = depthwise_variant()
+    set_depthwise_variant(name)
+    try:
+        yield
+    finally:
+        set_depthwise_variant(previous)
 
 _AUTOTUNE: bool = os.environ.get("DFQ_KERNELS_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
 _FORCED: Dict[str, triton.Config] = {}
@@ -164,7 +230,8 @@ def autotune_enabled() -> bool:
 @contextlib.contextmanager
 def forced_config(family: str, config: triton.Config) -> Iterator[None]:
     """Launch every kernel of ``family`` (``"gemm"``: GEMM and convolution; ``"depthwise"``:
-    depthwise convolution and max pooling) with ``config`` inside the block, bypassing autotuning.
+    depthwise convolution and max pooling; ``"depthwise_rows"``: the rows variant of the
+    depthwise convolution) with ``config`` inside the block, bypassing autotuning.
 
     Under the interpreter only the tile sizes matter (warps and stages are GPU notions)."""
     if family not in GPU_CONFIGS:

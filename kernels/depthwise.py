@@ -24,8 +24,18 @@ import triton
 import triton.language as tl
 
 from . import reference as ref
-from ._config import DEPTHWISE_GPU_CONFIGS, USE_RINT, cdiv, launch, next_pow2_bucket, prune_by_size
-from .requant import requantize_channels
+from ._config import (
+    DEPTHWISE_GPU_CONFIGS,
+    DEPTHWISE_ROWS_GPU_CONFIGS,
+    DEPTHWISE_ROWS_MAX_KH,
+    USE_RINT,
+    cdiv,
+    depthwise_variant,
+    launch,
+    next_pow2_bucket,
+    prune_by_size,
+)
+from .requant import load_channel_params, requantize, requantize_channels
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +128,126 @@ _int8_depthwise_kernel_tuned = triton.autotune(
 )(_int8_depthwise_kernel)
 
 
+@triton.jit(do_not_specialize=["z_x", "z_y"])
+def _int8_depthwise_rows_kernel(
+    # Pointers: input, weight, per-channel vectors, output
+    x_ptr, w_ptr,  # int8 NHWC [B, H, W, C], int8 [KH, KW, C]
+    bias_ptr, wzp_ptr,  # int32 [C], int32 [1|C] weight zero point
+    mult_ptr, lo_ptr, hi_ptr,  # float32 [1|C] multiplier, int32 [1|C] bounds
+    y_ptr,  # int8 (or int32) NHWC [B, OH, OW, C]
+    # Geometry (stride 1)
+    B, H, W, C, OH, OW,
+    pad_top, pad_left,
+    # Per-channel strides: 0 for a per-tensor value, 1 for one value per channel
+    stride_wzp, stride_mult, stride_lo, stride_hi,
+    # Zero points
+    z_x, z_y,
+    # Autotune bucket of the pixel count (not used in the body)
+    P_BUCKET,
+    # Meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, USE_RINT: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Stride-1 depthwise convolution, ``KH <= 5``: the program owns ``BLOCK_W`` output columns x
+    ``BLOCK_C`` channels of one image and walks down its rows. Input row ``t - pad_top`` is
+    loaded once per window column and added into the ``KH`` output rows that use it: ``a_j``
+    holds output row ``t - j`` and receives window row ``j``; ``a_{KH-1}`` is then complete and
+    stored, and the accumulators shift by one row. Each input element is loaded ``KW`` times
+    instead of ``KH * KW``. Same arithmetic as :func:`_int8_depthwise_kernel`."""
+    pid_bw = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    n_wb = tl.cdiv(OW, BLOCK_W)
+    img = pid_bw // n_wb
+    offs_w = (pid_bw - img * n_wb) * BLOCK_W + tl.arange(0, BLOCK_W)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_w = offs_w < OW
+    mask_c = offs_c < C
+    x_img = x_ptr + img.to(tl.int64) * (H * W * C)
+    y_img = y_ptr + img.to(tl.int64) * (OH * OW * C)
+    zx8 = z_x.to(tl.int8)
+    if HAS_WZP:
+        zw = tl.load(wzp_ptr + offs_c * stride_wzp, mask=mask_c, other=0)
+
+    # -- per-channel correction: bias - z_x * sum_taps (w - z_w) (padded taps load z_x and cancel)
+    w_sum = tl.zeros((BLOCK_C,), dtype=tl.int32)
+    for tap in tl.static_range(KH * KW):
+        wv = tl.load(w_ptr + tap * C + offs_c, mask=mask_c, other=0).to(tl.int32)
+        if HAS_WZP:
+            wv = tl.where(mask_c, wv - zw, 0)
+        w_sum += wv
+    corr = -z_x * w_sum
+    if HAS_BIAS:
+        corr += tl.load(bias_ptr + offs_c, mask=mask_c, other=0)
+    if not OUT_INT32:
+        mult, lo, hi = load_channel_params(offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr,
+                                           stride_hi)  # fmt: skip
+
+    # -- one accumulator per window row (unused ones are compiled out)
+    a0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.int32)
+    a1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.int32)
+    a2 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.int32)
+    a3 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.int32)
+    a4 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.int32)
+    for t in range(0, OH + KH - 1):
+        ih = t - pad_top
+        row_ok = (ih >= 0) & (ih < H)
+        for kw in tl.static_range(KW):
+            iw = offs_w - pad_left + kw
+            ok = (iw >= 0) & (iw < W) & row_ok
+            x_ptrs = x_img + ((ih * W + iw) * C)[:, None] + offs_c[None, :]
+            xv = tl.load(x_ptrs, mask=ok[:, None] & mask_c[None, :], other=zx8).to(tl.int32)
+            for j in tl.static_range(KH):
+                wv = tl.load(w_ptr + (j * KW + kw) * C + offs_c, mask=mask_c, other=0).to(tl.int32)
+                if HAS_WZP:
+                    wv = tl.where(mask_c, wv - zw, 0)
+                if j == 0:
+                    a0 += xv * wv[None, :]
+                elif j == 1:
+                    a1 += xv * wv[None, :]
+                elif j == 2:
+                    a2 += xv * wv[None, :]
+                elif j == 3:
+                    a3 += xv * wv[None, :]
+                else:
+                    a4 += xv * wv[None, :]
+        # -- output row t - (KH - 1) is complete: epilogue and store; then shift the rows
+        if KH == 1:
+            done = a0
+        elif KH == 2:
+            done = a1
+        elif KH == 3:
+            done = a2
+        elif KH == 4:
+            done = a3
+        else:
+            done = a4
+        oh = t - (KH - 1)
+        acc = done + corr[None, :]
+        y_ptrs = y_img + ((oh * OW + offs_w) * C)[:, None] + offs_c[None, :]
+        mask = ((oh >= 0) & mask_w)[:, None] & mask_c[None, :]
+        if OUT_INT32:
+            tl.store(y_ptrs, acc, mask=mask)
+        else:
+            tl.store(y_ptrs, requantize(acc, mult[None, :], z_y, lo[None, :], hi[None, :], USE_RINT), mask=mask)
+        if KH >= 5:
+            a4 = a3
+        if KH >= 4:
+            a3 = a2
+        if KH >= 3:
+            a2 = a1
+        if KH >= 2:
+            a1 = a0
+        a0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.int32)
+
+
+_int8_depthwise_rows_kernel_tuned = triton.autotune(
+    configs=DEPTHWISE_ROWS_GPU_CONFIGS,
+    key=["P_BUCKET", "C", "OW", "KH", "KW", "HAS_WZP", "OUT_INT32"],
+    prune_configs_by={"early_config_prune": prune_by_size({"BLOCK_C": ("C",), "BLOCK_W": ("OW",)})},
+)(_int8_depthwise_rows_kernel)
+
+
 # =============================================================================================
 # Launcher
 # =============================================================================================
@@ -150,6 +280,7 @@ class DepthwisePlan:
         KH, KW, C = w.shape
         self.KH, self.KW, self.C = KH, KW, C
         self.stride, self.pad = stride, pad
+        self.rows_ok = stride == (1, 1) and KH <= DEPTHWISE_ROWS_MAX_KH  # the rows variant applies
         self.device = w.device
         self.out_dtype = torch.int32 if out_int32 else torch.int8
         placeholder = multiplier
@@ -182,6 +313,11 @@ class DepthwisePlan:
         if P == 0 or C == 0:
             return y
         args = dict(self.static, x_ptr=x, y_ptr=y, B=B, H=H, W=W, OH=OH, OW=OW, P_BUCKET=next_pow2_bucket(P))
+        if self.rows_ok and depthwise_variant() == "rows":
+            del args["stride_h"], args["stride_w"]
+            grid = lambda META: (B * cdiv(OW, META["BLOCK_W"]), cdiv(C, META["BLOCK_C"]))  # noqa: E731
+            launch(_int8_depthwise_rows_kernel, _int8_depthwise_rows_kernel_tuned, "depthwise_rows", grid, args)
+            return y
         grid = lambda META: (cdiv(P, META["BLOCK_P"]), cdiv(C, META["BLOCK_C"]))  # noqa: E731
         launch(_int8_depthwise_kernel, _int8_depthwise_kernel_tuned, "depthwise", grid, args)
         return y

@@ -54,18 +54,23 @@ def requantize(acc, m, z_y, lo, hi, USE_RINT: tl.constexpr):
 
 
 @triton.jit
-def requantize_channels(acc, offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
-                        USE_RINT: tl.constexpr, ROWS: tl.constexpr):  # fmt: skip
-    """:func:`requantize` with the parameters of channels ``offs_c`` loaded from memory.
-
-    ``acc`` is ``[rows, channels]`` int32 when ``ROWS``, else ``[channels]``; the multiplier and
-    the bounds are per tensor (stride 0) or per channel (stride 1). Masked-off channels get
-    harmless values (their outputs are never stored); no negative constant is used as a load's
-    ``other``.
-    """
+def load_channel_params(offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi):
+    """The multiplier and bounds of channels ``offs_c``: per tensor (stride 0) or per channel
+    (stride 1). Masked-off channels get harmless values (their outputs are never stored); no
+    negative constant is used as a load's ``other``."""
     mult = tl.load(mult_ptr + offs_c * stride_mult, mask=mask_c, other=0.0)
     lo = tl.load(lo_ptr + offs_c * stride_lo, mask=mask_c, other=0)
     hi = tl.load(hi_ptr + offs_c * stride_hi, mask=mask_c, other=127)
+    return mult, lo, hi
+
+
+@triton.jit
+def requantize_channels(acc, offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
+                        USE_RINT: tl.constexpr, ROWS: tl.constexpr):  # fmt: skip
+    """:func:`requantize` with the parameters of channels ``offs_c`` loaded from memory
+    (:func:`load_channel_params`); ``acc`` is ``[rows, channels]`` int32 when ``ROWS``, else
+    ``[channels]``."""
+    mult, lo, hi = load_channel_params(offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi)
     if ROWS:
         return requantize(acc, mult[None, :], z_y, lo[None, :], hi[None, :], USE_RINT)
     return requantize(acc, mult, z_y, lo, hi, USE_RINT)

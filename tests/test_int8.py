@@ -437,6 +437,11 @@ def test_triton_steps_launch_directly_and_follow_buffer_changes(cfg):
         y2 = net(x)
         assert dw.__dict__["_plan"][1] is not plan
         assert torch.equal(y2, ref_net(x)) and not torch.equal(y2, y)
+        # the other depthwise kernel gives the same network output
+        from kernels._config import use_depthwise_variant
+
+        with use_depthwise_variant("rows"):
+            assert torch.equal(net(x), y2)
         # copies carry no plan and run on their own buffers
         copied = copy.deepcopy(net)
         assert "_plan" not in copied.steps()[name].__dict__
@@ -739,6 +744,13 @@ def test_graphed_network_replays_per_shape_and_recaptures_on_changes():
     spec.loader.exec_module(e2e)
     res = e2e.time_graphed_network(e2e.Clock(cuda=False, quick=True), net, x)
     assert res["graphed_network_equal"] is True and res["graphed_network_ms"] > 0, res
+    # and its run of the other depthwise kernel (through the interpreter on a CPU)
+    if interpreter_or_cuda() is not None:
+        net_t = to_int8(sim, backend="triton").to(device)
+        res = e2e.time_other_depthwise_variant(e2e.Clock(cuda=cuda, quick=True), net_t, x)
+        (name, other), = res.items()
+        assert name in ("int8_dw_rows", "int8_dw_tiles") and other["equal_to_default"] is True, other
+        assert other["ms"] > 0 and other["error"] is None
     with pytest.raises(ValueError, match="max_graphs"):
         GraphedNetwork(net, max_graphs=0)
     with pytest.raises(ValueError, match="warmup"):

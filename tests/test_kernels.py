@@ -356,6 +356,19 @@ def test_every_gemm_autotune_config_is_bit_exact(cfg):
     assert torch.equal(yc, ref.int8_conv2d(xc, wc, **conv_kw))
 
 
+@pytest.mark.parametrize("cfg", _autotune_configs("depthwise_rows"))
+def test_every_depthwise_rows_autotune_config_is_bit_exact(cfg):
+    from kernels._config import forced_config, use_depthwise_variant
+
+    g = _gen(23)
+    x, w = rand_i8((2, 4, 19, 37), g).to(DEVICE), rand_i8((5, 5, 37), g).to(DEVICE)  # no tile divides
+    p = to_dev(make_params("perchannel", 37, 25, g))
+    kw = dict(padding=(2, 1, 2, 3), **p)
+    with forced_config("depthwise_rows", cfg), use_depthwise_variant("rows"):
+        y = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw)
+    assert torch.equal(y, ref.int8_depthwise_conv2d(x, w, **kw))
+
+
 @pytest.mark.parametrize("cfg", _autotune_configs("depthwise"))
 def test_every_depthwise_autotune_config_is_bit_exact(cfg):
     from kernels._config import forced_config
@@ -449,16 +462,72 @@ DW_CASES = [
 ]
 
 
+@pytest.mark.parametrize("kernel", ["tiles", "rows"])
 @pytest.mark.parametrize("variant", ["sym", "perchannel", "int32"])
 @pytest.mark.parametrize("B,H,W,C,K,stride,pad", DW_CASES)
-def test_depthwise_kernel_bit_exact(B, H, W, C, K, stride, pad, variant):
+def test_depthwise_kernel_bit_exact(B, H, W, C, K, stride, pad, variant, kernel):
+    """Both depthwise kernels ("rows" applies to stride 1; other cases fall back to "tiles")."""
+    from kernels._config import use_depthwise_variant
+
     g = _gen(H * 100 + C + K)
     x, w = rand_i8((B, H, W, C), g).to(DEVICE), rand_i8((K, K, C), g).to(DEVICE)
     p = to_dev(make_params(variant, C, K * K, g))
     out_int32 = variant == "int32"
     kw = dict(stride=stride, padding=pad, out_int32=out_int32, **p)
-    y = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw)
+    with use_depthwise_variant(kernel):
+        y = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw)
     assert torch.equal(y, ref.int8_depthwise_conv2d(x, w, **kw))
+
+
+DW_ROWS_CASES = [
+    # B, H, W, C, KH, KW, padding: window sizes 1 to 5, non-square, asymmetric and no padding,
+    # widths and channel counts that no tile divides
+    (2, 7, 19, 37, 1, 1, (0, 0, 0, 0)),
+    (1, 6, 5, 9, 2, 2, (1, 0, 0, 1)),
+    (1, 9, 23, 70, 3, 3, (0, 2, 1, 1)),
+    (2, 5, 6, 16, 4, 4, (2, 1, 1, 2)),
+    (1, 3, 40, 33, 5, 5, (2, 2, 2, 2)),
+    (1, 8, 7, 20, 5, 3, (2, 2, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("B,H,W,C,KH,KW,pad", DW_ROWS_CASES)
+def test_depthwise_rows_kernel_window_sizes(B, H, W, C, KH, KW, pad):
+    """The rows kernel keeps one accumulator per window row (up to 5) and shifts them down the
+    image: every window height, output rows fewer than the window, int32 and int8 outputs."""
+    from kernels import depthwise
+    from kernels._config import use_depthwise_variant
+
+    g = _gen(B * 1000 + H * 100 + W + KH * 7 + KW)
+    x, w = rand_i8((B, H, W, C), g).to(DEVICE), rand_i8((KH, KW, C), g).to(DEVICE)
+    p = to_dev(make_params("perchannel", C, KH * KW, g))
+    families = []
+    launch = depthwise.launch
+
+    def spy(kernel, tuned, family, grid, args):
+        families.append(family)
+        return launch(kernel, tuned, family, grid, args)
+
+    depthwise.launch = spy
+    try:
+        with use_depthwise_variant("rows"):
+            for out_int32 in (False, True):
+                kw = dict(padding=pad, out_int32=out_int32, **p)
+                y = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw)
+                assert torch.equal(y, ref.int8_depthwise_conv2d(x, w, **kw)), out_int32
+    finally:
+        depthwise.launch = launch
+    assert families == ["depthwise_rows"] * 2
+
+
+def test_depthwise_variant_switch():
+    from kernels import _config
+
+    assert _config.depthwise_variant() in _config.DEPTHWISE_VARIANTS
+    with _config.use_depthwise_variant("rows"):
+        assert _config.depthwise_variant() == "rows"
+    with pytest.raises(ValueError, match="depthwise variant"):
+        _config.set_depthwise_variant("winograd")
 
 
 @pytest.mark.parametrize(
@@ -766,6 +835,10 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
     for r in report["results"]:
         assert r["bit_exact"] is True and r["ms"] > 0 and r["gbps"] > 0
         assert set(r) >= {"name", "shape", "tops", "baselines", "speedup", "roofline_floor_ms", "pct_of_roofline"}
+        if r["kind"] == "depthwise":  # both kernel variants where both apply (stride 1)
+            expected = {"tiles", "rows"} if r["shape"]["stride"] == 1 else {"tiles"}
+            assert set(r["variants"]) == expected, r["variants"]
+            assert all(v["bit_exact"] is True and v["ms"] > 0 for v in r["variants"].values())
     assert report["copy_bandwidth_gbps"] > 0
     assert "all bit-exact: True" in capsys.readouterr().out
 

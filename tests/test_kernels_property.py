@@ -104,17 +104,21 @@ def test_conv_property(geom, C, N, data):
 
 
 @SETTINGS
-@given(conv_geometry(depthwise=True), st.integers(1, 80), st.data())
-def test_depthwise_property(geom, C, data):
+@given(conv_geometry(depthwise=True), st.integers(1, 80), st.sampled_from(["tiles", "rows"]), st.data())
+def test_depthwise_property(geom, C, kernel, data):
+    from kernels._config import use_depthwise_variant
+
     B, H, W, K, _, stride, pad = geom
+    if kernel == "rows":  # the rows kernel is stride 1 only (other strides fall back to tiles)
+        stride = (1, 1)
     p, g = data.draw(epilogues(C, K * K))
     x = torch.randint(-128, 128, (B, H, W, C), generator=g, dtype=torch.int8).to(DEVICE)
     w = torch.randint(-128, 128, (K, K, C), generator=g, dtype=torch.int8).to(DEVICE)
     kw = dict(stride=stride, padding=pad, **p)
-    assert torch.equal(
-        kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw), ref.int8_depthwise_conv2d(x, w, **kw)
-    )
-    acc = kernels.int8_depthwise_conv2d(x, w, backend="triton", out_int32=True, **kw)
+    with use_depthwise_variant(kernel):
+        y = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw)
+        acc = kernels.int8_depthwise_conv2d(x, w, backend="triton", out_int32=True, **kw)
+    assert torch.equal(y, ref.int8_depthwise_conv2d(x, w, **kw))
     expect = independent_conv_acc(
         x.cpu(), w.cpu(), _cpu(p["bias"]), p["z_x"], _cpu(p["w_zp"]), stride, pad, depthwise=True
     )
