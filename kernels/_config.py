@@ -273,6 +273,25 @@ def launch(
         kernel[grid(meta)](**args, **meta)
 
 
+def channel_stride(t: Optional[Any]) -> int:
+    """Stride of a per-tensor (``[1]``, or absent) or per-channel parameter vector: 0 or 1."""
+    return 0 if t is None or t.numel() == 1 else 1
+
+
+def epilogue_args(bias: Optional[Any], w_zp: Optional[Any], multiplier: Any, lo: Any, hi: Any) -> Dict[str, Any]:
+    """The kernel arguments of the bias, weight zero point and requantization epilogue shared by
+    the GEMM, convolution and depthwise kernels (pointers, per-channel strides, switches);
+    ``multiplier`` stands in for the pointers that a switch turns off."""
+    return dict(
+        bias_ptr=bias if bias is not None else multiplier,
+        wzp_ptr=w_zp if w_zp is not None else multiplier,
+        mult_ptr=multiplier, lo_ptr=lo, hi_ptr=hi,
+        stride_wzp=channel_stride(w_zp), stride_mult=channel_stride(multiplier),
+        stride_lo=channel_stride(lo), stride_hi=channel_stride(hi),
+        HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None,
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # Launch-time cache of tensors derived from weights (folded biases, padding tables)
 # ---------------------------------------------------------------------------------------------

@@ -41,7 +41,16 @@ import triton
 import triton.language as tl
 
 from . import reference as ref
-from ._config import DERIVED, GEMM_GPU_CONFIGS, USE_RINT, cdiv, launch, next_pow2_bucket, prune_by_size
+from ._config import (
+    DERIVED,
+    GEMM_GPU_CONFIGS,
+    USE_RINT,
+    cdiv,
+    epilogue_args,
+    launch,
+    next_pow2_bucket,
+    prune_by_size,
+)
 from .gemm import GemmPlan
 from .requant import add_gemm_corrections, requantize_channels
 
@@ -186,10 +195,6 @@ _int8_conv2d_kernel_tuned = triton.autotune(
 # =============================================================================================
 # Launcher
 # =============================================================================================
-def _channel_stride(t: Optional[Tensor]) -> int:
-    return 0 if t is None or t.numel() == 1 else 1
-
-
 def padding_digits(w: Tensor, w_zp: Optional[Tensor]) -> Tuple[Tensor, int, int]:
     """Digit planes of the per-tap weight sums, for the padding correction.
 
@@ -249,35 +254,19 @@ class ConvPlan:
         if KH == 1 and KW == 1 and stride == (1, 1) and pad == (0, 0, 0, 0):
             self.gemm = GemmPlan(w.view(N, C), bias, w_zp, multiplier, z_y, lo, hi, out_int32)
             return
-        placeholder = multiplier
         pad_corr = z_x != 0 and any(pad)
         digits, ndig, tp = (
             DERIVED.get("pad_digits", (w, w_zp), None, lambda: padding_digits(w, w_zp)) if pad_corr else (None, 1, 32)
         )
         self.static = dict(
-            w_ptr=w,
-            bias_ptr=bias if bias is not None else placeholder,
-            wzp_ptr=w_zp if w_zp is not None else placeholder,
-            dig_ptr=digits if digits is not None else placeholder,
-            mult_ptr=multiplier, lo_ptr=lo, hi_ptr=hi,
-            C=C, N=N,
-            stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2],
-            stride_wzp=_channel_stride(w_zp), stride_mult=_channel_stride(multiplier),
-            stride_lo=_channel_stride(lo), stride_hi=_channel_stride(hi),
-            z_x=z_x, z_y=z_y,
+            w_ptr=w, dig_ptr=digits if digits is not None else multiplier,
+            C=C, N=N, stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2], z_x=z_x, z_y=z_y,
             KH=KH, KW=KW, FLAT_K=C < FLAT_K_MAX_CHANNELS, PAD_CORR=pad_corr, NDIG=ndig, TP=tp,
-            HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
+            OUT_INT32=out_int32, USE_RINT=USE_RINT, **epilogue_args(bias, w_zp, multiplier, lo, hi),
         )  # fmt: skip
 
     def __call__(self, x: Tensor) -> Tensor:
-        ref.check_tensor(x, "x", torch.int8, 4, "NHWC [B, H, W, C]")
-        B, H, W, C = x.shape
-        if C != self.C:
-            raise ValueError(f"x has C={C} channels (NHWC {tuple(x.shape)}) but the weight expects {self.C}")
-        if x.device != self.device:
-            raise ValueError(f"x is on {x.device} but the weight is on {self.device}")
-        if H * W * C >= 2**31:
-            raise ValueError(f"one image of {H}x{W}x{C} int8 values exceeds the kernel's 2^31 index range")
+        B, H, W, C = ref.check_nhwc_input(x, self.C, self.device)
         N = self.N
         if self.gemm is not None:
             return self.gemm(x.view(B * H * W, C)).view(B, H, W, N)

@@ -31,6 +31,7 @@ from ._config import (
     USE_RINT,
     cdiv,
     depthwise_variant,
+    epilogue_args,
     launch,
     next_pow2_bucket,
     prune_by_size,
@@ -251,10 +252,6 @@ _int8_depthwise_rows_kernel_tuned = triton.autotune(
 # =============================================================================================
 # Launcher
 # =============================================================================================
-def _channel_stride(t: Optional[Tensor]) -> int:
-    return 0 if t is None or t.numel() == 1 else 1
-
-
 class DepthwisePlan:
     """The depthwise launch with its weight-side arguments bound once; calling it on an NHWC
     ``x`` checks ``x`` (dtype, rank, channels, layout, device), sizes the output and launches.
@@ -283,30 +280,13 @@ class DepthwisePlan:
         self.rows_ok = stride == (1, 1) and KH <= DEPTHWISE_ROWS_MAX_KH  # the rows variant applies
         self.device = w.device
         self.out_dtype = torch.int32 if out_int32 else torch.int8
-        placeholder = multiplier
         self.static = dict(
-            w_ptr=w,
-            bias_ptr=bias if bias is not None else placeholder,
-            wzp_ptr=w_zp if w_zp is not None else placeholder,
-            mult_ptr=multiplier, lo_ptr=lo, hi_ptr=hi,
-            C=C,
-            stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2],
-            stride_wzp=_channel_stride(w_zp), stride_mult=_channel_stride(multiplier),
-            stride_lo=_channel_stride(lo), stride_hi=_channel_stride(hi),
-            z_x=z_x, z_y=z_y,
-            KH=KH, KW=KW,
-            HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
+            w_ptr=w, C=C, stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2], z_x=z_x, z_y=z_y,
+            KH=KH, KW=KW, OUT_INT32=out_int32, USE_RINT=USE_RINT, **epilogue_args(bias, w_zp, multiplier, lo, hi),
         )  # fmt: skip
 
     def __call__(self, x: Tensor) -> Tensor:
-        ref.check_tensor(x, "x", torch.int8, 4, "NHWC [B, H, W, C]")
-        B, H, W, C = x.shape
-        if C != self.C:
-            raise ValueError(f"x has C={C} channels but the weight [KH, KW, C] has {self.C}")
-        if x.device != self.device:
-            raise ValueError(f"x is on {x.device} but the weight is on {self.device}")
-        if H * W * C >= 2**31:
-            raise ValueError(f"one image of {H}x{W}x{C} int8 values exceeds the kernel's 2^31 index range")
+        B, H, W, C = ref.check_nhwc_input(x, self.C, self.device)
         OH, OW = ref.conv_output_size(H, W, self.KH, self.KW, self.stride, self.pad)
         y = torch.empty((B, OH, OW, C), dtype=self.out_dtype, device=x.device)
         P = B * OH * OW

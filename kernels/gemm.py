@@ -27,7 +27,16 @@ import triton
 import triton.language as tl
 
 from . import reference as ref
-from ._config import DERIVED, GEMM_GPU_CONFIGS, USE_RINT, cdiv, launch, next_pow2_bucket, prune_by_size
+from ._config import (
+    DERIVED,
+    GEMM_GPU_CONFIGS,
+    USE_RINT,
+    cdiv,
+    epilogue_args,
+    launch,
+    next_pow2_bucket,
+    prune_by_size,
+)
 from .requant import add_gemm_corrections, requantize_channels
 
 logger = logging.getLogger(__name__)
@@ -118,10 +127,6 @@ _int8_gemm_kernel_tuned = triton.autotune(
 # =============================================================================================
 # Launcher
 # =============================================================================================
-def _channel_stride(t: Optional[Tensor]) -> int:
-    return 0 if t is None or t.numel() == 1 else 1
-
-
 class GemmPlan:
     """The GEMM launch with its weight-side arguments bound once; calling it on ``x`` ``[M, K]``
     checks ``x`` (dtype, rank, K, layout, device), sizes the output and launches.
@@ -145,18 +150,10 @@ class GemmPlan:
         self.N, self.K = w.shape
         self.device = w.device
         self.out_dtype = torch.int32 if out_int32 else torch.int8
-        placeholder = multiplier  # any valid pointer for arguments a constexpr switches off
         self.static = dict(
-            w_ptr=w,
-            bias_ptr=bias if bias is not None else placeholder,
-            wzp_ptr=w_zp if w_zp is not None else placeholder,
-            mult_ptr=multiplier, lo_ptr=lo, hi_ptr=hi,
-            N=self.N, K=self.K, stride_wn=w.stride(0),
-            stride_wzp=_channel_stride(w_zp), stride_mult=_channel_stride(multiplier),
-            stride_lo=_channel_stride(lo), stride_hi=_channel_stride(hi),
-            z_y=z_y,
-            HAS_BIAS=bias is not None, HAS_WZP=w_zp is not None, OUT_INT32=out_int32, USE_RINT=USE_RINT,
-        )  # fmt: skip
+            w_ptr=w, N=self.N, K=self.K, stride_wn=w.stride(0), z_y=z_y, OUT_INT32=out_int32, USE_RINT=USE_RINT,
+            **epilogue_args(bias, w_zp, multiplier, lo, hi),
+        )
 
     def __call__(self, x: Tensor) -> Tensor:
         ref.check_tensor(x, "x", torch.int8, 2, "[M, K]")

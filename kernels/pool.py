@@ -27,6 +27,7 @@ from ._config import (
     INTERPRETED,
     USE_RINT,
     cdiv,
+    channel_stride,
     launch,
     next_pow2_bucket,
     prune_by_size,
@@ -114,10 +115,6 @@ _int8_maxpool_kernel_tuned = triton.autotune(
 # =============================================================================================
 # Launchers
 # =============================================================================================
-def _channel_stride(t: Tensor) -> int:
-    return 0 if t.numel() == 1 else 1
-
-
 def int8_avgpool(
     x: Tensor,
     z_x: int,
@@ -139,7 +136,7 @@ def int8_avgpool(
     grid = (B, cdiv(C, meta["BLOCK_C"]))
     _int8_avgpool_kernel[grid](
         x, y, m, lo, hi, H * W, C,
-        _channel_stride(m), _channel_stride(lo), _channel_stride(hi), z_x, z_y,
+        channel_stride(m), channel_stride(lo), channel_stride(hi), z_x, z_y,
         USE_RINT=USE_RINT, **meta, **opts,
     )  # fmt: skip
     return y

@@ -94,6 +94,20 @@ def _check_device(t: Tensor, device: torch.device, name: str) -> None:
         raise ValueError(f"{name} is on {t.device} but the input is on {device}")
 
 
+def check_nhwc_input(x: Tensor, channels: int, device: torch.device) -> Tuple[int, int, int, int]:
+    """Check the input of a prepared layer launch (int8, contiguous NHWC, ``channels`` channels,
+    on ``device``, one image below 2^31 elements); returns ``(B, H, W, C)``."""
+    check_tensor(x, "x", torch.int8, 4, "NHWC [B, H, W, C]")
+    B, H, W, C = x.shape
+    if C != channels:
+        raise ValueError(f"x has C={C} channels (NHWC {tuple(x.shape)}) but the weight expects {channels}")
+    if x.device != device:
+        raise ValueError(f"x is on {x.device} but the weight is on {device}")
+    if H * W * C >= 2**31:
+        raise ValueError(f"one image of {H}x{W}x{C} int8 values exceeds the kernel's 2^31 index range")
+    return B, H, W, C
+
+
 def as_channel_param(
     value: Union[numbers.Number, Tensor],
     n: int,
