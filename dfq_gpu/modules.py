@@ -439,13 +439,22 @@ class _QuantLayerMixin:
             y = y.mul_(_scalar(self.iq_y_scale, y.device))  # (q - z_y) * s_y, as FakeQuant dequantizes
         return y if x.dtype == torch.float32 or not x.is_floating_point() else y.to(x.dtype)
 
-    def _integer_repr(self) -> str:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.integer_output is None:
-            return ""
-        return f", integer_output={self.integer_output}"
+            return self.float_forward(x)
+        return self._integer_forward(x)
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer alone as the float simulation computes it (quantized weights, float bias),
+        whether or not it is on the integer path."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        rep = super().extra_repr()  # type: ignore[misc]  # the float layer's (next in the MRO)
+        return rep if self.integer_output is None else f"{rep}, integer_output={self.integer_output}"
 
 
-class QConv2d(nn.Conv2d, _QuantLayerMixin):
+class QConv2d(_QuantLayerMixin, nn.Conv2d):
     """A convolution with quantized weights (see :class:`_QuantLayerMixin`)."""
 
     @classmethod
@@ -460,14 +469,7 @@ class QConv2d(nn.Conv2d, _QuantLayerMixin):
         q._init_quant(w_scale, w_zero_point, bits, symmetric)
         return q
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.integer_output is None:
-            return super().forward(x)
-        return self._integer_forward(x)
-
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer alone as the float simulation computes it (quantized weights, float bias),
-        whether or not it is on the integer path."""
         return nn.Conv2d.forward(self, x)
 
     def _reduction_channels(self) -> int:
@@ -479,11 +481,8 @@ class QConv2d(nn.Conv2d, _QuantLayerMixin):
     def _channel_dim(self, y: torch.Tensor) -> int:
         return y.dim() - 3  # [B, C, H, W] or unbatched [C, H, W]
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._integer_repr()
 
-
-class QLinear(nn.Linear, _QuantLayerMixin):
+class QLinear(_QuantLayerMixin, nn.Linear):
     """A linear layer with quantized weights (see :class:`_QuantLayerMixin`)."""
 
     @classmethod
@@ -496,14 +495,7 @@ class QLinear(nn.Linear, _QuantLayerMixin):
         q._init_quant(w_scale, w_zero_point, bits, symmetric)
         return q
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.integer_output is None:
-            return super().forward(x)
-        return self._integer_forward(x)
-
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer alone as the float simulation computes it (quantized weights, float bias),
-        whether or not it is on the integer path."""
         return nn.Linear.forward(self, x)
 
     def _reduction_channels(self) -> int:
@@ -514,9 +506,6 @@ class QLinear(nn.Linear, _QuantLayerMixin):
 
     def _channel_dim(self, y: torch.Tensor) -> int:
         return y.dim() - 1
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + self._integer_repr()
 
 
 def _bounds_view(v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
