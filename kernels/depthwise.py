@@ -284,6 +284,8 @@ class DepthwisePlan:
             w_ptr=w, C=C, stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2], z_x=z_x, z_y=z_y,
             KH=KH, KW=KW, OUT_INT32=out_int32, USE_RINT=USE_RINT, **epilogue_args(bias, w_zp, multiplier, lo, hi),
         )  # fmt: skip
+        # the rows kernel takes no stride arguments (stride 1)
+        self.static_rows = {k: v for k, v in self.static.items() if k not in ("stride_h", "stride_w")}
 
     def __call__(self, x: Tensor) -> Tensor:
         B, H, W, C = ref.check_nhwc_input(x, self.C, self.device)
@@ -292,9 +294,10 @@ class DepthwisePlan:
         P = B * OH * OW
         if P == 0 or C == 0:
             return y
-        args = dict(self.static, x_ptr=x, y_ptr=y, B=B, H=H, W=W, OH=OH, OW=OW, P_BUCKET=next_pow2_bucket(P))
-        if self.rows_ok and depthwise_variant() == "rows":
-            del args["stride_h"], args["stride_w"]
+        rows = self.rows_ok and depthwise_variant() == "rows"
+        args = dict(self.static_rows if rows else self.static, x_ptr=x, y_ptr=y, B=B, H=H, W=W, OH=OH, OW=OW,
+                    P_BUCKET=next_pow2_bucket(P))
+        if rows:
             grid = lambda META: (B * cdiv(OW, META["BLOCK_W"]), cdiv(C, META["BLOCK_C"]))  # noqa: E731
             launch(_int8_depthwise_rows_kernel, _int8_depthwise_rows_kernel_tuned, "depthwise_rows", grid, args)
             return y

@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 import torch.nn as nn
 
+import kernels
+
 __all__ = ["GraphedNetwork", "cuda_capture"]
 
 log = logging.getLogger(__name__)
@@ -137,8 +139,6 @@ class GraphedNetwork(nn.Module):
         return tuple(slots), self._backends()
 
     def _backends(self) -> Tuple[Optional[str], str]:
-        import kernels
-
         return getattr(self.net, "backend", None), kernels.get_backend()
 
     def _unchanged(self, entry: "_Entry") -> bool:

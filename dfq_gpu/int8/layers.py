@@ -156,11 +156,23 @@ class _Requant(Int8Step):
         else:
             self.out_scale = None
 
-    def _checked_epilogue(self, n: int) -> tuple:
-        """The epilogue buffers validated for ``n`` output channels (once per launch plan)."""
-        m, z_y, lo, hi = kernels.reference.check_epilogue(self.multiplier, self.z_y, self.lo, self.hi, n,
-                                                          self.multiplier.device)
-        return m, z_y, lo, hi
+    def _plan_params(self, n: int, ndim: int, layout: str) -> tuple:
+        """``(bias, w_zp, multiplier, z_y, lo, hi)`` validated for a weight of rank ``ndim`` and
+        ``n`` output channels (once per launch plan)."""
+        ref = kernels.reference
+        ref.check_tensor(self.weight, "weight", torch.int8, ndim, layout)
+        bias, w_zp = ref.check_weight_extras(self.bias, self.w_zp, n, self.weight.device)
+        m, z_y, lo, hi = ref.check_epilogue(self.multiplier, self.z_y, self.lo, self.hi, n, self.multiplier.device)
+        return bias, w_zp, m, z_y, lo, hi
+
+    def _launch(self, x: Tensor, module: str, build: Callable[[ModuleType], Any]) -> Optional[Tensor]:
+        """``x`` through the step's launch plan (``build(triton_module)`` makes it), or None when
+        the op must go through the ``dfq_int8`` custom op instead."""
+        mod = self._triton(x, module)
+        if mod is None:
+            return None
+        y = self._cached_plan(lambda: build(mod))(x)
+        return self._to_float(y) if self.float_output else y
 
     def _to_float(self, acc: Tensor) -> Tensor:
         assert self.out_scale is not None
@@ -190,18 +202,14 @@ class Int8Conv2d(_Requant):
         self._init_epilogue(multiplier, z_y, lo, hi, out_scale)
 
     def _conv_plan(self, mod: ModuleType) -> Any:
-        n = self.weight.shape[0]
-        kernels.reference.check_tensor(self.weight, "weight", torch.int8, 4, "[N, KH, KW, C]")
-        bias, w_zp = kernels.reference.check_weight_extras(self.bias, self.w_zp, n, self.weight.device)
-        m, z_y, lo, hi = self._checked_epilogue(n)
+        bias, w_zp, m, z_y, lo, hi = self._plan_params(self.weight.shape[0], 4, "[N, KH, KW, C]")
         return mod.ConvPlan(self.weight, bias, w_zp, m, self.z_x, z_y, lo, hi, self.stride, self.padding,
                             self.float_output)
 
     def forward(self, x: Tensor) -> Tensor:
-        mod = self._triton(x, "conv")
-        if mod is not None:
-            y = self._cached_plan(lambda: self._conv_plan(mod))(x)
-            return self._to_float(y) if self.float_output else y
+        y = self._launch(x, "conv", self._conv_plan)
+        if y is not None:
+            return y
         folded = self.bias is not None
         if self.pointwise:
             b, h, w, c = x.shape
@@ -237,18 +245,14 @@ class Int8DepthwiseConv2d(_Requant):
         self._init_epilogue(multiplier, z_y, lo, hi, out_scale)
 
     def _depthwise_plan(self, mod: ModuleType) -> Any:
-        c = self.weight.shape[2]
-        kernels.reference.check_tensor(self.weight, "weight", torch.int8, 3, "[KH, KW, C]")
-        bias, w_zp = kernels.reference.check_weight_extras(self.bias, self.w_zp, c, self.weight.device)
-        m, z_y, lo, hi = self._checked_epilogue(c)
+        bias, w_zp, m, z_y, lo, hi = self._plan_params(self.weight.shape[2], 3, "[KH, KW, C]")
         return mod.DepthwisePlan(self.weight, bias, w_zp, m, self.z_x, z_y, lo, hi, self.stride, self.padding,
                                  self.float_output)
 
     def forward(self, x: Tensor) -> Tensor:
-        mod = self._triton(x, "depthwise")
-        if mod is not None:
-            y = self._cached_plan(lambda: self._depthwise_plan(mod))(x)
-            return self._to_float(y) if self.float_output else y
+        y = self._launch(x, "depthwise", self._depthwise_plan)
+        if y is not None:
+            return y
         y = kernels.int8_depthwise_conv2d(x, self.weight, self.bias, self.multiplier, self.z_x, self.w_zp, self.z_y,
                                           self.lo, self.hi, self.stride, self.padding,
                                           out_int32=self.float_output, backend=self.backend)
@@ -275,18 +279,14 @@ class Int8Linear(_Requant):
         self._init_epilogue(multiplier, z_y, lo, hi, out_scale)
 
     def _gemm_plan(self, mod: ModuleType) -> Any:
-        n = self.weight.shape[0]
-        kernels.reference.check_tensor(self.weight, "weight", torch.int8, 2, "[N, K]")
-        bias, w_zp = kernels.reference.check_weight_extras(self.bias, self.w_zp, n, self.weight.device)
-        m, z_y, lo, hi = self._checked_epilogue(n)
+        bias, w_zp, m, z_y, lo, hi = self._plan_params(self.weight.shape[0], 2, "[N, K]")
         return mod.GemmPlan(self.weight, bias, w_zp, m, z_y, lo, hi, self.float_output)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.contiguous()
-        mod = self._triton(x, "gemm")
-        if mod is not None:
-            y = self._cached_plan(lambda: self._gemm_plan(mod))(x)
-            return self._to_float(y) if self.float_output else y
+        y = self._launch(x, "gemm", self._gemm_plan)
+        if y is not None:
+            return y
         y = kernels.int8_gemm(x, self.weight, self.bias, self.multiplier, self.z_x, self.w_zp, self.z_y,
                               self.lo, self.hi, out_int32=self.float_output, bias_folded=self.bias is not None,
                               backend=self.backend)
