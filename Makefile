@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= pinned,notebooks,test
 APT_PACKAGES := dataset-fashion-mnist chromium
 
-.PHONY: demo test test-fast system-deps venv clean
+.PHONY: demo test test-fast mutants system-deps venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: venv system-deps
 # Everything but the notebooks and the browser test.
 test-fast: venv system-deps
 	$(PY) -m pytest -q -m "not browser" --ignore=tests/test_notebooks.py
+
+# Mutation check of the tests (not in CI: about an hour on 2 cores); report in benchmarks/results/mutants.md.
+mutants: venv system-deps
+	$(PY) scripts/mutants.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -3,9 +3,18 @@
 Starts JupyterLab on 127.0.0.1 (a free port, a token, a temporary root directory holding copies of
 chapters 1 and 7, temporary settings that switch off the news and update checks and start the
 default kernel without asking) and opens each chapter in Debian's Chromium through Playwright. It
-runs all cells, then in chapter 1 moves the bit-width slider of the quantization explorer with the
-keyboard, and in chapter 7 switches the DFQ dashboard from per-tensor to per-channel weights, and
-checks that each widget's plot and result line change. Screenshots go to ``artifacts/browser/``.
+runs all cells, then checks what each widget shows, by direction and by value:
+
+- chapter 1: moves the bit-width slider of the quantization explorer with the keyboard, up one bit
+  and back down. Each time the plot is redrawn and the SQNR in the result line rises (up) or
+  falls (down) by 3 to 9 dB (the ~6 dB per bit rule), and the SQNR and scale shown are those of
+  the bit width the slider shows: recomputed in the test process with a plain numpy uniform
+  quantizer on the same tensor (chapter 1's EfficientNet-Lite0 weights) and range.
+- chapter 7: switches the DFQ dashboard from per-tensor to per-channel weights; the result line
+  and the new row of its runs table say per-channel, the logit SQNR does not fall and the shown
+  layer's weight SQNR rises, and the plot is redrawn.
+
+Screenshots and the numbers seen go to ``artifacts/browser/``.
 
 Needs ``/usr/bin/chromium`` (``apt-get install chromium``, part of ``make system-deps``); never
 downloads a browser. It is skipped only when Chromium is missing outside CI.
@@ -14,7 +23,9 @@ downloads a browser. It is skipped only when Chromium is missing outside CI.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -23,6 +34,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -186,8 +198,11 @@ def _menu(page, menu: str, item: str) -> None:
     page.locator(".lm-Menu-itemLabel").get_by_text(item, exact=True).click()
 
 
-def open_and_run(lab: Lab, page, chapter: Path, tag: str, run_timeout: float) -> None:
-    """Open ``chapter`` in JupyterLab, run all its cells and check that none failed."""
+def open_and_run(lab: Lab, page, chapter: Path, tag: str, run_timeout: float,
+                 alongside: Callable[[], Any] | None = None) -> Any:
+    """Open ``chapter`` in JupyterLab, run all its cells and check that none failed. Calls
+    ``alongside`` in a thread while the cells run (once the kernel runs them, so that it does not
+    slow the kernel's start-up) and returns what it returned."""
     lab.start_session(chapter.name)
     n_code = sum(c["cell_type"] == "code" for c in json.loads(chapter.read_text())["cells"])
     # a workspace of its own, reset: only this chapter is open
@@ -204,6 +219,10 @@ def open_and_run(lab: Lab, page, chapter: Path, tag: str, run_timeout: float) ->
                 page.screenshot(path=str(ARTIFACTS / f"{tag}_run_all_failed.png"))
                 raise
 
+    pool = ThreadPoolExecutor(1)
+    side: Future | None = pool.submit(alongside) if alongside is not None else None
+    pool.shutdown(wait=False)
+
     def all_ran() -> bool:
         return _executed_cells(page) >= n_code and _idle(page)
 
@@ -218,41 +237,121 @@ def open_and_run(lab: Lab, page, chapter: Path, tag: str, run_timeout: float) ->
     errors = page.locator(f"{PANEL} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
     assert not tracebacks, tracebacks
+    return None if side is None else side.result()
+
+
+def _number(pattern: str, text: str) -> float:
+    """The number that ``pattern``'s group catches in ``text`` (a widget's result line)."""
+    m = re.search(pattern, text)
+    assert m, f"no match for {pattern!r} in {text!r}"
+    return float(m.group(1))
+
+
+def _chapter1_tensors() -> dict[str, Any]:
+    """The explorer's tensors, as chapter 1 builds them (float64 numpy, flattened)."""
+    import torch
+
+    from dfq_gpu import tutorial
+
+    model, _pre = tutorial.lite0()
+    block = model._blocks[1]
+    bn = block._bn1
+    with torch.no_grad():
+        fold = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(-1, 1, 1, 1)
+        tensors = {
+            "blocks.1 depthwise 3x3": block._depthwise_conv.weight,
+            "blocks.1 depthwise 3x3, BN folded": block._depthwise_conv.weight * fold,
+            "blocks.1 expand 1x1": block._expand_conv.weight,
+            "head 1x1 (320 -> 1280)": model._conv_head.weight,
+        }
+        return {k: v.detach().double().numpy().ravel() for k, v in tensors.items()}
+
+
+def _uniform_quant(w: Any, bits: int, clip: float) -> tuple[float, float]:
+    """Scale and SQNR (dB) of asymmetric uniform ``bits``-bit quantization of ``w`` on
+    ``clip`` times its range (widened to hold zero), written out in plain numpy rather than
+    through the package: 2^bits levels, step (hi - lo) / (2^bits - 1), an integer zero point."""
+    import numpy as np
+
+    lo, hi = min(clip * float(w.min()), 0.0), max(clip * float(w.max()), 0.0)
+    levels = 2**bits - 1
+    scale = (hi - lo) / levels
+    zero = min(max(round(-lo / scale), 0), levels)
+    wq = (np.clip(np.round(w / scale) + zero, 0, levels) - zero) * scale
+    return scale, 10 * math.log10(float(np.sum(w**2)) / float(np.sum((w - wq) ** 2)))
 
 
 def test_chapter1_widget_in_jupyterlab(lab: Lab, page) -> None:
-    """Chapter 1: move the bit-width slider with the keyboard; the plot and the result line change."""
+    """Chapter 1: move the bit-width slider with the keyboard, up one bit and back down; each move
+    redraws the plot, moves the SQNR the right way by about 6 dB, and the SQNR and scale shown are
+    those of the bit width the slider shows (recomputed here from the same tensor)."""
     t0 = time.monotonic()
-    open_and_run(lab, page, CHAPTER, "ch1", 90)
+    tensors = open_and_run(lab, page, CHAPTER, "ch1", 90, alongside=_chapter1_tensors)
+    seconds = {"notebook ran": round(time.monotonic() - t0, 1)}
     explorer = page.locator(f"{PANEL} .widget-vbox").filter(has=page.locator(".widget-slider")).first
     explorer.scroll_into_view_if_needed()
     image = explorer.locator(".widget-output img").first
     _wait("the explorer's plot", lambda: image.count() > 0 and image.get_attribute("src"), 60)
     result = explorer.locator(".widget-html-content").filter(has_text="SQNR").first
-    readout = explorer.locator(".widget-slider .widget-readout").first
-    before = {"src": image.get_attribute("src"), "text": result.inner_text(), "bits": readout.inner_text()}
-    explorer.screenshot(path=str(ARTIFACTS / "ch1_explorer_before.png"))
+    readouts = explorer.locator(".widget-slider .widget-readout")
+    readout = readouts.first  # bits, then the range fraction
+    grid = explorer.locator(".widget-toggle-button.mod-active").first
 
+    def state() -> dict[str, Any]:
+        text = result.inner_text()
+        return {"src": image.get_attribute("src"), "text": text, "bits": int(readout.inner_text()),
+                "clip": float(readouts.nth(1).inner_text()), "grid": grid.inner_text().strip(),
+                "sqnr": _number(r"SQNR ([-\d.]+) dB", text), "scale": _number(r"scale ([-\d.e+]+)", text)}
+
+    def check_value(s: dict[str, Any]) -> None:
+        """The shown SQNR and scale are those of the shown bit width (to the printed precision)."""
+        m = re.match(r"(.*) \((\d+) values\)", s["text"])
+        assert m, s["text"]
+        name = m.group(1)
+        assert name in tensors, (name, list(tensors))
+        w = tensors[name]
+        assert int(m.group(2)) == w.size, (w.size, s["text"])
+        assert s["grid"] == "asymmetric", s
+        scale, sqnr = _uniform_quant(w, s["bits"], s["clip"])
+        s["expected"] = {"sqnr": round(sqnr, 4), "scale": scale}
+        assert abs(s["sqnr"] - sqnr) <= 0.0051, (f"SQNR shown {s['sqnr']} dB, but {s['bits']} bits on {name} "
+                                                 f"give {sqnr:.4f} dB", s["text"])
+        assert abs(s["scale"] - scale) <= 1e-3 * scale, (f"scale shown {s['scale']}, but {s['bits']} bits on "
+                                                         f"{name} give {scale:.6g}", s["text"])
+
+    def press(key: str, seen: dict[str, Any], bits: int, tag: str) -> dict[str, Any]:
+        handle.press(key)
+        _wait(f"the slider to show {bits} bits", lambda: readout.inner_text() == str(bits), 20)
+        _wait("the plot to be redrawn", lambda: image.get_attribute("src") not in (None, seen["src"]), 60)
+        _wait("the result line to change", lambda: result.inner_text() != seen["text"], 30)
+        now = state()
+        explorer.screenshot(path=str(ARTIFACTS / f"ch1_explorer_{tag}.png"))
+        assert now["bits"] == bits and now["src"].startswith("data:image/png"), now["bits"]
+        check_value(now)
+        seconds[tag] = round(time.monotonic() - t0, 1)
+        return now
+
+    before = state()
+    explorer.screenshot(path=str(ARTIFACTS / "ch1_explorer_before.png"))
+    check_value(before)
     handle = explorer.locator(".widget-slider .noUi-handle").first
     handle.focus()
-    handle.press("ArrowRight")
-    _wait("the slider's value to change", lambda: readout.inner_text() != before["bits"], 20)
-    _wait("the plot to be redrawn", lambda: image.get_attribute("src") not in (None, before["src"]), 60)
-    _wait("the result line to change", lambda: result.inner_text() != before["text"], 30)
-    after = {"src": image.get_attribute("src"), "text": result.inner_text(), "bits": readout.inner_text()}
-    explorer.screenshot(path=str(ARTIFACTS / "ch1_explorer_after.png"))
+    up = press("ArrowRight", before, before["bits"] + 1, "after")
     page.screenshot(path=str(ARTIFACTS / "ch1_page.png"), full_page=False)
-    assert int(after["bits"]) == int(before["bits"]) + 1
-    assert after["src"].startswith("data:image/png") and after["src"] != before["src"]
-    assert after["text"] != before["text"] and "SQNR" in after["text"]
-    (ARTIFACTS / "ch1_result.json").write_text(json.dumps({"before": {k: v for k, v in before.items() if k != "src"},
-                                                            "after": {k: v for k, v in after.items() if k != "src"},
-                                                            "seconds": round(time.monotonic() - t0, 1)}, indent=1))
+    down = press("ArrowLeft", up, before["bits"], "down")
+    (ARTIFACTS / "ch1_result.json").write_text(json.dumps(
+        {k: {n: v for n, v in s.items() if n != "src"} for k, s in (("before", before), ("after", up), ("down", down))}
+        | {"seconds": seconds}, indent=1))
+    # one bit more: ~6 dB more SQNR, and one bit less ~6 dB less (6.4 dB here, 4 <-> 5 bits)
+    assert 3 <= up["sqnr"] - before["sqnr"] <= 9, (before["text"], up["text"])
+    assert 3 <= up["sqnr"] - down["sqnr"] <= 9, (up["text"], down["text"])
+    assert down["text"] == before["text"], (before["text"], down["text"])
 
 
 def test_chapter7_dashboard_in_jupyterlab(lab: Lab, page) -> None:
     """Chapter 7: switch the dashboard's weights from per-tensor to per-channel; it quantizes and
-    evaluates again (status line), adds a run to its table, and redraws its plot and result line."""
+    evaluates again (status line), adds a per-channel run to its table, and redraws its plot and
+    result line, which says per-channel, with a logit SQNR no lower and a layer weight SQNR higher."""
     t0 = time.monotonic()
     open_and_run(lab, page, CHAPTER7, "ch7", 150)
     dash = page.locator(f"{PANEL} .widget-vbox").filter(has_text="fold BN").first
@@ -278,9 +377,21 @@ def test_chapter7_dashboard_in_jupyterlab(lab: Lab, page) -> None:
              "newest": runs.first.inner_text()}
     dash.screenshot(path=str(ARTIFACTS / "ch7_dashboard_after.png"))
     page.screenshot(path=str(ARTIFACTS / "ch7_page.png"), full_page=False)
-    assert "mod-active" in (channel.get_attribute("class") or "")
-    assert "per-channel" in after["text"] and "per-channel" in after["newest"], after
-    assert after["src"].startswith("data:image/png") and after["src"] != before["src"]
+    for s in (before, after):
+        s["logit_sqnr"] = _number(r"logit SQNR ([-\d.]+) dB", s["text"])
+        s["weight_sqnr"] = _number(r"weight SQNR ([-\d.]+) dB", s["text"])
     (ARTIFACTS / "ch7_result.json").write_text(json.dumps({"before": {k: v for k, v in before.items() if k != "src"},
                                                             "after": {k: v for k, v in after.items() if k != "src"},
                                                             "seconds": round(time.monotonic() - t0, 1)}, indent=1))
+    assert "mod-active" in (channel.get_attribute("class") or "")
+    assert "per-channel" in after["text"] and "per-tensor" not in after["text"], after["text"]
+    newest = after["newest"].split("\t")
+    assert "per-channel" in newest[1], newest
+    # the new row of the runs table holds the run the result line describes
+    assert float(newest[4]) == after["logit_sqnr"], (newest, after["text"])
+    # a scale per output channel is at least as fine as one per tensor: the model's outputs are
+    # no worse (W4A8 with DFQ here: 11.4 -> 15.0 dB) and the shown depthwise layer's weights are
+    # better (21.1 -> 25.1 dB)
+    assert after["logit_sqnr"] >= before["logit_sqnr"], (before["text"], after["text"])
+    assert after["weight_sqnr"] > before["weight_sqnr"], (before["text"], after["text"])
+    assert after["src"].startswith("data:image/png") and after["src"] != before["src"]

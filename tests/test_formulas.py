@@ -59,10 +59,12 @@ def test_absorption_shift_probability(n):
         if ci > 0:
             frac = np.mean(b + g * Z < ci)
             assert frac == pytest.approx(fm.normal_cdf(-n), abs=3e-3)
-    # act(z) - c == act(z - c) whenever z >= c (ReLU): the absorbed network is unchanged there
-    z = beta[0] + gamma[0] * Z[:1000]
-    keep = z >= c[0]
-    np.testing.assert_allclose((np.maximum(z, 0) - c[0])[keep], np.maximum(z - c[0], 0)[keep])
+    # the paper's absorbed network computes relu(z - c) + c instead of relu(z): it differs exactly
+    # where z < c, so on the fraction Phi(-n) of the pre-activations (a larger c changes more)
+    for b, g, ci in zip(beta, gamma, c):
+        z = b + g * Z
+        changed = np.mean(np.maximum(z - ci, 0) + ci != np.maximum(z, 0))
+        assert changed == pytest.approx(fm.normal_cdf(-n) if ci > 0 else 0.0, abs=3e-3)
 
 
 def test_absorption_shift_saturated_channel_is_absorbed_whole():
@@ -96,6 +98,14 @@ def test_quant_params_cover_range_and_represent_zero(bits, symmetric):
     scale, zp = fm.quant_params(lo, hi, bits, symmetric)
     qmin, qmax = fm.quant_grid(bits, symmetric)
     assert np.all(scale > 0)
+    # the step is exactly the range over the number of intervals: (hi - lo) / (2^b - 1) over
+    # [min(lo, 0), max(hi, 0)], or max|.| / (2^(b-1) - 1) for the symmetric grid
+    lo0, hi0 = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    want = np.maximum(-lo0, hi0) / (2 ** (bits - 1) - 1) if symmetric else (hi0 - lo0) / (2**bits - 1)
+    np.testing.assert_allclose(scale, want, rtol=1e-14)
+    assert (qmin, qmax) == ((-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1))
+    if not symmetric:  # the zero point puts the real zero on the grid point nearest to it
+        np.testing.assert_array_equal(zp, np.clip(np.round(-lo0 / want), 0, 2**bits - 1))
     # zero is exactly representable
     np.testing.assert_array_equal(fm.fake_quant(np.zeros(3), scale, zp, bits, symmetric), np.zeros(3))
     # the grid covers [min(lo,0), max(hi,0)] up to half a step

@@ -92,7 +92,39 @@ def test_bit_widths_and_granularities(bits, gran, sym):
             assert m.bits == bits and m.symmetric == sym
     ref = net(x[:16]).detach()
     sq = evaluate(q, x[:16], reference=ref).sqnr_db
-    assert sq > (30 if bits == 16 else -5)
+    assert sq > SQNR_FLOOR[(bits, gran, sym)]
+
+
+#: Logit SQNR (dB) of the simulation against FP32 on 16 inputs, measured 14.9 / 33.8 / 73.8 / 6.7;
+#: each bar about 1.3 dB below (rounding by floor instead of to nearest costs 3.3 / 3.4 / 8.6 dB,
+#: bias correction at half strength 3.4 dB at 4 bits and 7.5 dB at 2 bits).
+SQNR_FLOOR = {(4, "tensor", False): 13.5, (8, "channel", True): 32.5, (16, "tensor", True): 70.0,
+              (2, "channel", False): 5.5}
+
+
+@pytest.mark.parametrize("gran,sym", [("tensor", False), ("channel", True), ("channel", False)])
+def test_weights_are_rounded_to_the_nearest_grid_point(gran, sym):
+    """Each quantized weight is the point of its min/max grid nearest to the prepared float weight:
+    the step is (max - min) / (2^b - 1) per tensor or per output channel (max|w| / (2^(b-1) - 1)
+    symmetric), and no weight moves by more than half a step."""
+    net, x = trained_stats_net()
+    cfg = D.DFQConfig(weight_bits=4, weight_granularity=gran, weight_symmetric=sym, bias_correction="none")
+    fp, q = D.prepare(net, (x[:2],), cfg), D.quantize(net, (x[:2],), cfg)
+    checked = 0
+    for name, m in q.named_modules():
+        if not isinstance(m, (QConv2d, QLinear)):
+            continue
+        w = fp.get_submodule(name).weight.detach().double()
+        rows = w.reshape(w.shape[0], -1) if gran == "channel" else w.reshape(1, -1)
+        lo, hi = rows.min(1).values.clamp(max=0), rows.max(1).values.clamp(min=0)
+        step = torch.maximum(-lo, hi) / 7 if sym else (hi - lo) / 15
+        torch.testing.assert_close(m.w_scale.double().reshape(-1), step, rtol=1e-12, atol=0)
+        shape = [-1] + [1] * (w.dim() - 1)
+        err = (m.weight.detach().double() - w).abs() / step.view(shape if gran == "channel" else [])
+        assert err.max() <= 0.5 + 1e-6, (name, err.max())
+        assert err.mean() > 0.15  # the weights really were quantized
+        checked += 1
+    assert checked == 4
 
 
 def _mean_error(q, net, x):
@@ -105,7 +137,8 @@ def test_analytic_bias_correction_removes_the_mean_error():
     cfg = D.DFQConfig(weight_bits=4, act_bits=None, equalize=False, absorb_bias=False, relu6="keep")
     no_bc = D.quantize(net, (x[:2],), cfg.replace(bias_correction="none"))
     bc = D.quantize(net, (x[:2],), cfg)
-    assert _mean_error(bc, net, x) < 0.6 * _mean_error(no_bc, net, x)
+    # the analytic correction removes at least 75% of the mean output error (measured: 88%)
+    assert _mean_error(bc, net, x) < 0.25 * _mean_error(no_bc, net, x)
     rec = bc.report.layer("dw")
     assert rec.bias_correction is not None and np.abs(rec.bias_correction).max() > 0
 
@@ -182,22 +215,35 @@ def test_lite0_w8a8_per_tensor_data_free(lite0_sample):
     model, pre, ds, ref = lite0_sample
     x = ds.tensors[0]
     example = (torch.zeros_like(x[:1]),)  # data-free: only the shape of the example input is used
+    cfg = D.DFQConfig(input_range=pre.input_range)
     naive = D.quantize(model, example, D.DFQConfig.naive(input_range=pre.input_range))
-    dfq = D.quantize(model, example, D.DFQConfig(input_range=pre.input_range))
-    m_naive = evaluate(naive, ds, reference=ref, batch_size=40)
-    m_dfq = evaluate(dfq, ds, reference=ref, batch_size=40)
+    dfq = D.quantize(model, example, cfg)
+    no_bc = D.quantize(model, example, cfg.replace(bias_correction="none"))
+    m_naive, m_dfq, m_no_bc = (evaluate(q, ds, reference=ref, batch_size=40) for q in (naive, dfq, no_bc))
     assert m_dfq.agreement >= 0.97 and m_dfq.sqnr_db >= 18.0
-    assert m_naive.sqnr_db < 12.0 and m_dfq.sqnr_db > m_naive.sqnr_db + 6
+    # DFQ beats naive per-tensor quantization by a wide margin (README: 8.1 -> 20.1 dB) ...
+    assert m_naive.sqnr_db < 12.0 and m_dfq.sqnr_db > m_naive.sqnr_db + 8
+    # ... and bias correction is what recovers the shift equalization leaves (README: +5.1 dB)
+    assert m_dfq.sqnr_db > m_no_bc.sqnr_db + 4 and m_dfq.agreement >= m_no_bc.agreement
 
 
-def test_fmnist_w8a8_within_0p3_points():
-    model, _ = zoo.load_model("fmnist_mobilenet")
-    test = data_mod.fashion_mnist("test")
+def test_fmnist_w5a8_dfq_beats_naive():
+    """The Fashion-MNIST model barely reacts to 8-bit weights (naive W8A8 is within 0.03 points of
+    FP32), so its anchor is at 5-bit weights, per tensor, data-free, where each step of DFQ counts.
+    Measured on these 1000 test images: naive 15.4 dB, DFQ without bias correction 18.0 dB, DFQ
+    21.3 dB at 0.0 points of top-1 from FP32 (naive loses 1.7 points)."""
+    model, pre = zoo.load_model("fmnist_mobilenet")
+    test = data_mod.fashion_mnist("test", limit=1000)
     x = test.tensors[0]
-    fp = evaluate(model, test, batch_size=1000)
-    q = D.quantize(model, (x[:1],))
-    qm = evaluate(q, test, batch_size=1000)
-    assert abs(qm.top1 - fp.top1) <= 0.003
+    ref = collect_outputs(model, test, batch_size=500)
+    fp = evaluate(model, test, batch_size=500)
+    cfg = D.DFQConfig(weight_bits=5, input_range=pre.input_range)
+    runs = {"naive": D.DFQConfig.naive(weight_bits=5, input_range=pre.input_range), "dfq": cfg,
+            "no_bc": cfg.replace(bias_correction="none")}
+    m = {k: evaluate(D.quantize(model, (x[:1],), c), test, reference=ref, batch_size=500) for k, c in runs.items()}
+    assert m["dfq"].sqnr_db > 19.5 and m["dfq"].top1 >= fp.top1 - 0.005
+    assert m["dfq"].sqnr_db > m["naive"].sqnr_db + 4.0 and m["dfq"].top1 > m["naive"].top1 + 0.008
+    assert m["dfq"].sqnr_db > m["no_bc"].sqnr_db + 2.0
 
 
 # =============================================================================================
