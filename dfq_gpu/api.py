@@ -15,6 +15,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .config import DFQConfig
+from .errors import DFQError
 from .graph import stats as st
 from .graph.trace import TraceFailure, trace_model
 from .passes.absorb import absorb_biases
@@ -32,11 +33,10 @@ __all__ = ["prepare", "quantize", "DFQError"]
 log = logging.getLogger(__name__)
 
 
-class DFQError(ValueError):
-    """Bad input to the DFQ pipeline (the message names the problem)."""
-
-
-def _check_inputs(model: Any, example_inputs: Any) -> tuple[Any, ...]:
+def _check_inputs(model: Any, example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """``example_inputs`` as a tuple of finite floating-point tensors, and a model without NaN or
+    Inf; raises :class:`DFQError` naming the first problem. (Inputs the model cannot run on are
+    found when the traced graph is run: :func:`dfq_gpu.graph.trace.propagate_shapes`.)"""
     if not isinstance(model, nn.Module):
         raise DFQError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(example_inputs, torch.Tensor):
@@ -44,7 +44,12 @@ def _check_inputs(model: Any, example_inputs: Any) -> tuple[Any, ...]:
     if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
         raise DFQError("example_inputs must be a non-empty tuple of example tensors, e.g. (torch.randn(1, 3, 224, 224),)")
     for i, t in enumerate(example_inputs):
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+        if not isinstance(t, torch.Tensor):
+            raise DFQError(f"example_inputs[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise DFQError(f"example_inputs[{i}] must be a floating-point tensor (e.g. float32 images), got dtype "
+                           f"{t.dtype}; convert it with .float() (and scale it as the model expects)")
+        if not torch.isfinite(t).all():
             raise DFQError(f"example_inputs[{i}] contains NaN or Inf")
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
         if p.is_floating_point() and not torch.isfinite(p).all():
@@ -140,7 +145,7 @@ def prepare(model: nn.Module, example_inputs: Any, config: DFQConfig | None = No
 
     Args:
         model: any ``nn.Module`` that ``torch.fx`` can trace (see ``leaf_modules``).
-        example_inputs: a tuple of example input tensors (as for ``torch.export``).
+        example_inputs: a tuple of floating-point example input tensors (as for ``torch.export``).
         config: a :class:`DFQConfig` (defaults to ``DFQConfig()``).
         leaf_modules: qualified names of submodules to treat as opaque (left in float), for
             modules ``torch.fx`` cannot trace.
@@ -151,6 +156,13 @@ def prepare(model: nn.Module, example_inputs: Any, config: DFQConfig | None = No
         With ``relu6`` "clip" or "keep" and ``absorb_bias=False`` it computes the same
         function as ``model`` up to float rounding; bias absorption changes it only where a
         pre-activation falls below ``beta - 3 gamma``.
+
+    Raises:
+        DFQError: bad arguments, e.g. example inputs that are not floating-point tensors or that
+            the model cannot run on (the message names the failing layer and, where the first
+            layer's input size does not match, the channels it expects).
+        TraceFailure: ``torch.fx`` cannot trace the model (the message names the module to pass
+            in ``leaf_modules``).
     """
     cfg = config or DFQConfig()
     with _few_threads():
@@ -175,6 +187,17 @@ def quantize(model: nn.Module, example_inputs: Any, config: DFQConfig | None = N
         :class:`~dfq_gpu.modules.QConv2d` / :class:`~dfq_gpu.modules.QLinear` and its
         activation quantizers :class:`~dfq_gpu.modules.FakeQuant`. ``dfq_gpu.to_int8`` turns it
         into an integer network.
+
+        It computes in float32 whatever floating dtype its inputs have: the quantizer on each
+        input converts float16, bfloat16 or float64 values to float32 (exactly, for the half
+        types), as the integer network's input step does, so the output is float32 and, for a
+        half-precision ``x``, bit-identical to the output for ``x.float()`` and to the integer
+        network's. (With ``act_bits=None`` there are no quantizers: inputs must then have the
+        weights' dtype, as for the float model.)
+
+    Raises:
+        DFQError, TraceFailure: as for :func:`prepare`; ``DFQError`` also when ``data`` is needed
+            but missing, or is not an iterable.
     """
     cfg = config or DFQConfig()
     if data is None and cfg.act_ranges == "calibrate" and cfg.act_bits is not None:

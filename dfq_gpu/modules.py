@@ -105,6 +105,11 @@ class FakeQuant(nn.Module):
     ``scale`` / ``zero_point`` map the integer grid ``[qmin, qmax]`` to floats
     (``x = (q - zero_point) * scale``); ``bits``/``symmetric`` say which grid. ``enabled``
     turns it into the identity (used to measure what each quantizer costs).
+
+    It computes in float32, as the integer network's quantize step does: a floating input of
+    another dtype (float16, bfloat16, float64) is converted to float32 first, also when
+    disabled, and the output is float32. The quantizer on the network input is therefore where
+    a simulation turns any floating input into float32.
     """
 
     def __init__(self, scale: float, zero_point: int, bits: int, symmetric: bool, source: str = "") -> None:
@@ -121,12 +126,14 @@ class FakeQuant(nn.Module):
         self.source = source  # how the range was obtained ("bn", "calibrate", "example inputs", ...)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 and x.is_floating_point():
+            x = x.to(torch.float32)  # exact for float16/bfloat16; what QuantizeInput does too
         if not self.enabled:
             return x
-        # x * (1 / scale) in x's dtype, as the integer network's quantize op (and PyTorch's
+        # x * (1 / scale) in float32, as the integer network's quantize op (and PyTorch's
         # fake_quantize_per_tensor_affine) computes it, so that both round identically.
-        scale = self.scale.to(x.dtype)
-        zp = self.zero_point.to(x.dtype)
+        scale = self.scale.to(torch.float32)
+        zp = self.zero_point.to(torch.float32)
         if x.requires_grad:
             q = torch.clamp(torch.round(x * torch.reciprocal(scale)) + zp, self.qmin, self.qmax)
             return (q - zp) * scale

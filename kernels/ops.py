@@ -43,6 +43,7 @@ __all__ = [
     "use_backend",
     "triton_available",
     "triton_module",
+    "is_traced",
     "int8_gemm",
     "int8_conv2d",
     "int8_depthwise_conv2d",
@@ -126,6 +127,14 @@ def _impl(backend: str, t: Tensor, module: str) -> ModuleType:
     return importlib.import_module(f"{__package__}.{module}")
 
 
+def is_traced(x: object) -> bool:
+    """True when ``x`` is not a plain tensor to compute on now: a tensor subclass (the fake and
+    functional tensors of tracing) or any value under ``torch.compile``/``torch.export`` tracing.
+    Direct kernel launches and checks that read values (one device sync on a GPU) are for the
+    other case only."""
+    return type(x) is not Tensor or torch.compiler.is_compiling()
+
+
 def triton_module(x: object, backend: Optional[str], module: str) -> Optional[ModuleType]:
     """The Triton kernel module (``"gemm"``, ``"conv"``, ``"depthwise"``, ``"elementwise"``,
     ``"pool"``) that runs an op on ``x`` eagerly under ``backend``, or ``None`` when the op must go
@@ -137,7 +146,7 @@ def triton_module(x: object, backend: Optional[str], module: str) -> Optional[Mo
     the kernels directly, without the dispatcher and the per-call argument checks. ``"triton"``
     on CPU tensors without the interpreter raises the same ``ValueError`` as the op.
     """
-    if type(x) is not Tensor or torch.compiler.is_compiling():
+    if is_traced(x):
         return None
     name = _resolve(backend)
     if name == "reference":

@@ -10,7 +10,8 @@ Canonical form:
   ``F.relu6``, ``F.hardtanh(x, 0, 6)``, ``F.leaky_relu``...) become modules;
 - no module is called from two places (a reused module is copied per call site);
 - ``Identity`` and ``Dropout`` calls are removed, in-place activations are made out-of-place;
-- every node carries its output shape (``node.meta["tensor_meta"]``) from the example inputs.
+- every node carries its output shape (``node.meta["tensor_meta"]``) from the example inputs
+  (example inputs the model cannot run on raise :class:`~dfq_gpu.DFQError` naming the node).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
+
+from ..errors import DFQError
 
 __all__ = ["TraceFailure", "DFQTracer", "trace_model", "node_module", "is_layer", "LAYER_TYPES", "ACT_TYPES"]
 
@@ -108,7 +112,9 @@ def trace_model(
     """Trace ``model`` (already a private copy, in eval mode) into canonical form.
 
     Raises :class:`TraceFailure` naming the innermost module being traced when ``fx``
-    cannot capture it, with the hint to pass it in ``leaf_modules``.
+    cannot capture it, with the hint to pass it in ``leaf_modules``, and
+    :class:`~dfq_gpu.DFQError` when the model cannot run on ``example_inputs``
+    (:func:`propagate_shapes`).
     """
     tracer = DFQTracer(leaf_modules=leaf_modules)
     try:
@@ -130,10 +136,86 @@ def trace_model(
     return gm
 
 
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph and records each node's output metadata as ``torch.fx``'s ``ShapeProp``
+    does, remembering the node it is running (the one that failed, on an error) and leaving the
+    op's own exception as it is (``ShapeProp`` prints its traceback and wraps it)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.extra_traceback = False
+        self.current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n
+        result = super().run_node(n)
+        tensors = False
+
+        def meta(obj: Any) -> Any:
+            nonlocal tensors
+            if isinstance(obj, torch.Tensor):
+                tensors = True
+                return _extract_tensor_metadata(obj)
+            return obj
+
+        value = map_aggregate(result, meta)
+        if tensors:
+            n.meta["tensor_meta"] = value
+        n.meta["type"] = type(result)
+        return result
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> None:
-    """Record every node's output shape/dtype in ``node.meta['tensor_meta']``."""
-    with torch.no_grad():
-        ShapeProp(gm).propagate(*example_inputs)
+    """Record every node's output shape/dtype in ``node.meta['tensor_meta']``.
+
+    Raises :class:`~dfq_gpu.DFQError` when the model cannot run on ``example_inputs``, naming
+    the node that failed, the error it raised (chained) and, when the first layer's input size
+    does not match, what that layer expects.
+    """
+    prop = _ShapeRecorder(gm)
+    try:
+        with torch.no_grad():
+            prop.run(*example_inputs)
+    except Exception as exc:
+        raise DFQError(_run_failure_message(gm, prop.current, example_inputs, exc)) from exc
+
+
+def _run_failure_message(gm: fx.GraphModule, node: fx.Node | None, example_inputs: tuple[Any, ...],
+                         cause: BaseException) -> str:
+    from .ops import describe
+
+    shapes = ", ".join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+                       for t in example_inputs)
+    where = describe(gm, node) if node is not None else "the model"
+    text = (f"the model cannot run on the example inputs (shapes {shapes}): {where} failed with "
+            f"{type(cause).__name__}: {str(cause).strip()}")
+    expected = _first_layer_expectation(gm, example_inputs[0] if example_inputs else None)
+    return text if expected is None else f"{text}. {expected}"
+
+
+def _first_layer_expectation(gm: fx.GraphModule, x: Any) -> str | None:
+    """What the first convolution / linear layer expects of the input, when ``x`` (the first
+    example input) does not have it; ``None`` when it does or nothing can be said."""
+    from .ops import describe
+
+    for node in gm.graph.nodes:
+        m = node_module(gm, node)
+        if not isinstance(m, LAYER_TYPES):
+            continue
+        if not isinstance(x, torch.Tensor):
+            return None
+        shape = tuple(x.shape)
+        if isinstance(m, nn.Conv2d):
+            want, what, form = m.in_channels, "input channels", f"[B, {m.in_channels}, H, W]"
+            given = shape[-3] if len(shape) >= 3 else None
+        else:
+            want, what, form = m.in_features, "input features", f"[B, {m.in_features}]"
+            given = shape[-1] if shape else None
+        if given == want:
+            return None
+        return (f"The first layer, {describe(gm, node)}, expects {want} {what} (inputs of shape {form}), "
+                f"but example_inputs[0] has shape {shape}")
+    return None
 
 
 def _fresh_name(gm: fx.GraphModule, base: str) -> str:

@@ -615,9 +615,18 @@ class _Converter:
 class Int8Network(nn.Module):
     """An int8 network built by :func:`to_int8`.
 
-    ``forward`` takes what the simulated network takes (float NCHW images) and returns float
-    outputs. ``net`` is the ``torch.fx.GraphModule`` of integer steps (see ``print(net.graph)``);
-    its steps' names are those of the simulation's nodes they replace. ``backend`` chooses the
+    ``forward`` takes what the simulated network takes (floating NCHW images of any floating
+    dtype, converted to float32 as the simulation's input quantizer does) and returns float32
+    outputs. Non-finite input: on the CPU, an input holding NaN or Inf raises
+    :class:`~dfq_gpu.DFQError` saying how many (one ``torch.isfinite(x).all()`` per call, not
+    done under ``torch.compile``/``torch.export`` tracing). On CUDA nothing is checked (a check
+    would wait for the GPU): the quantize kernel maps ``+Inf`` to the top of the input
+    quantizer's grid and NaN and ``-Inf`` to its bottom (its clamp uses IEEE maxNum/minNum, which
+    return the operand that is not NaN), so an image with NaN pixels gives finite outputs
+    where the simulation gives NaN (infinities saturate in both).
+
+    ``net`` is the ``torch.fx.GraphModule`` of integer steps (see ``print(net.graph)``); its
+    steps' names are those of the simulation's nodes they replace. ``backend`` chooses the
     kernels for every step: ``"auto"`` (Triton on CUDA tensors, the integer reference
     otherwise), ``"triton"``, ``"reference"``, or ``None`` (the kernels' process-wide default,
     see ``kernels.use_backend``).
@@ -692,6 +701,10 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto") -> Int8Network:
         An :class:`Int8Network` on the CPU (``.to("cuda")`` moves its integer parameters) that
         takes float NCHW images and returns float outputs. The module docstring of
         :mod:`dfq_gpu.int8.convert` lists how it can differ from the simulation.
+
+    Non-finite input (NaN, Inf) raises :class:`~dfq_gpu.DFQError` on the CPU and is saturated
+    to the ends of the input quantizer's grid on CUDA (NaN to the bottom), see
+    :class:`Int8Network`.
 
     Raises:
         Int8ConversionError: something cannot run in int8 (activations not quantized, weights

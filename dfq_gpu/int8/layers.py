@@ -20,11 +20,13 @@ import torch.nn as nn
 
 import kernels
 
+from ..errors import DFQError
 from ..quant.requant import avgpool_float_scale, avgpool_multiplier
 
 __all__ = [
     "Int8Step",
     "QuantizeInput",
+    "check_finite_input",
     "Dequantize",
     "Int8Conv2d",
     "Int8DepthwiseConv2d",
@@ -96,7 +98,14 @@ def _f32(values: Sequence[float] | Tensor) -> Tensor:
 
 
 class QuantizeInput(Int8Step):
-    """Float network input -> int8: NCHW images become NHWC, other ranks keep their shape."""
+    """Float network input -> int8: NCHW images become NHWC, other ranks keep their shape.
+
+    Any floating input is converted to float32 first. Non-finite input: a CPU tensor holding
+    NaN or Inf raises :class:`~dfq_gpu.DFQError` (:func:`check_finite_input`); CUDA tensors are
+    not checked (it would wait for the GPU), and the quantize kernel saturates them: ``+Inf`` to
+    ``hi``, ``-Inf`` and NaN to ``lo`` (its clamp is IEEE maxNum/minNum, which returns the
+    operand that is not NaN).
+    """
 
     def __init__(self, scale: float, zero_point: int, lo: int, hi: int, **kw) -> None:
         super().__init__(**kw)
@@ -105,6 +114,7 @@ class QuantizeInput(Int8Step):
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != torch.float32:
             x = x.to(torch.float32)
+        check_finite_input(x)
         layout = "nchw" if x.dim() == 4 else "flat"
         mod = self._triton(x, "elementwise")
         if mod is not None:
@@ -114,6 +124,19 @@ class QuantizeInput(Int8Step):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:.6g}, zero_point={self.zero_point}, lo={self.lo}, hi={self.hi}"
+
+
+def check_finite_input(x: Tensor) -> None:
+    """Raise :class:`~dfq_gpu.DFQError` if the CPU tensor ``x`` (an input of the integer network)
+    holds NaN or Inf, saying how many; the integer reference would turn them into arbitrary
+    integers. One ``torch.isfinite(x).all()``; nothing is checked for tensors on other devices
+    (a check would wait for the GPU) nor while the network is traced (``kernels.ops.is_traced``),
+    so no check enters a ``torch.compile``/``torch.export`` graph."""
+    if x.device.type != "cpu" or kernels.ops.is_traced(x) or bool(torch.isfinite(x).all()):
+        return
+    nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    raise DFQError(f"the input of the int8 network contains {nan} NaN and {inf} Inf values (of {x.numel()}, "
+                   f"shape {tuple(x.shape)}); integer execution needs finite inputs")
 
 
 class Dequantize(Int8Step):
