@@ -45,11 +45,17 @@ def test_quantize_then_eval_reproduces_readme(tmp_path):
     assert p.returncode == 0, p.stderr
     m = json.loads(p.stdout)
     assert m["n"] == 160
-    # the README's ablation row for the data-free DFQ recipe (same data, same config)
+    # the README's ablation row for the data-free DFQ recipe (same data, same config), within two
+    # images of top-1 and agreement and 0.3 dB (thread counts can change float sums in the last bits)
     row = _readme_row("W8A8 +CLE +absorption +bias corr. (DFQ)")
-    assert f"{100 * m['top1']:.2f}" == row[1]
-    assert f"{m['agreement']:.3f}" == row[3]
-    assert f"{m['sqnr_db']:.2f}" == row[4]
+    assert abs(100 * m["top1"] - float(row[1])) <= 1.3, (m, row)
+    assert abs(m["agreement"] - float(row[3])) <= 0.013, (m, row)
+    assert abs(m["sqnr_db"] - float(row[4])) <= 0.3, (m, row)
+    # ... and what README says of it holds for the file the command wrote: DFQ beats naive
+    # per-tensor quantization by far and bias correction recovers what equalization alone leaves
+    assert m["sqnr_db"] > float(_readme_row("W8A8 naive per-tensor")[4]) + 8, m
+    assert m["sqnr_db"] > float(_readme_row("W8A8 +CLE +absorption")[4]) + 4, m
+    assert m["agreement"] >= 0.97, m
     # the same file in int8 agrees with the simulation
     p = run("eval", str(out), "--data", "imagenet-sample", "--views", "1", "--int8", "--json", "--quiet")
     assert p.returncode == 0, p.stderr

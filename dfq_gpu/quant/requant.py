@@ -226,8 +226,9 @@ def add_multipliers(s_a: float, s_b: float, s_y: float) -> tuple[int, int, float
     ``m = float32(s_max / (max(ia, ib) s_y))``. This satisfies the kernel's limits
     (``|ia|, |ib| <= 2^15``, so ``|acc| < 2^24`` is exact in float32) like
     ``kernels.add_multipliers``, whose rounding of both multipliers to 15 bits leaves a relative
-    error of up to ``2^-16``; the best approximation's error is below ``1 / (ia ib)``, so the
-    value before rounding is off only by float32 rounding of ``m`` and of the product.
+    error of up to ``2^-16``; the best approximation's error is at most ``2^-16`` too (neighbouring
+    fractions ``a/b < c/d`` with denominators up to ``N = 2^15`` are ``1/(bd) <= 1/N`` apart), and
+    the value before rounding is otherwise off only by float32 rounding of ``m`` and of the product.
     """
     s_max, s_min = max(s_a, s_b), min(s_a, s_b)
     ratio = Fraction(s_min / s_max).limit_denominator(kref.ADD_MAX_MULTIPLIER)
