@@ -3,6 +3,7 @@
     python benchmarks/ablation.py --model efficientnet_lite0 --out benchmarks/results/ablation_lite0_cpu.json
     python benchmarks/ablation.py --model fmnist_mobilenet
     python benchmarks/ablation.py --quick          # the main rows only
+    python benchmarks/ablation.py --model fmnist_mobilenet --quick --weight-bits 5
 
 Rows: FP32; naive per-tensor and per-channel (weights only, and W8A8); +CLE; +CLE+absorption;
 +CLE+absorption+bias correction (data-free DFQ); each ReLU6 mode; the paper's recipe; and, for
@@ -19,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dfq_gpu import data as D  # noqa: E402
-from dfq_gpu.ablation import ABLATION_ROWS, QUICK_ROWS, format_table, run_ablation  # noqa: E402
+from dfq_gpu.ablation import ABLATION_ROWS, QUICK_ROWS, format_table, run_ablation, with_weight_bits  # noqa: E402
 from dfq_gpu.zoo import load_model  # noqa: E402
 
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, default=8, help="views per ImageNet sample image")
     ap.add_argument("--limit", type=int, default=None, help="Fashion-MNIST: first N test images only")
     ap.add_argument("--quick", action="store_true", help="main rows only")
+    ap.add_argument("--weight-bits", type=int, default=None, help="weight bits of every row (default: 8)")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--out", help="write the results as JSON")
     args = ap.parse_args(argv)
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         ds = D.imagenet_sample(pre, views=args.views)
         batch = 40
     rows = QUICK_ROWS if args.quick else ABLATION_ROWS
+    if args.weight_bits is not None:
+        rows = with_weight_bits(rows, args.weight_bits)
     res = run_ablation(model, ds, model_name=args.model, rows=rows, batch_size=batch, input_range=pre.input_range)
     print(format_table(res, markdown=args.markdown))
     if args.out:

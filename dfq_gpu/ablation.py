@@ -21,7 +21,8 @@ from .api import quantize
 from .config import DFQConfig
 from .evaluate import Metrics, collect_outputs, evaluate
 
-__all__ = ["AblationRow", "AblationResult", "ABLATION_ROWS", "QUICK_ROWS", "run_ablation", "format_table"]
+__all__ = ["AblationRow", "AblationResult", "ABLATION_ROWS", "QUICK_ROWS", "run_ablation", "format_table",
+           "with_weight_bits"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,18 @@ ABLATION_ROWS: tuple[AblationRow, ...] = (
 QUICK_ROWS: tuple[AblationRow, ...] = tuple(r for r in ABLATION_ROWS if r.name in (
     "FP32", "W8 naive per-tensor", "W8 naive per-channel", "W8A8 naive per-tensor",
     "W8A8 +CLE +absorption +bias corr. (DFQ)"))
+
+
+def with_weight_bits(rows: Sequence[AblationRow], bits: int) -> tuple[AblationRow, ...]:
+    """The same rows with ``bits``-bit weights (names say so: "W8A8 ..." becomes "W5A8 ...")."""
+    out = []
+    for r in rows:
+        if r.config is None:
+            out.append(r)
+            continue
+        name = f"W{bits}" + r.name[2:] if r.name.startswith("W8") else r.name
+        out.append(AblationRow(name, r.config.replace(weight_bits=bits), r.uses_data))
+    return tuple(out)
 
 
 @dataclass

@@ -192,7 +192,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-def run_mutant(copy: Path, mut: Mutant, timeout: float, log_dir: Path) -> Result:
+def run_mutant(copy: Path, mut: Mutant, timeout: float, log_dir: Path, first_stage_only: bool = False) -> Result:
     target = copy / mut.path
     original = target.read_text()
     if original.count(mut.old) != 1:
@@ -203,7 +203,8 @@ def run_mutant(copy: Path, mut: Mutant, timeout: float, log_dir: Path) -> Result
         stages: list[list[str]] = []
         if mut.tests:
             stages.append([*FAST_ARGS, *mut.tests])
-        stages.append(["-m", "browser", "tests/test_browser.py"] if mut.browser else list(FAST_ARGS))
+        if not (first_stage_only and stages):
+            stages.append(["-m", "browser", "tests/test_browser.py"] if mut.browser else list(FAST_ARGS))
         for i, args in enumerate(stages, start=1):
             rc, out, secs = _pytest(copy, args, timeout)
             total += secs
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per stage")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copy and its logs")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--first-stage-only", action="store_true",
+                    help="run only each mutant's own tests (a survivor here is not a survivor of make test-fast)")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
     if args.list:
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         _copy_repo(copy)
         _check_copy_is_imported(copy)
         for mut in chosen:
-            res = run_mutant(copy, mut, args.timeout, logs)
+            res = run_mutant(copy, mut, args.timeout, logs, args.first_stage_only)
             results.append(res)
             print(f"{res.status:9s} {mut.name:28s} stage {res.stage} {res.seconds:6.0f} s  {res.failing_test}"
                   f"{'; '.join(res.notes)}", flush=True)

@@ -6,7 +6,7 @@ import json
 
 from dfq_gpu import data as D
 from dfq_gpu import zoo
-from dfq_gpu.ablation import ABLATION_ROWS, QUICK_ROWS, format_table, run_ablation
+from dfq_gpu.ablation import ABLATION_ROWS, QUICK_ROWS, format_table, run_ablation, with_weight_bits
 
 
 def test_rows_cover_the_paper_style_ablation():
@@ -34,3 +34,11 @@ def test_run_ablation_on_fashion_mnist():
     md = format_table(res, markdown=True)
     assert md.splitlines()[0].startswith("| variant | top-1 |") and len(md.splitlines()) == len(QUICK_ROWS) + 2
     assert json.loads(res.to_json())["n"] == 300
+
+
+def test_rows_at_other_weight_bits():
+    rows = with_weight_bits(QUICK_ROWS, 5)
+    assert [r.name for r in rows][:3] == ["FP32", "W5 naive per-tensor", "W5 naive per-channel"]
+    assert rows[0].config is None
+    assert all(r.config.weight_bits == 5 and r.config.replace(weight_bits=8) == q.config
+               for r, q in zip(rows[1:], QUICK_ROWS[1:]))
