@@ -4,6 +4,8 @@ The integer contract lives in :mod:`kernels.reference` (pure PyTorch, also the C
 on the Triton side, in the one shared requantization epilogue of :mod:`kernels.requant`. The
 operators below are ``torch.library`` custom ops (namespace ``dfq_int8``) that dispatch to Triton
 on CUDA tensors and to the reference otherwise; see :mod:`kernels.ops` and ``kernels/README.md``.
+Which kernel runs, and with which tile, is set by one :class:`~kernels.settings.KernelSettings`
+object (:func:`current_settings`, :func:`use_settings`).
 
 Importing this package does not import Triton; the Triton modules (:mod:`kernels.gemm`,
 :mod:`kernels.conv`, :mod:`kernels.depthwise`, :mod:`kernels.elementwise`, :mod:`kernels.pool`)
@@ -12,7 +14,7 @@ load on first use.
 
 from __future__ import annotations
 
-from . import reference
+from . import reference, settings
 from .ops import (
     BACKENDS,
     dequantize,
@@ -36,9 +38,15 @@ from .reference import (
     float32_value,
     fold_bias,
 )
+from .settings import KernelSettings, current_settings, set_settings, use_settings
 
 __all__ = [
     "reference",
+    "settings",
+    "KernelSettings",
+    "current_settings",
+    "set_settings",
+    "use_settings",
     "BACKENDS",
     "get_backend",
     "set_backend",

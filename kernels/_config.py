@@ -13,7 +13,8 @@ Autotuning can be switched off (``DFQ_KERNELS_AUTOTUNE=0`` in the environment, o
 :func:`set_autotune`): each kernel then launches with its family's default tile, which is what
 the GPU test run does so that a hundred test shapes do not each pay for a tuning sweep. One
 configuration can also be forced for a family (:func:`forced_config`), which is how the tests
-check every entry of the autotune lists bit for bit.
+check every entry of the autotune lists bit for bit. These switches and the depthwise variant
+are fields of the one settings object of :mod:`kernels.settings`, read at every launch.
 
 The flag is read from the type of a probe ``@triton.jit`` function rather than from the
 environment, so it reflects how the kernels in this package were really decorated.
@@ -22,11 +23,18 @@ environment, so it reflects how the kernels in this package were really decorate
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import triton
 import triton.language as tl
+
+from .settings import (  # noqa: F401  (DEPTHWISE_VARIANTS is re-exported)
+    DEPTHWISE_VARIANTS,
+    KERNEL_FAMILIES,
+    current_settings,
+    set_settings,
+    use_settings,
+)
 
 
 @triton.jit
@@ -174,57 +182,37 @@ INTERPRET_META: Dict[str, Dict[str, Any]] = {
     "depthwise_rows": DEPTHWISE_ROWS_INTERPRET_META,
 }
 
-#: Depthwise kernels: "tiles" (pixel x channel tiles, any stride) or "rows" (stride-1 windows
-#: of at most DEPTHWISE_ROWS_MAX_KH rows walk down the image; other cases use "tiles").
-DEPTHWISE_VARIANTS = ("tiles", "rows")
-
-
-def _variant_from_env() -> str:
-    value = os.environ.get("DFQ_DEPTHWISE_VARIANT", "tiles").strip().lower()
-    if value not in DEPTHWISE_VARIANTS:
-        raise ValueError(f"DFQ_DEPTHWISE_VARIANT must be one of {DEPTHWISE_VARIANTS}, got {value!r}")
-    return value
-
-
-_DEPTHWISE_VARIANT: str = _variant_from_env()
+# The settings (depthwise variant, autotuning, forced tiles, backend) live in one object,
+# kernels.settings.KernelSettings; the functions below are thin wrappers of it.
+if set(GPU_CONFIGS) != set(KERNEL_FAMILIES):  # pragma: no cover - a development error
+    raise RuntimeError("kernels.settings.KERNEL_FAMILIES and kernels._config.GPU_CONFIGS disagree")
 
 
 def depthwise_variant() -> str:
     """The depthwise kernel in use: ``"tiles"`` (default) or ``"rows"``."""
-    return _DEPTHWISE_VARIANT
+    return current_settings().depthwise_variant
 
 
 def set_depthwise_variant(name: str) -> None:
     """Choose the depthwise kernel (also ``DFQ_DEPTHWISE_VARIANT`` in the environment)."""
-    global _DEPTHWISE_VARIANT
-    if name not in DEPTHWISE_VARIANTS:
-        raise ValueError(f"depthwise variant must be one of {DEPTHWISE_VARIANTS}, got {name!r}")
-    _DEPTHWISE_VARIANT = name
+    set_settings(depthwise_variant=name)
 
 
 @contextlib.contextmanager
 def use_depthwise_variant(name: str) -> Iterator[None]:
     """Context manager: run the enclosed depthwise convolutions with another kernel variant."""
-    previous = depthwise_variant()
-    set_depthwise_variant(name)
-    try:
+    with use_settings(depthwise_variant=name):
         yield
-    finally:
-        set_depthwise_variant(previous)
-
-_AUTOTUNE: bool = os.environ.get("DFQ_KERNELS_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
-_FORCED: Dict[str, triton.Config] = {}
 
 
 def set_autotune(enabled: bool) -> None:
     """Switch autotuning on GPU on or off (off: each family's :data:`DEFAULT_GPU_CONFIG`)."""
-    global _AUTOTUNE
-    _AUTOTUNE = bool(enabled)
+    set_settings(autotune=bool(enabled))
 
 
 def autotune_enabled() -> bool:
     """Whether GPU launches go through ``triton.autotune``."""
-    return _AUTOTUNE
+    return current_settings().autotune
 
 
 @contextlib.contextmanager
@@ -233,18 +221,14 @@ def forced_config(family: str, config: triton.Config) -> Iterator[None]:
     depthwise convolution and max pooling; ``"depthwise_rows"``: the rows variant of the
     depthwise convolution) with ``config`` inside the block, bypassing autotuning.
 
-    Under the interpreter only the tile sizes matter (warps and stages are GPU notions)."""
-    if family not in GPU_CONFIGS:
-        raise ValueError(f"unknown kernel family {family!r}; expected one of {sorted(GPU_CONFIGS)}")
-    previous = _FORCED.get(family)
-    _FORCED[family] = config
+    Under the interpreter only the tile sizes matter (warps and stages are GPU notions).
+    On exit the family's previous forced tile (or none) is back; other families keep theirs."""
+    previous = current_settings().forced_tile(family)
+    set_settings(current_settings().with_forced(family, config))
     try:
         yield
     finally:
-        if previous is None:
-            _FORCED.pop(family, None)
-        else:
-            _FORCED[family] = previous
+        set_settings(current_settings().with_forced(family, previous))
 
 
 def launch_meta(family: str) -> Optional[Dict[str, Any]]:
@@ -252,10 +236,11 @@ def launch_meta(family: str) -> Optional[Dict[str, Any]]:
 
     Interpreter: the family's interpreter tile (or the forced config's tiles). GPU: the forced
     config, else the default config when autotuning is off, else None."""
-    forced = _FORCED.get(family)
+    settings = current_settings()
+    forced = settings.forced_tile(family)
     if INTERPRETED:
         return dict(forced.kwargs) if forced is not None else dict(INTERPRET_META[family])
-    cfg = forced if forced is not None else (None if _AUTOTUNE else DEFAULT_GPU_CONFIG[family])
+    cfg = forced if forced is not None else (None if settings.autotune else DEFAULT_GPU_CONFIG[family])
     if cfg is None:
         return None
     return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}

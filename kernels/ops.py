@@ -8,7 +8,7 @@ Dispatch
 --------
 Each op takes a ``backend`` string, resolved by the Python wrappers below from their ``backend``
 argument or, when that is ``None``, from the process-wide default (:func:`set_backend`,
-:func:`use_backend`):
+:func:`use_backend`; the ``backend`` field of :func:`kernels.settings.current_settings`):
 
 * ``"auto"`` (default): Triton kernels for CUDA tensors, the PyTorch reference otherwise;
 * ``"triton"``: Triton kernels; CPU tensors are accepted only when Triton's interpreter is active
@@ -31,6 +31,7 @@ from typing import Iterator, List, Optional, Sequence, Union
 import torch
 
 from . import reference as ref
+from .settings import BACKENDS, _check_backend, current_settings, set_settings, use_settings
 
 logger = logging.getLogger(__name__)
 
@@ -54,43 +55,29 @@ __all__ = [
     "dequantize",
 ]
 
-BACKENDS = ("auto", "triton", "reference")
-_default_backend = "auto"
-
 
 # =============================================================================================
-# Backend selection
+# Backend selection: the ``backend`` field of the kernel settings (kernels.settings)
 # =============================================================================================
-def _check_backend(name: str) -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    return name
-
-
 def get_backend() -> str:
     """The process-wide default backend (``"auto"`` unless changed)."""
-    return _default_backend
+    return current_settings().backend
 
 
 def set_backend(name: str) -> None:
     """Set the process-wide default backend: ``"auto"``, ``"triton"`` or ``"reference"``."""
-    global _default_backend
-    _default_backend = _check_backend(name)
+    set_settings(backend=name)
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Context manager: run the enclosed calls with another default backend."""
-    previous = get_backend()
-    set_backend(name)
-    try:
+    with use_settings(backend=name):
         yield
-    finally:
-        set_backend(previous)
 
 
 def _resolve(backend: Optional[str]) -> str:
-    return _default_backend if backend is None else _check_backend(backend)
+    return current_settings().backend if backend is None else _check_backend(backend)
 
 
 @functools.lru_cache(maxsize=None)

@@ -757,3 +757,53 @@ def test_graphed_network_replays_per_shape_and_recaptures_on_changes():
         GraphedNetwork(net, warmup=0)
     with pytest.raises(ValueError, match="one tensor input"):
         g([x])
+
+
+def test_graphed_network_recaptures_when_a_kernel_setting_changes():
+    """A graph holds the kernels its capture launched: any change of the kernel settings (the
+    depthwise variant, a forced tile, autotuning, the default backend) captures again, and calls
+    under unchanged settings (also re-entered with the same values) replay."""
+    from dfq_gpu.int8 import GraphedNetwork
+    from kernels import _config
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    _, sim, x = _small_sim(DFQConfig(weight_granularity="channel"))
+    net = to_int8(sim, backend="reference" if interpreter_or_cuda() is None else "triton").to(device)
+    x = x[:1].to(device)
+    start = kernels.current_settings()
+    other = "rows" if start.depthwise_variant == "tiles" else "tiles"
+    tile = _config.GPU_CONFIGS["depthwise"][-1]
+    g = GraphedNetwork(net, warmup=1, capture=None if cuda else _cpu_capture)
+    with torch.no_grad():
+        expected = net(x)
+        assert torch.equal(g(x), expected) and g.captures == 1
+        g(x)
+        with kernels.use_settings(depthwise_variant=start.depthwise_variant, autotune=start.autotune):
+            assert torch.equal(g(x), expected)
+        with kernels.use_settings(start):
+            g(x)
+        assert g.captures == 1  # nothing changed: replays
+        with _config.use_depthwise_variant(other):
+            assert torch.equal(g(x), expected) and g.captures == 2
+            g(x)
+            assert g.captures == 2
+        g(x)  # back to the first settings: the graph of the other variant is not replayed
+        assert g.captures == 3
+        with _config.forced_config("depthwise", tile):
+            assert torch.equal(g(x), expected) and g.captures == 4
+            g(x)
+            assert g.captures == 4
+            with _config.forced_config("depthwise", tile):  # the same tile again: no change
+                g(x)
+            assert g.captures == 4
+        g(x)
+        assert g.captures == 5
+        with kernels.use_settings(autotune=not start.autotune):
+            g(x)
+            assert g.captures == 6
+        with kernels.use_backend("reference" if start.backend != "reference" else "auto"):
+            g(x)
+            assert g.captures == 7
+        assert torch.equal(g(x), expected) and g.captures == 8
+        assert kernels.current_settings() == start

@@ -9,8 +9,10 @@ launch plan built), captures one call into a graph with static input and output 
 every later call with that shape copies its input in, replays and returns a copy of the output.
 
 Graphs hold the addresses of the network's buffers, so a graph is captured again when a buffer
-is replaced (``.to()``) or changed in place (its version counter moves), and when the kernel
-backend changes. Inputs that are not CUDA tensors, and ``torch.compile`` tracing, run the
+is replaced (``.to()``) or changed in place (its version counter moves). A graph also holds the
+kernels it launched, so it is captured again when the network's backend or any kernel setting
+changes (:func:`kernels.current_settings`: default backend, autotuning, a forced tile, the
+depthwise variant). Inputs that are not CUDA tensors, and ``torch.compile`` tracing, run the
 network as it is.
 """
 
@@ -129,21 +131,24 @@ class GraphedNetwork(nn.Module):
 
     def _watch(self) -> Tuple[Tuple[Any, ...], Any]:
         """What a graph depends on besides the input: every buffer and parameter slot of the
-        network (its dict, name, tensor and version counter) and the kernel backend."""
+        network (its dict, name, tensor and version counter), the network's backend and the kernel
+        settings."""
         slots = []
         for m in self.net.modules():
             for d in (m._buffers, m._parameters):
                 for name, t in d.items():
                     if t is not None:
                         slots.append((d, name, t, _version(t)))
-        return tuple(slots), self._backends()
+        return tuple(slots), self._kernel_state()
 
-    def _backends(self) -> Tuple[Optional[str], str]:
-        return getattr(self.net, "backend", None), kernels.get_backend()
+    def _kernel_state(self) -> Tuple[Optional[str], "kernels.KernelSettings"]:
+        """Which kernels a call launches: the network's backend and the kernel settings (the
+        whole object, so any change of backend, autotuning, forced tile or depthwise variant)."""
+        return getattr(self.net, "backend", None), kernels.current_settings()
 
     def _unchanged(self, entry: "_Entry") -> bool:
-        slots, backends = entry.state
-        if backends != self._backends():
+        slots, kernel_state = entry.state
+        if kernel_state != self._kernel_state():
             return False
         try:
             return all(d.get(name) is t and t._version == v for d, name, t, v in slots)
