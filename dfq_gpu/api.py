@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import time
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -17,15 +16,17 @@ import torch.nn as nn
 from .config import DFQConfig
 from .errors import DFQError
 from .graph import stats as st
-from .graph.trace import TraceFailure, trace_model
+from .graph.trace import node_module, trace_model
+from .modules import QConv2d, QLinear
+from .nn import FakeQuant
 from .passes.absorb import absorb_biases
 from .passes.base import Workspace, layer_kind, out_channel_minmax
-from .passes.bias_correction import analytic_bias_correction, empirical_bias_correction
 from .passes.bn_fold import fold_batch_norms
 from .passes.equalize import equalize
 from .passes.relu6 import handle_relu6
-from .quant.simulate import (calibrate_ranges, finalize_integer_simulation, insert_act_quantizers, quantize_weights,
-                             round_biases)
+from .quant.bias_correction import analytic_bias_correction, empirical_bias_correction
+from .quant.simulate import (act_quant_points, calibrate_ranges, finalize_integer_simulation, input_quantizer,
+                             insert_act_quantizers, quantize_weights, round_biases)
 from .report import LayerRecord, Report
 
 __all__ = ["prepare", "quantize", "DFQError"]
@@ -89,9 +90,7 @@ def _prepare(model: nn.Module, example_inputs: Any, cfg: DFQConfig, leaf_modules
         rec.range_equalized = rec.range_folded
     handle_relu6(ws)
     ws.gm.recompile()
-    need_observed = True
-    if need_observed:
-        ws.observed = st.observe(ws.gm, example_inputs)
+    ws.observed = st.observe(ws.gm, example_inputs)
     t1 = time.perf_counter()
     if cfg.equalize:
         equalize(ws)
@@ -185,7 +184,7 @@ def quantize(model: nn.Module, example_inputs: Any, config: DFQConfig | None = N
     Returns:
         A ``torch.fx.GraphModule`` with ``report`` and ``dfq_config`` attributes; its layers are
         :class:`~dfq_gpu.modules.QConv2d` / :class:`~dfq_gpu.modules.QLinear` and its
-        activation quantizers :class:`~dfq_gpu.modules.FakeQuant`. ``dfq_gpu.to_int8`` turns it
+        activation quantizers :class:`~dfq_gpu.nn.FakeQuant`. ``dfq_gpu.to_int8`` turns it
         into an integer network.
 
         It computes in float32 whatever floating dtype its inputs have: the quantizer on each
@@ -224,7 +223,6 @@ def _quantize(model: nn.Module, example_inputs: Any, cfg: DFQConfig, data: Itera
         calibrated = None
         if cfg.act_ranges == "calibrate":
             assert float_gm is not None and data is not None
-            from .quant.simulate import act_quant_points
             names = [p.name for p in act_quant_points(float_gm, cfg.quantize_output)]
             with _data_threads():
                 calibrated = calibrate_ranges(float_gm, names, data, cfg.calibration_batches,
@@ -243,10 +241,6 @@ def _quantize(model: nn.Module, example_inputs: Any, cfg: DFQConfig, data: Itera
 
 
 def _record_act_quant(ws: Workspace) -> None:
-    from .graph.trace import node_module
-    from .modules import FakeQuant, QConv2d, QLinear
-    from .quant.simulate import input_quantizer
-
     gm = ws.gm
     for node in gm.graph.nodes:
         m = node_module(gm, node)

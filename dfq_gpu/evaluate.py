@@ -3,7 +3,6 @@ top-1 agreement and mean per-sample logit SQNR in dB."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 

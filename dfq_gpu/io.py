@@ -33,7 +33,8 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from ._version import __version__
 from .config import DFQConfig
-from .modules import ChannelClamp, FakeQuant, QAdd, QAvgPool, QConv2d, QLinear
+from .modules import QAdd, QAvgPool, QConv2d, QLinear
+from .nn import ChannelClamp, FakeQuant
 from .report import LayerRecord, RegionRecord, Report
 
 __all__ = ["save", "load", "FORMAT_VERSION", "SaveError", "LoadError"]

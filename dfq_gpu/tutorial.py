@@ -444,7 +444,7 @@ class AbsorptionView:
 def act_upper_bound(gm: nn.Module, layer: str) -> np.ndarray:
     """The upper clamp bound of the activation right after ``layer`` in a prepared network
     (``inf`` for ReLU), as it was before absorption (``hi + c`` when ``c`` was absorbed)."""
-    from .modules import ChannelClamp
+    from .nn import ChannelClamp
 
     node = next(n for n in gm.graph.nodes if n.op == "call_module" and str(n.target) == layer)
     users = list(node.users)

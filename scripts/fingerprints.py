@@ -40,6 +40,8 @@ def _digest(*tensors: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
         t = t.detach().cpu().contiguous()
+        if t.is_floating_point():
+            t = t + 0.0  # -0.0 and 0.0 are the same number (which one a bias holds varies between runs)
         h.update(str((tuple(t.shape), t.dtype)).encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()[:16]

@@ -1,9 +1,10 @@
 """Mutation check of the test suite: does ``make test-fast`` fail when the numerics are wrong?
 
 Each entry of :data:`MUTANTS` is one small semantic bug (a factor of two in bias correction,
-``floor`` for ``round``, one quantization level too few, ...). The script copies the tracked
-files of the repository to a temporary directory once, then for each mutant edits one file of
-that copy, runs the tests there and restores the file. The user's checkout is never touched.
+``floor`` for ``round``, one quantization level too few, ...). The script copies the working
+tree (tracked files and new ones git does not ignore) to a temporary directory once, then for
+each mutant edits one file of that copy, runs the tests there and restores the file. The
+checkout itself is never touched.
 
 For each mutant the tests run in two stages, both with ``-x`` (stop at the first failure):
 
@@ -56,24 +57,24 @@ class Mutant:
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---- bias correction ------------------------------------------------------------------
-    Mutant("bias_correction_half", "dfq_gpu/passes/bias_correction.py",
+    Mutant("bias_correction_half", "dfq_gpu/quant/bias_correction.py",
            "add_bias(m, -delta)", "add_bias(m, -0.5 * delta)",
            "analytic bias correction applied at half strength",
            ("tests/test_quantize.py::test_analytic_bias_correction_removes_the_mean_error",)),
-    Mutant("bias_correction_removed", "dfq_gpu/passes/bias_correction.py",
+    Mutant("bias_correction_removed", "dfq_gpu/quant/bias_correction.py",
            "add_bias(m, -delta)", "add_bias(m, -0.0 * delta)",
            "analytic bias correction computed but not applied",
            ("tests/test_quantize.py::test_analytic_bias_correction_removes_the_mean_error",)),
-    Mutant("bias_correction_sign", "dfq_gpu/passes/bias_correction.py",
+    Mutant("bias_correction_sign", "dfq_gpu/quant/bias_correction.py",
            "add_bias(m, -delta)", "add_bias(m, delta)",
            "analytic bias correction with the wrong sign",
            ("tests/test_quantize.py::test_analytic_bias_correction_removes_the_mean_error",)),
     # ---- quantization grids -----------------------------------------------------------------
-    Mutant("fakequant_floor", "dfq_gpu/modules.py",
+    Mutant("fakequant_floor", "dfq_gpu/nn.py",
            "return q.round_().add_(zp)", "return q.floor_().add_(zp)",
            "activation fake-quant rounds by floor instead of to nearest",
            ("tests/test_quantize.py::test_bit_widths_and_granularities",)),
-    Mutant("weight_quant_floor", "dfq_gpu/modules.py",
+    Mutant("weight_quant_floor", "dfq_gpu/nn.py",
            "q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)",
            "q = torch.clamp(torch.floor(x / scale) + zero_point, qmin, qmax)",
            "weight fake-quant rounds by floor instead of to nearest",
@@ -92,9 +93,9 @@ MUTANTS: tuple[Mutant, ...] = (
            "wd = w.detach().to(torch.float64).transpose(0, 1).reshape(w.shape[0], -1)",
            "per-channel weight ranges taken along the input-channel axis",
            ("tests/test_quantize.py::test_bit_widths_and_granularities",)),
-    Mutant("bias_rounding_floor", "dfq_gpu/quant/simulate.py",
-           "q = torch.clamp(torch.round(b / step), -(2**31), 2**31 - 1)",
-           "q = torch.clamp(torch.floor(b / step), -(2**31), 2**31 - 1)",
+    Mutant("bias_rounding_floor", "dfq_gpu/quant/requant.py",
+           "return torch.clamp(torch.round(b / step), INT32_MIN, INT32_MAX).to(torch.int64)",
+           "return torch.clamp(torch.floor(b / step), INT32_MIN, INT32_MAX).to(torch.int64)",
            "biases rounded down onto the int32 grid",
            ("tests/test_integer_layers.py",)),
     # ---- integer parameters -------------------------------------------------------------------
@@ -135,6 +136,18 @@ MUTANTS: tuple[Mutant, ...] = (
            "new_b = (b - mean) * k + beta", "new_b = (b + mean) * k + beta",
            "BN folding adds the running mean instead of subtracting it",
            ("tests/test_prepare.py",)),
+    Mutant("clipped_normal_mean_sign", "dfq_gpu/formulas.py",
+           "inside = mu * (pb - pa) + sigma * (fa - fb)", "inside = mu * (pb - pa) + sigma * (fb - fa)",
+           "clipped-normal mean (E[x] of bias correction) with the pdf terms swapped",
+           ("tests/test_formulas.py",)),
+    Mutant("equalize_clamp_bounds_not_scaled", "dfq_gpu/passes/equalize.py",
+           "m.hi.mul_(m.hi.new_tensor(inv))", "m.hi.mul_(m.hi.new_tensor(s))",
+           "equalization scales a per-channel clamp's upper bound the wrong way",
+           ("tests/test_prepare.py",)),
+    Mutant("int8_dequantize_zero_point", "kernels/reference.py",
+           "return (q.to(torch.int32) - z).to(torch.float32) * s", "return (q.to(torch.int32) + z).to(torch.float32) * s",
+           "the integer reference dequantizes with the zero point's sign flipped",
+           ("tests/test_integer_layers.py", "tests/test_int8.py")),
     # ---- tutorial widgets ---------------------------------------------------------------------
     Mutant("widget_wrong_bits", "dfq_gpu/widgets.py",
            "            r = quantize_tensor(w, bits, clip, symmetric)",
@@ -154,7 +167,9 @@ MUTANTS: tuple[Mutant, ...] = (
 
 
 def _copy_repo(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    # the working tree as it is: tracked files and new ones not ignored
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout
     for rel in files.decode().split("\0"):
         if not rel:
             continue
@@ -220,8 +235,11 @@ def run_mutant(copy: Path, mut: Mutant, timeout: float, log_dir: Path, first_sta
 
 def _check_copy_is_imported(copy: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(copy))
-    where = subprocess.run([sys.executable, "-c", "import dfq_gpu, kernels; print(dfq_gpu.__file__, kernels.__file__)"],
-                           cwd=copy, env=env, capture_output=True, text=True, check=True).stdout.split()
+    p = subprocess.run([sys.executable, "-c", "import dfq_gpu, kernels; print(dfq_gpu.__file__, kernels.__file__)"],
+                       cwd=copy, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"the copy of the repository does not import:\n{p.stderr}")
+    where = p.stdout.split()
     if not all(Path(p).resolve().is_relative_to(copy.resolve()) for p in where):
         raise SystemExit(f"the copy is not what Python imports: {where}")
 

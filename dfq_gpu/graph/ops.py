@@ -11,8 +11,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modules import ChannelClamp
-from .trace import LAYER_TYPES, node_module
+from .trace import describe, node_module
 
 __all__ = [
     "tensor_shape",
@@ -189,23 +188,3 @@ def is_clamp_act(m: nn.Module | None) -> tuple[float, float] | None:
     if isinstance(m, nn.Hardtanh):
         return float(m.min_val), float(m.max_val)
     return None
-
-
-def describe(gm: fx.GraphModule, node: fx.Node) -> str:
-    """A short human description of a node for reports."""
-    m = node_module(gm, node)
-    if m is not None:
-        return f"{node.target} ({type(m).__name__})"
-    if node.op == "call_function":
-        return f"{node.name} ({getattr(node.target, '__name__', str(node.target))})"
-    if node.op == "call_method":
-        return f"{node.name} (.{node.target}())"
-    return f"{node.name} ({node.op})"
-
-
-def is_layer_node(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return isinstance(node_module(gm, node), LAYER_TYPES)
-
-
-def is_channel_clamp(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return isinstance(node_module(gm, node), ChannelClamp)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch.fx as fx
 import torch.nn as nn
 
-from ..modules import ChannelClamp
+from ..nn import ChannelClamp
 from . import ops
 from .trace import BN_TYPES, LAYER_TYPES, node_module
 

@@ -34,11 +34,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import formulas as fm
-from ..modules import ChannelClamp
+from ..nn import ChannelClamp
 from . import ops
 from .trace import LAYER_TYPES, node_module
 
-__all__ = ["ChannelStats", "NodeStats", "observe", "propagate", "layer_input_node"]
+__all__ = ["ChannelStats", "NodeStats", "observe", "propagate", "node_stats", "layer_input_node"]
 
 log = logging.getLogger(__name__)
 
@@ -207,16 +207,34 @@ def propagate(
     for node in gm.graph.nodes:
         if node.op == "output" or ops.tensor_shape(node) is None:
             continue
-        try:
-            s = _node_stats(gm, node, stats, bn_stats, observed, n_sigmas, input_range)
-        except Exception as exc:  # an op with an unusual signature: fall back to what was observed
-            log.debug("statistics of %s fall back to observed values (%s)", node.name, exc)
-            s = None
-        if s is None:
+        s = node_stats(gm, node, stats, bn_stats, observed, n_sigmas, input_range)
+        if s is None:  # not derivable data-free: fall back to what was observed
             s = observed.get(node.name)
         if s is not None:
             stats[node.name] = s
     return stats
+
+
+def node_stats(
+    gm: fx.GraphModule,
+    node: fx.Node,
+    stats: dict[str, NodeStats],
+    bn_stats: dict[str, ChannelStats],
+    observed: dict[str, NodeStats],
+    n_sigmas: float,
+    input_range: tuple[float, float] | None = None,
+) -> NodeStats | None:
+    """The statistics of ``node``'s output from those of its inputs (``stats``, keyed by node
+    name), as :func:`propagate` derives them (without its fallback to the observed values);
+    ``None`` where they cannot be derived: an input without statistics, an op without a rule,
+    or an op whose arguments the rules do not understand (a call with an unusual signature;
+    the rules read arbitrary user arguments, so any exception they raise means this, and is
+    logged at debug level)."""
+    try:
+        return _node_stats(gm, node, stats, bn_stats, observed, n_sigmas, input_range)
+    except Exception as exc:  # an op with an unusual signature
+        log.debug("statistics of %s cannot be derived (%s)", node.name, exc)
+        return None
 
 
 def _node_stats(gm, node, stats, bn_stats, observed, n, input_range) -> NodeStats | None:

@@ -29,8 +29,10 @@ from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from ..errors import DFQError
+from ..nn import ChannelClamp, FakeQuant
 
-__all__ = ["TraceFailure", "DFQTracer", "trace_model", "node_module", "is_layer", "LAYER_TYPES", "ACT_TYPES"]
+__all__ = ["TraceFailure", "DFQTracer", "trace_model", "node_module", "is_layer", "describe", "LAYER_TYPES",
+           "ACT_TYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,6 @@ class DFQTracer(fx.Tracer):
         mod = type(m).__module__
         if mod.startswith("torch.nn") or mod.startswith("torch.ao.nn"):
             return True
-        from ..modules import ChannelClamp, FakeQuant
-
         if isinstance(m, (ChannelClamp, FakeQuant)):
             return True
         for base in LAYER_TYPES + BN_TYPES + ACT_TYPES + (nn.ZeroPad2d, nn.MaxPool2d, nn.AvgPool2d,
@@ -101,6 +101,18 @@ def node_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
 def is_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
     """True for a ``call_module`` of ``nn.Conv2d`` or ``nn.Linear``."""
     return isinstance(node_module(gm, node), LAYER_TYPES)
+
+
+def describe(gm: fx.GraphModule, node: fx.Node) -> str:
+    """A short human description of a node for reports (also :func:`dfq_gpu.graph.ops.describe`)."""
+    m = node_module(gm, node)
+    if m is not None:
+        return f"{node.target} ({type(m).__name__})"
+    if node.op == "call_function":
+        return f"{node.name} ({getattr(node.target, '__name__', str(node.target))})"
+    if node.op == "call_method":
+        return f"{node.name} (.{node.target}())"
+    return f"{node.name} ({node.op})"
 
 
 # ----------------------------------------------------------------------------- tracing
@@ -182,8 +194,6 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple[Any, ...]) -> Non
 
 def _run_failure_message(gm: fx.GraphModule, node: fx.Node | None, example_inputs: tuple[Any, ...],
                          cause: BaseException) -> str:
-    from .ops import describe
-
     shapes = ", ".join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
                        for t in example_inputs)
     where = describe(gm, node) if node is not None else "the model"
@@ -196,8 +206,6 @@ def _run_failure_message(gm: fx.GraphModule, node: fx.Node | None, example_input
 def _first_layer_expectation(gm: fx.GraphModule, x: Any) -> str | None:
     """What the first convolution / linear layer expects of the input, when ``x`` (the first
     example input) does not have it; ``None`` when it does or nothing can be said."""
-    from .ops import describe
-
     for node in gm.graph.nodes:
         m = node_module(gm, node)
         if not isinstance(m, LAYER_TYPES):

@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 
 from ..graph.trace import node_module
-from ..modules import FakeQuant
+from ..nn import FakeQuant
 from .convert import Int8Network, _act_offset
 
 __all__ = ["StepAgreement", "compare_with_simulation", "simulation_int8_activations"]

@@ -87,7 +87,8 @@ import kernels
 
 from ..graph import ops
 from ..graph.trace import LAYER_TYPES, node_module
-from ..modules import FakeQuant, QAdd, QAvgPool, QConv2d, QLinear
+from ..modules import QAdd, QAvgPool, QConv2d, QLinear
+from ..nn import FakeQuant
 from ..quant import requant
 from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
 from ..quant.simulate import FUSABLE_ACTS, fused_output, global_avgpool_problem, is_passthrough, stale_integer_steps

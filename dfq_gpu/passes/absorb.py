@@ -31,7 +31,7 @@ import torch.nn as nn
 from .. import formulas as fm
 from ..graph import ops
 from ..graph.trace import node_module
-from ..modules import ChannelClamp
+from ..nn import ChannelClamp
 from .base import Workspace, add_bias, layer_response_to_constant
 
 __all__ = ["absorb_biases"]

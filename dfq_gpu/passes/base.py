@@ -16,7 +16,7 @@ from ..config import DFQConfig
 from ..graph.regions import Region, is_depthwise
 from ..graph.stats import ChannelStats, NodeStats
 from ..graph.trace import LAYER_TYPES
-from ..report import LayerRecord, Report
+from ..report import Report
 
 __all__ = ["Workspace", "out_channel_absmax", "out_channel_minmax", "in_channel_absmax", "scale_out_channels",
            "scale_in_channels", "layer_response_to_constant", "layer_kind"]

@@ -29,12 +29,12 @@ import numpy as np
 import torch.fx as fx
 
 from .. import formulas as fm
-from ..graph import ops
 from ..graph import stats as st
 from ..graph.regions import Region, find_regions
 from ..graph.trace import node_module
-from ..modules import ChannelClamp
+from ..nn import ChannelClamp
 from ..report import RegionRecord
+from .absorb import region_absorbable
 from .base import (Workspace, in_channel_absmax, out_channel_absmax, out_channel_minmax, scale_in_channels,
                    scale_out_channels)
 
@@ -88,11 +88,8 @@ def _refresh_region_stats(ws: Workspace, region: Region, stats: dict[str, st.Nod
     inside = set(region.acts) | set(region.srcs)
     for n in ws.gm.graph.nodes:
         if n.name in inside or (n.op == "call_module" and str(n.target) in region.srcs):
-            try:
-                s = st._node_stats(ws.gm, n, stats, ws.bn_stats, ws.observed, ws.cfg.act_range_sigmas,
-                                   ws.cfg.input_range)
-            except Exception:  # pragma: no cover - stats are best effort
-                s = None
+            s = st.node_stats(ws.gm, n, stats, ws.bn_stats, ws.observed, ws.cfg.act_range_sigmas,
+                              ws.cfg.input_range)
             if s is not None:
                 stats[n.name] = s
 
@@ -144,7 +141,6 @@ def equalize(ws: Workspace) -> None:
     use_acts = cfg.cle_objective == "weights+acts"
     stats = st.propagate(ws.gm, ws.bn_stats, ws.observed, cfg.act_range_sigmas, cfg.input_range) if use_acts else {}
     total = [np.ones(r.channels) for r in regions]
-    from .absorb import region_absorbable
     absorbable = [cfg.absorb_bias and region_absorbable(ws, r) for r in regions]
     dead = [np.zeros(r.channels, dtype=bool) for r in regions]
     bound = cfg.cle_scale_bound

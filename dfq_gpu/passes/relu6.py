@@ -1,6 +1,6 @@
 """ReLU6 handling, three ways (``DFQConfig.relu6``).
 
-- ``"clip"``: every ReLU6 / Hardtanh becomes a :class:`~dfq_gpu.modules.ChannelClamp`
+- ``"clip"``: every ReLU6 / Hardtanh becomes a :class:`~dfq_gpu.nn.ChannelClamp`
   with per-channel bounds. Scaling channel ``i`` by ``1/s_i`` then turns its bounds into
   ``[0, 6/s_i]``: the same function, now positively scale-equivariant, so equalization
   can pass through it. In the integer network these bounds are the per-channel clamp of
@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..graph import ops
 from ..graph.trace import node_module
-from ..modules import ChannelClamp
+from ..nn import ChannelClamp
 from .base import Workspace
 
 __all__ = ["handle_relu6"]

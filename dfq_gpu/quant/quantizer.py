@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .. import formulas as fm
-from ..modules import fake_quant_tensor
+from ..nn import fake_quant_tensor
 
 __all__ = ["weight_qparams", "quantize_weight", "act_qparams", "weight_sqnr_db"]
 

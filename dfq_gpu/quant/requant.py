@@ -4,7 +4,7 @@ simulation (:func:`dfq_gpu.quant.simulate.make_integer_exact`) and the int8 conv
 
 Every function here works on the quantizers' own integer grids: an activation quantizer maps
 the integers ``[qmin, qmax]`` with zero point ``z`` to ``(q - z) * scale``
-(:class:`~dfq_gpu.modules.FakeQuant`). The int8 converter stores asymmetric grids shifted by
+(:class:`~dfq_gpu.nn.FakeQuant`). The int8 converter stores asymmetric grids shifted by
 128 (``[0, 255]`` becomes ``[-128, 127]``), which moves zero points and clamp bounds by the
 same amount and changes no arithmetic.
 
@@ -45,6 +45,9 @@ import torch.nn as nn
 
 from kernels import reference as kref
 
+from ..graph.ops import is_clamp_act
+from ..nn import ChannelClamp
+
 __all__ = [
     "INT32_MIN",
     "INT32_MAX",
@@ -82,7 +85,7 @@ class Grid:
 
     @classmethod
     def of(cls, fq: Any) -> "Grid":
-        """The grid of a :class:`~dfq_gpu.modules.FakeQuant`."""
+        """The grid of a :class:`~dfq_gpu.nn.FakeQuant`."""
         return cls(float(fq.scale), int(round(float(fq.zero_point))), int(fq.qmin), int(fq.qmax))
 
     @property
@@ -152,10 +155,7 @@ def float_output_scale(step: torch.Tensor) -> torch.Tensor:
 
 def act_float_bounds(act: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 bounds ``[1]`` or ``[channels]`` of a fusable clamp activation (ReLU, ReLU6,
-    Hardtanh, :class:`~dfq_gpu.modules.ChannelClamp`); ``ValueError`` for anything else."""
-    from ..graph.ops import is_clamp_act
-    from ..modules import ChannelClamp
-
+    Hardtanh, :class:`~dfq_gpu.nn.ChannelClamp`); ``ValueError`` for anything else."""
     if isinstance(act, ChannelClamp):
         if act.channels != channels:
             raise ValueError(f"it clamps {act.channels} channels but its input has {channels}")

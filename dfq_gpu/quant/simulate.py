@@ -3,7 +3,7 @@
 Weights: every conv / linear layer becomes a :class:`~dfq_gpu.modules.QConv2d` /
 :class:`~dfq_gpu.modules.QLinear` holding quantize-dequantized weights.
 
-Activations: a :class:`~dfq_gpu.modules.FakeQuant` goes where the integer network
+Activations: a :class:`~dfq_gpu.nn.FakeQuant` goes where the integer network
 materializes an int8 tensor: on the network input, after each layer (after its activation
 when that is a clamp, ReLU, ReLU6 or per-channel clamp, which the integer kernels fuse),
 after each add (and its fused clamp), after average pooling and after any other op.
@@ -45,7 +45,8 @@ from .. import formulas as fm
 from ..graph import ops
 from ..graph.stats import NodeStats
 from ..graph.trace import LAYER_TYPES, node_module
-from ..modules import ChannelClamp, FakeQuant, QAdd, QAvgPool, QConv2d, QLinear
+from ..modules import QAdd, QAvgPool, QConv2d, QLinear
+from ..nn import ChannelClamp, FakeQuant
 from ..passes.base import Workspace
 from . import requant
 from .quantizer import act_qparams, quantize_weight, weight_qparams, weight_sqnr_db
@@ -189,7 +190,7 @@ def _mse_range(values: torch.Tensor, lo: float, hi: float, bits: int, symmetric:
         if h <= l:
             continue
         scale, zp = act_qparams(l, h, bits, symmetric)
-        qmin, qmax = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
+        qmin, qmax = fm.quant_grid(bits, symmetric)
         q = (torch.clamp(torch.round(v / scale) + zp, qmin, qmax) - zp) * scale
         e = float(((q - v) ** 2).mean())
         if best is None or e < best[2]:
@@ -271,7 +272,8 @@ def insert_act_quantizers(ws: Workspace, stats: dict[str, NodeStats],
 
 @torch.no_grad()
 def round_biases(ws: Workspace) -> None:
-    """Round each quantized layer's bias to the int32 grid ``s_in * s_w`` of the integer network."""
+    """Round each quantized layer's bias to the int32 grid ``s_in * s_w`` of the integer network
+    (:func:`dfq_gpu.quant.requant.integer_bias`)."""
     gm = ws.gm
     for node in gm.graph.nodes:
         m = node_module(gm, node)
@@ -280,9 +282,8 @@ def round_biases(ws: Workspace) -> None:
         fq = input_quantizer(gm, node)
         if fq is None:
             continue
-        step = float(fq.scale) * m.w_scale.to(torch.float64)
-        b = m.bias.detach().to(torch.float64)
-        q = torch.clamp(torch.round(b / step), -(2**31), 2**31 - 1)
+        step = requant.accumulator_step(float(fq.scale), m.w_scale)
+        q = requant.integer_bias(m.bias, step, m.bias.numel())
         m.bias.copy_((q * step).to(m.bias.dtype))
 
 

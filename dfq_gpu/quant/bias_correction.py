@@ -18,15 +18,14 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 import torch.fx as fx
 
 from ..graph.stats import NodeStats
 from ..graph.trace import node_module
 from ..modules import QConv2d, QLinear
-from ..quant.simulate import iter_input_batches
-from .base import Workspace, add_bias, layer_response_to_constant
+from ..passes.base import Workspace, add_bias, layer_response_to_constant
+from .simulate import iter_input_batches
 
 __all__ = ["analytic_bias_correction", "empirical_bias_correction"]
 

@@ -1,0 +1,122 @@
+"""The small modules the passes put into a network (they need nothing but torch and the
+quantization grid of :func:`dfq_gpu.formulas.quant_grid`).
+
+- :class:`ChannelClamp`: ``clamp(x, lo[c], hi[c])`` with per-channel bounds. ReLU6 in
+  ``relu6="clip"`` mode becomes one; equalization rescales its bounds with the channel, so
+  the network computes exactly the same function.
+- :class:`FakeQuant`: per-tensor uniform quantize-dequantize of activations;
+  :func:`fake_quant_tensor` the same for any tensor with broadcast parameters.
+
+The quantized layers (:class:`~dfq_gpu.modules.QConv2d`, ...) are in :mod:`dfq_gpu.modules`,
+which re-exports these three names.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .formulas import quant_grid
+
+__all__ = ["ChannelClamp", "FakeQuant", "fake_quant_tensor"]
+
+
+def _per_channel_view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if x.dim() <= 1:
+        return v
+    shape = [1] * x.dim()
+    shape[1] = -1
+    return v.view(shape)
+
+
+class ChannelClamp(nn.Module):
+    """``clamp(x, lo[c], hi[c])`` along dimension 1 (the channel dimension)."""
+
+    def __init__(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        super().__init__()
+        if lo.shape != hi.shape or lo.dim() != 1:
+            raise ValueError(f"ChannelClamp: lo and hi must be 1-D of the same length, got {tuple(lo.shape)} "
+                             f"and {tuple(hi.shape)}")
+        self.register_buffer("lo", lo.clone())
+        self.register_buffer("hi", hi.clone())
+
+    @classmethod
+    def constant(cls, lo: float, hi: float, channels: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> "ChannelClamp":
+        return cls(torch.full((channels,), float(lo), dtype=dtype, device=device),
+                   torch.full((channels,), float(hi), dtype=dtype, device=device))
+
+    @property
+    def channels(self) -> int:
+        return self.lo.numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo = _per_channel_view(self.lo.to(x.dtype), x)
+        hi = _per_channel_view(self.hi.to(x.dtype), x)
+        y = torch.maximum(x, lo)
+        return torch.minimum(y, hi, out=y) if not y.requires_grad else torch.minimum(y, hi)
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, lo=[{self.lo.min().item():.4g}, {self.lo.max().item():.4g}], "
+                f"hi=[{self.hi.min().item():.4g}, {self.hi.max().item():.4g}]")
+
+
+def fake_quant_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
+                      qmax: int) -> torch.Tensor:
+    """``(clamp(round(x / scale) + zp, qmin, qmax) - zp) * scale``, rounding half to even.
+
+    ``scale``/``zero_point`` broadcast against ``x`` (per tensor: 0-d; per channel: shaped
+    for broadcasting by the caller).
+    """
+    q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+class FakeQuant(nn.Module):
+    """Per-tensor activation quantizer: quantizes and dequantizes its input.
+
+    ``scale`` / ``zero_point`` map the integer grid ``[qmin, qmax]`` to floats
+    (``x = (q - zero_point) * scale``); ``bits``/``symmetric`` say which grid. ``enabled``
+    turns it into the identity (used to measure what each quantizer costs).
+
+    It computes in float32, as the integer network's quantize step does: a floating input of
+    another dtype (float16, bfloat16, float64) is converted to float32 first, also when
+    disabled, and the output is float32. The quantizer on the network input is therefore where
+    a simulation turns any floating input into float32.
+    """
+
+    def __init__(self, scale: float, zero_point: int, bits: int, symmetric: bool, source: str = "") -> None:
+        super().__init__()
+        self.bits = int(bits)
+        self.symmetric = bool(symmetric)
+        self.qmin, self.qmax = quant_grid(bits, symmetric)
+        self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float32))
+        self.register_buffer("zero_point", torch.tensor(float(zero_point), dtype=torch.float32))
+        self.enabled = True
+        self.source = source  # how the range was obtained ("bn", "calibrate", "example inputs", ...)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 and x.is_floating_point():
+            x = x.to(torch.float32)  # exact for float16/bfloat16; what QuantizeInput does too
+        if not self.enabled:
+            return x
+        # x * (1 / scale) in float32, as the integer network's quantize op (and PyTorch's
+        # fake_quantize_per_tensor_affine) computes it, so that both round identically.
+        scale = self.scale.to(torch.float32)
+        zp = self.zero_point.to(torch.float32)
+        if x.requires_grad:
+            q = torch.clamp(torch.round(x * torch.reciprocal(scale)) + zp, self.qmin, self.qmax)
+            return (q - zp) * scale
+        # the same operations on one new tensor (allocating a tensor per step costs more than the step)
+        q = x * torch.reciprocal(scale)
+        return q.round_().add_(zp).clamp_(self.qmin, self.qmax).sub_(zp).mul_(scale)
+
+    @property
+    def float_range(self) -> tuple[float, float]:
+        s, z = float(self.scale), float(self.zero_point)
+        return (self.qmin - z) * s, (self.qmax - z) * s
+
+    def extra_repr(self) -> str:
+        lo, hi = self.float_range
+        return (f"bits={self.bits}, symmetric={self.symmetric}, scale={float(self.scale):.4g}, "
+                f"zero_point={int(self.zero_point)}, range=[{lo:.4g}, {hi:.4g}]")
