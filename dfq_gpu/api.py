@@ -1,5 +1,6 @@
 """The recipe: ``prepare`` (function-preserving FP32 steps) and ``quantize`` (the simulated
-quantized network), each on a private copy of the user's model."""
+quantized network), each on a private copy of the user's model. The steps themselves are the
+declared pass lists of :mod:`dfq_gpu.pipeline`."""
 
 from __future__ import annotations
 
@@ -15,18 +16,9 @@ import torch.nn as nn
 
 from .config import DFQConfig
 from .errors import DFQError
-from .graph import stats as st
-from .graph.trace import node_module, trace_model
-from .modules import QConv2d, QLinear
-from .nn import FakeQuant
-from .passes.absorb import absorb_biases
-from .passes.base import Workspace, layer_kind, out_channel_minmax
-from .passes.bn_fold import fold_batch_norms
-from .passes.equalize import equalize
-from .passes.relu6 import handle_relu6
-from .quant.bias_correction import analytic_bias_correction, empirical_bias_correction
-from .quant.simulate import (act_quant_points, calibrate_ranges, finalize_integer_simulation, input_quantizer,
-                             insert_act_quantizers, quantize_weights, round_biases)
+from .graph.trace import trace_model
+from .passes.base import Workspace, layer_kind
+from .pipeline import PREPARE, QUANTIZE, State, run_passes
 from .report import LayerRecord, Report
 
 __all__ = ["prepare", "quantize", "DFQError"]
@@ -78,31 +70,18 @@ def _build_workspace(model: nn.Module, example_inputs: tuple[Any, ...], cfg: DFQ
 
 
 def _prepare(model: nn.Module, example_inputs: Any, cfg: DFQConfig, leaf_modules: Sequence[str],
-             inplace: bool = False) -> Workspace:
+             inplace: bool = False, data: Iterable[Any] | None = None) -> tuple[State, set[str]]:
+    """Trace a private copy (or ``model`` itself) and run :data:`~dfq_gpu.pipeline.PREPARE`."""
     t0 = time.perf_counter()
     example_inputs = _check_inputs(model, example_inputs)
     ws = _build_workspace(model, example_inputs, cfg, leaf_modules, inplace)
     ws.report.timings["trace"] = time.perf_counter() - t0
-    if cfg.fold_bn:
-        fold_batch_norms(ws)
-    for name, rec in ws.report.layers.items():
-        rec.range_folded = out_channel_minmax(ws.module(name))
-        rec.range_equalized = rec.range_folded
-    handle_relu6(ws)
+    state = State(ws, data=data, data_threads=_data_threads)
+    have = run_passes(PREPARE, state, {"data"} if data is not None else set())
     ws.gm.recompile()
-    ws.observed = st.observe(ws.gm, example_inputs)
-    t1 = time.perf_counter()
-    if cfg.equalize:
-        equalize(ws)
-    ws.report.timings["equalize"] = time.perf_counter() - t1
-    if cfg.absorb_bias:
-        if cfg.equalize:
-            absorb_biases(ws)
-        else:
-            ws.report.step("bias absorption needs equalization regions; skipped because equalize=False")
-    ws.gm.recompile()
+    ws.report.timings["equalize"] = sum(p.get("seconds", 0.0) for p in ws.report.passes if p["name"] == "equalize")
     ws.report.timings["prepare"] = time.perf_counter() - t0
-    return ws
+    return state, have
 
 
 def _attach(gm: fx.GraphModule, ws: Workspace) -> fx.GraphModule:
@@ -165,8 +144,8 @@ def prepare(model: nn.Module, example_inputs: Any, config: DFQConfig | None = No
     """
     cfg = config or DFQConfig()
     with _few_threads():
-        ws = _prepare(model, example_inputs, cfg, leaf_modules, inplace)
-    return _attach(ws.gm, ws)
+        state, _ = _prepare(model, example_inputs, cfg, leaf_modules, inplace)
+    return _attach(state.ws.gm, state.ws)
 
 
 def quantize(model: nn.Module, example_inputs: Any, config: DFQConfig | None = None,
@@ -212,58 +191,7 @@ def quantize(model: nn.Module, example_inputs: Any, config: DFQConfig | None = N
 def _quantize(model: nn.Module, example_inputs: Any, cfg: DFQConfig, data: Iterable[Any] | None,
               leaf_modules: Sequence[str], inplace: bool) -> fx.GraphModule:
     t0 = time.perf_counter()
-    ws = _prepare(model, example_inputs, cfg, leaf_modules, inplace)
-    stats = st.propagate(ws.gm, ws.bn_stats, ws.observed, cfg.act_range_sigmas, cfg.input_range)
-    needs_float = cfg.bias_correction == "empirical" or (cfg.act_ranges == "calibrate" and cfg.act_bits is not None)
-    float_gm = copy.deepcopy(ws.gm) if needs_float else None
-    float_weights = quantize_weights(ws)
-    if cfg.bias_correction == "analytic":
-        analytic_bias_correction(ws, stats, float_weights)
-    if cfg.act_bits is not None:
-        calibrated = None
-        if cfg.act_ranges == "calibrate":
-            assert float_gm is not None and data is not None
-            names = [p.name for p in act_quant_points(float_gm, cfg.quantize_output)]
-            with _data_threads():
-                calibrated = calibrate_ranges(float_gm, names, data, cfg.calibration_batches,
-                                              cfg.act_range_method, cfg.act_bits, cfg.act_symmetric)
-        insert_act_quantizers(ws, stats, calibrated)
-    if cfg.bias_correction == "empirical":
-        assert float_gm is not None and data is not None
-        with _data_threads():
-            empirical_bias_correction(ws, float_gm, data)
-    if cfg.act_bits is not None:
-        round_biases(ws)
-        finalize_integer_simulation(ws)
-    _record_act_quant(ws)
-    ws.report.timings["quantize"] = time.perf_counter() - t0
-    return _attach(ws.gm, ws)
-
-
-def _record_act_quant(ws: Workspace) -> None:
-    gm = ws.gm
-    for node in gm.graph.nodes:
-        m = node_module(gm, node)
-        if not isinstance(m, (QConv2d, QLinear)):
-            continue
-        rec = ws.report.layers.get(str(node.target))
-        if rec is None:
-            continue
-        fq = input_quantizer(gm, node)
-        if fq is not None:
-            lo, hi = fq.float_range
-            rec.act_in = {"scale": float(fq.scale), "zero_point": int(fq.zero_point), "lo": lo, "hi": hi,
-                          "source": fq.source}
-        # output quantizer: directly after, or after a fused activation
-        cur = node
-        for _ in range(2):
-            users = list(cur.users)
-            if len(users) != 1:
-                break
-            um = node_module(gm, users[0])
-            if isinstance(um, FakeQuant):
-                lo, hi = um.float_range
-                rec.act_out = {"scale": float(um.scale), "zero_point": int(um.zero_point), "lo": lo, "hi": hi,
-                               "source": um.source}
-                break
-            cur = users[0]
+    state, have = _prepare(model, example_inputs, cfg, leaf_modules, inplace, data)
+    run_passes(QUANTIZE, state, have)
+    state.ws.report.timings["quantize"] = time.perf_counter() - t0
+    return _attach(state.ws.gm, state.ws)

@@ -212,7 +212,7 @@ def _report_from_dict(d: dict[str, Any]) -> Report:
         return np.asarray(v, dtype=np.float64) if isinstance(v, list) else v
 
     r = Report(config=d.get("config", {}), steps=list(d.get("steps", [])), cle_iterations=d.get("cle_iterations", 0),
-               timings=dict(d.get("timings", {})))
+               timings=dict(d.get("timings", {})), passes=[dict(p) for p in d.get("passes", [])])
     for name, ld in d.get("layers", {}).items():
         rec = LayerRecord(name=ld["name"], kind=ld["kind"], weight_shape=tuple(ld["weight_shape"]))
         for k, v in ld.items():

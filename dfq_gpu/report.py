@@ -113,8 +113,13 @@ class Report:
     regions: list[RegionRecord] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     steps: list[str] = field(default_factory=list)  # what each pass did, in order
+    # every pass of dfq_gpu.pipeline: {"name", "status": ran / off / skipped, "why", "seconds"}
+    passes: list[dict[str, Any]] = field(default_factory=list)
     cle_iterations: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    # dfq_gpu.sensitivity / quantize_with_fallback: the ranked table and the fallback's steps (plain dicts)
+    sensitivity: dict[str, Any] | None = None
+    fallback: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ recording
     def layer(self, name: str) -> LayerRecord:
@@ -139,11 +144,13 @@ class Report:
         return {
             "config": dict(self.config),
             "steps": list(self.steps),
+            "passes": [dict(p) for p in self.passes],
             "cle_iterations": self.cle_iterations,
             "layers": {k: v.to_dict() for k, v in self.layers.items()},
             "regions": [r.to_dict() for r in self.regions],
             "skipped": [{"what": w, "why": y} for w, y in self.skipped],
             "timings": dict(self.timings),
+            **{k: v for k, v in (("sensitivity", self.sensitivity), ("fallback", self.fallback)) if v is not None},
         }
 
     def _rows(self) -> list[list[str]]:
