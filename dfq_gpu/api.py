@@ -21,7 +21,7 @@ from .passes.base import Workspace, layer_kind
 from .pipeline import PREPARE, QUANTIZE, State, run_passes
 from .report import LayerRecord, Report
 
-__all__ = ["prepare", "quantize", "DFQError"]
+__all__ = ["prepare", "prepared_workspace", "quantize", "DFQError"]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,20 @@ def prepare(model: nn.Module, example_inputs: Any, config: DFQConfig | None = No
     with _few_threads():
         state, _ = _prepare(model, example_inputs, cfg, leaf_modules, inplace)
     return _attach(state.ws.gm, state.ws)
+
+
+def prepared_workspace(model: nn.Module, example_inputs: Any, config: DFQConfig | None = None, *,
+                       leaf_modules: Sequence[str] = ()) -> Workspace:
+    """What :func:`prepare` works on, for running passes by hand (the tutorial steps through
+    :func:`dfq_gpu.passes.equalize.equalization_sweeps` on it): a traced private copy of ``model``
+    after the passes of :data:`~dfq_gpu.pipeline.PREPARE` that ``config`` asks for, with the
+    statistics they learned (batch-norm statistics, the example inputs' statistics). ``ws.gm``
+    carries the report, as :func:`prepare`'s result does."""
+    cfg = config or DFQConfig()
+    with _few_threads():
+        state, _ = _prepare(model, example_inputs, cfg, leaf_modules)
+    _attach(state.ws.gm, state.ws)
+    return state.ws
 
 
 def quantize(model: nn.Module, example_inputs: Any, config: DFQConfig | None = None,

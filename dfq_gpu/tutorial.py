@@ -310,33 +310,40 @@ class CLESnapshot:
 class CLEStepper:
     """Cross-layer equalization sweep by sweep, recording every intermediate state.
 
-    The network is prepared without equalization (BN folded, ReLU6 as in ``relu6``), then each
-    sweep visits every region (:func:`dfq_gpu.graph.regions.find_regions`) in order and applies
-    ``s_i = sqrt(r_src[i] / r_dst[i])`` with :func:`dfq_gpu.passes.equalize.apply_region_scale`,
-    where ``r_src`` is channel ``i``'s range over the sources' outputs and ``r_dst`` over the sinks'
-    inputs, each relative to its tensor's largest channel (the paper's objective on weights;
-    ``DFQConfig``'s default CLE also counts activation ranges). Channels below
-    ``dead_threshold`` are left alone and ``bound`` caps the total scale, as in the package.
+    The network is prepared without equalization (BN folded, ReLU6 as in ``relu6``); then each
+    :meth:`step` takes the next sweep of the package's own equalization pass,
+    :func:`dfq_gpu.passes.equalize.equalization_sweeps`, over the regions of
+    :func:`dfq_gpu.graph.regions.find_regions`: per region ``s_i = sqrt(r_src[i] / r_dst[i])``,
+    where ``r_src`` is channel ``i``'s range over the sources' outputs and ``r_dst`` over the
+    sinks' inputs, each relative to its tensor's largest channel. ``objective="weights"`` is the
+    paper's objective (``DFQConfig``'s default, ``"weights+acts"``, also counts the data-free
+    activation ranges); channels below ``dead_threshold`` are left alone and ``bound`` caps the
+    total scale, the ``cle_*`` fields of :class:`~dfq_gpu.DFQConfig`.
     """
 
     def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], *, relu6: str = "clip",
                  residuals: bool = True, bound: float | None = None, dead_threshold: float = 1e-3,
-                 input_range: tuple[float, float] | None = None) -> None:
+                 input_range: tuple[float, float] | None = None, objective: str = "weights") -> None:
+        import dataclasses
+
+        from .api import prepared_workspace
         from .graph.regions import find_regions
-        from .passes.base import Workspace
-        from .report import Report
+        from .passes.equalize import equalization_sweeps
 
         cfg = DFQConfig(equalize=False, absorb_bias=False, relu6=relu6, act_bits=None, bias_correction="none",
                         input_range=input_range)
-        self.gm = prepare(model, example_inputs, cfg)
-        self.report = self.gm.report
+        ws = prepared_workspace(model, example_inputs, cfg)
+        self.gm = ws.gm
+        self.report = ws.report
         self.regions, self.skipped = find_regions(self.gm, residuals=residuals)
-        self._ws = Workspace(gm=self.gm, cfg=cfg, example_inputs=example_inputs, report=Report())
+        cle = cfg.replace(cle_objective=objective, cle_scale_bound=bound, cle_dead_threshold=dead_threshold,
+                          equalize_residuals=residuals, cle_max_iter=10_000, cle_tol=1e-12)
+        self._sweeps = equalization_sweeps(dataclasses.replace(ws, cfg=cle), self.regions)
         self.bound = bound
         self.dead_threshold = dead_threshold
         self.history: list[CLESnapshot] = [self._snapshot(0, [np.ones(r.channels) for r in self.regions], [])]
 
-    def _snapshot(self, sweep: int, total: list[np.ndarray], last: list[np.ndarray]) -> CLESnapshot:
+    def _snapshot(self, sweep: int, total: Sequence[np.ndarray], last: Sequence[np.ndarray]) -> CLESnapshot:
         from .passes.base import in_channel_absmax, out_channel_absmax
 
         outs, ins = {}, {}
@@ -362,25 +369,13 @@ class CLEStepper:
                 self._normalized_max([snap.in_ranges[n] for n in r.sinks]))
 
     def step(self) -> float:
-        """One sweep over all regions; returns the largest ``|log s|`` of the sweep."""
-        from .passes.base import in_channel_absmax, out_channel_absmax
-        from .passes.equalize import apply_region_scale
-
-        total = [t.copy() for t in self.history[-1].total_scales]
-        last = []
-        worst = 0.0
-        for k, r in enumerate(self.regions):
-            r_src = self._normalized_max([out_channel_absmax(self.gm.get_submodule(n)) for n in r.srcs])
-            r_dst = self._normalized_max([in_channel_absmax(self.gm.get_submodule(n)) for n in r.sinks])
-            s = fm.equalization_scales(r_src, r_dst, dead_threshold=self.dead_threshold)
-            if self.bound is not None:
-                s = np.clip(total[k] * s, 1.0 / self.bound, self.bound) / total[k]
-            apply_region_scale(self._ws, r, s)
-            total[k] = total[k] * s
-            last.append(s)
-            worst = max(worst, float(np.max(np.abs(np.log(s)))))
-        self.history.append(self._snapshot(len(self.history), total, last))
-        return worst
+        """One sweep over all regions (the package's next one); returns its largest ``|log s|``
+        (0 once the scales no longer change at all, when no sweep is added)."""
+        sweep = next(self._sweeps, None)
+        if sweep is None:
+            return 0.0
+        self.history.append(self._snapshot(len(self.history), sweep.total, sweep.scales))
+        return sweep.worst
 
     def run(self, sweeps: int = 20, tol: float = 1e-3) -> list[float]:
         """Up to ``sweeps`` sweeps, stopping when no scale changes by more than ``tol``; returns

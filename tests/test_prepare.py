@@ -207,3 +207,31 @@ def test_bn_folding_keeps_statistics_and_reports():
     assert not any(isinstance(mod, nn.BatchNorm2d) for mod in fp.modules())
     assert fp.report.layer("c1").bn == "b1" and fp.report.layer("c3").bn is None
     assert "folded 3 batch norms" in fp.report.steps[0]
+
+
+def test_equalization_sweeps_are_the_pass_one_sweep_at_a_time():
+    """The sweeps the tutorial steps through are the pass's own: run to the end on a workspace
+    prepared without equalization they give exactly prepare()'s weights, and the tutorial's stepper
+    (with the config's objective and bound) ends at the scales the report records."""
+    import dataclasses
+
+    from dfq_gpu.api import prepared_workspace
+    from dfq_gpu.graph.regions import find_regions
+    from dfq_gpu.passes.equalize import equalization_sweeps
+    from dfq_gpu.tutorial import CLEStepper
+
+    m, x = _chain(), (torch.randn(1, 3, 8, 8),)
+    cfg = D.DFQConfig(absorb_bias=False)
+    fp = D.prepare(m, x, cfg)
+    ws = prepared_workspace(m, x, cfg.replace(equalize=False))
+    regions, _ = find_regions(ws.gm, residuals=cfg.equalize_residuals)
+    sweeps = list(equalization_sweeps(dataclasses.replace(ws, cfg=cfg), regions))
+    assert len(sweeps) == fp.report.cle_iterations > 1 and sweeps[-1].converged
+    assert not any(s.converged for s in sweeps[:-1]) and sweeps[0].worst > sweeps[-1].worst
+    for name in fp.report.layers:
+        assert torch.equal(ws.gm.get_submodule(name).weight, fp.get_submodule(name).weight), name
+    stepper = CLEStepper(m, x, bound=cfg.cle_scale_bound, objective=cfg.cle_objective)
+    stepper.run(sweeps=cfg.cle_max_iter, tol=cfg.cle_tol)
+    got = sorted((float(t.min()), float(t.max())) for t in stepper.history[-1].total_scales)
+    want = sorted((r.scale_min, r.scale_max) for r in fp.report.equalized_regions)
+    assert got == want

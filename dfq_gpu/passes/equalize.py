@@ -7,7 +7,8 @@ or sinks of different magnitude count alike). The scale is ``s_i = sqrt(r_S[i] /
 (the paper's choice for one pair); sources are divided and sinks multiplied by it, which
 makes both ranges equal. Regions are swept in topological order, repeatedly, until no
 scale differs from 1 by more than ``cle_tol`` (chains like conv -> depthwise -> conv need
-this), or ``cle_max_iter`` sweeps.
+this), or ``cle_max_iter`` sweeps. :func:`equalization_sweeps` yields the sweeps one at a time
+(the tutorial steps through them); :func:`equalize` runs them all and records the result.
 
 Guards (``DFQ.md`` measured why):
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch.fx as fx
@@ -38,7 +41,7 @@ from .absorb import region_absorbable
 from .base import (Workspace, in_channel_absmax, out_channel_absmax, out_channel_minmax, scale_in_channels,
                    scale_out_channels)
 
-__all__ = ["equalize", "apply_region_scale", "region_act_ranges"]
+__all__ = ["equalize", "equalization_sweeps", "Sweep", "apply_region_scale", "region_act_ranges"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,61 @@ def apply_region_scale(ws: Workspace, region: Region, s: np.ndarray) -> None:
                 m.hi.mul_(m.hi.new_tensor(inv))
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """One sweep of cross-layer equalization over all regions (what :func:`equalization_sweeps`
+    yields): ``scales[k]`` is the scale this sweep applied to region ``k``, ``total[k]`` the
+    product of all sweeps so far, ``dead[k]`` the channels found dead so far, ``worst`` the
+    largest ``|log s|`` of the sweep and ``converged`` whether it was below ``log(1 + cle_tol)``."""
+
+    index: int
+    scales: tuple[np.ndarray, ...]
+    total: tuple[np.ndarray, ...]
+    dead: tuple[np.ndarray, ...]
+    worst: float
+    converged: bool
+
+
+def equalization_sweeps(ws: Workspace, regions: Sequence[Region]) -> Iterator[Sweep]:
+    """Equalize ``regions`` one sweep at a time, as :func:`equalize` does (``ws.cfg``'s objective,
+    scale bound, dead-channel threshold, tolerance and number of sweeps): each ``next`` applies one
+    sweep to ``ws.gm`` and yields what it did; it stops after the sweep that converged or after
+    ``cle_max_iter`` sweeps."""
+    cfg = ws.cfg
+    use_acts = cfg.cle_objective == "weights+acts"
+    stats = st.propagate(ws.gm, ws.bn_stats, ws.observed, cfg.act_range_sigmas, cfg.input_range) if use_acts else {}
+    total = [np.ones(r.channels) for r in regions]
+    absorbable = [cfg.absorb_bias and region_absorbable(ws, r) for r in regions]
+    dead = [np.zeros(r.channels, dtype=bool) for r in regions]
+    bound = cfg.cle_scale_bound
+    for index in range(1, cfg.cle_max_iter + 1):
+        worst = 0.0
+        scales = []
+        for k, r in enumerate(regions):
+            r_src = _normalized_max([out_channel_absmax(ws.module(n)) for n in r.srcs])
+            r_dst = _normalized_max([in_channel_absmax(ws.module(n)) for n in r.sinks])
+            if use_acts:
+                a = region_act_ranges(ws, r, stats, offset_free=absorbable[k])
+                if a is not None:
+                    r_src = np.maximum(r_src, a)
+            s = fm.equalization_scales(r_src, r_dst, dead_threshold=cfg.cle_dead_threshold, bound=None)
+            dead[k] |= (r_src <= cfg.cle_dead_threshold) | (r_dst <= cfg.cle_dead_threshold)
+            if bound is not None:
+                s = np.clip(total[k] * s, 1.0 / bound, bound) / total[k]
+            apply_region_scale(ws, r, s)
+            total[k] *= s
+            scales.append(s)
+            if use_acts:
+                _refresh_region_stats(ws, r, stats)
+            worst = max(worst, float(np.max(np.abs(np.log(s)))))
+        log.debug("CLE sweep %d: largest scale change %.3g", index, worst)
+        converged = worst <= math.log1p(cfg.cle_tol)
+        yield Sweep(index, tuple(scales), tuple(t.copy() for t in total), tuple(d.copy() for d in dead), worst,
+                    converged)
+        if converged:
+            return
+
+
 def equalize(ws: Workspace) -> None:
     cfg = ws.cfg
     regions, skipped = find_regions(ws.gm, residuals=cfg.equalize_residuals)
@@ -138,34 +196,13 @@ def equalize(ws: Workspace) -> None:
     if not regions:
         ws.report.step("equalization: no region found")
         return
-    use_acts = cfg.cle_objective == "weights+acts"
-    stats = st.propagate(ws.gm, ws.bn_stats, ws.observed, cfg.act_range_sigmas, cfg.input_range) if use_acts else {}
-    total = [np.ones(r.channels) for r in regions]
-    absorbable = [cfg.absorb_bias and region_absorbable(ws, r) for r in regions]
-    dead = [np.zeros(r.channels, dtype=bool) for r in regions]
+    last = None
+    for last in equalization_sweeps(ws, regions):
+        pass
+    sweeps = 0 if last is None else last.index
+    total = [np.ones(r.channels) for r in regions] if last is None else last.total
+    dead = [np.zeros(r.channels, dtype=bool) for r in regions] if last is None else last.dead
     bound = cfg.cle_scale_bound
-    sweeps = 0
-    for sweeps in range(1, cfg.cle_max_iter + 1):
-        worst = 0.0
-        for k, r in enumerate(regions):
-            r_src = _normalized_max([out_channel_absmax(ws.module(n)) for n in r.srcs])
-            r_dst = _normalized_max([in_channel_absmax(ws.module(n)) for n in r.sinks])
-            if use_acts:
-                a = region_act_ranges(ws, r, stats, offset_free=absorbable[k])
-                if a is not None:
-                    r_src = np.maximum(r_src, a)
-            s = fm.equalization_scales(r_src, r_dst, dead_threshold=cfg.cle_dead_threshold, bound=None)
-            dead[k] |= (r_src <= cfg.cle_dead_threshold) | (r_dst <= cfg.cle_dead_threshold)
-            if bound is not None:
-                s = np.clip(total[k] * s, 1.0 / bound, bound) / total[k]
-            apply_region_scale(ws, r, s)
-            total[k] *= s
-            if use_acts:
-                _refresh_region_stats(ws, r, stats)
-            worst = max(worst, float(np.max(np.abs(np.log(s)))))
-        log.debug("CLE sweep %d: largest scale change %.3g", sweeps, worst)
-        if worst <= math.log1p(cfg.cle_tol):
-            break
     ws.report.cle_iterations = sweeps
     for rec, t, d in zip(records, total, dead):
         rec.scale_min, rec.scale_max = float(t.min()), float(t.max())
