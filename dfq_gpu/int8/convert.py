@@ -43,9 +43,11 @@ How each node of the simulation is mapped
 
 Integer parameters
 ------------------
-Bias, multipliers, clamp bounds, add multipliers and pooling multipliers all come from
-:mod:`dfq_gpu.quant.requant`, the definition the simulation computes with as well
-(:func:`dfq_gpu.quant.simulate.make_integer_exact`); this module only maps them to the int8
+What fuses with what (a layer, add or pool with its clamp activation and output quantizer) and
+the bias, multipliers, clamp bounds and add multipliers come from the fusion plan
+(:func:`dfq_gpu.quant.plan.build_plan`, parameters from :mod:`dfq_gpu.quant.requant`), the
+same plan the simulation computes with (:func:`dfq_gpu.quant.simulate.make_integer_exact`);
+this module checks what the int8 kernels can run and only maps the parameters to the int8
 storage: activations on the asymmetric grid ``[0, 2^b - 1]`` are stored as ``q - 128`` with
 zero point ``z - 128`` (``[-128, 127]`` for 8 bits), and so are their clamp bounds; symmetric
 activations as they are. Weights the same (``integer_weight() - 128`` with zero point
@@ -91,7 +93,9 @@ from ..modules import QAdd, QAvgPool, QConv2d, QLinear
 from ..nn import FakeQuant
 from ..quant import requant
 from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
-from ..quant.simulate import FUSABLE_ACTS, fused_output, global_avgpool_problem, is_passthrough, stale_integer_steps
+from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPoolPlan, LayerPlan, StepPlan, build_plan, global_avgpool_problem,
+                          is_passthrough)
+from ..quant.simulate import stale_integer_steps
 from . import layers as L
 
 __all__ = ["to_int8", "Int8ConversionError", "Int8Network"]
@@ -177,9 +181,10 @@ def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
 # The converter
 # =============================================================================================
 class _Converter:
-    def __init__(self, gm: fx.GraphModule, backend: Optional[str]) -> None:
+    def __init__(self, gm: fx.GraphModule, backend: Optional[str], plan: dict[str, StepPlan]) -> None:
         self.gm = gm
         self.backend = backend
+        self.plan = plan  # the fusion plan (dfq_gpu.quant.plan): what each step fuses, its integer parameters
         self.graph = fx.Graph()
         self.root = nn.Module()
         self.env: dict[fx.Node, _Val] = {}
@@ -235,11 +240,6 @@ class _Converter:
         v2 = replace(v, node=out, pad=None)
         self.env[node] = v2
         return v2
-
-    def follow(self, node: fx.Node) -> tuple[Optional[fx.Node], Optional[fx.Node], fx.Node]:
-        """The fused activation and output quantizer after ``node`` (each ``None`` if absent)
-        and the last node of the chain (:func:`dfq_gpu.quant.simulate.fused_output`)."""
-        return fused_output(self.gm, node)
 
     def out_quantizer(self, fq: fx.Node) -> _QParams:
         fqm = node_module(self.gm, fq)
@@ -311,7 +311,7 @@ class _Converter:
         elif isinstance(m, QAdd) or ops.is_add(node):
             self.add(node)
         elif isinstance(m, QAvgPool):
-            self.avgpool(node, m)
+            self.avgpool(node)
         elif ops.is_shape_query(node):
             self.shape_query(node)
         elif ops.is_zero_pad(gm, node):
@@ -319,7 +319,7 @@ class _Converter:
         elif ops.is_spatial_pool(gm, node) == "max":
             self.maxpool(node, m)
         elif ops.is_spatial_pool(gm, node) == "avg":
-            self.avgpool(node, m)
+            self.avgpool(node)
         elif is_passthrough(gm, node):
             self.reshape(node)
         elif self.is_python_value_op(node):
@@ -359,16 +359,22 @@ class _Converter:
                         v.node)
         self.env[node] = _Val(out, "int8", qp, rank=v.rank)
 
-    def _weights(self, node: fx.Node, m: QConv2d | QLinear) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def step_plan(self, node: fx.Node, kind: type) -> Any:
+        """The fusion plan of ``node`` (:func:`dfq_gpu.quant.plan.build_plan`), of type ``kind``."""
+        p = self.plan.get(node.name)
+        assert isinstance(p, kind) and p.node is node, f"no {kind.__name__} for {node.name}"
+        return p
+
+    def _weights(self, node: fx.Node, m: QConv2d | QLinear,
+                 p: LayerPlan) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """int8 weights (PyTorch layout) and int32 weight zero point ``[1|N]`` (``None`` if all zero)."""
         if m.w_bits > 8:
             raise self.err(node, f"its weights have {m.w_bits} bits; the int8 kernels take at most 8")
         from ..formulas import quant_grid
 
         qmin, qmax = quant_grid(m.w_bits, m.w_symmetric)
-        q = m.integer_weight()
-        zp = m.w_zero_point.detach().to(torch.int64).cpu().reshape(-1)
-        n = m.weight.shape[0]
+        q, zp = p.weight, p.w_zero_point
+        n = p.n_out
         if zp.numel() not in (1, n) or m.w_scale.numel() not in (1, n):
             raise self.err(node, "weight scale / zero point must be per tensor or per output channel")
         if int(q.min()) < qmin or int(q.max()) > qmax:
@@ -388,16 +394,18 @@ class _Converter:
     def layer(self, node: fx.Node, m: QConv2d | QLinear) -> None:
         if len(node.args) != 1 or node.kwargs:
             raise self.err(node, "a layer call with extra arguments")
+        p: LayerPlan = self.step_plan(node, LayerPlan)
         is_conv = isinstance(m, QConv2d)
         x = self.int8_input(node, node.args[0], keep_pad=is_conv)
-        assert x.q is not None
-        act, fq, tail = self.follow(node)
-        n_out = m.weight.shape[0]
-        w8, wzp = self._weights(node, m)
+        assert x.q is not None and x.q.grid == p.x
+        act, fq, tail = p.act, p.quantizer, p.tail
+        n_out = p.n_out
+        w8, wzp = self._weights(node, m, p)
         qp = self.out_quantizer(fq) if fq is not None else None
-        act_m = self.act_module(act, n_out) if qp is not None else None
-        rq = requant.layer_requant(x.q.grid, m.w_scale, m.bias, n_out, None if qp is None else qp.grid, act_m)
-        bias_q = rq.bias
+        if qp is not None:
+            self.act_module(act, n_out)  # raises for an activation that cannot be fused
+        rq = p.requant
+        assert rq is not None
         if qp is not None:
             assert rq.multiplier is not None and rq.lo is not None and rq.hi is not None
             epi = dict(multiplier=rq.multiplier, z_y=qp.zero_point, lo=rq.lo - qp.offset, hi=rq.hi - qp.offset,
@@ -423,16 +431,16 @@ class _Converter:
                     ph = ((kh - 1) // 2, kh - 1 - (kh - 1) // 2)
                     pw = ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)
             else:
-                p = _pair(m.padding)
-                ph, pw = (p[0], p[0]), (p[1], p[1])
+                pp = _pair(m.padding)
+                ph, pw = (pp[0], pp[0]), (pp[1], pp[1])
             extra = x.pad or (0, 0, 0, 0)
             pad = (ph[0] + extra[0], ph[1] + extra[1], pw[0] + extra[2], pw[1] + extra[3])
             stride = _pair(m.stride)
-            if m.groups == 1:
-                mod: L.Int8Step = L.Int8Conv2d(kernels.conv_weight_to_nhwc(w8), bias_q, wzp, x.q.zero_point,
+            if p.kind == "conv":
+                mod: L.Int8Step = L.Int8Conv2d(kernels.conv_weight_to_nhwc(w8), rq.bias, wzp, x.q.zero_point,
                                                stride=stride, padding=pad, sim_quantizer=sim_q, **epi)
-            elif m.groups == m.in_channels == m.out_channels:
-                mod = L.Int8DepthwiseConv2d(kernels.depthwise_weight_to_hwc(w8), bias_q, wzp, x.q.zero_point,
+            elif p.kind == "depthwise":
+                mod = L.Int8DepthwiseConv2d(kernels.depthwise_weight_to_hwc(w8), rq.bias, wzp, x.q.zero_point,
                                             stride=stride, padding=pad, sim_quantizer=sim_q, **epi)
             else:
                 raise self.err(node, f"a grouped convolution (groups={m.groups}, {m.in_channels} -> "
@@ -441,7 +449,7 @@ class _Converter:
         else:
             if x.rank != 2:
                 raise self.err(node, f"a linear layer on a rank-{x.rank} tensor (only [B, K] inputs are supported)")
-            mod = L.Int8Linear(w8, bias_q, wzp, x.q.zero_point, sim_quantizer=sim_q, **epi)
+            mod = L.Int8Linear(w8, rq.bias, wzp, x.q.zero_point, sim_quantizer=sim_q, **epi)
             rank = 2
         out = self.step(node.name, mod, x.node)
         if qp is not None:
@@ -451,25 +459,25 @@ class _Converter:
         self.finish(node, act, fq, tail, v)
 
     def add(self, node: fx.Node) -> None:
+        p: AddPlan = self.step_plan(node, AddPlan)
         ins = ops.tensor_inputs(node)
         a = self.int8_input(node, ins[0])
         b = self.int8_input(node, ins[1])
-        assert a.q is not None and b.q is not None
+        assert a.q is not None and b.q is not None and a.q.grid == p.a and b.q.grid == p.b
         sa, sb = ops.tensor_shape(ins[0]), ops.tensor_shape(ins[1])
         if sa != sb:
             raise self.err(node, f"an add of tensors of different shapes {sa} and {sb} (broadcasting)")
-        act, fq, tail = self.follow(node)
-        shape = ops.tensor_shape(node) or ()
-        channels = shape[1] if len(shape) >= 2 else 1
+        act, fq, tail = p.act, p.quantizer, p.tail
         if fq is None:
             out = self.step(node.name, L.FloatAdd(a.q.scale, a.q.zero_point, b.q.scale, b.q.zero_point),
                             a.node, b.node)
-            v = _Val(self.float_act(act, out, channels), "float", rank=a.rank)
+            v = _Val(self.float_act(act, out, p.channels), "float", rank=a.rank)
             self.finish(node, act, fq, tail, v)
             return
         qp = self.out_quantizer(fq)
-        rq = requant.add_requant(a.q.grid, b.q.grid, qp.grid, self.act_module(act, channels), channels)
-        ia, ib, mult = rq.ia, rq.ib, rq.multiplier
+        self.act_module(act, p.channels)  # raises for an activation that cannot be fused
+        rq = p.requant
+        assert rq is not None
         lo, hi = rq.lo - qp.offset, rq.hi - qp.offset
         clamp_lo = clamp_hi = None
         if lo.numel() > 1 and (bool((lo != lo[0]).any()) or bool((hi != hi[0]).any())):
@@ -477,8 +485,8 @@ class _Converter:
             lo_s, hi_s = qp.lo, qp.hi
         else:
             lo_s, hi_s = int(lo.reshape(-1)[0]), int(hi.reshape(-1)[0])
-        mod = L.Int8Add(a.q.zero_point, b.q.zero_point, ia, ib, mult, qp.zero_point, lo_s, hi_s, clamp_lo, clamp_hi,
-                        sim_quantizer=fq.name)
+        mod = L.Int8Add(a.q.zero_point, b.q.zero_point, rq.ia, rq.ib, rq.multiplier, qp.zero_point, lo_s, hi_s,
+                        clamp_lo, clamp_hi, sim_quantizer=fq.name)
         out = self.step(node.name, mod, a.node, b.node)
         self.finish(node, act, fq, tail, _Val(out, "int8", qp, rank=a.rank))
 
@@ -526,7 +534,8 @@ class _Converter:
         out = self.step(node.name, L.Int8MaxPool2d(ks, stride, (p[0], p[0], p[1], p[1])), x.node)
         self.env[node] = replace(x, node=out)
 
-    def avgpool(self, node: fx.Node, m: Optional[nn.Module]) -> None:
+    def avgpool(self, node: fx.Node) -> None:
+        p: AvgPoolPlan = self.step_plan(node, AvgPoolPlan)
         x = self.int8_input(node, node.args[0])
         assert x.q is not None
         shape_in = ops.tensor_shape(node.args[0])
@@ -536,20 +545,19 @@ class _Converter:
         problem = global_avgpool_problem(self.gm, node)
         if problem is not None:
             raise self.err(node, problem)
-        keepdim = len(shape_out) == 4
-        act, fq, tail = self.follow(node)
-        if act is not None:
-            raise self.err(act, "an activation after average pooling is not fused by the simulation")
-        if fq is None:
-            out = self.step(node.name, L.FloatAvgPool(x.q.scale, x.q.zero_point, keepdim), x.node)
-            self.finish(node, None, None, tail, _Val(out, "float", rank=len(shape_out)))
+        assert x.q.grid == p.x
+        if p.act is not None:
+            raise self.err(p.act, "an activation after average pooling is not fused by the simulation")
+        if p.quantizer is None:
+            out = self.step(node.name, L.FloatAvgPool(x.q.scale, x.q.zero_point, p.keepdim), x.node)
+            self.finish(node, None, None, p.tail, _Val(out, "float", rank=len(shape_out)))
             return
-        qp = self.out_quantizer(fq)
-        hw = int(shape_in[2] * shape_in[3])
-        mod = L.Int8AvgPool(x.q.zero_point, x.q.scale, qp.scale, hw, qp.zero_point, qp.lo, qp.hi, keepdim,
-                            sim_quantizer=fq.name)
+        qp = self.out_quantizer(p.quantizer)
+        assert p.y is not None
+        mod = L.Int8AvgPool(x.q.zero_point, p.x.scale, p.y.scale, p.hw, qp.zero_point, qp.lo, qp.hi, p.keepdim,
+                            sim_quantizer=p.quantizer.name)
         out = self.step(node.name, mod, x.node)
-        self.finish(node, None, fq, tail, _Val(out, "int8", qp, rank=len(shape_out)))
+        self.finish(node, None, p.quantizer, p.tail, _Val(out, "int8", qp, rank=len(shape_out)))
 
     def reshape(self, node: fx.Node) -> None:
         ins = ops.tensor_inputs(node)
@@ -725,14 +733,16 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto") -> Int8Network:
     if not any(isinstance(m, FakeQuant) for m in q.modules()):
         raise Int8ConversionError("the model has no activation quantizer (FakeQuant): quantize it with "
                                   "dfq_gpu.quantize(..., DFQConfig(act_bits=8)) first")
-    stale = stale_integer_steps(q)
+    with torch.inference_mode(False), torch.no_grad():
+        plan = build_plan(q)
+    stale = stale_integer_steps(q, plan)
     if stale:
         log.warning("the simulation's integer parameters of %s no longer match its quantizers, biases or activations "
                     "(changed after quantize?); the integer network follows those, so its outputs can differ from "
                     "the simulation's until dfq_gpu.quant.simulate.make_integer_exact(q) updates it",
                     ", ".join(stale))
     with torch.inference_mode(False), torch.no_grad():
-        net = _Converter(q, backend).run()
+        net = _Converter(q, backend, plan).run()
     n_steps = sum(1 for n in net.graph.nodes if n.op == "call_module")
     log.info("built an int8 network with %d steps", n_steps)
     out = Int8Network(net, backend)

@@ -1,6 +1,6 @@
 """The integer parameters of every requantization step: the one definition shared by the
 simulation (:func:`dfq_gpu.quant.simulate.make_integer_exact`) and the int8 converter
-(:func:`dfq_gpu.to_int8`).
+(:func:`dfq_gpu.to_int8`), both through the fusion plan (:func:`dfq_gpu.quant.plan.build_plan`).
 
 Every function here works on the quantizers' own integer grids: an activation quantizer maps
 the integers ``[qmin, qmax]`` with zero point ``z`` to ``(q - z) * scale``

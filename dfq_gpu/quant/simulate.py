@@ -16,8 +16,9 @@ network stores them.
 Integer arithmetic (:func:`make_integer_exact`, the last step of :func:`dfq_gpu.quantize`):
 every quantized layer, residual add and global average pool whose inputs and output are
 quantized is switched to the integer network's arithmetic (an exact integer accumulator and
-the requantization ``clamp(rne(float32(acc) * m) + z_y, lo, hi)``, parameters from
-:mod:`dfq_gpu.quant.requant`), so that the simulation and the network of
+the requantization ``clamp(rne(float32(acc) * m) + z_y, lo, hi)``; the steps, their fusion and
+their parameters from the fusion plan of :mod:`dfq_gpu.quant.plan`, which the int8 converter
+reads too), so that the simulation and the network of
 :func:`dfq_gpu.to_int8` compute the same integers: residual adds and average pools become
 :class:`~dfq_gpu.modules.QAdd` / :class:`~dfq_gpu.modules.QAvgPool` modules (the nodes keep
 their names), layers keep their module and compute through its integer path. The
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -46,9 +47,11 @@ from ..graph import ops
 from ..graph.stats import NodeStats
 from ..graph.trace import LAYER_TYPES, node_module
 from ..modules import QAdd, QAvgPool, QConv2d, QLinear
-from ..nn import ChannelClamp, FakeQuant
+from ..nn import FakeQuant
 from ..passes.base import Workspace
 from . import requant
+from .plan import (FUSABLE_ACTS, AddPlan, AvgPoolPlan, LayerPlan, StepPlan, build_plan, fused_output,
+                   global_avgpool_problem, input_quantizer, is_passthrough, module_users, source_quantizer)
 from .quantizer import act_qparams, quantize_weight, weight_qparams, weight_sqnr_db
 
 __all__ = ["quantize_weights", "insert_act_quantizers", "act_quant_points", "input_quantizer", "source_quantizer",
@@ -56,20 +59,6 @@ __all__ = ["quantize_weights", "insert_act_quantizers", "act_quant_points", "inp
            "finalize_integer_simulation", "is_passthrough", "iter_input_batches", "calibrate_ranges", "FUSABLE_ACTS"]
 
 log = logging.getLogger(__name__)
-
-FUSABLE_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, ChannelClamp)
-
-
-def is_passthrough(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Ops that move quantized values unchanged (no requantization in the integer network)."""
-    if ops.is_zero_pad(gm, node) or ops.is_spatial_pool(gm, node) == "max":
-        return True
-    if ops.is_channel_preserving_reshape(gm, node) or ops.is_flatten_reshape(gm, node):
-        return True
-    if node.op == "call_method" and node.target in ("view", "reshape", "flatten", "contiguous", "squeeze"):
-        return True
-    return node.op == "call_function" and node.target in (torch.flatten, torch.reshape, torch.squeeze)
-
 
 def _real_users(node: fx.Node) -> list[fx.Node]:
     return [u for u in node.users if not ops.is_shape_query(u)]
@@ -105,24 +94,6 @@ def _only_feeds_output(gm: fx.GraphModule, node: fx.Node) -> bool:
     if not is_passthrough(gm, node):
         return False
     return all(u.op == "output" or _only_feeds_output(gm, u) for u in _real_users(node))
-
-
-def input_quantizer(gm: fx.GraphModule, node: fx.Node) -> FakeQuant | None:
-    """The activation quantizer whose values ``node``'s first input carries (through passthroughs)."""
-    return source_quantizer(gm, node.args[0] if node.args else None)
-
-
-def source_quantizer(gm: fx.GraphModule, arg: Any) -> FakeQuant | None:
-    """The activation quantizer whose values ``arg`` carries (through passthroughs), else ``None``."""
-    cur = arg
-    while isinstance(cur, fx.Node):
-        m = node_module(gm, cur)
-        if isinstance(m, FakeQuant):
-            return m
-        if cur.op == "placeholder" or not is_passthrough(gm, cur):
-            return None
-        cur = cur.args[0]
-    return None
 
 
 @torch.no_grad()
@@ -290,98 +261,35 @@ def round_biases(ws: Workspace) -> None:
 # =============================================================================================
 # Integer arithmetic
 # =============================================================================================
-def fused_output(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node | None, fx.Node | None, fx.Node]:
-    """The fused activation and the output quantizer after ``node`` (each ``None`` if absent) and
-    the last node of that chain: ``node`` [-> its only user, a clamp activation] [-> its only
-    user, a ``FakeQuant``]. The integer network computes this chain as one step."""
-    act = fq = None
-    tail = node
-    users = list(node.users)
-    if len(users) == 1 and isinstance(node_module(gm, users[0]), FUSABLE_ACTS):
-        act = tail = users[0]
-        users = list(act.users)
-    if len(users) == 1 and isinstance(node_module(gm, users[0]), FakeQuant):
-        fq = tail = users[0]
-    return act, fq, tail
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    t = tuple(int(a) for a in v)
-    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
-
-
-def global_avgpool_problem(gm: fx.GraphModule, node: fx.Node) -> str | None:
-    """``None`` if the average pooling ``node`` is a global average pool (``[B, C, H, W] -> [B, C]``
-    or ``[B, C, 1, 1]``), else why not."""
-    shape_in = ops.tensor_shape(node.args[0]) if node.args else None
-    shape_out = ops.tensor_shape(node)
-    if shape_in is None or shape_out is None or len(shape_in) != 4:
-        return "average pooling of a tensor that is not 4-D"
-    if not (len(shape_out) in (2, 4) and shape_out[0] == shape_in[0] and shape_out[1] == shape_in[1]
-            and all(d == 1 for d in shape_out[2:])):
-        return f"average pooling from {shape_in} to {shape_out} (only global average pooling)"
-    m = node_module(gm, node)
-    if isinstance(m, nn.AvgPool2d):
-        kernel, padding, divisor = m.kernel_size, m.padding, m.divisor_override
-    elif node.op == "call_function" and getattr(node.target, "__name__", "") == "avg_pool2d":
-        kernel = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size")
-        padding = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding", 0)
-        divisor = node.args[6] if len(node.args) > 6 else node.kwargs.get("divisor_override")
-    else:
-        return None
-    if _pair(padding) != (0, 0) or _pair(kernel) != tuple(shape_in[2:]) or divisor is not None:
-        return "an average pooling window that does not cover the whole input"
-    return None
-
-
-_EXCEEDS_INT32 = "its accumulator could exceed int32"
-
-
-def _module_users(gm: fx.GraphModule) -> dict[str, int]:
-    count: dict[str, int] = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module":
-            count[str(n.target)] = count.get(str(n.target), 0) + 1
-    return count
-
-
-def _enabled_grid(fq: FakeQuant | None) -> requant.Grid | None:
-    return requant.Grid.of(fq) if fq is not None and fq.enabled else None
-
-
-def _layer_params(gm: fx.GraphModule, node: fx.Node, m: QConv2d | QLinear,
-                  shared: bool) -> tuple[str | None, dict[str, Any] | None]:
-    """``(None, keyword arguments of set_integer_path)``, or ``(why not, None)``."""
-    if shared:
-        return "its module is called by several nodes", None
-    if len(node.args) != 1 or node.kwargs:
-        return "a layer call with extra arguments", None
-    x = _enabled_grid(input_quantizer(gm, node))
-    if x is None:
-        return "its input is not quantized", None
-    act, fq, _ = fused_output(gm, node)
-    y = None
-    if fq is not None:
-        y = _enabled_grid(node_module(gm, fq))  # type: ignore[arg-type]
-        if y is None:
-            return "its output quantizer is disabled", None
-    n_out = m.weight.shape[0]
-    rq = requant.layer_requant(x, m.w_scale, m.bias, n_out, y, node_module(gm, act) if act is not None and
-                               y is not None else None)
-    wc = m.integer_weight() - m._bcast(m.w_zero_point)
-    bound = requant.layer_accumulator_bound(wc, x, rq.bias)
-    if bound > requant.INT32_MAX:
-        log.debug("%s: |accumulator| up to %d", node.name, bound)
-        return _EXCEEDS_INT32, None
+def _integer_path_kwargs(p: LayerPlan) -> dict[str, Any]:
+    """The keyword arguments of ``set_integer_path`` for a layer's plan (its ``requant`` set)."""
+    x, rq = p.x, p.requant
+    assert x is not None and rq is not None
     kw: dict[str, Any] = dict(x_scale=x.scale, x_min=x.qmin - x.zero_point, x_max=x.qmax - x.zero_point, bias=rq.bias)
     if rq.float_scale is not None:
         kw.update(float_scale=rq.float_scale)
     else:
-        assert y is not None
-        kw.update(multiplier=rq.multiplier, y_scale=y.scale, y_zero_point=y.zero_point, lo=rq.lo, hi=rq.hi)
-    return None, kw
+        assert p.y is not None
+        kw.update(multiplier=rq.multiplier, y_scale=p.y.scale, y_zero_point=p.y.zero_point, lo=rq.lo, hi=rq.hi)
+    return kw
+
+
+def _add_module(p: AddPlan) -> QAdd:
+    """The :class:`QAdd` computing an add's plan (no ``float_reason``)."""
+    a, b, y, rq = p.a, p.b, p.y, p.requant
+    assert a is not None and b is not None and y is not None and rq is not None
+    return QAdd(a.scale, b.scale, rq.ia, rq.ib, rq.multiplier, y.scale, y.zero_point, rq.lo, rq.hi,
+                (a.qmin - a.zero_point, a.qmax - a.zero_point), (b.qmin - b.zero_point, b.qmax - b.zero_point))
+
+
+def _avgpool_module(p: AvgPoolPlan) -> QAvgPool:
+    """The :class:`QAvgPool` computing an average pool's plan (no ``float_reason``)."""
+    x, y = p.x, p.y
+    assert x is not None
+    x_range = (x.qmin - x.zero_point, x.qmax - x.zero_point)
+    if y is None:
+        return QAvgPool(x.scale, x_range, p.keepdim)
+    return QAvgPool(x.scale, x_range, p.keepdim, y.scale, y.zero_point, y.qmin, y.qmax)
 
 
 def _free_name(gm: fx.GraphModule, base: str) -> str:
@@ -416,62 +324,12 @@ def _to_function(gm: fx.GraphModule, node: fx.Node, fn: Any, args: tuple, kwargs
         gm.delete_submodule(target)
 
 
-def _add_module(gm: fx.GraphModule, node: fx.Node) -> tuple[str | None, QAdd | None]:
-    """``(None, the QAdd computing node)``, or ``(why not, None)``."""
-    ins = ops.tensor_inputs(node)
-    if len(ins) != 2:
-        return "an add without two tensor inputs", None
-    shape = ops.tensor_shape(node)
-    if ops.tensor_shape(ins[0]) != ops.tensor_shape(ins[1]) or shape is None:
-        return "an add of tensors of different shapes (broadcasting)", None
-    a, b = _enabled_grid(source_quantizer(gm, ins[0])), _enabled_grid(source_quantizer(gm, ins[1]))
-    if a is None or b is None:
-        return "an operand is not quantized", None
-    act, fq, _ = fused_output(gm, node)
-    if fq is None:  # the int8 network adds the two dequantized tensors in float32, as the simulation does
-        return "its result is the float network output", None
-    y = _enabled_grid(node_module(gm, fq))  # type: ignore[arg-type]
-    if y is None:
-        return "its output quantizer is disabled", None
-    channels = shape[1] if len(shape) >= 2 else 1
-    rq = requant.add_requant(a, b, y, node_module(gm, act) if act is not None else None, channels)
-    mod = QAdd(a.scale, b.scale, rq.ia, rq.ib, rq.multiplier, y.scale, y.zero_point, rq.lo, rq.hi,
-               (a.qmin - a.zero_point, a.qmax - a.zero_point), (b.qmin - b.zero_point, b.qmax - b.zero_point))
-    if mod.acc_bound > requant.INT32_MAX:
-        log.debug("%s: |accumulator| up to %d", node.name, mod.acc_bound)
-        return _EXCEEDS_INT32, None
-    return None, mod
-
-
-def _avgpool_module(gm: fx.GraphModule, node: fx.Node) -> tuple[str | None, QAvgPool | None]:
-    """``(None, the QAvgPool computing node)``, or ``(why not, None)``."""
-    problem = global_avgpool_problem(gm, node)
-    if problem is not None:
-        return problem, None
-    x = _enabled_grid(source_quantizer(gm, node.args[0]))
-    if x is None:
-        return "its input is not quantized", None
-    act, fq, _ = fused_output(gm, node)
-    if act is not None:
-        return "an activation after average pooling", None
-    keepdim = len(ops.tensor_shape(node) or ()) == 4
-    x_range = (x.qmin - x.zero_point, x.qmax - x.zero_point)
-    shape_in = ops.tensor_shape(node.args[0]) or (1, 1, 1, 1)
-    if shape_in[2] * shape_in[3] * x.max_abs > requant.INT32_MAX:
-        return _EXCEEDS_INT32, None
-    if fq is None:
-        return None, QAvgPool(x.scale, x_range, keepdim)
-    y = _enabled_grid(node_module(gm, fq))  # type: ignore[arg-type]
-    if y is None:
-        return "its output quantizer is disabled", None
-    return None, QAvgPool(x.scale, x_range, keepdim, y.scale, y.zero_point, y.qmin, y.qmax)
-
-
 @torch.no_grad()
 def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
     """Switch the simulation to the integer network's arithmetic wherever it applies (module
-    docstring). Run it again after changing quantizers, biases or activations of a quantized
-    network (:func:`stale_integer_steps` finds steps whose parameters no longer match).
+    docstring), as the fusion plan (:func:`dfq_gpu.quant.plan.build_plan`) decides. Run it
+    again after changing quantizers, biases or activations of a quantized network
+    (:func:`stale_integer_steps` finds steps whose parameters no longer match).
 
     Returns ``{"layers": n, "adds": n, "pools": n, "float": {node name: reason}}``: how many
     layers, adds and average pools compute in integers, and the nodes of those kinds that keep
@@ -479,34 +337,32 @@ def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
     """
     done = {"layers": 0, "adds": 0, "pools": 0}
     left: dict[str, str] = {}
-    users = _module_users(gm)
-    for node in list(gm.graph.nodes):
+    users = module_users(gm)
+    for p in build_plan(gm).values():
+        node = p.node
         m = node_module(gm, node)
-        shared = users.get(str(node.target), 0) > 1
+        why = p.float_reason
         try:
-            if isinstance(m, (QConv2d, QLinear)):
+            if isinstance(p, LayerPlan):
                 kind = "layers"
+                assert isinstance(m, (QConv2d, QLinear))
                 m.clear_integer_path()
-                why, kw = _layer_params(gm, node, m, shared)
-                if kw is not None:
-                    m.set_integer_path(**kw)
-            elif isinstance(m, QAdd) or ops.is_add(node):
+                if why is None:
+                    m.set_integer_path(**_integer_path_kwargs(p))
+            elif isinstance(p, AddPlan):
                 kind = "adds"
-                why, add = _add_module(gm, node)
-                if add is not None:
-                    _retarget(gm, node, add, tuple(ops.tensor_inputs(node)), shared=not isinstance(m, QAdd))
+                if why is None:
+                    _retarget(gm, node, _add_module(p), tuple(ops.tensor_inputs(node)),
+                              shared=not isinstance(m, QAdd))
                 elif isinstance(m, QAdd):  # back to the float add
                     _to_function(gm, node, operator.add, tuple(node.args), {})
-            elif isinstance(m, QAvgPool) or ops.is_spatial_pool(gm, node) == "avg":
+            else:
                 kind = "pools"
-                why, pool = _avgpool_module(gm, node)
-                if pool is not None:
-                    _retarget(gm, node, pool, (node.args[0],), shared)
+                if why is None:
+                    _retarget(gm, node, _avgpool_module(p), (node.args[0],), users.get(str(node.target), 0) > 1)
                 elif isinstance(m, QAvgPool):  # back to the float average
                     _to_function(gm, node, torch.mean, (node.args[0], (2, 3)), {"keepdim": m.keepdim})
-            else:
-                continue
-        except ValueError as exc:  # e.g. an activation that cannot be fused
+        except ValueError as exc:  # e.g. an integer bias of the wrong size
             kind, why = "", str(exc)
         if why is None:
             done[kind] += 1
@@ -519,29 +375,23 @@ def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def stale_integer_steps(gm: fx.GraphModule) -> list[str]:
+def stale_integer_steps(gm: fx.GraphModule, plan: Optional[dict[str, StepPlan]] = None) -> list[str]:
     """The nodes computing in integers whose parameters differ from what their quantizers,
-    biases and activations give now (the network was changed after :func:`make_integer_exact`)."""
+    biases and activations give now (the network was changed after :func:`make_integer_exact`).
+    ``plan``: the graph's plan (:func:`dfq_gpu.quant.plan.build_plan`) if already built."""
     stale: list[str] = []
-    users = _module_users(gm)
-    for node in gm.graph.nodes:
-        m = node_module(gm, node)
-        try:
-            if isinstance(m, (QConv2d, QLinear)) and m.integer_output is not None:
-                _, kw = _layer_params(gm, node, m, users.get(str(node.target), 0) > 1)
-                fresh = kw is not None and m.integer_state() == type(m).integer_state_of(**kw)
-            elif isinstance(m, QAdd):
-                _, add = _add_module(gm, node)
-                fresh = add is not None and add.state() == m.state()
-            elif isinstance(m, QAvgPool):
-                _, pool = _avgpool_module(gm, node)
-                fresh = pool is not None and pool.state() == m.state()
-            else:
-                continue
-        except ValueError:
-            fresh = False
+    for p in (build_plan(gm) if plan is None else plan).values():
+        m = node_module(gm, p.node)
+        if isinstance(p, LayerPlan) and isinstance(m, (QConv2d, QLinear)) and m.integer_output is not None:
+            fresh = p.float_reason is None and m.integer_state() == type(m).integer_state_of(**_integer_path_kwargs(p))
+        elif isinstance(p, AddPlan) and isinstance(m, QAdd):
+            fresh = p.float_reason is None and _add_module(p).state() == m.state()
+        elif isinstance(p, AvgPoolPlan) and isinstance(m, QAvgPool):
+            fresh = p.float_reason is None and _avgpool_module(p).state() == m.state()
+        else:
+            continue
         if not fresh:
-            stale.append(node.name)
+            stale.append(p.name)
     return stale
 
 

@@ -1,0 +1,318 @@
+"""The fusion plan: one walk over a quantized graph that decides, for every int8 step, what fuses
+with what and with which integer parameters (:mod:`dfq_gpu.quant.requant`).
+
+A step is a quantized layer, a residual add or a global average pool, followed by its fused
+clamp activation and its output quantizer (:func:`fused_output`). :func:`build_plan` returns one
+typed plan per such node (:class:`LayerPlan`, :class:`AddPlan`, :class:`AvgPoolPlan`), keyed by
+the node's name, in graph order. Both executors of the integer contract read it:
+
+* the simulation (:func:`dfq_gpu.quant.simulate.make_integer_exact`) switches a step to integer
+  arithmetic when its ``float_reason`` is ``None`` and keeps the float simulation otherwise;
+* the int8 converter (:func:`dfq_gpu.to_int8`) builds its kernel steps from the same
+  parameters, and raises its own errors for what it cannot run (it does not look at
+  ``float_reason``: e.g. a layer whose module is called twice is converted twice, an
+  accumulator bound above int32 is the kernels' concern).
+
+Plans hold the quantizers' own grids (:class:`~dfq_gpu.quant.requant.Grid`); the int8 storage
+offset (``-128`` for asymmetric grids) is the converter's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ..graph import ops
+from ..graph.trace import node_module
+from ..modules import QAdd, QAvgPool, QConv2d, QLinear
+from ..nn import ChannelClamp, FakeQuant
+from . import requant
+from .requant import Grid
+
+__all__ = ["FUSABLE_ACTS", "LayerPlan", "AddPlan", "AvgPoolPlan", "StepPlan", "build_plan", "is_passthrough",
+           "input_quantizer", "source_quantizer", "fused_output", "global_avgpool_problem", "module_users",
+           "EXCEEDS_INT32"]
+
+FUSABLE_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, ChannelClamp)
+
+EXCEEDS_INT32 = "its accumulator could exceed int32"
+
+
+# =============================================================================================
+# Graph vocabulary of the integer network
+# =============================================================================================
+def is_passthrough(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Ops that move quantized values unchanged (no requantization in the integer network)."""
+    if ops.is_zero_pad(gm, node) or ops.is_spatial_pool(gm, node) == "max":
+        return True
+    if ops.is_channel_preserving_reshape(gm, node) or ops.is_flatten_reshape(gm, node):
+        return True
+    if node.op == "call_method" and node.target in ("view", "reshape", "flatten", "contiguous", "squeeze"):
+        return True
+    return node.op == "call_function" and node.target in (torch.flatten, torch.reshape, torch.squeeze)
+
+
+def input_quantizer(gm: fx.GraphModule, node: fx.Node) -> FakeQuant | None:
+    """The activation quantizer whose values ``node``'s first input carries (through passthroughs)."""
+    return source_quantizer(gm, node.args[0] if node.args else None)
+
+
+def source_quantizer(gm: fx.GraphModule, arg: Any) -> FakeQuant | None:
+    """The activation quantizer whose values ``arg`` carries (through passthroughs), else ``None``."""
+    cur = arg
+    while isinstance(cur, fx.Node):
+        m = node_module(gm, cur)
+        if isinstance(m, FakeQuant):
+            return m
+        if cur.op == "placeholder" or not is_passthrough(gm, cur):
+            return None
+        cur = cur.args[0]
+    return None
+
+
+def fused_output(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node | None, fx.Node | None, fx.Node]:
+    """The fused activation and the output quantizer after ``node`` (each ``None`` if absent) and
+    the last node of that chain: ``node`` [-> its only user, a clamp activation] [-> its only
+    user, a ``FakeQuant``]. The integer network computes this chain as one step."""
+    act = fq = None
+    tail = node
+    users = list(node.users)
+    if len(users) == 1 and isinstance(node_module(gm, users[0]), FUSABLE_ACTS):
+        act = tail = users[0]
+        users = list(act.users)
+    if len(users) == 1 and isinstance(node_module(gm, users[0]), FakeQuant):
+        fq = tail = users[0]
+    return act, fq, tail
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    t = tuple(int(a) for a in v)
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+
+
+def global_avgpool_problem(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """``None`` if the average pooling ``node`` is a global average pool (``[B, C, H, W] -> [B, C]``
+    or ``[B, C, 1, 1]``), else why not."""
+    shape_in = ops.tensor_shape(node.args[0]) if node.args else None
+    shape_out = ops.tensor_shape(node)
+    if shape_in is None or shape_out is None or len(shape_in) != 4:
+        return "average pooling of a tensor that is not 4-D"
+    if not (len(shape_out) in (2, 4) and shape_out[0] == shape_in[0] and shape_out[1] == shape_in[1]
+            and all(d == 1 for d in shape_out[2:])):
+        return f"average pooling from {shape_in} to {shape_out} (only global average pooling)"
+    m = node_module(gm, node)
+    if isinstance(m, nn.AvgPool2d):
+        kernel, padding, divisor = m.kernel_size, m.padding, m.divisor_override
+    elif node.op == "call_function" and getattr(node.target, "__name__", "") == "avg_pool2d":
+        kernel = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size")
+        padding = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding", 0)
+        divisor = node.args[6] if len(node.args) > 6 else node.kwargs.get("divisor_override")
+    else:
+        return None
+    if _pair(padding) != (0, 0) or _pair(kernel) != tuple(shape_in[2:]) or divisor is not None:
+        return "an average pooling window that does not cover the whole input"
+    return None
+
+
+# =============================================================================================
+# The plans
+# =============================================================================================
+@dataclass(frozen=True)
+class _Fusion:
+    """What one int8 step covers in the graph.
+
+    ``node``: the layer / add / pool node; ``act``: the fused clamp activation node after it
+    (``None`` if absent); ``quantizer``: the output ``FakeQuant`` node (``None``: the step's result
+    is a float tensor, the network output); ``tail``: the last of these nodes, whose value the
+    step produces. ``float_reason``: why the simulation keeps this step in float (``None``: it
+    computes in integers); the int8 converter makes its own checks instead.
+    """
+
+    node: fx.Node
+    act: Optional[fx.Node]
+    quantizer: Optional[fx.Node]
+    tail: fx.Node
+    float_reason: Optional[str]
+
+    @property
+    def name(self) -> str:
+        """The step's node name (the simulation's and the int8 network's)."""
+        return self.node.name
+
+
+@dataclass(frozen=True)
+class LayerPlan(_Fusion):
+    """A quantized convolution or linear layer (+ fused clamp) (+ output quantizer).
+
+    ``kind``: ``"conv"`` (groups 1), ``"depthwise"`` (groups = in = out channels), ``"grouped"``
+    (any other grouping: no int8 kernel) or ``"linear"``. ``weight``: the integer weights (int64,
+    PyTorch layout, on the weight grid); ``w_zero_point``: int64 ``[1|N]``; ``n_out``: ``N``.
+    ``x``/``y``: the input / output quantizers' grids (``None``: not quantized, or disabled).
+    ``requant``: the integer parameters (bias, multiplier and bounds with the activation fused,
+    or the float output scale), ``None`` when they do not exist (input not quantized, output
+    quantizer disabled, an activation that cannot be fused). ``acc_bound``: the largest
+    ``|acc|`` over all inputs (``None`` without ``requant``).
+    """
+
+    kind: str
+    weight: torch.Tensor
+    w_zero_point: torch.Tensor
+    n_out: int
+    x: Optional[Grid]
+    y: Optional[Grid]
+    requant: Optional[requant.LayerRequant]
+    acc_bound: Optional[int]
+
+
+@dataclass(frozen=True)
+class AddPlan(_Fusion):
+    """A residual add of two quantized tensors (+ fused clamp) (+ output quantizer).
+
+    ``a``/``b``/``y``: the grids of the operands and of the output quantizer (``None``: not
+    quantized or disabled). ``channels``: the size of dimension 1 (per-channel clamp bounds).
+    ``requant``: the multipliers ``ia``, ``ib``, ``m`` and the bounds on ``y``, ``None`` when
+    they do not exist (an operand or the output not quantized, an activation that cannot be
+    fused). ``acc_bound``: the largest ``|(a - z_a) ia + (b - z_b) ib|`` (``None`` without
+    ``requant``).
+    """
+
+    a: Optional[Grid]
+    b: Optional[Grid]
+    y: Optional[Grid]
+    channels: int
+    requant: Optional[requant.AddRequant]
+    acc_bound: Optional[int]
+
+
+@dataclass(frozen=True)
+class AvgPoolPlan(_Fusion):
+    """A global average pool of a quantized tensor (+ output quantizer; no activation fuses).
+
+    ``x``/``y``: input and output grids (``y`` ``None``: a float output, or a disabled quantizer);
+    ``hw``: the number of pooled positions ``H W``; ``keepdim``: the output is ``[B, C, 1, 1]``
+    rather than ``[B, C]``. The executors take the multiplier ``float32((s_x / s_y) / (H W))``
+    (:func:`~dfq_gpu.quant.requant.avgpool_multiplier`), or the float output's scale, from these
+    grids and the ``H W`` of the tensor they pool.
+    """
+
+    x: Optional[Grid]
+    y: Optional[Grid]
+    hw: int
+    keepdim: bool
+
+
+StepPlan = Union[LayerPlan, AddPlan, AvgPoolPlan]
+
+
+def _enabled_grid(fq: Any) -> Optional[Grid]:
+    return Grid.of(fq) if isinstance(fq, FakeQuant) and fq.enabled else None
+
+
+def module_users(gm: fx.GraphModule) -> dict[str, int]:
+    """How many nodes call each module (by its path)."""
+    count: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            count[str(n.target)] = count.get(str(n.target), 0) + 1
+    return count
+
+
+def _first(*reasons: Optional[str]) -> Optional[str]:
+    return next((r for r in reasons if r is not None), None)
+
+
+def _layer_plan(gm: fx.GraphModule, node: fx.Node, m: QConv2d | QLinear, shared: bool) -> LayerPlan:
+    act, fq, tail = fused_output(gm, node)
+    if isinstance(m, QConv2d):
+        kind = "conv" if m.groups == 1 else "depthwise" if m.groups == m.in_channels == m.out_channels else "grouped"
+    else:
+        kind = "linear"
+    n_out = int(m.weight.shape[0])
+    weight = m.integer_weight()
+    wzp = m.w_zero_point.detach().to(torch.int64).cpu().reshape(-1)
+    x = _enabled_grid(input_quantizer(gm, node))
+    y = _enabled_grid(node_module(gm, fq)) if fq is not None else None
+    why = _first("its module is called by several nodes" if shared else None,
+                 "a layer call with extra arguments" if len(node.args) != 1 or node.kwargs else None,
+                 "its input is not quantized" if x is None else None,
+                 "its output quantizer is disabled" if fq is not None and y is None else None)
+    rq = bound = None
+    if x is not None and (fq is None or y is not None):
+        try:
+            rq = requant.layer_requant(x, m.w_scale, m.bias, n_out, y,
+                                       node_module(gm, act) if act is not None and y is not None else None)
+        except ValueError as exc:  # an activation that cannot be fused
+            why = _first(why, str(exc))
+        else:
+            bound = requant.layer_accumulator_bound(weight - m._bcast(m.w_zero_point), x, rq.bias)
+            why = _first(why, EXCEEDS_INT32 if bound > requant.INT32_MAX else None)
+    return LayerPlan(node, act, fq, tail, why, kind, weight, wzp, n_out, x, y, rq, bound)
+
+
+def _add_plan(gm: fx.GraphModule, node: fx.Node) -> AddPlan:
+    act, fq, tail = fused_output(gm, node)
+    ins = ops.tensor_inputs(node)
+    shape = ops.tensor_shape(node)
+    channels = shape[1] if shape is not None and len(shape) >= 2 else 1
+    a = _enabled_grid(source_quantizer(gm, ins[0])) if len(ins) == 2 else None
+    b = _enabled_grid(source_quantizer(gm, ins[1])) if len(ins) == 2 else None
+    y = _enabled_grid(node_module(gm, fq)) if fq is not None else None
+    why = _first("an add without two tensor inputs" if len(ins) != 2 else None,
+                 "an add of tensors of different shapes (broadcasting)" if len(ins) == 2 and
+                 (ops.tensor_shape(ins[0]) != ops.tensor_shape(ins[1]) or shape is None) else None,
+                 "an operand is not quantized" if a is None or b is None else None,
+                 # the int8 network adds the two dequantized tensors in float32, as the simulation does
+                 "its result is the float network output" if fq is None else None,
+                 "its output quantizer is disabled" if y is None else None)
+    rq = bound = None
+    if a is not None and b is not None and y is not None:
+        try:
+            rq = requant.add_requant(a, b, y, node_module(gm, act) if act is not None else None, channels)
+        except ValueError as exc:  # an activation that cannot be fused
+            why = _first(why, str(exc))
+        else:
+            bound = (max(abs(a.qmin - a.zero_point), abs(a.qmax - a.zero_point)) * abs(rq.ia)
+                     + max(abs(b.qmin - b.zero_point), abs(b.qmax - b.zero_point)) * abs(rq.ib))
+            why = _first(why, EXCEEDS_INT32 if bound > requant.INT32_MAX else None)
+    return AddPlan(node, act, fq, tail, why, a, b, y, channels, rq, bound)
+
+
+def _avgpool_plan(gm: fx.GraphModule, node: fx.Node) -> AvgPoolPlan:
+    act, fq, tail = fused_output(gm, node)
+    problem = global_avgpool_problem(gm, node)
+    x = _enabled_grid(source_quantizer(gm, node.args[0])) if node.args else None
+    y = _enabled_grid(node_module(gm, fq)) if fq is not None else None
+    shape_in = (ops.tensor_shape(node.args[0]) if node.args else None) or (1, 1, 1, 1)
+    hw = int(shape_in[2] * shape_in[3]) if len(shape_in) == 4 else 1
+    keepdim = len(ops.tensor_shape(node) or ()) == 4
+    why = _first(problem,
+                 "its input is not quantized" if x is None else None,
+                 "an activation after average pooling" if act is not None else None,
+                 EXCEEDS_INT32 if x is not None and hw * x.max_abs > requant.INT32_MAX else None,
+                 "its output quantizer is disabled" if fq is not None and y is None else None)
+    return AvgPoolPlan(node, act, fq, tail, why, x, y, hw, keepdim)
+
+
+@torch.no_grad()
+def build_plan(gm: fx.GraphModule) -> dict[str, StepPlan]:
+    """The plan of every int8 step of the quantized graph ``gm``, by node name, in graph order:
+    a :class:`LayerPlan` for each ``QConv2d`` / ``QLinear`` node, an :class:`AddPlan` for each
+    residual add (``QAdd`` or a tensor add), an :class:`AvgPoolPlan` for each average pool
+    (``QAvgPool`` or a float average pooling)."""
+    users = module_users(gm)
+    plan: dict[str, StepPlan] = {}
+    for node in gm.graph.nodes:
+        m = node_module(gm, node)
+        if isinstance(m, (QConv2d, QLinear)):
+            plan[node.name] = _layer_plan(gm, node, m, users.get(str(node.target), 0) > 1)
+        elif isinstance(m, QAdd) or ops.is_add(node):
+            plan[node.name] = _add_plan(gm, node)
+        elif isinstance(m, QAvgPool) or ops.is_spatial_pool(gm, node) == "avg":
+            plan[node.name] = _avgpool_plan(gm, node)
+    return plan
