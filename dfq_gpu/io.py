@@ -33,7 +33,8 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from ._version import __version__
 from .config import DFQConfig
-from .modules import QAdd, QAvgPool, QConv2d, QLinear
+from .layers import layer_type
+from .modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool
 from .nn import ChannelClamp, FakeQuant
 from .report import LayerRecord, RegionRecord, Report
 
@@ -51,8 +52,8 @@ _NN_TYPES: dict[str, type[nn.Module]] = {
         nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Softmax,
     )
 }
-_OWN_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in (QConv2d, QLinear, ChannelClamp, FakeQuant, QAdd,
-                                                                    QAvgPool)}
+_OWN_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in (*QUANTIZED_LAYER_TYPES, ChannelClamp, FakeQuant,
+                                                                    QAdd, QAvgPool)}
 _FUNCTION_MODULES = ("torch", "operator", "_operator", "math")
 
 
@@ -146,10 +147,8 @@ def _module_spec(name: str, m: nn.Module) -> dict[str, Any]:
                         f"are {', '.join(sorted(_NN_TYPES) + sorted(_OWN_TYPES))}")
     init: dict[str, Any] = {}
     cls = type(m)
-    if cls in (QConv2d,):
-        cls = nn.Conv2d
-    if cls in (QLinear,):
-        cls = nn.Linear
+    if cls in QUANTIZED_LAYER_TYPES:  # described by the float layer's constructor (dfq_gpu.layers)
+        cls = layer_type(m).module_class
     if tname == "ChannelClamp":
         init = {"channels": m.channels}
     elif tname == "FakeQuant":
@@ -174,7 +173,7 @@ def _module_spec(name: str, m: nn.Module) -> dict[str, Any]:
                     continue
                 init[p] = _encode(val)
     extra: dict[str, Any] = {}
-    if tname in ("QConv2d", "QLinear"):
+    if type(m) in QUANTIZED_LAYER_TYPES:
         extra = {"w_bits": m.w_bits, "w_symmetric": m.w_symmetric, "integer_path": m.integer_path_spec()}
     return {"type": tname, "kind": kind, "init": init, "extra": extra, "training": m.training}
 
@@ -189,7 +188,7 @@ def _build_module(name: str, spec: dict[str, Any]) -> nn.Module:
         fq = FakeQuant(init["scale"], init["zero_point"], init["bits"], init["symmetric"], init.get("source", ""))
         fq.enabled = bool(init.get("enabled", True))
         return fq
-    if tname in ("QConv2d", "QLinear"):
+    if _OWN_TYPES.get(tname) in QUANTIZED_LAYER_TYPES:
         q = _OWN_TYPES[tname](**init)
         q._init_quant(torch.ones(1), torch.zeros(1), spec["extra"]["w_bits"], spec["extra"]["w_symmetric"])
         if spec["extra"].get("integer_path"):
@@ -231,6 +230,7 @@ def _report_from_dict(d: dict[str, Any]) -> Report:
         rd["srcs"], rd["sinks"] = tuple(rd["srcs"]), tuple(rd["sinks"])
         r.regions.append(RegionRecord(**rd))
     r.skipped = [(s["what"], s["why"]) for s in d.get("skipped", [])]
+    r.sensitivity, r.fallback = d.get("sensitivity"), d.get("fallback")
     return r
 
 

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from .nn import ChannelClamp, FakeQuant, fake_quant_tensor
 from .quant.requant import avgpool_float_scale, avgpool_multiplier
 
-__all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool", "fake_quant_tensor"]
+__all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool", "fake_quant_tensor",
+           "QUANTIZED_LAYERS", "QUANTIZED_LAYER_TYPES"]
 
 
 #: float32 holds every integer of magnitude up to 2^24 exactly.
@@ -410,6 +411,13 @@ class QLinear(_QuantLayerMixin, nn.Linear):
 
     def _channel_dim(self, y: torch.Tensor) -> int:
         return y.dim() - 1
+
+
+# The quantized module that replaces a layer, by the layer's kind (dfq_gpu.layers.LayerType.kind).
+QUANTIZED_LAYERS: dict[str, type[nn.Module]] = {"conv": QConv2d, "depthwise": QConv2d, "grouped": QConv2d,
+                                                "linear": QLinear}
+# Every class of QUANTIZED_LAYERS (an isinstance test for "a quantized layer").
+QUANTIZED_LAYER_TYPES: tuple[type[nn.Module], ...] = (QConv2d, QLinear)
 
 
 def _bounds_view(v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from .passes.equalize import equalize
 from .passes.relu6 import handle_relu6
 from .quant.bias_correction import analytic_bias_correction, empirical_bias_correction
 from .graph.trace import node_module
-from .modules import QConv2d, QLinear
+from .modules import QUANTIZED_LAYER_TYPES
 from .nn import FakeQuant
 from .quant.simulate import (act_quant_points, calibrate_ranges, finalize_integer_simulation, input_quantizer,
                              insert_act_quantizers, quantize_weights, round_biases)
@@ -181,7 +181,7 @@ def _record(s: State) -> None:
     gm = s.ws.gm
     for node in gm.graph.nodes:
         m = node_module(gm, node)
-        rec = s.ws.report.layers.get(str(node.target)) if isinstance(m, (QConv2d, QLinear)) else None
+        rec = s.ws.report.layers.get(str(node.target)) if isinstance(m, QUANTIZED_LAYER_TYPES) else None
         if rec is None:
             continue
         fq = input_quantizer(gm, node)

@@ -5,6 +5,7 @@ imported): every ``import`` statement counts, at module level or inside a functi
 imports resolved. The layers, from the bottom::
 
     errors, formulas, nn        no import of the package (formulas: numpy, scipy; nn: torch, numpy)
+    layers                      the layer registry (torch, numpy; may use the three above)
     graph/                      tracing, node vocabulary, regions, statistics
     passes/                     the FP32 transformations (passes/base.py: Workspace and helpers)
     quant/, modules.py          quantization; may use passes/base.py, never the reverse
@@ -157,7 +158,8 @@ def test_no_import_cycle():
 def test_graph_imports_nothing_above_it():
     mods = [m for m in SOURCES if _in(m, "dfq_gpu.graph")]
     assert mods
-    bad = _violations(mods, lambda t: _in(t, "dfq_gpu.graph", "dfq_gpu.nn", "dfq_gpu.errors", "dfq_gpu.formulas"))
+    bad = _violations(mods, lambda t: _in(t, "dfq_gpu.graph", "dfq_gpu.nn", "dfq_gpu.errors", "dfq_gpu.formulas",
+                                                    "dfq_gpu.layers"))
     assert not bad, f"graph/ imports from above it: {bad}"
 
 
@@ -168,6 +170,13 @@ def test_bottom_modules_import_no_package_module():
         assert not inner, f"{m} imports {sorted(inner)}"
         extra = external(m) - outside - STDLIB
         assert not extra, f"{m} imports {sorted(extra)}"
+
+
+def test_layer_registry_stays_at_the_bottom():
+    bad = _violations(["dfq_gpu.layers"], lambda t: _in(t, "dfq_gpu.nn", "dfq_gpu.errors", "dfq_gpu.formulas"))
+    assert not bad, f"dfq_gpu/layers.py imports from above the bottom modules: {bad}"
+    extra = external("dfq_gpu.layers") - {"torch", "numpy"} - STDLIB
+    assert not extra, f"dfq_gpu.layers imports {sorted(extra)}"
 
 
 def test_passes_never_import_quantization():

@@ -30,7 +30,8 @@ import torch.nn as nn
 
 from ..nn import ChannelClamp
 from . import ops
-from .trace import BN_TYPES, LAYER_TYPES, node_module
+from ..layers import is_layer_module, layer_type
+from .trace import BN_TYPES, node_module
 
 __all__ = ["BNPair", "Region", "SkippedRegion", "find_bn_pairs", "find_regions", "is_depthwise"]
 
@@ -69,7 +70,8 @@ class SkippedRegion:
 
 
 def is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+    lt = layer_type(m)
+    return lt is not None and lt.kind == "depthwise"
 
 
 def find_bn_pairs(gm: fx.GraphModule) -> tuple[list[BNPair], list[SkippedRegion]]:
@@ -82,7 +84,7 @@ def find_bn_pairs(gm: fx.GraphModule) -> tuple[list[BNPair], list[SkippedRegion]
             continue
         src = node.args[0] if node.args else None
         layer = node_module(gm, src) if isinstance(src, fx.Node) else None
-        if not isinstance(layer, LAYER_TYPES):
+        if not is_layer_module(layer):
             skipped.append(SkippedRegion(str(node.target), "batch norm not directly after a conv/linear layer; "
                                                            "left in place"))
             continue
@@ -145,7 +147,7 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
         n = queue.popleft()
         m = node_module(gm, n)
         # ---- the producer of tensor n
-        if isinstance(m, LAYER_TYPES):
+        if is_layer_module(m):
             srcs.append(str(n.target))
         elif _is_equivariant_unary(gm, n):
             acts.append(n.name)
@@ -174,7 +176,7 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
             um = node_module(gm, u)
             if u.op == "output":
                 raise _Fail("it reaches the network output")
-            if isinstance(um, LAYER_TYPES):
+            if is_layer_module(um):
                 if u.args[0] is not n:
                     raise _Fail(f"{u.target} uses it as a non-input argument")
                 sinks.append(str(u.target))
@@ -224,7 +226,7 @@ def find_regions(gm: fx.GraphModule, residuals: bool = True) -> tuple[list[Regio
     assigned: set[str] = set()
     for node in gm.graph.nodes:
         m = node_module(gm, node)
-        if not isinstance(m, LAYER_TYPES) or str(node.target) in assigned:
+        if not is_layer_module(m) or str(node.target) in assigned:
             continue
         try:
             region = _grow(gm, node, residuals)

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import formulas as fm
 from ..nn import ChannelClamp
 from . import ops
-from .trace import LAYER_TYPES, node_module
+from ..layers import is_layer_module, layer_type
+from .trace import node_module
 
 __all__ = ["ChannelStats", "NodeStats", "observe", "propagate", "node_stats", "layer_input_node"]
 
@@ -174,20 +174,13 @@ def _prelu(s: NodeStats, m: nn.PReLU) -> NodeStats:
 
 # ----------------------------------------------------------------------------- layers
 def _layer_moments(m: nn.Module, s: NodeStats) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of a layer's output given independent inputs with per-channel stats."""
+    """Mean and std of a layer's output given independent inputs with per-channel stats
+    (the per-type part: :attr:`dfq_gpu.layers.LayerType.moments`)."""
+    lt = layer_type(m)
+    assert lt is not None, type(m).__name__
     w = m.weight.detach().to(torch.float64).cpu()
     b = m.bias.detach().to(torch.float64).cpu() if m.bias is not None else None
-    mean = torch.from_numpy(s.mean)
-    var = torch.from_numpy(s.std**2)
-    if isinstance(m, nn.Linear):
-        mu = w @ mean + (b if b is not None else 0.0)
-        v = (w * w) @ var
-    else:
-        kh, kw = w.shape[2], w.shape[3]
-        xm = mean.view(1, -1, 1, 1).expand(1, -1, kh, kw)
-        xv = var.view(1, -1, 1, 1).expand(1, -1, kh, kw)
-        mu = F.conv2d(xm, w, b, groups=m.groups).view(-1)
-        v = F.conv2d(xv, w * w, None, groups=m.groups).view(-1)
+    mu, v = lt.moments(m, w, b, torch.from_numpy(s.mean), torch.from_numpy(s.std**2))
     return mu.numpy(), np.sqrt(np.maximum(v.numpy(), 0.0))
 
 
@@ -248,7 +241,7 @@ def _node_stats(gm, node, stats, bn_stats, observed, n, input_range) -> NodeStat
             return NodeStats(obs.mean, obs.std, np.full_like(obs.mean, input_range[0]),
                              np.full_like(obs.mean, input_range[1]), "input")
         return NodeStats(obs.mean, obs.std, obs.lo, obs.hi, "input")
-    if isinstance(m, LAYER_TYPES):
+    if is_layer_module(m):
         key = str(node.target)
         if key in bn_stats:
             bs = bn_stats[key]

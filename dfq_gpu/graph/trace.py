@@ -29,6 +29,7 @@ from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from ..errors import DFQError
+from ..layers import is_layer_module, layer_types
 from ..nn import ChannelClamp, FakeQuant
 
 __all__ = ["TraceFailure", "DFQTracer", "trace_model", "node_module", "is_layer", "describe", "LAYER_TYPES",
@@ -36,7 +37,8 @@ __all__ = ["TraceFailure", "DFQTracer", "trace_model", "node_module", "is_layer"
 
 log = logging.getLogger(__name__)
 
-LAYER_TYPES = (nn.Conv2d, nn.Linear)
+# the torch classes of the built-in entries of dfq_gpu.layers: (nn.Conv2d, nn.Linear)
+LAYER_TYPES = tuple(dict.fromkeys(e.module_class for e in reversed(layer_types())))
 BN_TYPES = (nn.BatchNorm2d, nn.BatchNorm1d)
 ACT_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
              nn.SiLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.ELU)
@@ -99,8 +101,9 @@ def node_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
 
 
 def is_layer(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """True for a ``call_module`` of ``nn.Conv2d`` or ``nn.Linear``."""
-    return isinstance(node_module(gm, node), LAYER_TYPES)
+    """True for a ``call_module`` of a registered layer type (:mod:`dfq_gpu.layers`:
+    ``nn.Conv2d``, ``nn.Linear``)."""
+    return is_layer_module(node_module(gm, node))
 
 
 def describe(gm: fx.GraphModule, node: fx.Node) -> str:

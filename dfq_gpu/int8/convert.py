@@ -88,8 +88,9 @@ import torch.nn.functional as F
 import kernels
 
 from ..graph import ops
-from ..graph.trace import LAYER_TYPES, node_module
-from ..modules import QAdd, QAvgPool, QConv2d, QLinear
+from ..graph.trace import node_module
+from ..layers import is_layer_module
+from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QConv2d, QLinear
 from ..nn import FakeQuant
 from ..quant import requant
 from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
@@ -103,6 +104,32 @@ __all__ = ["to_int8", "Int8ConversionError", "Int8Network"]
 log = logging.getLogger(__name__)
 
 INT8_MIN, INT8_MAX = -128, 127
+
+
+@dataclass(frozen=True)
+class LayerStep:
+    """How the converter builds the int8 step of one layer kind: ``method`` (of the converter,
+    called as ``method(node, m, plan, x, w8, w_zero_point, requant, sim_quantizer, epilogue)``,
+    returning the step and its output rank) and whether its input may keep a pending zero pad
+    (folded into the kernel's padding)."""
+
+    method: str
+    keep_pad: bool
+
+
+# The int8 step of each layer kind (dfq_gpu.layers.LayerType.kind); a grouped convolution that
+# is not depthwise has no kernel (conv_step says so).
+INT8_STEPS: dict[str, LayerStep] = {
+    "conv": LayerStep("conv_step", keep_pad=True),
+    "depthwise": LayerStep("conv_step", keep_pad=True),
+    "grouped": LayerStep("conv_step", keep_pad=True),
+    "linear": LayerStep("linear_step", keep_pad=False),
+}
+# The convolution kinds with a kernel: the int8 step and the weight layout it takes.
+CONV_KERNELS: dict[str, tuple[type, Any]] = {
+    "conv": (L.Int8Conv2d, kernels.conv_weight_to_nhwc),
+    "depthwise": (L.Int8DepthwiseConv2d, kernels.depthwise_weight_to_hwc),
+}
 
 
 class Int8ConversionError(ValueError):
@@ -303,9 +330,9 @@ class _Converter:
         m = node_module(gm, node)
         if isinstance(m, FakeQuant):
             self.fake_quant(node, m)
-        elif isinstance(m, (QConv2d, QLinear)):
+        elif isinstance(m, QUANTIZED_LAYER_TYPES):
             self.layer(node, m)
-        elif isinstance(m, LAYER_TYPES):
+        elif is_layer_module(m):
             raise self.err(node, "the layer was left in float (skip_layers, or not quantized); the integer network "
                                  "needs quantized weights for every layer")
         elif isinstance(m, QAdd) or ops.is_add(node):
@@ -395,8 +422,10 @@ class _Converter:
         if len(node.args) != 1 or node.kwargs:
             raise self.err(node, "a layer call with extra arguments")
         p: LayerPlan = self.step_plan(node, LayerPlan)
-        is_conv = isinstance(m, QConv2d)
-        x = self.int8_input(node, node.args[0], keep_pad=is_conv)
+        how = INT8_STEPS.get(p.kind)
+        if how is None:
+            raise self.err(node, f"no int8 step for a layer of kind '{p.kind}' (dfq_gpu.int8.convert.INT8_STEPS)")
+        x = self.int8_input(node, node.args[0], keep_pad=how.keep_pad)
         assert x.q is not None and x.q.grid == p.x
         act, fq, tail = p.act, p.quantizer, p.tail
         n_out = p.n_out
@@ -415,48 +444,51 @@ class _Converter:
             epi = dict(multiplier=torch.ones(1), z_y=0, lo=torch.tensor([INT8_MIN]), hi=torch.tensor([INT8_MAX]),
                        out_scale=rq.float_scale)
             sim_q = ""
-        if is_conv:
-            assert isinstance(m, QConv2d)
-            if x.rank != 4:
-                raise self.err(node, f"a convolution on a rank-{x.rank} tensor")
-            if tuple(m.dilation) != (1, 1):
-                raise self.err(node, f"dilation {tuple(m.dilation)} (the int8 kernels support dilation 1)")
-            if m.padding_mode != "zeros":
-                raise self.err(node, f"padding_mode='{m.padding_mode}' (only zero padding is supported)")
-            kh, kw = m.kernel_size
-            if isinstance(m.padding, str):
-                if m.padding == "valid":
-                    ph = pw = (0, 0)
-                else:  # "same" (stride 1): PyTorch puts the extra row/column at the end
-                    ph = ((kh - 1) // 2, kh - 1 - (kh - 1) // 2)
-                    pw = ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)
-            else:
-                pp = _pair(m.padding)
-                ph, pw = (pp[0], pp[0]), (pp[1], pp[1])
-            extra = x.pad or (0, 0, 0, 0)
-            pad = (ph[0] + extra[0], ph[1] + extra[1], pw[0] + extra[2], pw[1] + extra[3])
-            stride = _pair(m.stride)
-            if p.kind == "conv":
-                mod: L.Int8Step = L.Int8Conv2d(kernels.conv_weight_to_nhwc(w8), rq.bias, wzp, x.q.zero_point,
-                                               stride=stride, padding=pad, sim_quantizer=sim_q, **epi)
-            elif p.kind == "depthwise":
-                mod = L.Int8DepthwiseConv2d(kernels.depthwise_weight_to_hwc(w8), rq.bias, wzp, x.q.zero_point,
-                                            stride=stride, padding=pad, sim_quantizer=sim_q, **epi)
-            else:
-                raise self.err(node, f"a grouped convolution (groups={m.groups}, {m.in_channels} -> "
-                                     f"{m.out_channels} channels) that is not depthwise")
-            rank = 4
-        else:
-            if x.rank != 2:
-                raise self.err(node, f"a linear layer on a rank-{x.rank} tensor (only [B, K] inputs are supported)")
-            mod = L.Int8Linear(w8, rq.bias, wzp, x.q.zero_point, sim_quantizer=sim_q, **epi)
-            rank = 2
+        mod, rank = getattr(self, how.method)(node, m, p, x, w8, wzp, rq, sim_q, epi)
         out = self.step(node.name, mod, x.node)
         if qp is not None:
             v = _Val(out, "int8", qp, rank=rank)
         else:
             v = _Val(self.float_act(act, out, n_out), "float", rank=rank)
         self.finish(node, act, fq, tail, v)
+
+    def conv_step(self, node: fx.Node, m: QConv2d, p: LayerPlan, x: "_Val", w8: torch.Tensor,
+                  wzp: Optional[torch.Tensor], rq: Any, sim_q: str, epi: dict[str, Any]) -> tuple["L.Int8Step", int]:
+        """The int8 step of a 2-D convolution (``INT8_STEPS``): :data:`CONV_KERNELS` by kind."""
+        assert isinstance(m, QConv2d)
+        if x.rank != 4:
+            raise self.err(node, f"a convolution on a rank-{x.rank} tensor")
+        if tuple(m.dilation) != (1, 1):
+            raise self.err(node, f"dilation {tuple(m.dilation)} (the int8 kernels support dilation 1)")
+        if m.padding_mode != "zeros":
+            raise self.err(node, f"padding_mode='{m.padding_mode}' (only zero padding is supported)")
+        kh, kw = m.kernel_size
+        if isinstance(m.padding, str):
+            if m.padding == "valid":
+                ph = pw = (0, 0)
+            else:  # "same" (stride 1): PyTorch puts the extra row/column at the end
+                ph = ((kh - 1) // 2, kh - 1 - (kh - 1) // 2)
+                pw = ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)
+        else:
+            pp = _pair(m.padding)
+            ph, pw = (pp[0], pp[0]), (pp[1], pp[1])
+        extra = x.pad or (0, 0, 0, 0)
+        pad = (ph[0] + extra[0], ph[1] + extra[1], pw[0] + extra[2], pw[1] + extra[3])
+        stride = _pair(m.stride)
+        if p.kind not in CONV_KERNELS:
+            raise self.err(node, f"a grouped convolution (groups={m.groups}, {m.in_channels} -> "
+                                 f"{m.out_channels} channels) that is not depthwise")
+        step_cls, layout = CONV_KERNELS[p.kind]
+        mod = step_cls(layout(w8), rq.bias, wzp, x.q.zero_point, stride=stride, padding=pad, sim_quantizer=sim_q,
+                       **epi)
+        return mod, 4
+
+    def linear_step(self, node: fx.Node, m: QLinear, p: LayerPlan, x: "_Val", w8: torch.Tensor,
+                    wzp: Optional[torch.Tensor], rq: Any, sim_q: str, epi: dict[str, Any]) -> tuple["L.Int8Step", int]:
+        """The int8 step of a linear layer (``INT8_STEPS``)."""
+        if x.rank != 2:
+            raise self.err(node, f"a linear layer on a rank-{x.rank} tensor (only [B, K] inputs are supported)")
+        return L.Int8Linear(w8, rq.bias, wzp, x.q.zero_point, sim_quantizer=sim_q, **epi), 2
 
     def add(self, node: fx.Node) -> None:
         p: AddPlan = self.step_plan(node, AddPlan)

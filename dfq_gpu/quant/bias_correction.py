@@ -23,7 +23,8 @@ import torch.fx as fx
 
 from ..graph.stats import NodeStats
 from ..graph.trace import node_module
-from ..modules import QConv2d, QLinear
+from ..layers import layer_type
+from ..modules import QUANTIZED_LAYER_TYPES
 from ..passes.base import Workspace, add_bias, layer_response_to_constant
 from .simulate import iter_input_batches
 
@@ -37,12 +38,12 @@ def analytic_bias_correction(ws: Workspace, stats: dict[str, NodeStats], float_w
     done = 0
     for node in ws.gm.graph.nodes:
         m = node_module(ws.gm, node)
-        if not isinstance(m, (QConv2d, QLinear)) or str(node.target) not in float_weights:
+        if not isinstance(m, QUANTIZED_LAYER_TYPES) or str(node.target) not in float_weights:
             continue
         name = str(node.target)
         src = node.args[0]
         s = stats.get(src.name) if isinstance(src, fx.Node) else None
-        in_ch = m.in_channels if isinstance(m, QConv2d) else m.in_features
+        in_ch = layer_type(m).in_channels(m)
         if s is None or s.channels != in_ch:
             ws.report.skip(name, "analytic bias correction: no statistics for the layer's input")
             continue
@@ -71,7 +72,7 @@ def _channel_mean(t: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def empirical_bias_correction(ws: Workspace, float_gm: fx.GraphModule, data: Iterable[Any]) -> None:
     inputs = _stack_inputs(data, ws.cfg.calibration_batches)
-    names = [str(n.target) for n in ws.gm.graph.nodes if isinstance(node_module(ws.gm, n), (QConv2d, QLinear))]
+    names = [str(n.target) for n in ws.gm.graph.nodes if isinstance(node_module(ws.gm, n), QUANTIZED_LAYER_TYPES)]
     fp_means: dict[str, torch.Tensor] = {}
     handles = []
     for name in names:

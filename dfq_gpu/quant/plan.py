@@ -28,7 +28,8 @@ import torch.nn as nn
 
 from ..graph import ops
 from ..graph.trace import node_module
-from ..modules import QAdd, QAvgPool, QConv2d, QLinear
+from ..layers import layer_type
+from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QConv2d, QLinear
 from ..nn import ChannelClamp, FakeQuant
 from . import requant
 from .requant import Grid
@@ -229,10 +230,7 @@ def _first(*reasons: Optional[str]) -> Optional[str]:
 
 def _layer_plan(gm: fx.GraphModule, node: fx.Node, m: QConv2d | QLinear, shared: bool) -> LayerPlan:
     act, fq, tail = fused_output(gm, node)
-    if isinstance(m, QConv2d):
-        kind = "conv" if m.groups == 1 else "depthwise" if m.groups == m.in_channels == m.out_channels else "grouped"
-    else:
-        kind = "linear"
+    kind = layer_type(m).kind  # dfq_gpu.layers: "conv", "depthwise", "grouped", "linear"
     n_out = int(m.weight.shape[0])
     weight = m.integer_weight()
     wzp = m.w_zero_point.detach().to(torch.int64).cpu().reshape(-1)
@@ -309,7 +307,7 @@ def build_plan(gm: fx.GraphModule) -> dict[str, StepPlan]:
     plan: dict[str, StepPlan] = {}
     for node in gm.graph.nodes:
         m = node_module(gm, node)
-        if isinstance(m, (QConv2d, QLinear)):
+        if isinstance(m, QUANTIZED_LAYER_TYPES):
             plan[node.name] = _layer_plan(gm, node, m, users.get(str(node.target), 0) > 1)
         elif isinstance(m, QAdd) or ops.is_add(node):
             plan[node.name] = _add_plan(gm, node)

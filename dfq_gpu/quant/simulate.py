@@ -45,8 +45,9 @@ import torch.nn as nn
 from .. import formulas as fm
 from ..graph import ops
 from ..graph.stats import NodeStats
-from ..graph.trace import LAYER_TYPES, node_module
-from ..modules import QAdd, QAvgPool, QConv2d, QLinear
+from ..graph.trace import node_module
+from ..layers import is_layer_module, layer_type
+from ..modules import QUANTIZED_LAYER_TYPES, QUANTIZED_LAYERS, QAdd, QAvgPool
 from ..nn import FakeQuant
 from ..passes.base import Workspace
 from . import requant
@@ -81,7 +82,7 @@ def act_quant_points(gm: fx.GraphModule, quantize_output: bool) -> list[fx.Node]
             if is_passthrough(gm, node):
                 continue
             if len(users) == 1 and isinstance(node_module(gm, users[0]), FUSABLE_ACTS) and (
-                    isinstance(node_module(gm, node), LAYER_TYPES) or ops.is_add(node)):
+                    is_layer_module(node_module(gm, node)) or ops.is_add(node)):
                 continue  # quantized after the fused activation
             if not quantize_output and all(u.op == "output" or _only_feeds_output(gm, u) for u in users):
                 continue
@@ -112,7 +113,7 @@ def quantize_weights(ws: Workspace) -> dict[str, torch.Tensor]:
         scale, zp = weight_qparams(m.weight, cfg.weight_bits, per_channel, cfg.weight_symmetric)
         w_q = quantize_weight(m.weight, scale, zp, cfg.weight_bits, cfg.weight_symmetric)
         float_weights[name] = m.weight.detach().clone()
-        cls = QConv2d if isinstance(m, nn.Conv2d) else QLinear
+        cls = QUANTIZED_LAYERS[layer_type(m).kind]
         q = cls.from_float(m, w_q, scale, zp, cfg.weight_bits, cfg.weight_symmetric)
         ws.gm.add_submodule(name, q)
         rec = ws.report.layers.get(name)
@@ -248,7 +249,7 @@ def round_biases(ws: Workspace) -> None:
     gm = ws.gm
     for node in gm.graph.nodes:
         m = node_module(gm, node)
-        if not isinstance(m, (QConv2d, QLinear)):
+        if not isinstance(m, QUANTIZED_LAYER_TYPES):
             continue
         fq = input_quantizer(gm, node)
         if fq is None:
@@ -345,7 +346,7 @@ def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
         try:
             if isinstance(p, LayerPlan):
                 kind = "layers"
-                assert isinstance(m, (QConv2d, QLinear))
+                assert isinstance(m, QUANTIZED_LAYER_TYPES)
                 m.clear_integer_path()
                 if why is None:
                     m.set_integer_path(**_integer_path_kwargs(p))
@@ -382,7 +383,7 @@ def stale_integer_steps(gm: fx.GraphModule, plan: Optional[dict[str, StepPlan]] 
     stale: list[str] = []
     for p in (build_plan(gm) if plan is None else plan).values():
         m = node_module(gm, p.node)
-        if isinstance(p, LayerPlan) and isinstance(m, (QConv2d, QLinear)) and m.integer_output is not None:
+        if isinstance(p, LayerPlan) and isinstance(m, QUANTIZED_LAYER_TYPES) and m.integer_output is not None:
             fresh = p.float_reason is None and m.integer_state() == type(m).integer_state_of(**_integer_path_kwargs(p))
         elif isinstance(p, AddPlan) and isinstance(m, QAdd):
             fresh = p.float_reason is None and _add_module(p).state() == m.state()
