@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= pinned,notebooks,test
+EXTRAS ?= pinned,notebooks,export,test
 APT_PACKAGES := dataset-fashion-mnist chromium
 
 .PHONY: demo test test-fast mutants system-deps venv clean

@@ -6,7 +6,8 @@ Subcommands:
 - ``quantize MODEL --out FILE``: quantize a zoo model, a torchvision model (``--weights``) or a
   ``package.module:factory`` and write the quantized network;
 - ``eval MODEL_OR_FILE --data SPEC``: top-1 / top-5, and agreement / SQNR against FP32;
-- ``bench``: the benchmarks, quick (CPU) or full.
+- ``bench``: the benchmarks, quick (CPU) or full;
+- ``export FILE --onnx OUT``: write a quantized file as an ONNX QDQ graph (``dfq_gpu.export_onnx``).
 
 Exit status 0 on success, 2 on bad input with a one-line message on stderr (no traceback).
 ``--json`` prints machine-readable results, ``--quiet`` silences progress bars.
@@ -230,6 +231,34 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- export
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .export import export_onnx, quantized_tensor_names
+    from .io import load, read_metadata
+
+    src, out = Path(args.model), Path(args.onnx)
+    if not src.exists():
+        raise UsageError(f"{src} does not exist")
+    if out.suffix != ".onnx":
+        raise UsageError(f"--onnx must name a .onnx file, got {out}")
+    if out.exists() and not args.force:
+        raise UsageError(f"{out} exists; pass --force to replace it")
+    net = load(src)
+    example = None
+    shape = read_metadata(src).get("input_shape")
+    if shape:
+        example = (torch.zeros(*json.loads(shape)),)
+    model = export_onnx(net, out, example_inputs=example)
+    n_q = len(quantized_tensor_names(model))
+    payload = {"out": str(out), "opset": model.opset_import[0].version, "nodes": len(model.graph.node),
+               "quantized_tensors": n_q}
+    _emit(args, payload, f"wrote {out}: {len(model.graph.node)} ONNX nodes, {n_q} quantized tensors "
+                         f"(opset {model.opset_import[0].version})")
+    return 0
+
+
 # ----------------------------------------------------------------------------- helpers
 def _write_text_atomic(path: Path, text: str, overwrite: bool) -> None:
     import tempfile
@@ -309,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out-dir", default="bench-results")
     _common(b)
     b.set_defaults(func=_bench)
+
+    x = sub.add_parser("export", help="write a quantized file as an ONNX QDQ graph")
+    x.add_argument("model", help="a .safetensors file from 'quantize'")
+    x.add_argument("--onnx", required=True, help="the .onnx file to write")
+    x.add_argument("--force", action="store_true", help="replace --onnx if it exists")
+    _common(x)
+    x.set_defaults(func=_export)
     return p
 
 

@@ -1,0 +1,610 @@
+"""ONNX export of a simulated quantized network as a QDQ graph (and of a float network as plain ONNX).
+
+:func:`export_onnx` walks the ``torch.fx`` graph returned by :func:`dfq_gpu.quantize` node by
+node and writes each node with ``onnx.helper`` (opset 13), laid out as ONNX Runtime and
+TensorRT expect a statically quantized ("QDQ") model:
+
+* every ``FakeQuant`` becomes ``QuantizeLinear`` (its output, the integer codes, is the tensor
+  named after the ``FakeQuant`` node, e.g. ``act_quant_c1_2``) followed, for each consumer, by
+  its own ``DequantizeLinear`` (``act_quant_c1_2_dq``, ``act_quant_c1_2_dq_1``, ...). Same float32
+  scale and zero point as the quantizer: asymmetric grids ``[0, 2^b - 1]`` as ``uint8``,
+  symmetric ones ``[-(2^(b-1) - 1), 2^(b-1) - 1]`` as ``int8``. A grid narrower than its storage
+  type (symmetric 8-bit: ``-128`` is not on it; fewer than 8 bits) gets a ``Clip`` to the grid's
+  float range in front of the ``QuantizeLinear``.
+* ``QConv2d`` / ``QLinear``: ``Conv`` / ``Gemm`` (``transB=1``) whose weight is an integer
+  initializer (``int8`` for symmetric weights, ``uint8`` with its zero point for asymmetric ones)
+  followed by ``DequantizeLinear`` (per tensor, or per output channel along axis 0), and whose
+  bias is an ``int32`` initializer ``round(b / (s_x s_w))`` (scale ``float32(s_x s_w)``, zero
+  point 0) followed by ``DequantizeLinear``, exactly the integer bias of
+  :mod:`dfq_gpu.quant.requant`. A ``ZeroPad2d`` in front of a convolution becomes part of the
+  convolution's ``pads``.
+* fused clamps: ``ReLU`` -> ``Relu``, ``ReLU6`` / ``Hardtanh`` / a ``ChannelClamp`` whose
+  bounds are the same for every channel -> ``Clip``; a per-channel ``ChannelClamp`` ->
+  ``Max`` / ``Min`` with constant ``[1, C, 1, 1]`` bounds.
+* residual adds: ``Add`` of two dequantized tensors (each input has its own ``DequantizeLinear``
+  after the ``QuantizeLinear`` of its quantizer); global average pooling: ``GlobalAveragePool``
+  (then ``Flatten`` for a ``[B, C]`` result); max pooling: ``MaxPool``; flatten / reshape:
+  ``Flatten`` / ``Reshape``; zero padding not in front of a convolution: ``Pad``. These ops move
+  quantized values without requantizing them, so each is wrapped ``DequantizeLinear -> op ->
+  QuantizeLinear`` with the quantizer of its input (a no-op on the values).
+* the network output: ``output`` (``output_0``, ... for several), float32.
+
+A float network (no ``FakeQuant``, e.g. :func:`dfq_gpu.prepare`'s folded and equalized model)
+is written with the same emitters as plain ONNX: float weights and biases, no Q/DQ.
+
+Anything else raises :class:`ExportError` (a :class:`~dfq_gpu.DFQError`) naming the node.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import DFQError
+from ..graph import ops
+from ..graph.trace import node_module
+from ..modules import ChannelClamp, FakeQuant, QAdd, QAvgPool, QConv2d, QLinear
+from ..quant import requant
+
+__all__ = ["OPSET", "ExportError", "export_onnx", "quantized_tensor_names"]
+
+#: The ONNX opset of exported graphs (per-axis DequantizeLinear needs 13).
+OPSET = 13
+_METADATA_KEY = "dfq_gpu.quantized_tensors"
+
+_RELU_FNS = (F.relu, torch.relu)
+_RELU6_FNS = (F.relu6,)
+_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
+
+
+class ExportError(DFQError):
+    """The network cannot be written as ONNX; the message names the node and why."""
+
+
+def _require_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ExportError("ONNX export needs the 'onnx' package: pip install 'dfq-gpu[export]'") from exc
+    return onnx
+
+
+@dataclass(frozen=True)
+class _QP:
+    """An activation quantizer in ONNX terms."""
+
+    scale: np.float32
+    zero_point: int
+    dtype: str  # "uint8" | "int8"
+    qmin: int
+    qmax: int
+    fq_name: str  # the FakeQuant node whose grid this is
+
+
+@dataclass(frozen=True)
+class _T:
+    """What an fx node became: ``name`` is an ONNX tensor (float, or integer codes when ``q`` is
+    set); ``kind`` ``"other"`` for Python values (sizes) that the ONNX graph does not need."""
+
+    name: Optional[str]
+    kind: str = "tensor"
+    shape: Optional[tuple[int, ...]] = None
+    q: Optional[_QP] = None
+    pad: Optional[tuple[int, int, int, int]] = None  # pending zero padding (top, bottom, left, right)
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, numbers.Integral):
+        return int(v), int(v)
+    t = tuple(int(a) for a in v)
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _storage(symmetric: bool) -> tuple[str, int, int]:
+    return ("int8", -128, 127) if symmetric else ("uint8", 0, 255)
+
+
+class _Emitter:
+    def __init__(self, gm: fx.GraphModule, onnx: Any) -> None:
+        self.gm = gm
+        self.onnx = onnx
+        self.h = onnx.helper
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self.inputs: list[Any] = []
+        self.outputs: list[Any] = []
+        self.env: dict[fx.Node, _T] = {}
+        self.done: set[fx.Node] = set()
+        self.taken: set[str] = set()  # tensor names
+        self.node_names: set[str] = set()
+        self.dq_count: dict[str, int] = {}
+        self.quantized: list[str] = []  # Q outputs named after FakeQuant nodes, in graph order
+
+    # ----------------------------------------------------------------------------- helpers
+    def err(self, node: fx.Node, why: str) -> ExportError:
+        return ExportError(f"cannot export {ops.describe(self.gm, node)} to ONNX: {why}")
+
+    def fresh(self, base: str, taken: Optional[set[str]] = None) -> str:
+        taken = self.taken if taken is None else taken
+        base = base.replace(".", "_") or "t"
+        name, i = base, 1
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        return name
+
+    def const(self, base: str, array: np.ndarray) -> str:
+        name = self.fresh(base)
+        self.inits.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], out: str, node_name: Optional[str] = None, **attrs: Any) -> str:
+        """Append a node with one output tensor ``out`` (taken as it is: callers pass a fresh name)."""
+        self.nodes.append(self.h.make_node(op_type, list(inputs), [out], name=self.fresh(node_name or out, self.node_names),
+                                         **attrs))
+        return out
+
+    def qparams(self, name: str, fq: FakeQuant, node: fx.Node) -> _QP:
+        if fq.bits > 8:
+            raise self.err(node, f"{fq.bits}-bit activations (ONNX QDQ stores 8-bit codes)")
+        dtype, smin, smax = _storage(fq.symmetric)
+        z = int(round(float(fq.zero_point)))
+        if not (smin <= fq.qmin <= z <= fq.qmax <= smax):
+            raise self.err(node, f"zero point {z} on the grid [{fq.qmin}, {fq.qmax}] does not fit {dtype}")
+        return _QP(np.float32(float(fq.scale)), z, dtype, int(fq.qmin), int(fq.qmax), name)
+
+    def qdq_consts(self, qp: _QP, base: str) -> tuple[str, str]:
+        key = f"{base}_scale"
+        if key in self.taken:
+            return key, f"{base}_zero_point"
+        s = self.const(key, np.array(qp.scale, dtype=np.float32))
+        z = self.const(f"{base}_zero_point", np.array(qp.zero_point, dtype=qp.dtype))
+        return s, z
+
+    def quantize(self, x: str, qp: _QP, out_base: str) -> str:
+        """``QuantizeLinear`` of a float tensor (with a ``Clip`` to the grid when it is narrower
+        than the storage type)."""
+        s, z = self.qdq_consts(qp, qp.fq_name)
+        _, smin, smax = _storage(qp.dtype == "int8")
+        if (qp.qmin, qp.qmax) != (smin, smax):
+            lo = self.const(f"{out_base}_grid_min", np.array(np.float32(qp.qmin - qp.zero_point) * qp.scale,
+                                                              dtype=np.float32))
+            hi = self.const(f"{out_base}_grid_max", np.array(np.float32(qp.qmax - qp.zero_point) * qp.scale,
+                                                              dtype=np.float32))
+            x = self.op("Clip", [x, lo, hi], self.fresh(f"{out_base}_grid_clip"))
+        return self.op("QuantizeLinear", [x, s, z], self.fresh(out_base))
+
+    def dequantize(self, t: _T) -> str:
+        """A new ``DequantizeLinear`` of the codes ``t`` (one per consumer)."""
+        assert t.q is not None and t.name is not None
+        k = self.dq_count.get(t.name, 0)
+        self.dq_count[t.name] = k + 1
+        s, z = self.qdq_consts(t.q, t.q.fq_name)
+        return self.op("DequantizeLinear", [t.name, s, z], self.fresh(f"{t.name}_dq" + (f"_{k}" if k else "")))
+
+    def value(self, node: fx.Node, arg: Any, keep_pad: bool = False) -> _T:
+        if not isinstance(arg, fx.Node) or arg not in self.env:
+            raise self.err(node, f"its input {arg!r} is not a tensor the export knows")
+        t = self.env[arg]
+        if t.kind != "tensor":
+            raise self.err(node, f"its input {ops.describe(self.gm, arg)} is not a tensor")
+        if t.pad is not None and not keep_pad:
+            t = self.apply_pad(arg, t)
+        return t
+
+    def float_input(self, node: fx.Node, arg: Any, keep_pad: bool = False) -> tuple[str, _T]:
+        """The float ONNX tensor of ``arg`` for ``node`` (a ``DequantizeLinear`` of quantized codes)."""
+        t = self.value(node, arg, keep_pad)
+        return (self.dequantize(t) if t.q is not None else t.name), t  # type: ignore[return-value]
+
+    def passthrough(self, node: fx.Node, src: _T, op_type: str, inputs: list[str], shape: Any, **attrs: Any) -> None:
+        """An op that moves values unchanged: on codes, DQ -> op -> Q with the input's quantizer."""
+        out = self.op(op_type, inputs, self.fresh(node.name if src.q is None else f"{node.name}_float"),
+                      node_name=node.name, **attrs)
+        if src.q is not None:
+            out = self.quantize(out, src.q, node.name)
+        self.env[node] = _T(out, shape=shape, q=src.q)
+
+    def apply_pad(self, node: fx.Node, t: _T) -> _T:
+        assert t.pad is not None
+        top, bottom, left, right = t.pad
+        pads = self.const(f"{node.name}_pads", np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64))
+        x = self.dequantize(t) if t.q is not None else t.name
+        tmp = _T(t.name, shape=t.shape, q=t.q)
+        self.passthrough(node, tmp, "Pad", [x, pads], t.shape, mode="constant")
+        t2 = self.env[node]
+        return t2
+
+    # ----------------------------------------------------------------------------- walk
+    def run(self, input_names: Optional[Sequence[str]]) -> Any:
+        # the integer-code tensors get the names of the FakeQuant nodes: reserve them
+        reserved = {n.name for n in self.gm.graph.nodes if isinstance(node_module(self.gm, n), FakeQuant)}
+        self.taken |= reserved
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        for i, node in enumerate(placeholders):
+            shape = ops.tensor_shape(node)
+            if shape is None:
+                raise self.err(node, "no shape information (pass example_inputs)")
+            name = self.fresh(input_names[i] if input_names else node.name)
+            dims: list[Any] = ["batch"] + list(shape[1:])
+            self.inputs.append(self.h.make_tensor_value_info(name, self.onnx.TensorProto.FLOAT, dims))
+            self.env[node] = _T(name, shape=shape)
+            self.done.add(node)
+        for node in self.gm.graph.nodes:
+            if node not in self.done:
+                self.visit(node)
+        graph = self.h.make_graph(self.nodes, "dfq_gpu", self.inputs, self.outputs, initializer=self.inits)
+        model = self.h.make_model(graph, opset_imports=[self.h.make_opsetid("", OPSET)], producer_name="dfq_gpu")
+        model.ir_version = min(model.ir_version, 8)  # readable by older runtimes too
+        if self.quantized:
+            self.h.set_model_props(model, {_METADATA_KEY: json.dumps(self.quantized)})
+        return model
+
+    def visit(self, node: fx.Node) -> None:
+        gm = self.gm
+        if node.op == "output":
+            self.output(node)
+            return
+        if node.op == "get_attr":
+            raise self.err(node, "constant tensors (get_attr) are not supported")
+        m = node_module(gm, node)
+        if isinstance(m, FakeQuant):
+            self.fake_quant(node, m)
+        elif isinstance(m, (QConv2d, nn.Conv2d)):
+            self.conv(node, m)
+        elif isinstance(m, (QLinear, nn.Linear)):
+            self.linear(node, m)
+        elif isinstance(m, (nn.ReLU, nn.ReLU6, nn.Hardtanh, ChannelClamp)) or (
+                node.op == "call_function" and node.target in _RELU_FNS + _RELU6_FNS):
+            self.clamp(node, m)
+        elif isinstance(m, QAdd) or ops.is_add(node):
+            self.add(node)
+        elif isinstance(m, QAvgPool) or ops.is_spatial_pool(gm, node) == "avg":
+            self.avgpool(node, m)
+        elif ops.is_spatial_pool(gm, node) == "max":
+            self.maxpool(node, m)
+        elif ops.is_zero_pad(gm, node):
+            self.zero_pad(node)
+        elif isinstance(m, _IDENTITY_MODULES):
+            self.env[node] = self.value(node, node.args[0], keep_pad=True)
+        elif ops.is_shape_query(node):
+            self.env[node] = _T(None, kind="other")
+        elif node.op in ("call_function", "call_method") and ops.tensor_shape(node) is None and all(
+                self.env.get(a, _T(None)).kind == "other" for a in node.all_input_nodes):
+            self.env[node] = _T(None, kind="other")  # arithmetic on sizes
+        elif ops.is_flatten_reshape(gm, node) or ops.is_channel_preserving_reshape(gm, node) or (
+                node.op == "call_method" and node.target in ("view", "reshape", "flatten", "squeeze", "contiguous")) \
+                or (node.op == "call_function" and node.target in (torch.flatten, torch.reshape, torch.squeeze)) \
+                or isinstance(m, nn.Flatten):
+            self.reshape(node)
+        else:
+            what = type(m).__name__ if m is not None else getattr(node.target, "__name__", str(node.target))
+            raise self.err(node, f"no ONNX emitter for {what} (supported: convolutions, linear layers, "
+                                 "ReLU/ReLU6/Hardtanh/ChannelClamp, residual adds, global average pooling, "
+                                 "max pooling, zero padding, flatten/reshape and activation quantizers)")
+
+    # ----------------------------------------------------------------------------- node kinds
+    def fake_quant(self, node: fx.Node, fq: FakeQuant) -> None:
+        x, _ = self.float_input(node, node.args[0])
+        if not fq.enabled:
+            self.env[node] = _T(x, shape=ops.tensor_shape(node))
+            return
+        qp = self.qparams(node.name, fq, node)
+        self.taken.discard(node.name)
+        out = self.quantize(x, qp, node.name)
+        assert out == node.name
+        self.quantized.append(out)
+        self.env[node] = _T(out, shape=ops.tensor_shape(node), q=qp)
+
+    def _weight(self, node: fx.Node, m: nn.Module, x: _T) -> tuple[str, Optional[str]]:
+        """ONNX names of the (dequantized) weight and bias of a layer."""
+        base = node.name
+        n = m.weight.shape[0]
+        if not isinstance(m, (QConv2d, QLinear)):
+            w = self.const(f"{base}_weight", m.weight.detach().cpu().to(torch.float32).numpy())
+            b = None if m.bias is None else self.const(f"{base}_bias", m.bias.detach().cpu().to(torch.float32).numpy())
+            return w, b
+        if m.w_bits > 8:
+            raise self.err(node, f"{m.w_bits}-bit weights (ONNX QDQ stores 8-bit codes)")
+        q = m.integer_weight()
+        zp = m.w_zero_point.detach().to(torch.int64).cpu().reshape(-1)
+        scale = m.w_scale.detach().to(torch.float64).cpu().reshape(-1)
+        if zp.numel() not in (1, n) or scale.numel() not in (1, n):
+            raise self.err(node, "weight scale / zero point neither per tensor nor per output channel")
+        dtype, smin, smax = _storage(m.w_symmetric)
+        if int(q.min()) < smin or int(q.max()) > smax or int(zp.min()) < smin or int(zp.max()) > smax:
+            raise self.err(node, f"integer weights or zero point outside {dtype}")
+        per_channel = scale.numel() > 1 or zp.numel() > 1
+        if per_channel:
+            scale_a = scale.expand(n).numpy().astype(np.float32)
+            zp_a = zp.expand(n).numpy().astype(dtype)
+        else:
+            scale_a = np.array(scale[0].item(), dtype=np.float32)
+            zp_a = np.array(zp[0].item(), dtype=dtype)
+        wq = self.const(f"{base}_weight_quantized", q.numpy().astype(dtype))
+        ws = self.const(f"{base}_weight_scale", scale_a)
+        wz = self.const(f"{base}_weight_zero_point", zp_a)
+        attrs = {"axis": 0} if per_channel else {}
+        w = self.op("DequantizeLinear", [wq, ws, wz], self.fresh(f"{base}_weight"), **attrs)
+        if x.q is None:  # float input: float bias
+            bias = m.bias.detach().cpu().to(torch.float32).numpy() if m.bias is not None else np.zeros(n, np.float32)
+            return w, self.const(f"{base}_bias", bias)
+        step = requant.accumulator_step(float(x.q.scale), m.w_scale)  # s_x s_w, float64, [1|N]
+        bias_q = requant.integer_bias(m.bias, step, n)
+        bq = self.const(f"{base}_bias_quantized", bias_q.numpy().astype(np.int32))
+        if step.numel() > 1:
+            bs = self.const(f"{base}_bias_scale", step.expand(n).numpy().astype(np.float32))
+            bz = self.const(f"{base}_bias_zero_point", np.zeros(n, dtype=np.int32))
+        else:
+            bs = self.const(f"{base}_bias_scale", np.array(step[0].item(), dtype=np.float32))
+            bz = self.const(f"{base}_bias_zero_point", np.array(0, dtype=np.int32))
+        b = self.op("DequantizeLinear", [bq, bs, bz], self.fresh(f"{base}_bias"), **attrs)
+        return w, b
+
+    def conv(self, node: fx.Node, m: nn.Conv2d) -> None:
+        if len(node.args) != 1 or node.kwargs:
+            raise self.err(node, "a layer call with extra arguments")
+        x_name, x = self.float_input(node, node.args[0], keep_pad=True)
+        if m.padding_mode != "zeros":
+            raise self.err(node, f"padding_mode='{m.padding_mode}' (only zero padding)")
+        kh, kw = m.kernel_size
+        if isinstance(m.padding, str):
+            if m.padding == "valid":
+                ph = pw = (0, 0)
+            else:  # "same": PyTorch puts the extra row/column at the end
+                dh, dw = m.dilation
+                th, tw = dh * (kh - 1), dw * (kw - 1)
+                ph, pw = (th // 2, th - th // 2), (tw // 2, tw - tw // 2)
+        else:
+            p = _pair(m.padding)
+            ph, pw = (p[0], p[0]), (p[1], p[1])
+        extra = x.pad or (0, 0, 0, 0)
+        pads = [ph[0] + extra[0], pw[0] + extra[2], ph[1] + extra[1], pw[1] + extra[3]]
+        w, b = self._weight(node, m, x)
+        inputs = [x_name, w] + ([b] if b is not None else [])
+        out = self.op("Conv", inputs, self.fresh(node.name), kernel_shape=[kh, kw], strides=list(_pair(m.stride)),
+                      pads=pads, dilations=list(_pair(m.dilation)), group=int(m.groups))
+        self.env[node] = _T(out, shape=ops.tensor_shape(node))
+
+    def linear(self, node: fx.Node, m: nn.Linear) -> None:
+        if len(node.args) != 1 or node.kwargs:
+            raise self.err(node, "a layer call with extra arguments")
+        x_name, x = self.float_input(node, node.args[0])
+        if x.shape is None or len(x.shape) != 2:
+            raise self.err(node, f"a linear layer on a tensor of shape {x.shape} (only [B, K])")
+        w, b = self._weight(node, m, x)
+        inputs = [x_name, w] + ([b] if b is not None else [])
+        out = self.op("Gemm", inputs, self.fresh(node.name), transB=1)
+        self.env[node] = _T(out, shape=ops.tensor_shape(node))
+
+    def clamp(self, node: fx.Node, m: Optional[nn.Module]) -> None:
+        x_name, x = self.float_input(node, node.args[0])
+        shape = ops.tensor_shape(node) or x.shape
+        if m is None:
+            lo, hi = (0.0, math.inf) if node.target in _RELU_FNS else (0.0, 6.0)
+            per_channel = None
+        elif isinstance(m, ChannelClamp):
+            lo_t, hi_t = m.lo.detach().cpu().to(torch.float32), m.hi.detach().cpu().to(torch.float32)
+            if bool((lo_t == lo_t[0]).all()) and bool((hi_t == hi_t[0]).all()):
+                lo, hi, per_channel = float(lo_t[0]), float(hi_t[0]), None
+            else:
+                lo = hi = 0.0
+                per_channel = (lo_t, hi_t)
+        else:
+            b = ops.is_clamp_act(m)
+            assert b is not None
+            lo, hi = b
+            per_channel = None
+        if per_channel is not None:
+            if shape is None or len(shape) < 2 or shape[1] != per_channel[0].numel():
+                raise self.err(node, f"per-channel bounds for {per_channel[0].numel()} channels on shape {shape}")
+            bshape = [1, shape[1]] + [1] * (len(shape) - 2)
+            lo_c = self.const(f"{node.name}_lo", per_channel[0].numpy().reshape(bshape))
+            hi_c = self.const(f"{node.name}_hi", per_channel[1].numpy().reshape(bshape))
+            y = self.op("Max", [x_name, lo_c], self.fresh(f"{node.name}_max"))
+            out = self.op("Min", [y, hi_c], self.fresh(node.name))
+        elif lo == 0.0 and hi == math.inf:
+            out = self.op("Relu", [x_name], self.fresh(node.name))
+        else:
+            ins = [x_name, self.const(f"{node.name}_min", np.array(lo, dtype=np.float32))]
+            if hi != math.inf:
+                ins.append(self.const(f"{node.name}_max", np.array(hi, dtype=np.float32)))
+            out = self.op("Clip", ins, self.fresh(node.name))
+        self.env[node] = _T(out, shape=shape)
+
+    def add(self, node: fx.Node) -> None:
+        ins = ops.tensor_inputs(node) if not isinstance(node_module(self.gm, node), QAdd) else list(node.args)
+        if len(ins) != 2:
+            raise self.err(node, "an add without two tensor inputs")
+        sa, sb = ops.tensor_shape(ins[0]), ops.tensor_shape(ins[1])
+        if sa is not None and sb is not None and sa != sb:
+            raise self.err(node, f"an add of tensors of different shapes {sa} and {sb} (broadcasting)")
+        a, _ = self.float_input(node, ins[0])
+        b, _ = self.float_input(node, ins[1])
+        out = self.op("Add", [a, b], self.fresh(node.name))
+        self.env[node] = _T(out, shape=ops.tensor_shape(node))
+
+    def avgpool(self, node: fx.Node, m: Optional[nn.Module]) -> None:
+        if not isinstance(m, QAvgPool):
+            problem = self._global_avgpool_problem(node)
+            if problem is not None:
+                raise self.err(node, problem)
+        x_name, x = self.float_input(node, node.args[0])
+        if x.shape is None or len(x.shape) != 4:
+            raise self.err(node, "average pooling of a tensor that is not 4-D")
+        shape_out = ops.tensor_shape(node)
+        out = self.op("GlobalAveragePool", [x_name], self.fresh(node.name if shape_out is None or len(shape_out) == 4
+                                                                else f"{node.name}_4d"), node_name=node.name)
+        if shape_out is not None and len(shape_out) == 2:
+            out = self.op("Flatten", [out], self.fresh(node.name), axis=1)
+        self.env[node] = _T(out, shape=shape_out)
+
+    def _global_avgpool_problem(self, node: fx.Node) -> Optional[str]:
+        from ..quant.simulate import global_avgpool_problem
+
+        return global_avgpool_problem(self.gm, node)
+
+    def maxpool(self, node: fx.Node, m: Optional[nn.Module]) -> None:
+        x = self.value(node, node.args[0])
+        src_name = self.dequantize(x) if x.q is not None else x.name
+        assert src_name is not None
+        if isinstance(m, nn.AdaptiveMaxPool2d) or (node.op == "call_function" and node.target is F.adaptive_max_pool2d):
+            size = m.output_size if m is not None else _arg(node, 1, "output_size", None)
+            if _pair(size) != (1, 1):
+                raise self.err(node, f"adaptive max pooling to {size} (only global)")
+            shape_out = ops.tensor_shape(node)
+            if shape_out is not None and len(shape_out) == 2:
+                tmp = self.op("GlobalMaxPool", [src_name], self.fresh(f"{node.name}_4d"))
+                self.passthrough(node, x, "Flatten", [tmp], shape_out, axis=1)
+            else:
+                self.passthrough(node, x, "GlobalMaxPool", [src_name], shape_out)
+            return
+        if isinstance(m, nn.MaxPool2d):
+            ks, stride, pad, dil, ceil, ret = (m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                                               m.return_indices)
+        elif node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d):
+            ks = _arg(node, 1, "kernel_size", None)
+            stride = _arg(node, 2, "stride", None)
+            pad = _arg(node, 3, "padding", 0)
+            dil = _arg(node, 4, "dilation", 1)
+            ceil = _arg(node, 5, "ceil_mode", False)
+            ret = _arg(node, 6, "return_indices", False)
+        else:
+            raise self.err(node, "an unsupported kind of max pooling")
+        if ret:
+            raise self.err(node, "max pooling with return_indices")
+        ks = _pair(ks)
+        stride = ks if stride is None or (not isinstance(stride, numbers.Integral) and len(stride) == 0) else \
+            _pair(stride)
+        p = _pair(pad)
+        self.passthrough(node, x, "MaxPool", [src_name], ops.tensor_shape(node), kernel_shape=list(ks),
+                         strides=list(stride), pads=[p[0], p[1], p[0], p[1]], dilations=list(_pair(dil)),
+                         ceil_mode=int(bool(ceil)))
+
+    def zero_pad(self, node: fx.Node) -> None:
+        x = self.value(node, node.args[0], keep_pad=True)
+        if x.shape is None or len(x.shape) != 4:
+            raise self.err(node, "zero padding of a tensor that is not 4-D")
+        left, right, top, bottom = ops.zero_pad_amounts(self.gm, node)
+        if min(left, right, top, bottom) < 0:
+            raise self.err(node, "negative padding (cropping)")
+        p = x.pad or (0, 0, 0, 0)
+        self.env[node] = replace(x, shape=ops.tensor_shape(node),
+                                 pad=(p[0] + top, p[1] + bottom, p[2] + left, p[3] + right))
+        # merged into the next convolution when every user is one, else an explicit Pad
+        if not all(isinstance(node_module(self.gm, u), nn.Conv2d) and u.args[0] is node for u in node.users):
+            self.env[node] = self.apply_pad(node, self.env[node])
+
+    def reshape(self, node: fx.Node) -> None:
+        ins = ops.tensor_inputs(node)
+        if len(ins) != 1:
+            raise self.err(node, "a reshape with several tensor inputs")
+        x = self.value(node, ins[0])
+        si, so = ops.tensor_shape(ins[0]), ops.tensor_shape(node)
+        if si is None or so is None:
+            raise self.err(node, "no shape information (pass example_inputs)")
+        if si == so:
+            self.env[node] = x
+            return
+        src = self.dequantize(x) if x.q is not None else x.name
+        assert src is not None
+        if len(so) == 2 and so[0] == si[0] and so[1] == math.prod(si[1:]):
+            self.passthrough(node, x, "Flatten", [src], so, axis=1)
+            return
+        if so[0] != si[0]:
+            raise self.err(node, f"a reshape from {si} to {so} that changes the batch dimension")
+        shape = self.const(f"{node.name}_shape", np.array([0] + list(so[1:]), dtype=np.int64))
+        self.passthrough(node, x, "Reshape", [src, shape], so)
+
+    def output(self, node: fx.Node) -> None:
+        flat: list[fx.Node] = []
+        fx.node.map_arg(node.args[0], lambda a: flat.append(a))
+        for i, a in enumerate(flat):
+            name = "output" if len(flat) == 1 else f"output_{i}"
+            t = self.value(node, a)
+            src = self.dequantize(t) if t.q is not None else t.name
+            assert src is not None
+            out = self.op("Identity", [src], self.fresh(name))
+            shape = ops.tensor_shape(a)
+            dims: Optional[list[Any]] = None if shape is None else ["batch"] + list(shape[1:])
+            self.outputs.append(self.h.make_tensor_value_info(out, self.onnx.TensorProto.FLOAT, dims))
+
+
+def _ensure_shapes(gm: fx.GraphModule, example_inputs: Optional[Sequence[Any]]) -> None:
+    if example_inputs is not None:
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example_inputs)
+        return
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and ops.tensor_shape(n) is None:
+            raise ExportError(f"the graph has no shape information for input '{n.name}': pass example_inputs")
+
+
+def export_onnx(q: nn.Module, path: Optional[str | os.PathLike] = None,
+                example_inputs: Optional[Sequence[Any]] = None, *, input_names: Optional[Sequence[str]] = None,
+                check: bool = True) -> Any:
+    """Write a network of this package as ONNX (opset 13) and return the ``onnx.ModelProto``.
+
+    Args:
+        q: the ``torch.fx.GraphModule`` of :func:`dfq_gpu.quantize` (written as a QDQ graph, see
+            the module docstring), or of :func:`dfq_gpu.prepare` (no quantizers: plain float ONNX).
+        path: the ``.onnx`` file to write (``None``: only return the model).
+        example_inputs: inputs to record tensor shapes with when the graph has none (graphs from
+            ``quantize`` / ``prepare`` / ``dfq_gpu.load`` already do).
+        input_names: ONNX names of the inputs (default: the graph's placeholder names).
+        check: run ``onnx.checker.check_model`` on the result.
+
+    The batch dimension of inputs and outputs is dynamic (``batch``). The tensor named after each
+    ``FakeQuant`` node of ``q`` holds that quantizer's integer codes (uint8 / int8); see
+    :func:`quantized_tensor_names` and :func:`dfq_gpu.export.run_onnx`.
+
+    Raises:
+        ExportError: ``q`` is not an fx graph, lacks shapes, or holds a node without an ONNX
+            emitter (the message names it); ``onnx`` is not installed.
+    """
+    onnx = _require_onnx()
+    if not isinstance(q, fx.GraphModule):
+        raise ExportError(f"export_onnx takes the torch.fx.GraphModule of dfq_gpu.quantize or dfq_gpu.prepare, got "
+                          f"{type(q).__name__}")
+    _ensure_shapes(q, example_inputs)
+    model = _Emitter(q, onnx).run(input_names)
+    if check:
+        onnx.checker.check_model(model)
+    if path is not None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_bytes(model.SerializeToString())
+        os.replace(tmp, p)
+    return model
+
+
+def quantized_tensor_names(model: Any) -> list[str]:
+    """The integer-code tensors of an exported model (named after the simulation's ``FakeQuant``
+    nodes), in graph order."""
+    for p in model.metadata_props:
+        if p.key == _METADATA_KEY:
+            return list(json.loads(p.value))
+    return []
+

@@ -1,0 +1,313 @@
+"""ONNX export (QDQ layout), ONNX Runtime against the integer network, and the golden-model
+comparison (dfq_gpu.export)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import dfq_gpu
+from dfq_gpu import DFQConfig, DFQError, compare_layers, export_onnx, golden_activations, prepare, quantize, to_int8
+from dfq_gpu.cli import main as cli_main
+from dfq_gpu.export import ExportError, optimized_op_counts, quantized_tensor_names, run_onnx
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+numpy_helper = onnx.numpy_helper
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(2, before))
+    yield
+    torch.set_num_threads(before)
+
+
+class Tiny(nn.Module):
+    """conv-BN-ReLU6, depthwise-BN-ReLU6, conv-BN, residual add, global average pool, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c1(x)
+        h = h + self.pw(self.dw(h))
+        return self.fc(torch.flatten(self.pool(h), 1))
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+    return model.eval()
+
+
+def _tiny(cfg: DFQConfig = DFQConfig(), seed: int = 0):
+    torch.manual_seed(seed)
+    model = _randomize_bn(Tiny(), seed)
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(seed + 1))
+    cfg = cfg.replace(input_range=(-2.5, 2.5))
+    return model, quantize(model, (x[:1],), cfg), x, cfg
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    model, q, x, cfg = _tiny()
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    proto = export_onnx(q, path)
+    return model, q, x, cfg, path, proto
+
+
+def _producers(graph) -> dict:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def _consumers(graph) -> dict:
+    out: dict = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+# =============================================================================================
+# Layout
+# =============================================================================================
+def test_qdq_layout(tiny):
+    _, q, _, _, path, proto = tiny
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    assert proto.opset_import[0].version >= 13
+    g = proto.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    prod, cons = _producers(g), _consumers(g)
+    ops_ = [n.op_type for n in g.node]
+    assert ops_.count("Conv") == 3 and ops_.count("Gemm") == 1 and ops_.count("Add") == 1
+    assert "GlobalAveragePool" in ops_ and "Flatten" in ops_
+    fqs = {n.name: q.get_submodule(n.target) for n in q.graph.nodes
+           if isinstance(q.get_submodule(n.target) if n.op == "call_module" else None, dfq_gpu.modules.FakeQuant)}
+    # one QuantizeLinear per FakeQuant, named after it, with its float32 scale and zero point
+    names = quantized_tensor_names(proto)
+    assert set(fqs) <= set(names)
+    for name, fq in fqs.items():
+        qn = prod[name]
+        assert qn.op_type == "QuantizeLinear"
+        assert inits[qn.input[1]].dtype == np.float32 and float(inits[qn.input[1]]) == float(fq.scale)
+        zp = inits[qn.input[2]]
+        assert zp.dtype == np.uint8 and int(zp) == int(fq.zero_point)  # asymmetric [0, 255] grids as uint8
+        # every consumer reads its own DequantizeLinear
+        for dq in cons[name]:
+            assert dq.op_type == "DequantizeLinear" and len(cons[dq.output[0]]) == 1
+    # layers: integer weights and int32 bias on the grid s_x * s_w, both dequantized
+    for n in g.node:
+        if n.op_type not in ("Conv", "Gemm"):
+            continue
+        x_dq, w_dq, b_dq = (prod[i] for i in n.input)
+        assert {x_dq.op_type, w_dq.op_type, b_dq.op_type} == {"DequantizeLinear"}
+        w, ws = inits[w_dq.input[0]], inits[w_dq.input[1]]
+        assert w.dtype in (np.uint8, np.int8)
+        b, bs, bz = (inits[i] for i in b_dq.input)
+        assert b.dtype == np.int32 and bz.dtype == np.int32 and not bz.any()
+        s_x = inits[x_dq.input[1]]
+        np.testing.assert_allclose(bs, np.float32(float(s_x) * ws.astype(np.float64)), rtol=1e-7)
+        # the residual add's inputs and the pool's are dequantized codes too
+    for n in g.node:
+        if n.op_type in ("Add", "GlobalAveragePool"):
+            assert all(prod[i].op_type == "DequantizeLinear" for i in n.input)
+    # the ChannelClamps of the ReLU6s (rescaled per channel by equalization) as Max/Min with [1, C, 1, 1]
+    maxes = [n for n in g.node if n.op_type == "Max"]
+    assert len(maxes) == 2
+    for n in maxes:
+        assert inits[n.input[1]].shape == (1, 8, 1, 1)
+        mn = cons[n.output[0]][0]
+        assert mn.op_type == "Min" and inits[mn.input[1]].shape == (1, 8, 1, 1)
+        assert len(np.unique(inits[mn.input[1]])) > 1  # really per channel
+
+
+@pytest.mark.parametrize("cfg", [DFQConfig(weight_granularity="channel", weight_symmetric=True),
+                                 DFQConfig(act_symmetric=True, relu6="keep")], ids=["perchannel-sym", "act-sym"])
+def test_variants_are_exact_step_by_step(cfg, tmp_path):
+    """Per-channel int8 weights (DequantizeLinear axis 0) and symmetric int8 activations (a Clip
+    keeps -128 off the grid [-127, 127])."""
+    _, q, x, _ = _tiny(cfg, seed=3)
+    proto = export_onnx(q, tmp_path / "m.onnx")
+    g = proto.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    if cfg.weight_granularity == "channel":
+        wdq = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_weight_quantized")]
+        assert wdq and all(inits[n.input[0]].dtype == np.int8 and inits[n.input[1]].ndim == 1 for n in wdq)
+        assert all(a.i == 0 for n in wdq for a in n.attribute if a.name == "axis")
+    else:
+        qs = [n for n in g.node if n.op_type == "QuantizeLinear"]
+        assert all(inits[n.input[2]].dtype == np.int8 for n in qs)
+        assert sum(n.op_type == "Clip" and n.output[0].endswith("_grid_clip") for n in g.node) == len(qs)
+    ref = golden_activations(q, x)
+    for optimize in (True, False):
+        outs, codes = run_onnx(proto, x, optimize=optimize)
+        rep = compare_layers(codes, ref, tolerance=1)
+        assert rep.ok and not rep.missing and rep.equal_share >= 0.999, str(rep)
+        outs_f, codes_f = run_onnx(proto, x, optimize=optimize, teacher_forcing=ref)
+        rep = compare_layers(codes_f, ref, tolerance=1)
+        assert rep.ok and rep.equal_share >= 0.999, str(rep)
+
+
+# =============================================================================================
+# ONNX Runtime against the integer network
+# =============================================================================================
+def test_ort_agrees_with_integer_network_per_tensor(tiny):
+    """ONNX Runtime computes each step from dequantized values in float (or, where it fuses the QDQ
+    pattern, with its own float requantization): codes can differ from the integer network's
+    near rounding ties only, so >= 99.9% of all codes are equal (>= 98% of every tensor: the
+    pooled one has 64 values) and none differs by more than one code."""
+    _, q, x, _, path, _ = tiny
+    net = to_int8(q, backend="reference")
+    ref = golden_activations(q, x, net=net)
+    assert len(ref) == 6
+    with torch.no_grad():
+        yi = net(x)
+    for optimize in (True, False):
+        outs, codes = run_onnx(path, x, optimize=optimize)
+        rep = compare_layers(codes, ref, tolerance=1, layers=q)
+        assert rep.ok and not rep.missing and rep.equal_share >= 0.999, str(rep)
+        assert rep.max_abs_diff <= 1 and all(d.equal_share >= 0.98 for d in rep.layers), str(rep)
+        assert rep["act_quant_x"].equal_share == 1.0  # the input quantizer is the same float32 arithmetic
+        assert outs[0].shape == (8, 10)
+        assert (outs[0].argmax(1) == yi.numpy().argmax(1)).all()
+        np.testing.assert_allclose(outs[0], yi.numpy(), atol=0.05 * float(yi.abs().max()))
+    counts = optimized_op_counts(path, str(path.with_suffix(".opt.onnx")))
+    assert counts.get("QLinearConv", 0) >= 1 and counts.get("QLinearAdd", 0) == 1  # fused where it can
+
+
+def test_fp32_model_exports_as_plain_onnx(tmp_path):
+    model, _, x, cfg = _tiny()
+    fp = prepare(model, (x[:1],), cfg)
+    proto = export_onnx(fp, tmp_path / "fp.onnx")
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
+    outs, codes = run_onnx(tmp_path / "fp.onnx", x)
+    assert codes == {}
+    with torch.no_grad():
+        np.testing.assert_allclose(outs[0], fp(x).numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(outs[0], model(x).numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_unsupported_node_is_named(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish()).eval()
+    fp = prepare(model, (torch.zeros(1, 3, 8, 8),), DFQConfig(input_range=(-1.0, 1.0)))
+    with pytest.raises(ExportError, match=r"cannot export .*1 \(Hardswish\).*no ONNX emitter") as e:
+        export_onnx(fp, tmp_path / "x.onnx")
+    assert isinstance(e.value, DFQError)
+    with pytest.raises(ExportError, match="GraphModule"):
+        export_onnx(model, tmp_path / "x.onnx")
+
+
+# =============================================================================================
+# The golden model
+# =============================================================================================
+def test_golden_model_finds_the_perturbed_layer(tiny):
+    _, q, x, _, path, proto = tiny
+    ref = golden_activations(q, x)
+    order = list(ref)
+    # 1. one weight of the depthwise convolution edited in the ONNX graph
+    bad = onnx.ModelProto()
+    bad.CopyFrom(proto)
+    init = next(i for i in bad.graph.initializer if i.name == "dw_0_weight_quantized")
+    w = numpy_helper.to_array(init).copy()
+    w[3, 0, 1, 1] = 0 if w[3, 0, 1, 1] > 127 else 255
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    _, codes = run_onnx(bad, x)
+    rep = compare_layers(codes, ref, tolerance=1, layers=q)
+    first = rep.first_divergence
+    assert first is not None and first.name == "act_quant_dw_2" and first.layer == "dw_0", str(rep)
+    assert all(not d.diverged for d in rep.layers[:order.index("act_quant_dw_2")])
+    # 2. one tensor of the dict perturbed by two codes
+    _, codes = run_onnx(proto, x)
+    assert compare_layers(codes, ref, tolerance=1).ok
+    codes["act_quant_pw_0"] = codes["act_quant_pw_0"].astype(np.int32)
+    codes["act_quant_pw_0"][1, 2, 3, 4] += 2
+    rep = compare_layers(codes, ref, tolerance=1, layers=q)
+    assert rep.first_divergence.name == "act_quant_pw_0" and rep.first_divergence.layer == "pw_0"
+    assert rep["act_quant_pw_0"].max_abs_diff >= 2 and rep["act_quant_pw_0"].equal_share < 1.0
+    assert "first divergence: act_quant_pw_0" in str(rep)
+    # an incomplete dict: reported as missing, not compared
+    del codes["act_quant_add"]
+    assert compare_layers(codes, ref).missing == ["act_quant_add"]
+    with pytest.raises(DFQError, match="non-integer"):
+        compare_layers({"act_quant_x": np.full(ref["act_quant_x"].shape, 0.5)}, ref)
+
+
+# =============================================================================================
+# Command line
+# =============================================================================================
+def test_cli_export(tiny, tmp_path, capsys):
+    _, q, x, _, _, _ = tiny
+    src = tmp_path / "tiny.safetensors"
+    dfq_gpu.save(q, src, model_name="tiny")
+    out = tmp_path / "tiny.onnx"
+    assert cli_main(["export", str(src), "--onnx", str(out), "--quiet"]) == 0
+    assert out.is_file() and "wrote" in capsys.readouterr().out
+    outs, _ = run_onnx(out, x, intermediate=False)
+    with torch.no_grad():
+        assert (outs[0].argmax(1) == q(x).numpy().argmax(1)).all()
+    capsys.readouterr()
+    for argv, pattern in ((["export", str(tmp_path / "none.safetensors"), "--onnx", str(tmp_path / "a.onnx")],
+                           "does not exist"),
+                          (["export", str(src), "--onnx", str(out)], "exists; pass --force"),
+                          (["export", str(src), "--onnx", str(tmp_path / "a.txt")], r"\.onnx")):
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("dfq-gpu: error: ") and re.search(pattern, err[0]), err
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a file")
+    assert cli_main(["export", str(junk), "--onnx", str(tmp_path / "b.onnx")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert cli_main(["export", str(src), "--onnx", str(out), "--force", "--json"]) == 0
+
+
+# =============================================================================================
+# EfficientNet-Lite0 (pretrained), 20 images of the ImageNet sample
+# =============================================================================================
+@pytest.mark.slow
+def test_lite0_onnx_agrees_with_integer_network(tmp_path):
+    from dfq_gpu.data import imagenet_sample
+    from dfq_gpu.evaluate import sqnr_per_sample
+
+    t0 = time.perf_counter()
+    model, pre = dfq_gpu.load_model("efficientnet_lite0")
+    q = quantize(model, (torch.zeros(1, 3, 224, 224),), DFQConfig(input_range=pre.input_range))
+    export_onnx(q, tmp_path / "lite0.onnx")
+    x = imagenet_sample(pre, views=1).tensors[0]
+    assert x.shape[0] == 20
+    net = to_int8(q, backend="reference")
+    with torch.no_grad():
+        fp = model(x)
+        ys = q(x)
+        # the integer network's logits are the simulation's, bit for bit (tests/test_int8.py checks
+        # it on all 160 views): checked here on two images, the simulation (twice as fast on the
+        # CPU) stands for it on the rest
+        assert torch.equal(net(x[:2]), ys[:2])
+    yi = ys
+    outs, _ = run_onnx(tmp_path / "lite0.onnx", x, intermediate=False)
+    yo = torch.from_numpy(outs[0])
+    agreement = (yo.argmax(1) == yi.argmax(1)).float().mean().item()
+    sq_sim, sq_ort = sqnr_per_sample(fp, ys).mean().item(), sqnr_per_sample(fp, yo).mean().item()
+    msg = f"agreement {agreement:.3f}, SQNR simulation {sq_sim:.2f} dB, ORT {sq_ort:.2f} dB"
+    print(msg, f"({time.perf_counter() - t0:.0f} s)")
+    assert agreement >= 0.99, msg
+    assert abs(sq_ort - sq_sim) <= 0.5, msg
+    assert sq_ort > 15.0, msg
