@@ -434,20 +434,17 @@ def _measure(q: fx.GraphModule, p: fx.GraphModule, batches: list[Batch], which: 
             set_all(True)
             out, env_on = runner.run(batch, keep=True)
             all_on.append(sqnr_per_sample(ref, out))
-            set_all(False)
-            for i, z in enumerate(quants if "only_on" in modes else ()):
-                z.set(True)
-                out, _ = runner.run(batch, z.start, env_off)
-                z.set(False)
-                only_on[i].append(sqnr_per_sample(ref, out))
-                bar.update(1)
+            # one quantizer toggled at a time against all off (only_on) or all on (only_off); each run
+            # starts at the quantizer's node from the values the other run left
+            for mode, on, env, results in (("only_on", True, env_off, only_on), ("only_off", False, env_on, only_off)):
+                set_all(not on)
+                for i, z in enumerate(quants if mode in modes else ()):
+                    z.set(on)
+                    out, _ = runner.run(batch, z.start, env)
+                    z.set(not on)
+                    results[i].append(sqnr_per_sample(ref, out))
+                    bar.update(1)
             set_all(True)
-            for i, z in enumerate(quants if "only_off" in modes else ()):
-                z.set(False)
-                out, _ = runner.run(batch, z.start, env_on)
-                z.set(True)
-                only_off[i].append(sqnr_per_sample(ref, out))
-                bar.update(1)
             n += ref.shape[0]
             del env_off, env_on
     finally:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -104,19 +103,6 @@ class _T:
     pad: Optional[tuple[int, int, int, int]] = None  # pending zero padding (top, bottom, left, right)
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, numbers.Integral):
-        return int(v), int(v)
-    t = tuple(int(a) for a in v)
-    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
-
-
-def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
 def _storage(symmetric: bool) -> tuple[str, int, int]:
     return ("int8", -128, 127) if symmetric else ("uint8", 0, 255)
 
@@ -157,8 +143,9 @@ class _Emitter:
 
     def op(self, op_type: str, inputs: Sequence[str], out: str, node_name: Optional[str] = None, **attrs: Any) -> str:
         """Append a node with one output tensor ``out`` (taken as it is: callers pass a fresh name)."""
-        self.nodes.append(self.h.make_node(op_type, list(inputs), [out], name=self.fresh(node_name or out, self.node_names),
-                                         **attrs))
+        self.nodes.append(self.h.make_node(op_type, list(inputs), [out],
+                                           name=self.fresh(node_name or out, self.node_names),
+                                           **attrs))
         return out
 
     def qparams(self, name: str, fq: FakeQuant, node: fx.Node) -> _QP:
@@ -373,14 +360,14 @@ class _Emitter:
                 th, tw = dh * (kh - 1), dw * (kw - 1)
                 ph, pw = (th // 2, th - th // 2), (tw // 2, tw - tw // 2)
         else:
-            p = _pair(m.padding)
+            p = ops.pair(m.padding)
             ph, pw = (p[0], p[0]), (p[1], p[1])
         extra = x.pad or (0, 0, 0, 0)
         pads = [ph[0] + extra[0], pw[0] + extra[2], ph[1] + extra[1], pw[1] + extra[3]]
         w, b = self._weight(node, m, x)
         inputs = [x_name, w] + ([b] if b is not None else [])
-        out = self.op("Conv", inputs, self.fresh(node.name), kernel_shape=[kh, kw], strides=list(_pair(m.stride)),
-                      pads=pads, dilations=list(_pair(m.dilation)), group=int(m.groups))
+        out = self.op("Conv", inputs, self.fresh(node.name), kernel_shape=[kh, kw], strides=list(ops.pair(m.stride)),
+                      pads=pads, dilations=list(ops.pair(m.dilation)), group=int(m.groups))
         self.env[node] = _T(out, shape=ops.tensor_shape(node))
 
     def linear(self, node: fx.Node, m: nn.Linear) -> None:
@@ -466,8 +453,8 @@ class _Emitter:
         src_name = self.dequantize(x) if x.q is not None else x.name
         assert src_name is not None
         if isinstance(m, nn.AdaptiveMaxPool2d) or (node.op == "call_function" and node.target is F.adaptive_max_pool2d):
-            size = m.output_size if m is not None else _arg(node, 1, "output_size", None)
-            if _pair(size) != (1, 1):
+            size = m.output_size if m is not None else ops.node_arg(node, 1, "output_size", None)
+            if ops.pair(size) != (1, 1):
                 raise self.err(node, f"adaptive max pooling to {size} (only global)")
             shape_out = ops.tensor_shape(node)
             if shape_out is not None and len(shape_out) == 2:
@@ -476,27 +463,15 @@ class _Emitter:
             else:
                 self.passthrough(node, x, "GlobalMaxPool", [src_name], shape_out)
             return
-        if isinstance(m, nn.MaxPool2d):
-            ks, stride, pad, dil, ceil, ret = (m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
-                                               m.return_indices)
-        elif node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d):
-            ks = _arg(node, 1, "kernel_size", None)
-            stride = _arg(node, 2, "stride", None)
-            pad = _arg(node, 3, "padding", 0)
-            dil = _arg(node, 4, "dilation", 1)
-            ceil = _arg(node, 5, "ceil_mode", False)
-            ret = _arg(node, 6, "return_indices", False)
-        else:
+        a = ops.max_pool_args(self.gm, node)
+        if a is None:
             raise self.err(node, "an unsupported kind of max pooling")
-        if ret:
+        if a.return_indices:
             raise self.err(node, "max pooling with return_indices")
-        ks = _pair(ks)
-        stride = ks if stride is None or (not isinstance(stride, numbers.Integral) and len(stride) == 0) else \
-            _pair(stride)
-        p = _pair(pad)
-        self.passthrough(node, x, "MaxPool", [src_name], ops.tensor_shape(node), kernel_shape=list(ks),
-                         strides=list(stride), pads=[p[0], p[1], p[0], p[1]], dilations=list(_pair(dil)),
-                         ceil_mode=int(bool(ceil)))
+        p = a.padding
+        self.passthrough(node, x, "MaxPool", [src_name], ops.tensor_shape(node), kernel_shape=list(a.kernel),
+                         strides=list(a.stride), pads=[p[0], p[1], p[0], p[1]], dilations=list(a.dilation),
+                         ceil_mode=int(a.ceil_mode))
 
     def zero_pad(self, node: fx.Node) -> None:
         x = self.value(node, node.args[0], keep_pad=True)

@@ -3,7 +3,9 @@ statistics propagation and quantizer placement."""
 
 from __future__ import annotations
 
+import numbers
 import operator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -188,3 +190,51 @@ def is_clamp_act(m: nn.Module | None) -> tuple[float, float] | None:
     if isinstance(m, nn.Hardtanh):
         return float(m.min_val), float(m.max_val)
     return None
+
+
+def pair(v: Any) -> tuple[int, int]:
+    """A 2-D size argument (an int or a sequence of one or two ints) as ``(h, w)``."""
+    if isinstance(v, numbers.Integral):
+        return int(v), int(v)
+    t = tuple(int(a) for a in v)
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+
+
+def node_arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    """Argument ``index`` (positional) or ``name`` (keyword) of a call node, else ``default``."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+@dataclass(frozen=True)
+class MaxPoolArgs:
+    """A 2-D max pool's arguments as ``(h, w)`` pairs (``padding``: the same on both sides)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    ceil_mode: bool
+    return_indices: bool
+
+
+def max_pool_args(gm: fx.GraphModule, node: fx.Node) -> MaxPoolArgs | None:
+    """The arguments of an ``nn.MaxPool2d`` call or an ``F.max_pool2d`` / ``torch.max_pool2d``
+    call (the stride defaults to the kernel size); ``None`` for anything else."""
+    m = node_module(gm, node)
+    if isinstance(m, nn.MaxPool2d):
+        ks, stride, pad, dil, ceil, ret = (m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                                           m.return_indices)
+    elif node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d):
+        ks = node_arg(node, 1, "kernel_size", None)
+        stride = node_arg(node, 2, "stride", None)
+        pad = node_arg(node, 3, "padding", 0)
+        dil = node_arg(node, 4, "dilation", 1)
+        ceil = node_arg(node, 5, "ceil_mode", False)
+        ret = node_arg(node, 6, "return_indices", False)
+    else:
+        return None
+    kernel = pair(ks)
+    no_stride = stride is None or (not isinstance(stride, numbers.Integral) and len(stride) == 0)
+    return MaxPoolArgs(kernel, kernel if no_stride else pair(stride), pair(pad), pair(dil), bool(ceil), bool(ret))

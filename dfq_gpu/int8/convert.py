@@ -76,7 +76,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import numbers
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
@@ -189,19 +188,6 @@ def _fq_params(name: str, fq: FakeQuant) -> _QParams:
         raise Int8ConversionError(f"activation quantizer '{name}': zero point {int(float(fq.zero_point))} on the "
                                   f"grid [{fq.qmin}, {fq.qmax}] does not map into int8")
     return _QParams(float(fq.scale), z, lo, hi, name, requant.Grid.of(fq), off)
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, numbers.Integral):
-        return int(v), int(v)
-    t = tuple(int(a) for a in v)
-    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
-
-
-def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
 
 
 # =============================================================================================
@@ -470,11 +456,11 @@ class _Converter:
                 ph = ((kh - 1) // 2, kh - 1 - (kh - 1) // 2)
                 pw = ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)
         else:
-            pp = _pair(m.padding)
+            pp = ops.pair(m.padding)
             ph, pw = (pp[0], pp[0]), (pp[1], pp[1])
         extra = x.pad or (0, 0, 0, 0)
         pad = (ph[0] + extra[0], ph[1] + extra[1], pw[0] + extra[2], pw[1] + extra[3])
-        stride = _pair(m.stride)
+        stride = ops.pair(m.stride)
         if p.kind not in CONV_KERNELS:
             raise self.err(node, f"a grouped convolution (groups={m.groups}, {m.in_channels} -> "
                                  f"{m.out_channels} channels) that is not depthwise")
@@ -538,32 +524,21 @@ class _Converter:
             raise self.err(node, "max pooling of a tensor that is not 4-D")
         out_rank = len(ops.tensor_shape(node) or ())
         if isinstance(m, nn.AdaptiveMaxPool2d) or (node.op == "call_function" and node.target is F.adaptive_max_pool2d):
-            size = m.output_size if m is not None else _arg(node, 1, "output_size", None)
-            ret = getattr(m, "return_indices", False) if m is not None else _arg(node, 2, "return_indices", False)
-            if _pair(size) != (1, 1) or ret:
+            size = m.output_size if m is not None else ops.node_arg(node, 1, "output_size", None)
+            ret = (getattr(m, "return_indices", False) if m is not None
+                   else ops.node_arg(node, 2, "return_indices", False))
+            if ops.pair(size) != (1, 1) or ret:
                 raise self.err(node, f"adaptive max pooling to {size} (only global, output size 1)")
             out = self.step(node.name, L.Int8GlobalMaxPool(keepdim=out_rank == 4), x.node)
             self.env[node] = replace(x, node=out, rank=out_rank)
             return
-        if isinstance(m, nn.MaxPool2d):
-            ks, stride, pad, dil, ceil, ret = (m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
-                                               m.return_indices)
-        elif node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d):
-            ks = _arg(node, 1, "kernel_size", None)
-            stride = _arg(node, 2, "stride", None)
-            pad = _arg(node, 3, "padding", 0)
-            dil = _arg(node, 4, "dilation", 1)
-            ceil = _arg(node, 5, "ceil_mode", False)
-            ret = _arg(node, 6, "return_indices", False)
-        else:
+        a = ops.max_pool_args(self.gm, node)
+        if a is None:
             raise self.err(node, "an unsupported kind of max pooling")
-        if _pair(dil) != (1, 1) or ceil or ret:
+        if a.dilation != (1, 1) or a.ceil_mode or a.return_indices:
             raise self.err(node, "max pooling with dilation, ceil_mode or return_indices")
-        ks = _pair(ks)
-        stride = ks if stride is None or (not isinstance(stride, numbers.Integral) and len(stride) == 0) else \
-            _pair(stride)
-        p = _pair(pad)
-        out = self.step(node.name, L.Int8MaxPool2d(ks, stride, (p[0], p[0], p[1], p[1])), x.node)
+        p = a.padding
+        out = self.step(node.name, L.Int8MaxPool2d(a.kernel, a.stride, (p[0], p[0], p[1], p[1])), x.node)
         self.env[node] = replace(x, node=out)
 
     def avgpool(self, node: fx.Node) -> None:
@@ -622,7 +597,7 @@ class _Converter:
         src = node.args[0]
         v = self.val(src, node)
         if node.op == "call_method" and node.target == "size":
-            dim = _arg(node, 1, "dim", None)
+            dim = ops.node_arg(node, 1, "dim", None)
             if v.kind == "input":
                 out = self.graph.call_method("size", (v.node,) if dim is None else (v.node, dim))
             else:
