@@ -4,7 +4,9 @@ comparison (dfq_gpu.export)."""
 from __future__ import annotations
 
 import re
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,9 @@ import dfq_gpu
 from dfq_gpu import DFQConfig, DFQError, compare_layers, export_onnx, golden_activations, prepare, quantize, to_int8
 from dfq_gpu.cli import main as cli_main
 from dfq_gpu.export import ExportError, optimized_op_counts, quantized_tensor_names, run_onnx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_int8 import randomize_bn  # noqa: E402  (the int8 tests' BN randomization)
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -46,22 +51,9 @@ class Tiny(nn.Module):
         return self.fc(torch.flatten(self.pool(h), 1))
 
 
-def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
-    return model.eval()
-
-
 def _tiny(cfg: DFQConfig = DFQConfig(), seed: int = 0):
     torch.manual_seed(seed)
-    model = _randomize_bn(Tiny(), seed)
+    model = randomize_bn(Tiny(), seed)
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(seed + 1))
     cfg = cfg.replace(input_range=(-2.5, 2.5))
     return model, quantize(model, (x[:1],), cfg), x, cfg
