@@ -24,24 +24,25 @@ the activation and ``FakeQuant`` that follow in the graph return it unchanged (t
 may move a value at a bound off the grid; the quantizer maps it back onto the same integer).
 A layer without an output quantizer returns ``float32(acc) * float32(s_x s_w)``.
 
-The exact accumulator is computed on the CPU in float32 on the integers ``x - z_x`` and
-``w - z_w``: every partial sum of a reduction is an integer of magnitude at most
-``max|x - z_x| * sum_k |w_k - z_w|``, exact in float32 below 2^24, so the input channels are
-split into chunks whose bound stays below 2^24, each chunk runs as one float32 convolution, and
-the chunks are added in float64 (most layers need one chunk). Other devices, and layers that
-would need many chunks, use one float64 convolution (exact below 2^53). Zero padding is exact:
-a padded tap is 0 = ``x - z_x`` of the real zero. The integer path runs without autograd
-(rounding has no gradient).
+The exact accumulator and the epilogue are computed by the integer reference
+(:func:`kernels.reference.exact_accumulate`, :func:`~kernels.reference.requantize_centered`,
+:func:`~kernels.reference.exact_add`, :func:`~kernels.reference.exact_sum`) on the integers
+``x - z_x`` and ``w - z_w``, which these layers recover from their dequantized inputs: the
+reference is the one CPU executor of the integer contract, here on NCHW float tensors as in
+the int8 network's reference backend on int8 NHWC tensors. Zero padding is exact: a padded tap
+is 0 = ``x - z_x`` of the real zero. The integer path runs without autograd (rounding has no
+gradient).
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from kernels import reference as kref
 
 from .nn import ChannelClamp, FakeQuant, fake_quant_tensor
 from .quant.requant import avgpool_float_scale, avgpool_multiplier
@@ -50,10 +51,6 @@ __all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool"
            "QUANTIZED_LAYERS", "QUANTIZED_LAYER_TYPES"]
 
 
-#: float32 holds every integer of magnitude up to 2^24 exactly.
-EXACT_FLOAT32 = 1 << 24
-#: A layer whose float32 reduction would need more chunks than this runs as one float64 reduction.
-MAX_FLOAT32_CHUNKS = 8
 _IQ_BUFFERS = ("iq_bias", "iq_multiplier", "iq_lo", "iq_hi", "iq_float_scale")
 
 
@@ -69,37 +66,6 @@ def _centered(x: torch.Tensor, scale: float, lo: int, hi: int) -> torch.Tensor:
     ``[lo, hi]`` (values off the grid are quantized as the quantizer would)."""
     s = _scalar(scale, x.device)
     return (x.to(torch.float32) * torch.reciprocal(s)).round_().clamp_(lo, hi)
-
-
-def _clamp_inplace(y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """``y.clamp_(lo, hi)`` for broadcast tensor bounds (``lo <= hi``), as two in-place passes
-    (faster on the CPU than a clamp with tensor bounds)."""
-    torch.maximum(y, lo, out=y)
-    return torch.minimum(y, hi, out=y)
-
-
-def _float32_chunks(bound: np.ndarray) -> Optional[list[tuple[int, int]]]:
-    """Split the reduction ``[0, C)`` into contiguous chunks whose worst-case partial sums
-    (``bound[n, c]``: the bound contributed by input channel ``c`` to output ``n``) stay exact
-    in float32; ``None`` if one channel alone exceeds 2^24."""
-    n, c = bound.shape
-    if c == 0:
-        return [(0, 0)]
-    chunks: list[tuple[int, int]] = []
-    running = np.zeros(n)
-    start = 0
-    for k in range(c):
-        col = bound[:, k]
-        if col.max() >= EXACT_FLOAT32:
-            return None
-        nxt = running + col
-        if nxt.max() >= EXACT_FLOAT32:
-            chunks.append((start, k))
-            start, running = k, col.copy()
-        else:
-            running = nxt
-    chunks.append((start, c))
-    return chunks
 
 
 class _QuantLayerMixin:
@@ -248,12 +214,9 @@ class _QuantLayerMixin:
     def _channel_dim(self, y: torch.Tensor) -> int:
         raise NotImplementedError
 
-    def _integer_plan(self, device: torch.device) -> tuple:
-        """``(integer weights w - z_w, kind, chunks, float32 bias)`` for ``device``, cached while
-        the weights do not change. ``kind``: ``"f32"`` (one float32 reduction with the bias),
-        ``"f32+b"`` (one float32 reduction, then the bias added in float32: one rounding of the
-        exact sum), ``"chunks"`` (float32 chunks added in float64), ``"f64"`` (one float64
-        reduction)."""
+    def _integer_plan(self, device: torch.device) -> kref.ExactReduction:
+        """How the reference computes this layer's exact accumulator on ``device``
+        (:func:`kernels.reference.plan_reduction`), cached while the weights do not change."""
         try:
             key = (self.weight.data_ptr(), self.weight._version, self.w_scale.data_ptr(), self.w_scale._version,
                    self.w_zero_point.data_ptr(), self.w_zero_point._version, str(device))
@@ -262,85 +225,29 @@ class _QuantLayerMixin:
         if key is not None and self._iq_cache is not None and self._iq_cache[0] == key:
             return self._iq_cache[1]
         wc = (self.integer_weight() - self._bcast(self.w_zero_point)).cpu()
-        n = wc.shape[0]
-        x_max = max(abs(self.iq_x_min), abs(self.iq_x_max))
-        absw = wc.abs().to(torch.float64)
-        bias_abs = self.iq_bias.detach().abs().cpu()
-        groups = int(getattr(self, "groups", 1))
-        c_in = self._reduction_channels()
-        if groups == 1:
-            per_channel = (absw.reshape(n, c_in, -1).sum(2) * x_max).numpy()
-            per_output = per_channel.sum(1)
-            chunks = _float32_chunks(per_channel)
-        else:
-            per_output = (absw.reshape(n, -1).sum(1) * x_max).numpy()
-            chunks = [(0, c_in)] if per_output.max() < EXACT_FLOAT32 else None
-        if device.type != "cpu" or chunks is None or len(chunks) > MAX_FLOAT32_CHUNKS:
-            kind = "f64"  # other devices may pick convolution algorithms that are not exact in float32
-        elif len(chunks) == 1:
-            if float((torch.from_numpy(per_output) + bias_abs).max()) < EXACT_FLOAT32:
-                kind = "f32"
-            elif float(bias_abs.max()) <= EXACT_FLOAT32:
-                kind = "f32+b"
-            else:
-                kind = "chunks"
-        else:
-            kind = "chunks"
-        if kind == "chunks" and (getattr(self, "groups", 1) != 1 or chunks is None):
-            kind = "f64"  # grouped / depthwise convolutions cannot be split along input channels
-        dtype = torch.float64 if kind == "f64" else torch.float32
-        bounds = None
-        if self.integer_output == "quantized" and self.iq_lo.numel() == 1:
-            bounds = (float(self.iq_lo[0]), float(self.iq_hi[0]))
-        plan = (wc.to(device=device, dtype=dtype), kind, chunks,
-                self.iq_bias.detach().to(device=device, dtype=torch.float32), bounds)
+        x_bound = max(abs(self.iq_x_min), abs(self.iq_x_max))
+        plan = kref.plan_reduction(wc, self.iq_bias.detach().cpu(), x_bound, int(getattr(self, "groups", 1)), device)
         if key is not None:
             self._iq_cache = (key, plan)
         return plan
 
-    def _exact_accumulator(self, xc: torch.Tensor, plan: tuple) -> torch.Tensor:
-        """``float32(acc)`` for the centered integer input ``xc``: the exact accumulator rounded
-        once to float32, as the integer network's ``float32(acc)``."""
-        wc, kind, chunks, bias32, _ = plan
-        if kind == "f64":
-            acc = self._reduce(xc.to(torch.float64), wc, self.iq_bias.to(torch.float64))
-            return torch.round(acc).to(torch.float32)  # exact; the rounding guards non-direct algorithms
-        if kind == "f32":
-            return self._reduce(xc, wc, bias32)
-        if kind == "f32+b":
-            acc = self._reduce(xc, wc, None)
-            return acc.add_(self._channel_view(bias32, acc))
-        dim = self._channel_dim(xc) if xc.dim() > 1 else 0
-        acc64: Optional[torch.Tensor] = None
-        for a, b in chunks:
-            part = self._reduce(xc.narrow(dim, a, b - a), wc.narrow(1, a, b - a), None)
-            acc64 = part.to(torch.float64) if acc64 is None else acc64.add_(part)
-        assert acc64 is not None
-        acc64.add_(self._channel_view(self.iq_bias.to(torch.float64), acc64))
-        return acc64.to(torch.float32)
-
     def _channel_view(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """A ``[1|N]`` per-output-channel tensor shaped to broadcast against the output ``y``."""
-        if v.numel() == 1:
-            return v.reshape(())
-        shape = [1] * y.dim()
-        shape[self._channel_dim(y)] = -1
-        return v.view(shape)
+        return kref.channel_view(v, y, self._channel_dim(y))
 
     @torch.no_grad()
     def _integer_forward(self, x: torch.Tensor) -> torch.Tensor:
-        plan = self._integer_plan(x.device)
         xc = _centered(x, self.iq_x_scale, self.iq_x_min, self.iq_x_max)
-        acc = self._exact_accumulator(xc, plan)
+        dim = self._channel_dim(xc) if xc.dim() > 1 else 0
+        acc = kref.exact_accumulate(xc, self._integer_plan(x.device), self._reduce, dim).to(torch.float32)
         if self.integer_output == "float":
             y = acc.mul_(self._channel_view(self.iq_float_scale, acc))
         else:
-            y = acc.mul_(self._channel_view(self.iq_multiplier, acc)).round_()
-            bounds = plan[4]
-            if bounds is not None:
-                y.clamp_(bounds[0], bounds[1])
+            if self.iq_lo.numel() == 1:
+                lo, hi = float(self.iq_lo[0]), float(self.iq_hi[0])
             else:
-                _clamp_inplace(y, self._channel_view(self.iq_lo, y), self._channel_view(self.iq_hi, y))
+                lo, hi = self._channel_view(self.iq_lo, acc), self._channel_view(self.iq_hi, acc)
+            y = kref.requantize_centered(acc, self._channel_view(self.iq_multiplier, acc), lo, hi)
             y = y.mul_(_scalar(self.iq_y_scale, y.device))  # (q - z_y) * s_y, as FakeQuant dequantizes
         return y if x.dtype == torch.float32 or not x.is_floating_point() else y.to(x.dtype)
 
@@ -467,17 +374,13 @@ class QAdd(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ac = _centered(a, self.a_scale, *self.a_range)
         bc = _centered(b, self.b_scale, *self.b_range)
-        if self.acc_bound >= EXACT_FLOAT32:
-            acc = ac.to(torch.float64).mul_(self.ia).add_(bc.to(torch.float64), alpha=self.ib).to(torch.float32)
-        else:
-            acc = ac.mul_(self.ia).add_(bc, alpha=self.ib)  # integers below 2^24: exact
-        y = acc.mul_(_scalar(self.multiplier, acc.device)).round_()
+        acc = kref.exact_add(ac, bc, self.ia, self.ib, self.acc_bound)
         if self.lo.numel() == 1:
-            y.clamp_(int(self.lo[0]) - self.zero_point, int(self.hi[0]) - self.zero_point)
+            lo, hi = int(self.lo[0]) - self.zero_point, int(self.hi[0]) - self.zero_point
         else:
-            lo = (self.lo - self.zero_point).to(torch.float32)
-            hi = (self.hi - self.zero_point).to(torch.float32)
-            _clamp_inplace(y, _bounds_view(lo, y), _bounds_view(hi, y))
+            lo = _bounds_view((self.lo - self.zero_point).to(torch.float32), acc)
+            hi = _bounds_view((self.hi - self.zero_point).to(torch.float32), acc)
+        y = kref.requantize_centered(acc, _scalar(self.multiplier, acc.device), lo, hi)
         y = y.mul_(_scalar(self.y_scale, y.device))
         return y if a.dtype == torch.float32 else y.to(a.dtype)
 
@@ -516,15 +419,12 @@ class QAvgPool(nn.Module):
             raise ValueError(f"QAvgPool expects a [B, C, H, W] tensor, got shape {tuple(x.shape)}")
         hw = int(x.shape[2] * x.shape[3])
         xc = _centered(x, self.x_scale, *self.x_range)
-        if hw * max(abs(v) for v in self.x_range) < EXACT_FLOAT32:
-            acc = xc.sum(dim=(2, 3))  # every partial sum is an integer below 2^24: exact
-        else:
-            acc = xc.to(torch.float64).sum(dim=(2, 3)).to(torch.float32)
+        acc = kref.exact_sum(xc, (2, 3), hw * max(abs(v) for v in self.x_range))
         if self.y_scale is None:
             y = acc.mul_(_scalar(avgpool_float_scale(self.x_scale, hw), acc.device))
         else:
-            y = acc.mul_(_scalar(avgpool_multiplier(self.x_scale, self.y_scale, hw), acc.device)).round_()
-            y = y.clamp_(self.qmin - self.zero_point, self.qmax - self.zero_point)
+            m = _scalar(avgpool_multiplier(self.x_scale, self.y_scale, hw), acc.device)
+            y = kref.requantize_centered(acc, m, self.qmin - self.zero_point, self.qmax - self.zero_point)
             y = y.mul_(_scalar(self.y_scale, y.device))
         if self.keepdim:
             y = y.view(y.shape[0], y.shape[1], 1, 1)

@@ -8,7 +8,8 @@ Which kernel runs, and with which tile, is set by one :class:`~kernels.settings.
 object (:func:`current_settings`, :func:`use_settings`).
 
 Importing this package does not import Triton; the Triton modules (:mod:`kernels.gemm`,
-:mod:`kernels.conv`, :mod:`kernels.depthwise`, :mod:`kernels.elementwise`, :mod:`kernels.pool`)
+:mod:`kernels.conv`, :mod:`kernels.depthwise`, :mod:`kernels.elementwise`, :mod:`kernels.pool`,
+:mod:`kernels.lut`)
 load on first use.
 """
 
@@ -21,10 +22,14 @@ from .ops import (
     get_backend,
     int8_add,
     int8_avgpool,
+    int8_avgpool2d,
     int8_conv2d,
     int8_depthwise_conv2d,
     int8_gemm,
+    int8_lut,
     int8_maxpool2d,
+    int8_mul,
+    int8_upsample_nearest,
     quantize,
     set_backend,
     triton_available,
@@ -37,6 +42,7 @@ from .reference import (
     float32_reciprocal,
     float32_value,
     fold_bias,
+    lut_from_function,
 )
 from .settings import KernelSettings, current_settings, set_settings, use_settings
 
@@ -58,12 +64,17 @@ __all__ = [
     "int8_add",
     "int8_avgpool",
     "int8_maxpool2d",
+    "int8_avgpool2d",
+    "int8_mul",
+    "int8_lut",
+    "int8_upsample_nearest",
     "quantize",
     "dequantize",
     "add_multipliers",
     "fold_bias",
     "float32_value",
     "float32_reciprocal",
+    "lut_from_function",
     "conv_weight_to_nhwc",
     "depthwise_weight_to_hwc",
 ]

@@ -1,4 +1,4 @@
-"""Elementwise int8 kernels (Triton): residual add, quantize on entry, dequantize on exit.
+"""Elementwise int8 kernels (Triton): residual add, quantize on entry, dequantize on exit, gating multiply.
 
 Layout follows Triton's tutorials: block sizes, the ``@triton.jit`` kernels, thin launchers, and
 a reference check (``python -m kernels.elementwise``). Every kernel works on flat blocks of
@@ -10,6 +10,8 @@ a reference check (``python -m kernels.elementwise``). Every kernel works on fla
 * :func:`quantize`: float32 (NCHW with any strides, or a contiguous tensor) -> int8 NHWC,
   ``clamp(rne(x * (1.0f / float32(s))) + z, lo, hi)`` with the shared round-and-clamp.
 * :func:`dequantize`: int8 -> float32, ``float32(q - z) * float32(s)``.
+* :func:`int8_mul`: squeeze-excitation gate, ``acc = (x - z_x) * (g - z_g)`` exactly in int32 with
+  ``g`` one value per image and channel (``[B, C]``) or elementwise, then the shared epilogue.
 """
 
 from __future__ import annotations
@@ -180,10 +182,59 @@ def dequantize(q: Tensor, scale: float, zero_point: int) -> Tensor:
 
 
 # =============================================================================================
+# Gating multiply (squeeze-excitation)
+# =============================================================================================
+@triton.jit(do_not_specialize=["z_x", "z_g", "z_y", "lo", "hi"])
+def _int8_mul_kernel(
+    x_ptr, g_ptr, y_ptr,  # int8 x NHWC [B, H, W, C] and output, contiguous; int8 gate g
+    n_elements,
+    HWC, C,  # PER_CHANNEL only: elements per image, channels (g is [B, C])
+    z_x, z_g,  # zero points of x and g
+    m, z_y, lo, hi,  # epilogue: float32 multiplier, output zero point, bounds
+    PER_CHANNEL: tl.constexpr, USE_RINT: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_elements
+    if PER_CHANNEL:
+        g_offs = (offs // HWC) * C + offs % C  # gate of image b, channel c
+    else:
+        g_offs = offs
+    x = tl.load(x_ptr + offs, mask=mask, other=0).to(tl.int32)
+    g = tl.load(g_ptr + g_offs, mask=mask, other=0).to(tl.int32)
+    acc = (x - z_x) * (g - z_g)  # |acc| <= 255^2: exact in int32 and in float32
+    tl.store(y_ptr + offs, requantize(acc, m, z_y, lo, hi, USE_RINT), mask=mask)
+
+
+def int8_mul(
+    x: Tensor,
+    g: Tensor,
+    z_x: int,
+    z_g: int,
+    multiplier: float,
+    z_y: int,
+    lo: int = ref.INT8_MIN,
+    hi: int = ref.INT8_MAX,
+) -> Tensor:
+    """Triton gating multiply; same contract as :func:`kernels.reference.int8_mul`."""
+    z_x, z_g, m, z_y, lo, hi, per_channel = ref.check_mul_args(x, g, z_x, z_g, multiplier, z_y, lo, hi)
+    y = torch.empty_like(x)
+    n = x.numel()
+    if n == 0:
+        return y
+    B, H, W, C = x.shape
+    block = _block()
+    _int8_mul_kernel[(cdiv(n, block),)](
+        x, g, y, n, H * W * C, C, z_x, z_g, m, z_y, lo, hi,
+        PER_CHANNEL=per_channel, USE_RINT=USE_RINT, BLOCK=block, **_launch_opts(),
+    )  # fmt: skip
+    return y
+
+
+# =============================================================================================
 # Reference check
 # =============================================================================================
 def _self_check(device: str = "cuda" if torch.cuda.is_available() else "cpu") -> bool:
-    """Compare add, quantize and dequantize with the reference."""
+    """Compare add, quantize, dequantize and the gating multiply with the reference."""
     g = torch.Generator().manual_seed(0)
     a = torch.randint(-128, 128, (3, 7, 5, 33), generator=g, dtype=torch.int8).to(device)
     b = torch.randint(-128, 128, (3, 7, 5, 33), generator=g, dtype=torch.int8).to(device)
@@ -192,6 +243,9 @@ def _self_check(device: str = "cuda" if torch.cuda.is_available() else "cpu") ->
     x = (torch.randn(2, 3, 9, 7, generator=g) * 4).to(device)
     ok &= torch.equal(quantize(x, 0.037, -4), ref.quantize(x, 0.037, -4))
     ok &= torch.equal(dequantize(a, 0.02, 5), ref.dequantize(a, 0.02, 5))
+    gate = torch.randint(-128, 128, (3, 33), generator=g, dtype=torch.int8).to(device)
+    ok &= torch.equal(int8_mul(a, gate, 3, -128, 1.3e-4, -5), ref.int8_mul(a, gate, 3, -128, 1.3e-4, -5))
+    ok &= torch.equal(int8_mul(a, b, -7, 2, 2.1e-4, 4, -100, 90), ref.int8_mul(a, b, -7, 2, 2.1e-4, 4, -100, 90))
     logger.info("elementwise reference check on %s: %s", device, "bit-exact" if ok else "MISMATCH")
     return bool(ok)
 

@@ -53,6 +53,10 @@ __all__ = [
     "int8_maxpool2d",
     "quantize",
     "dequantize",
+    "int8_lut",
+    "int8_mul",
+    "int8_avgpool2d",
+    "int8_upsample_nearest",
 ]
 
 
@@ -124,7 +128,7 @@ def is_traced(x: object) -> bool:
 
 def triton_module(x: object, backend: Optional[str], module: str) -> Optional[ModuleType]:
     """The Triton kernel module (``"gemm"``, ``"conv"``, ``"depthwise"``, ``"elementwise"``,
-    ``"pool"``) that runs an op on ``x`` eagerly under ``backend``, or ``None`` when the op must go
+    ``"pool"``, ``"lut"``) that runs an op on ``x`` eagerly under ``backend``, or ``None`` when the op must go
     through its ``dfq_int8`` custom op instead: the reference backend, CPU tensors without the
     interpreter under ``"auto"``, tensor subclasses (fake and functional tensors of tracing), and
     ``torch.compile``/``torch.export`` tracing.
@@ -259,16 +263,106 @@ def _(x, z_x, multiplier, z_y, lo, hi, backend):
 
 
 @torch.library.custom_op("dfq_int8::maxpool2d", mutates_args=())
-def _maxpool_op(x: Tensor, kernel_size: List[int], stride: List[int], padding: List[int], backend: str) -> Tensor:
+def _maxpool_op(
+    x: Tensor,
+    kernel_size: List[int],
+    stride: List[int],
+    padding: List[int],
+    backend: str,
+    dilation: Optional[List[int]] = None,
+    ceil_mode: bool = False,
+) -> Tensor:
     impl = _impl(backend, x, "pool")
-    return impl.int8_maxpool2d(x, kernel_size, stride, padding)
+    return impl.int8_maxpool2d(x, kernel_size, stride, padding, 1 if dilation is None else dilation, ceil_mode)
 
 
 @_maxpool_op.register_fake
-def _(x, kernel_size, stride, padding, backend):
-    ks, stride, pad = ref.check_maxpool_args(x, kernel_size, stride, padding)
-    oh, ow = ref.conv_output_size(x.shape[1], x.shape[2], ks[0], ks[1], stride, pad)
+def _(x, kernel_size, stride, padding, backend, dilation=None, ceil_mode=False):
+    *_, oh, ow = ref.check_maxpool2d_args(x, kernel_size, stride, padding, 1 if dilation is None else dilation,
+                                          ceil_mode)  # fmt: skip
     return x.new_empty((x.shape[0], oh, ow, x.shape[3]), dtype=torch.int8)
+
+
+@torch.library.custom_op("dfq_int8::avgpool2d", mutates_args=())
+def _avgpool2d_op(
+    x: Tensor,
+    kernel_size: List[int],
+    stride: List[int],
+    padding: List[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    z_x: int,
+    x_scale: float,
+    y_scale: float,
+    z_y: int,
+    lo: int,
+    hi: int,
+    backend: str,
+) -> Tensor:
+    impl = _impl(backend, x, "pool")
+    return impl.int8_avgpool2d(
+        x, kernel_size, stride, padding, ceil_mode, count_include_pad, z_x, x_scale, y_scale, z_y, lo, hi
+    )
+
+
+@_avgpool2d_op.register_fake
+def _(x, kernel_size, stride, padding, ceil_mode, count_include_pad, z_x, x_scale, y_scale, z_y, lo, hi, backend):
+    checked = ref.check_avgpool2d_args(
+        x, kernel_size, stride, padding, ceil_mode, count_include_pad, z_x, x_scale, y_scale, z_y, lo, hi
+    )
+    oh, ow = checked[5], checked[6]
+    return x.new_empty((x.shape[0], oh, ow, x.shape[3]), dtype=torch.int8)
+
+
+@torch.library.custom_op("dfq_int8::upsample_nearest", mutates_args=())
+def _upsample_nearest_op(
+    x: Tensor, size: Optional[List[int]], scale_factor: Optional[List[float]], backend: str
+) -> Tensor:
+    impl = _impl(backend, x, "pool")
+    return impl.int8_upsample_nearest(x, size, scale_factor)
+
+
+@_upsample_nearest_op.register_fake
+def _(x, size, scale_factor, backend):
+    oh, ow, _, _ = ref.check_upsample_args(x, size, scale_factor)
+    return x.new_empty((x.shape[0], oh, ow, x.shape[3]), dtype=torch.int8)
+
+
+@torch.library.custom_op("dfq_int8::lut", mutates_args=())
+def _lut_op(x: Tensor, table: Tensor, backend: str) -> Tensor:
+    impl = _impl(backend, x, "lut")
+    return impl.int8_lut(x, table)
+
+
+@_lut_op.register_fake
+def _(x, table, backend):
+    ref.check_lut_args(x, table)
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("dfq_int8::lut_into", mutates_args=("out",))
+def _lut_into_op(x: Tensor, table: Tensor, out: Tensor, channel_offset: int, backend: str) -> None:
+    impl = _impl(backend, x, "lut")
+    impl.int8_lut(x, table, out, channel_offset)
+
+
+@_lut_into_op.register_fake
+def _(x, table, out, channel_offset, backend):
+    ref.check_lut_args(x, table, out, channel_offset)
+
+
+@torch.library.custom_op("dfq_int8::mul", mutates_args=())
+def _mul_op(
+    x: Tensor, g: Tensor, z_x: int, z_g: int, multiplier: float, z_y: int, lo: int, hi: int, backend: str
+) -> Tensor:
+    impl = _impl(backend, x, "elementwise")
+    return impl.int8_mul(x, g, z_x, z_g, multiplier, z_y, lo, hi)
+
+
+@_mul_op.register_fake
+def _(x, g, z_x, z_g, multiplier, z_y, lo, hi, backend):
+    ref.check_mul_args(x, g, z_x, z_g, multiplier, z_y, lo, hi)
+    return torch.empty_like(x)
 
 
 @torch.library.custom_op("dfq_int8::quantize", mutates_args=())
@@ -445,15 +539,119 @@ def int8_avgpool(
 def int8_maxpool2d(
     x: Tensor,
     kernel_size: Union[int, Sequence[int]],
-    stride: Union[int, Sequence[int]],
+    stride: Union[int, Sequence[int], None],
     padding: ref.Padding = 0,
+    dilation: Union[int, Sequence[int]] = 1,
+    ceil_mode: bool = False,
     backend: Optional[str] = None,
 ) -> Tensor:
-    """Max pool on NHWC int8 (padding counts as -128); scale and zero point are unchanged."""
+    """Max pool on NHWC int8 -> ``[B, OH, OW, C]`` with ``F.max_pool2d``'s output shape.
+
+    Taps outside the input (padding, windows past the border in ``ceil_mode``) count as -128;
+    ``dilation`` spaces the taps; ``stride=None`` means ``kernel_size``. Scale and zero point are
+    unchanged.
+    """
     ks = list(ref.normalize_stride(kernel_size))
-    st = list(ref.normalize_stride(stride))
+    st = ks if stride is None else list(ref.normalize_stride(stride))
     pad = list(ref.normalize_padding(padding))
-    return torch.ops.dfq_int8.maxpool2d(x, ks, st, pad, _resolve(backend))
+    dil = list(ref.normalize_stride(dilation))
+    be = _resolve(backend)
+    if dil == [1, 1] and ceil_mode is False:
+        return torch.ops.dfq_int8.maxpool2d(x, ks, st, pad, be)
+    return torch.ops.dfq_int8.maxpool2d(x, ks, st, pad, be, dil, ceil_mode)
+
+
+def int8_avgpool2d(
+    x: Tensor,
+    kernel_size: Union[int, Sequence[int]],
+    stride: Union[int, Sequence[int], None],
+    padding: ref.Padding,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    z_x: int,
+    x_scale: float,
+    y_scale: float,
+    z_y: int,
+    lo: int = ref.INT8_MIN,
+    hi: int = ref.INT8_MAX,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Windowed average pool on NHWC int8 -> ``[B, OH, OW, C]`` with ``F.avg_pool2d``'s output shape.
+
+    ``acc = sum over the window's in-bounds taps of (x - z_x)`` (int32), ``d`` the divisor
+    ``F.avg_pool2d`` uses there (``count_include_pad``, ``ceil_mode``), then
+    ``y = clamp(rne(float32(acc) * m_d) + z_y, lo, hi)`` with ``m_d = float32((x_scale / y_scale) / d)``
+    computed in float64. ``stride=None`` means ``kernel_size``; padding at most half the window.
+    """
+    ks = list(ref.normalize_stride(kernel_size))
+    st = ks if stride is None else list(ref.normalize_stride(stride))
+    pad = list(ref.normalize_padding(padding))
+    return torch.ops.dfq_int8.avgpool2d(
+        x, ks, st, pad, ceil_mode, count_include_pad, z_x, float(x_scale), float(y_scale), z_y, lo, hi,
+        _resolve(backend),
+    )  # fmt: skip
+
+
+def int8_upsample_nearest(
+    x: Tensor,
+    size: Union[int, Sequence[int], None] = None,
+    scale_factor: Union[float, Sequence[float], None] = None,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Nearest-neighbour upsampling of NHWC int8 -> ``[B, OH, OW, C]``, values (and quantization)
+    unchanged; output size and source indices are ``F.interpolate(mode="nearest")``'s. Give exactly
+    one of ``size`` (``n`` or ``(oh, ow)``) and ``scale_factor`` (``s`` or ``(sh, sw)``)."""
+    sz: Optional[List[int]] = None
+    sf: Optional[List[float]] = None
+    if size is not None:
+        sz = [size, size] if isinstance(size, int) else list(size)
+    if scale_factor is not None:
+        if isinstance(scale_factor, bool):
+            raise ValueError("scale_factor must be a positive float or a pair of them, got a bool")
+        sf = [float(scale_factor)] * 2 if isinstance(scale_factor, (int, float)) else [float(v) for v in scale_factor]
+    return torch.ops.dfq_int8.upsample_nearest(x, sz, sf, _resolve(backend))
+
+
+def int8_lut(
+    x: Tensor,
+    table: Tensor,
+    out: Optional[Tensor] = None,
+    channel_offset: int = 0,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Table lookup ``y = table[x + 128]`` on an int8 tensor of any rank (int8 ``[256]`` table on
+    ``x``'s device, e.g. from :func:`kernels.reference.lut_from_function`).
+
+    With ``out`` (int8 NHWC ``[B, H, W, C_out]``, ``x`` ``[B, H, W, C]``) the result is written into
+    channels ``[channel_offset, channel_offset + C)`` of ``out`` in place and ``out`` is returned.
+    """
+    be = _resolve(backend)
+    if out is None:
+        if channel_offset != 0:
+            ref.check_lut_args(x, table, out, channel_offset)
+        return torch.ops.dfq_int8.lut(x, table, be)
+    torch.ops.dfq_int8.lut_into(x, table, out, channel_offset, be)
+    return out
+
+
+def int8_mul(
+    x: Tensor,
+    g: Tensor,
+    z_x: int,
+    z_g: int,
+    multiplier: float,
+    z_y: int,
+    lo: int = ref.INT8_MIN,
+    hi: int = ref.INT8_MAX,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Gating multiply (squeeze-excitation): x NHWC ``[B, H, W, C]`` times ``g`` (``[B, C]``, broadcast
+    over H and W, or of ``x``'s shape) -> int8 NHWC.
+
+    ``y = clamp(rne(float32((x - z_x)(g - z_g)) * multiplier) + z_y, lo, hi)`` with the per-tensor
+    ``multiplier = s_x s_g / s_y`` (used as its float32 value).
+    """
+    return torch.ops.dfq_int8.mul(x, g, z_x, z_g, float(multiplier), z_y, lo, hi, _resolve(backend))
 
 
 def quantize(

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -53,6 +54,13 @@ __all__ = [
     "int8_maxpool2d",
     "quantize",
     "dequantize",
+    "int8_lut",
+    "lut_from_function",
+    "int8_mul",
+    "int8_avgpool2d",
+    "avgpool2d_multipliers",
+    "pool_output_size",
+    "int8_upsample_nearest",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -414,42 +422,230 @@ def depthwise_weight_to_hwc(w: Tensor) -> Tensor:
 
 
 # =============================================================================================
+# The executor of the contract: exact integer reductions in floating point and the epilogue.
+# The simulation of dfq_gpu (dfq_gpu.modules) runs its integer layers through these functions
+# too, on the centered integers it recovers from its dequantized tensors, so the contract is
+# executed by this module and by the Triton kernels, nowhere else.
+# =============================================================================================
+#: float32 holds every integer of magnitude up to 2^24 exactly.
+EXACT_FLOAT32 = 1 << 24
+#: A reduction whose float32 form would need more chunks than this runs as one float64 reduction.
+MAX_FLOAT32_CHUNKS = 8
+
+#: ``reduce(x, w, bias)``: the float convolution / matrix product of a layer (``bias`` may be ``None``).
+Reduce = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
+
+
+@dataclass(frozen=True)
+class ExactReduction:
+    """How :func:`exact_accumulate` computes ``acc = sum_k xc_k wc_k + bias`` exactly.
+
+    Every partial sum of the reduction is an integer of magnitude at most
+    ``max|xc| * sum_k |wc_k|``, exact in float32 below 2^24 and in float64 below 2^53. ``kind``:
+
+    * ``"f32"``: one float32 reduction with the bias (the result is exact);
+    * ``"f32+b"``: one float32 reduction, then the float32 bias added (one rounding of the exact sum);
+    * ``"chunks"``: the input channels split into ``chunks`` whose float32 reductions are exact,
+      added in float64 with the bias, rounded once to float32;
+    * ``"f64"``: one float64 reduction (devices other than the CPU, whose convolution algorithms
+      need not be exact in float32, and reductions too large for a few float32 chunks).
+
+    ``weight``: the centered integer weights in the dtype of the reduction, on its device;
+    ``bias32`` / ``bias64``: the bias in float32 / float64 (``None`` without a bias).
+    """
+
+    weight: Tensor
+    kind: str
+    chunks: Optional[Tuple[Tuple[int, int], ...]]
+    bias32: Optional[Tensor]
+    bias64: Optional[Tensor]
+
+
+def float32_chunks(bound: np.ndarray) -> Optional[list[Tuple[int, int]]]:
+    """Split the reduction ``[0, C)`` into contiguous chunks whose worst-case partial sums
+    (``bound[n, c]``: the bound contributed by input channel ``c`` to output ``n``) stay exact
+    in float32; ``None`` if one channel alone exceeds 2^24."""
+    n, c = bound.shape
+    if c == 0:
+        return [(0, 0)]
+    chunks: list[Tuple[int, int]] = []
+    running = np.zeros(n)
+    start = 0
+    for k in range(c):
+        col = bound[:, k]
+        if col.max() >= EXACT_FLOAT32:
+            return None
+        nxt = running + col
+        if nxt.max() >= EXACT_FLOAT32:
+            chunks.append((start, k))
+            start, running = k, col.copy()
+        else:
+            running = nxt
+    chunks.append((start, c))
+    return chunks
+
+
+def plan_reduction(wc: Tensor, bias: Optional[Tensor], x_bound: int, groups: int, device: torch.device,
+                   exact: bool = False) -> ExactReduction:
+    """The :class:`ExactReduction` of a layer.
+
+    Args:
+        wc: the centered integer weights ``w - z_w`` in PyTorch layout ``[N, C / groups, ...]``
+            (any dtype that holds them exactly).
+        bias: the integer bias ``[N]`` (or ``None``).
+        x_bound: the largest ``|x - z_x|`` of the input.
+        groups: the convolution's groups (1 for a linear layer); grouped reductions are not
+            split into chunks.
+        device: where the reduction runs.
+        exact: the caller needs the exact accumulator (an int32 output), not ``float32(acc)``:
+            only ``"f32"`` and ``"f64"`` are used.
+    """
+    n = wc.shape[0]
+    absw = wc.detach().to(device="cpu", dtype=torch.float64).abs()
+    bias_abs = (torch.zeros(n, dtype=torch.float64) if bias is None
+                else bias.detach().to(device="cpu", dtype=torch.float64).abs().reshape(-1))
+    if groups == 1:
+        per_channel = (absw.reshape(n, wc.shape[1], -1).sum(2) * x_bound).numpy()
+        per_output = per_channel.sum(1)
+        chunks = float32_chunks(per_channel)
+    else:
+        per_output = (absw.reshape(n, -1).sum(1) * x_bound).numpy()
+        chunks = [(0, wc.shape[1])] if per_output.max(initial=0.0) < EXACT_FLOAT32 else None
+    kind = "f64"
+    if device.type == "cpu" and chunks is not None and len(chunks) <= MAX_FLOAT32_CHUNKS:
+        if len(chunks) == 1 and float((torch.from_numpy(per_output) + bias_abs).max()) < EXACT_FLOAT32:
+            kind = "f32"
+        elif len(chunks) == 1 and float(bias_abs.max()) <= EXACT_FLOAT32:
+            kind = "f32+b"
+        elif groups == 1:
+            kind = "chunks"
+    if exact and kind != "f32":
+        kind = "f64"
+    dtype = torch.float64 if kind == "f64" else torch.float32
+    return ExactReduction(
+        weight=wc.detach().to(device=device, dtype=dtype),
+        kind=kind,
+        chunks=tuple(chunks) if kind == "chunks" and chunks is not None else None,
+        bias32=None if bias is None else bias.detach().reshape(-1).to(device=device, dtype=torch.float32),
+        bias64=None if bias is None else bias.detach().reshape(-1).to(device=device, dtype=torch.float64),
+    )
+
+
+def channel_view(v: Tensor, y: Tensor, channel_dim: int) -> Tensor:
+    """A ``[1|N]`` per-channel tensor shaped to broadcast against ``y`` along ``channel_dim``."""
+    if v.numel() == 1:
+        return v.reshape(())
+    shape = [1] * y.dim()
+    shape[channel_dim] = -1
+    return v.view(shape)
+
+
+@torch.no_grad()
+def exact_accumulate(xc: Tensor, red: ExactReduction, reduce: Reduce, channel_dim: int) -> Tensor:
+    """The accumulator ``acc = reduce(xc, wc) + bias`` of the centered integer input ``xc``
+    (float32, its channels along ``channel_dim``): ``float32(acc)``, the exact value rounded once,
+    for the float32 kinds, and the exact value in float64 for ``"f64"``."""
+    if red.kind == "f64":
+        acc = reduce(xc.to(torch.float64), red.weight, red.bias64)
+        return torch.round(acc)  # exact; the rounding guards convolution algorithms that are not direct
+    if red.kind == "f32":
+        return reduce(xc, red.weight, red.bias32)
+    if red.kind == "f32+b":
+        acc = reduce(xc, red.weight, None)
+        return acc if red.bias32 is None else acc.add_(channel_view(red.bias32, acc, channel_dim))
+    assert red.chunks is not None
+    acc64: Optional[Tensor] = None
+    for a, b in red.chunks:
+        part = reduce(xc.narrow(channel_dim, a, b - a), red.weight.narrow(1, a, b - a), None)
+        acc64 = part.to(torch.float64) if acc64 is None else acc64.add_(part)
+    assert acc64 is not None
+    if red.bias64 is not None:
+        acc64.add_(channel_view(red.bias64, acc64, channel_dim))
+    return acc64.to(torch.float32)
+
+
+@torch.no_grad()
+def exact_add(ac: Tensor, bc: Tensor, ia: int, ib: int, bound: int) -> Tensor:
+    """``float32(ac ia + bc ib)`` of centered integer tensors (float32), where ``bound`` bounds
+    ``|ac ia + bc ib|``: in float32 below 2^24 (exact), else in float64 rounded once. ``ac`` is
+    overwritten."""
+    if bound >= EXACT_FLOAT32:
+        return ac.to(torch.float64).mul_(ia).add_(bc.to(torch.float64), alpha=ib).to(torch.float32)
+    return ac.mul_(ia).add_(bc, alpha=ib)
+
+
+@torch.no_grad()
+def exact_sum(xc: Tensor, dims: Tuple[int, ...], bound: int) -> Tensor:
+    """``float32(sum over dims of xc)`` of a centered integer tensor (float32), where ``bound``
+    bounds the sum's magnitude: in float32 below 2^24 (every partial sum exact), else in float64."""
+    if bound < EXACT_FLOAT32:
+        return xc.sum(dim=dims)
+    return xc.to(torch.float64).sum(dim=dims).to(torch.float32)
+
+
+@torch.no_grad()
+def requantize_centered(acc: Tensor, multiplier: Union[Tensor, float], lo: Union[Tensor, float],
+                        hi: Union[Tensor, float]) -> Tensor:
+    """The epilogue relative to the output zero point, in place on a float32 accumulator:
+    ``clamp(rne(acc * m), lo, hi)`` = ``q - z_y`` for the ``q`` of :func:`requantize`, with
+    ``lo``/``hi`` the bounds minus ``z_y`` (numbers, or float32 tensors broadcasting against
+    ``acc``) and ``m`` a float32 tensor or a number (taken as its float32 value). Rounding and
+    clamping to integer bounds commute, so this equals clamping first as the kernels do."""
+    m = multiplier if isinstance(multiplier, Tensor) else torch.tensor(float(multiplier), dtype=torch.float32,
+                                                                          device=acc.device)
+    y = acc.mul_(m).round_()
+    if isinstance(lo, Tensor) or isinstance(hi, Tensor):
+        lo_t = lo if isinstance(lo, Tensor) else torch.tensor(float(lo), device=acc.device)
+        hi_t = hi if isinstance(hi, Tensor) else torch.tensor(float(hi), device=acc.device)
+        torch.maximum(y, lo_t, out=y)  # two in-place passes: faster on the CPU than a tensor-bound clamp
+        return torch.minimum(y, hi_t, out=y)
+    return y.clamp_(float(lo), float(hi))
+
+
+# =============================================================================================
 # The contract
 # =============================================================================================
 def requantize(acc: Tensor, multiplier: Tensor, z_y: int, lo: Tensor, hi: Tensor) -> Tensor:
     """``clamp(rne(float32(acc) * m) + z_y, lo, hi)`` -> int8; per-channel params broadcast on the last dim.
 
-    The float product is clamped to ``[lo - z_y - 1, hi - z_y + 1]`` before rounding, which changes
-    no result (every value beyond rounds to an integer the final clamp maps to the same bound) and
-    keeps the float -> int conversion defined.
+    ``acc``: the int32 accumulator, or ``float32(acc)`` as :func:`exact_accumulate` returns it.
+    Computed by :func:`requantize_centered`.
     """
-    y = acc.to(torch.float32) * multiplier
-    lo32 = lo.to(torch.int32)
-    hi32 = hi.to(torch.int32)
-    y = torch.clamp(y, min=(lo32 - z_y - 1).to(torch.float32), max=(hi32 - z_y + 1).to(torch.float32))
-    q = torch.round(y).to(torch.int32) + z_y
-    q = torch.clamp(q, min=lo32, max=hi32)
-    return q.to(torch.int8)
+    y = acc.to(torch.float32)
+    if y is acc:
+        y = y.clone()
+    rel_lo = (lo.to(torch.int32) - z_y).to(torch.float32)
+    rel_hi = (hi.to(torch.int32) - z_y).to(torch.float32)
+    y = requantize_centered(y, multiplier.to(torch.float32), rel_lo, rel_hi)
+    return (y.to(torch.int32) + z_y).to(torch.int8)
 
 
-def _finish(acc64: Tensor, bias: Optional[Tensor], multiplier, z_y, lo, hi, out_int32: bool) -> Tensor:
-    """Add the bias (last dim), wrap to int32, and requantize unless ``out_int32``."""
-    if bias is not None:
-        acc64 = acc64 + bias.to(torch.int64)
-    acc = acc64.to(torch.int32)
+def _finish(acc: Tensor, multiplier, z_y, lo, hi, out_int32: bool) -> Tensor:
+    """From the result of :func:`exact_accumulate` (bias included; channels last): the int32
+    accumulator (wrapped to int32 like the kernels) if ``out_int32``, else the int8 output."""
+    if out_int32 or acc.dtype == torch.float64:
+        acc = acc.to(torch.int64).to(torch.int32)  # two's complement wrap-around, as the kernels
     if out_int32:
         return acc
     return requantize(acc, multiplier, z_y, lo, hi)
 
 
-def _centered(t: Tensor, zp: Union[int, Tensor, None], shape: Sequence[int]) -> Tensor:
-    """``t - zp`` in float64 (exact), with a per-channel ``zp`` reshaped to ``shape``."""
-    out = t.to(torch.float64)
+def _centered(t: Tensor, zp: Union[int, Tensor, None], shape: Sequence[int],
+              dtype: torch.dtype = torch.float32) -> Tensor:
+    """``t - zp`` in ``dtype``, with a per-channel ``zp`` reshaped to ``shape``. Exact in float32
+    for activations (zero points in [-128, 127]); weights, whose int32 zero points may be large,
+    are centered in float64 (:func:`plan_reduction` narrows them to float32 only when exact)."""
+    out = t.to(dtype)
     if zp is None:
         return out
     if isinstance(zp, Tensor):
-        return out - zp.to(torch.float64).reshape(shape)
+        return out - zp.to(dtype).reshape(shape)
     return out - float(zp)
+
+
+def _x_bound(z_x: int) -> int:
+    """The largest ``|x - z_x|`` of an int8 input."""
+    return max(abs(INT8_MIN - z_x), abs(INT8_MAX - z_x))
 
 
 def _raw_bias(w2d: Tensor, bias, z_x, w_zp, bias_folded: bool) -> Optional[Tensor]:
@@ -475,10 +671,10 @@ def int8_gemm(
     With ``bias_folded`` the given bias is the output of :func:`fold_bias`.
     """
     bias, w_zp, m, z_x, z_y, lo, hi = check_gemm_args(x, w, bias, w_zp, multiplier, z_x, z_y, lo, hi)
-    xc = _centered(x, z_x, ())
-    wc = _centered(w, w_zp, (-1, 1))
-    acc64 = torch.round(xc @ wc.t()).to(torch.int64)
-    return _finish(acc64, _raw_bias(w, bias, z_x, w_zp, bias_folded), m, z_y, lo, hi, out_int32)
+    wc = _centered(w, w_zp, (-1, 1), torch.float64)
+    red = plan_reduction(wc, _raw_bias(w, bias, z_x, w_zp, bias_folded), _x_bound(z_x), 1, x.device, out_int32)
+    acc = exact_accumulate(_centered(x, z_x, ()), red, F.linear, 1)
+    return _finish(acc, m, z_y, lo, hi, out_int32)
 
 
 def int8_conv2d(
@@ -505,14 +701,12 @@ def int8_conv2d(
         x, w, bias, w_zp, multiplier, z_x, z_y, lo, hi, stride, padding
     )
     xc = _centered(x, z_x, ()).permute(0, 3, 1, 2)
-    xc = F.pad(xc, (pad[2], pad[3], pad[0], pad[1]))
-    wc = _centered(w, w_zp, (-1, 1, 1, 1)).permute(0, 3, 1, 2)
-    # contiguous NCHW float64 (channels-last float64 convolution is very slow on the CPU); the
-    # round guards against convolution algorithms that are not exact on a GPU (Winograd, FFT)
-    acc = F.conv2d(xc.contiguous(), wc.contiguous(), stride=stride)
-    acc64 = torch.round(acc).permute(0, 2, 3, 1).to(torch.int64)
-    raw = _raw_bias(w, bias, z_x, w_zp, bias_folded)
-    return _finish(acc64, raw, m, z_y, lo, hi, out_int32).contiguous()
+    # contiguous NCHW (channels-last float64 convolution is very slow on the CPU)
+    xc = F.pad(xc, (pad[2], pad[3], pad[0], pad[1])).contiguous()
+    wc = _centered(w, w_zp, (-1, 1, 1, 1), torch.float64).permute(0, 3, 1, 2).contiguous()
+    red = plan_reduction(wc, _raw_bias(w, bias, z_x, w_zp, bias_folded), _x_bound(z_x), 1, x.device, out_int32)
+    acc = exact_accumulate(xc, red, lambda a, k, b: F.conv2d(a, k, b, stride=stride), 1)
+    return _finish(acc.permute(0, 2, 3, 1), m, z_y, lo, hi, out_int32).contiguous()
 
 
 def int8_depthwise_conv2d(
@@ -538,11 +732,11 @@ def int8_depthwise_conv2d(
     )
     c = x.shape[3]
     xc = _centered(x, z_x, ()).permute(0, 3, 1, 2)
-    xc = F.pad(xc, (pad[2], pad[3], pad[0], pad[1]))
-    wc = _centered(w, w_zp, (1, 1, -1)).permute(2, 0, 1).unsqueeze(1)
-    acc = F.conv2d(xc.contiguous(), wc.contiguous(), stride=stride, groups=c)
-    acc64 = torch.round(acc).permute(0, 2, 3, 1).to(torch.int64)
-    return _finish(acc64, bias, m, z_y, lo, hi, out_int32).contiguous()
+    xc = F.pad(xc, (pad[2], pad[3], pad[0], pad[1])).contiguous()
+    wc = _centered(w, w_zp, (1, 1, -1), torch.float64).permute(2, 0, 1).unsqueeze(1).contiguous()
+    red = plan_reduction(wc, bias, _x_bound(z_x), c, x.device, out_int32)
+    acc = exact_accumulate(xc, red, lambda a, k, b: F.conv2d(a, k, b, stride=stride, groups=c), 1)
+    return _finish(acc.permute(0, 2, 3, 1), m, z_y, lo, hi, out_int32).contiguous()
 
 
 def int8_add(
@@ -563,10 +757,10 @@ def int8_add(
     its float32 value.
     """
     z_a, z_b, ia, ib, m, z_y, lo, hi = check_add_args(a, b, z_a, z_b, ia, ib, multiplier, z_y, lo, hi)
-    acc = (a.to(torch.int64) - z_a) * ia + (b.to(torch.int64) - z_b) * ib
+    acc = exact_add(_centered(a, z_a, ()), _centered(b, z_b, ()), ia, ib, _x_bound(z_a) * abs(ia) + _x_bound(z_b) * abs(ib))
     dev = a.device
     return requantize(
-        acc.to(torch.int32),
+        acc,
         torch.tensor([m], dtype=torch.float32, device=dev),
         z_y,
         torch.tensor([lo], dtype=torch.int32, device=dev),
@@ -596,37 +790,8 @@ def int8_avgpool(
     caller computes ``m``).
     """
     z_x, m, z_y, lo, hi = check_avgpool_args(x, z_x, multiplier, z_y, lo, hi)
-    acc = (x.to(torch.int64) - z_x).sum(dim=(1, 2))
-    return requantize(acc.to(torch.int32), m, z_y, lo, hi)
-
-
-def check_maxpool_args(x: Tensor, kernel_size, stride, padding):
-    """Validate max-pool inputs; returns ``((kh, kw), stride, padding)``."""
-    check_tensor(x, "x", torch.int8, 4, "NHWC [B, H, W, C]")
-    ks = normalize_stride(kernel_size)
-    stride = normalize_stride(stride)
-    pad = normalize_padding(padding)
-    if pad[0] >= ks[0] or pad[1] >= ks[0] or pad[2] >= ks[1] or pad[3] >= ks[1]:
-        raise ValueError(f"padding {pad} must be smaller than the window {ks} on each side")
-    conv_output_size(x.shape[1], x.shape[2], ks[0], ks[1], stride, pad)
-    return ks, stride, pad
-
-
-def int8_maxpool2d(
-    x: Tensor,
-    kernel_size: Union[int, Sequence[int]],
-    stride: Union[int, Sequence[int]],
-    padding: Padding = 0,
-) -> Tensor:
-    """Reference max pool on NHWC int8; padded taps hold -128 (below every real value).
-
-    Scale and zero point pass through unchanged (max commutes with the monotone quantizer).
-    """
-    ks, stride, pad = check_maxpool_args(x, kernel_size, stride, padding)
-    xf = x.to(torch.float32).permute(0, 3, 1, 2)
-    xf = F.pad(xf, (pad[2], pad[3], pad[0], pad[1]), value=float(INT8_MIN))
-    y = F.max_pool2d(xf, ks, stride)
-    return y.permute(0, 2, 3, 1).to(torch.int8).contiguous()
+    acc = exact_sum(_centered(x, z_x, ()), (1, 2), x.shape[1] * x.shape[2] * _x_bound(z_x))
+    return requantize(acc, m, z_y, lo, hi)
 
 
 def check_quantize_args(x: Tensor, scale: float, zero_point: int, lo: int, hi: int, layout: str):
@@ -688,3 +853,445 @@ def dequantize(q: Tensor, scale: float, zero_point: int) -> Tensor:
     """int8 -> float32: ``float32(q - zero_point) * float32(scale)`` (same shape)."""
     s, z = check_dequantize_args(q, scale, zero_point)
     return (q.to(torch.int32) - z).to(torch.float32) * s
+
+
+# =============================================================================================
+# Table lookup, gating multiply, windowed average pool, general max pool, nearest upsampling
+# =============================================================================================
+#: Entries of an int8 lookup table: one per int8 value, ``table[q + 128]``.
+LUT_SIZE = 256
+
+
+def _check_is_tensor(t: object, name: str) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _check_int_arg(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a Python int, got {type(value).__name__}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_bool_arg(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def _check_scale(value: object, name: str) -> float:
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(float(value))):
+        raise ValueError(f"{name} must be a positive finite float, got {value!r}")
+    if float(value) <= 0:
+        raise ValueError(f"{name} must be a positive finite float, got {value!r}")
+    return float(value)
+
+
+def check_lut_args(x: Tensor, table: Tensor, out: Optional[Tensor] = None, channel_offset: int = 0) -> int:
+    """Validate table-lookup inputs; returns ``channel_offset`` as an int.
+
+    ``x``: int8, contiguous, any rank; ``table``: int8 ``[256]`` contiguous on ``x``'s device.
+    With ``out``: ``x`` is NHWC ``[B, H, W, C]``, ``out`` int8 NHWC ``[B, H, W, C_out]`` on the
+    same device and ``0 <= channel_offset``, ``channel_offset + C <= C_out``.
+    """
+    _check_is_tensor(x, "x")
+    _check_is_tensor(table, "table")
+    check_tensor(x, "x", torch.int8, x.dim())
+    check_tensor(table, "table", torch.int8, 1, f"[{LUT_SIZE}]")
+    if table.numel() != LUT_SIZE:
+        raise ValueError(f"table must have {LUT_SIZE} entries (table[q + 128] for q in [-128, 127]), got {table.numel()}")
+    _check_device(table, x.device, "table")
+    offset = _check_int_arg(channel_offset, "channel_offset", 0)
+    if out is None:
+        if offset != 0:
+            raise ValueError(f"channel_offset={offset} needs an out tensor")
+        return 0
+    _check_is_tensor(out, "out")
+    check_tensor(out, "out", torch.int8, 4, "NHWC [B, H, W, C_out]")
+    if x.dim() != 4:
+        raise ValueError(f"with out, x must be NHWC [B, H, W, C], got {_describe(x)}")
+    _check_device(out, x.device, "out")
+    if tuple(out.shape[:3]) != tuple(x.shape[:3]):
+        raise ValueError(
+            f"out [B, H, W, C_out] = {tuple(out.shape)} must match x [B, H, W, C] = {tuple(x.shape)} in B, H, W"
+        )
+    if offset + x.shape[3] > out.shape[3]:
+        raise ValueError(
+            f"channels [{offset}, {offset + x.shape[3]}) of x do not fit out, which has C_out={out.shape[3]}"
+        )
+    return offset
+
+
+def int8_lut(x: Tensor, table: Tensor, out: Optional[Tensor] = None, channel_offset: int = 0) -> Tensor:
+    """Reference table lookup: ``y = table[x + 128]`` elementwise (int8, any rank, same shape).
+
+    With ``out`` (int8 NHWC ``[B, H, W, C_out]``, ``x`` ``[B, H, W, C]``) the result is written into
+    channels ``[channel_offset, channel_offset + C)`` of ``out`` in place and ``out`` is returned
+    (a channel concatenation: each input mapped by its own table into its slice). Build tables
+    with :func:`lut_from_function`.
+    """
+    offset = check_lut_args(x, table, out, channel_offset)
+    y = table[x.to(torch.int64) + 128]
+    if out is None:
+        return y
+    out[..., offset : offset + x.shape[3]] = y
+    return out
+
+
+def lut_from_function(
+    fn,
+    x_scale: float,
+    x_zero_point: int,
+    y_scale: float,
+    y_zero_point: int,
+    lo: int = INT8_MIN,
+    hi: int = INT8_MAX,
+    device: Union[str, torch.device] = "cpu",
+) -> Tensor:
+    """The int8 ``[256]`` table of ``fn`` between two quantizations, as a float simulation computes it.
+
+    For every ``q`` in [-128, 127]: ``v = float32(q - z_x) * float32(s_x)`` (:func:`dequantize`),
+    ``f = fn(v)`` (``fn`` maps a float32 tensor of 256 values to a tensor of 256 values, converted
+    to float32), then :func:`quantize`'s ``clamp(rne(f * (1.0f / float32(s_y))) + z_y, lo, hi)``
+    with the float32 reciprocal of :func:`float32_reciprocal`. Entry ``q + 128`` is the output for
+    input ``q``; pass the table to :func:`int8_lut`. ``fn`` must not return NaN (infinities
+    saturate to the bounds). With ``fn`` the identity this is a requantization from ``(s_x, z_x)``
+    to ``(s_y, z_y)``.
+    """
+    if not callable(fn):
+        raise ValueError(f"fn must be callable, got {type(fn).__name__}")
+    s_x = _check_scale(x_scale, "x_scale")
+    s_y = _check_scale(y_scale, "y_scale")
+    z_x = check_int8_zero_point(x_zero_point, "x_zero_point")
+    z_y = check_int8_zero_point(y_zero_point, "y_zero_point")
+    lo, hi = _check_scalar_bounds(lo, hi)
+    inv = float32_reciprocal(s_y)
+    if not math.isfinite(inv) or inv == 0.0:
+        raise ValueError(f"1/y_scale for y_scale={y_scale} is not a finite nonzero float32")
+    q = torch.arange(INT8_MIN, INT8_MAX + 1, dtype=torch.int32, device=device)
+    v = (q - z_x).to(torch.float32) * float32_value(s_x)
+    f = fn(v)
+    if not isinstance(f, Tensor) or f.shape != v.shape or not f.is_floating_point():
+        got = _describe(f) if isinstance(f, Tensor) else type(f).__name__
+        raise ValueError(f"fn must return a floating-point tensor of shape ({LUT_SIZE},), got {got}")
+    f = f.to(device=v.device, dtype=torch.float32)
+    if bool(torch.isnan(f).any()):
+        raise ValueError("fn returned NaN for some input value; the table needs a number for every int8 input")
+    y = f * inv
+    y = torch.clamp(y, min=float(lo - z_y - 1), max=float(hi - z_y + 1))
+    t = torch.round(y).to(torch.int32) + z_y
+    return torch.clamp(t, lo, hi).to(torch.int8)
+
+
+def check_mul_args(x: Tensor, g: Tensor, z_x, z_g, multiplier, z_y, lo, hi):
+    """Validate gating-multiply inputs; returns ``(z_x, z_g, m, z_y, lo, hi, per_channel)``.
+
+    ``x`` int8 NHWC ``[B, H, W, C]``; ``g`` int8 ``[B, C]`` (``per_channel``: one gate per image and
+    channel) or of ``x``'s shape (elementwise), contiguous, on ``x``'s device.
+    """
+    _check_is_tensor(x, "x")
+    _check_is_tensor(g, "g")
+    check_tensor(x, "x", torch.int8, 4, "NHWC [B, H, W, C]")
+    check_tensor(g, "g", torch.int8, g.dim())
+    B, _, _, C = x.shape
+    if tuple(g.shape) == tuple(x.shape):
+        per_channel = False
+    elif tuple(g.shape) == (B, C):
+        per_channel = True
+    else:
+        raise ValueError(
+            f"g must be [B, C] = {(B, C)} (one gate per image and channel) or have x's shape "
+            f"{tuple(x.shape)}, got {tuple(g.shape)}"
+        )
+    _check_device(g, x.device, "g")
+    z_x = check_int8_zero_point(z_x, "z_x")
+    z_g = check_int8_zero_point(z_g, "z_g")
+    z_y = check_int8_zero_point(z_y, "z_y")
+    lo, hi = _check_scalar_bounds(lo, hi)
+    return z_x, z_g, _check_scalar_multiplier(multiplier), z_y, lo, hi, per_channel
+
+
+def _scalar_epilogue(m: float, lo: int, hi: int, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+    return (
+        torch.tensor([m], dtype=torch.float32, device=device),
+        torch.tensor([lo], dtype=torch.int32, device=device),
+        torch.tensor([hi], dtype=torch.int32, device=device),
+    )
+
+
+def int8_mul(
+    x: Tensor,
+    g: Tensor,
+    z_x: int,
+    z_g: int,
+    multiplier: float,
+    z_y: int,
+    lo: int = INT8_MIN,
+    hi: int = INT8_MAX,
+) -> Tensor:
+    """Reference gating multiply (squeeze-excitation): x NHWC ``[B,H,W,C]`` times ``g`` -> NHWC int8.
+
+    ``g`` is ``[B, C]`` (broadcast over H and W) or of ``x``'s shape. ``acc = (x - z_x)(g - z_g)``
+    exactly in int32 (``|acc| <= 255^2``), then :func:`requantize` with the per-tensor
+    ``multiplier`` (``s_x s_g / s_y``, used as its float32 value) and bounds.
+    """
+    z_x, z_g, m, z_y, lo, hi, per_channel = check_mul_args(x, g, z_x, z_g, multiplier, z_y, lo, hi)
+    gc = g.to(torch.int64) - z_g
+    if per_channel:
+        gc = gc[:, None, None, :]
+    acc = (x.to(torch.int64) - z_x) * gc
+    m_t, lo_t, hi_t = _scalar_epilogue(m, lo, hi, x.device)
+    return requantize(acc.to(torch.int32), m_t, z_y, lo_t, hi_t)
+
+
+def pool_output_size(
+    n: int, k: int, pad_before: int, pad_after: int, stride: int, dilation: int = 1, ceil_mode: bool = False
+) -> int:
+    """Output length of a pooling window along one axis, as PyTorch computes it.
+
+    ``(n + pad_before + pad_after - dilation (k - 1) - 1 [+ stride - 1 if ceil_mode]) // stride + 1``;
+    in ceil mode the last window is dropped when it would start past the input and the leading
+    padding (``(out - 1) stride >= n + pad_before``). Raises ValueError when no window fits.
+    """
+    span = dilation * (k - 1) + 1
+    num = n + pad_before + pad_after - span
+    if num < 0:
+        raise ValueError(
+            f"window {k} (dilation {dilation}) with padding ({pad_before}, {pad_after}) does not fit an input of {n}"
+        )
+    out = (num + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= n + pad_before:
+        out -= 1
+    return out
+
+
+def _pool_window_args(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode):
+    """Shared window validation of the max and average pools: ``(ks, stride, pad, dil, ceil, oh, ow)``."""
+    _check_is_tensor(x, "x")
+    check_tensor(x, "x", torch.int8, 4, "NHWC [B, H, W, C]")
+    ks = normalize_stride(kernel_size)
+    stride = ks if stride is None else normalize_stride(stride)
+    pad = normalize_padding(padding)
+    dil = normalize_stride(dilation)
+    ceil_mode = _check_bool_arg(ceil_mode, "ceil_mode")
+    H, W = x.shape[1], x.shape[2]
+    oh = pool_output_size(H, ks[0], pad[0], pad[1], stride[0], dil[0], ceil_mode)
+    ow = pool_output_size(W, ks[1], pad[2], pad[3], stride[1], dil[1], ceil_mode)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"window {ks} with padding {pad} does not fit an input of {H}x{W} (output {oh}x{ow})")
+    if H * W * x.shape[3] >= 2**31:
+        raise ValueError(f"one image of {H}x{W}x{x.shape[3]} int8 values exceeds the kernel's 2^31 index range")
+    return ks, stride, pad, dil, ceil_mode, oh, ow
+
+
+def avgpool2d_multipliers(x_scale: float, y_scale: float, n: int, device: Union[str, torch.device] = "cpu") -> Tensor:
+    """float32 ``[n + 1]``: entry ``d`` (1 <= d <= n) is ``float32((s_x / s_y) / d)`` computed in
+    float64 (the multiplier of a window sum with divisor ``d``); entry 0 is unused (0)."""
+    s_x = _check_scale(x_scale, "x_scale")
+    s_y = _check_scale(y_scale, "y_scale")
+    vals = [0.0] + [float32_value((s_x / s_y) / d) for d in range(1, n + 1)]
+    return torch.tensor(vals, dtype=torch.float32, device=device)
+
+
+def check_avgpool2d_args(
+    x: Tensor, kernel_size, stride, padding, ceil_mode, count_include_pad, z_x, x_scale, y_scale, z_y, lo, hi
+):
+    """Validate windowed-average-pool inputs.
+
+    Returns ``(ks, stride, pad, ceil_mode, count_include_pad, oh, ow, z_x, s_x, s_y, z_y, lo, hi)``.
+    ``stride=None`` means ``kernel_size`` (as in PyTorch); ``padding`` is ``p``, ``(ph, pw)`` or
+    ``(top, bottom, left, right)``, each side at most half the window (PyTorch's condition).
+    """
+    ks, stride, pad, _, ceil_mode, oh, ow = _pool_window_args(x, kernel_size, stride, padding, 1, ceil_mode)
+    if pad[0] > ks[0] // 2 or pad[1] > ks[0] // 2 or pad[2] > ks[1] // 2 or pad[3] > ks[1] // 2:
+        raise ValueError(f"padding {pad} must be at most half the window {ks} on each side")
+    count_include_pad = _check_bool_arg(count_include_pad, "count_include_pad")
+    z_x = check_int8_zero_point(z_x, "z_x")
+    z_y = check_int8_zero_point(z_y, "z_y")
+    s_x = _check_scale(x_scale, "x_scale")
+    s_y = _check_scale(y_scale, "y_scale")
+    lo, hi = _check_scalar_bounds(lo, hi)
+    return ks, stride, pad, ceil_mode, count_include_pad, oh, ow, z_x, s_x, s_y, z_y, lo, hi
+
+
+def avgpool2d_divisors(
+    n: int, out: int, k: int, stride: int, pad_before: int, pad_after: int, count_include_pad: bool,
+    device: Union[str, torch.device] = "cpu",
+) -> Tensor:  # fmt: skip
+    """int64 ``[out]``: the divisor factor of each window along one axis, as ``F.avg_pool2d`` counts.
+
+    Window ``o`` starts at ``s = o stride - pad_before`` and ends at ``e = min(s + k, n + pad_after)``;
+    it counts ``e - s`` taps with ``count_include_pad``, else ``min(e, n) - max(s, 0)``. The divisor of
+    an output position is the product of its two axes' factors.
+    """
+    start = torch.arange(out, dtype=torch.int64, device=device) * stride - pad_before
+    end = torch.clamp(start + k, max=n + pad_after)
+    if count_include_pad:
+        return end - start
+    return torch.clamp(end, max=n) - torch.clamp(start, min=0)
+
+
+def int8_avgpool2d(
+    x: Tensor,
+    kernel_size: Union[int, Sequence[int]],
+    stride: Union[int, Sequence[int], None],
+    padding: Padding,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    z_x: int,
+    x_scale: float,
+    y_scale: float,
+    z_y: int,
+    lo: int = INT8_MIN,
+    hi: int = INT8_MAX,
+) -> Tensor:
+    """Reference windowed average pool: x NHWC ``[B,H,W,C]`` -> NHWC ``[B,OH,OW,C]`` (``F.avg_pool2d``'s shape).
+
+    ``acc = sum over the window's in-bounds taps of (x - z_x)`` (exact int32; padded taps add 0),
+    ``d`` = the window's divisor as ``F.avg_pool2d`` counts it (``count_include_pad``, ``ceil_mode``,
+    :func:`avgpool2d_divisors`), ``y = clamp(rne(float32(acc) * m_d) + z_y, lo, hi)`` with
+    ``m_d = float32((s_x / s_y) / d)`` computed in float64 (:func:`avgpool2d_multipliers`).
+    """
+    ks, st, pad, _, cip, oh, ow, z_x, s_x, s_y, z_y, lo, hi = check_avgpool2d_args(
+        x, kernel_size, stride, padding, ceil_mode, count_include_pad, z_x, x_scale, y_scale, z_y, lo, hi
+    )
+    H, W = x.shape[1], x.shape[2]
+    dev = x.device
+    extra_h = max(0, (oh - 1) * st[0] + ks[0] - (H + pad[0] + pad[1]))
+    extra_w = max(0, (ow - 1) * st[1] + ks[1] - (W + pad[2] + pad[3]))
+    xc = (x.to(torch.float64) - float(z_x)).permute(0, 3, 1, 2)
+    xc = F.pad(xc, (pad[2], pad[3] + extra_w, pad[0], pad[1] + extra_h))
+    ones = torch.ones((xc.shape[1], 1, ks[0], ks[1]), dtype=torch.float64, device=dev)
+    acc = F.conv2d(xc.contiguous(), ones, stride=st, groups=xc.shape[1])[:, :, :oh, :ow]
+    acc = torch.round(acc).permute(0, 2, 3, 1).to(torch.int64).to(torch.int32)
+    dh = avgpool2d_divisors(H, oh, ks[0], st[0], pad[0], pad[1], cip, dev)
+    dw = avgpool2d_divisors(W, ow, ks[1], st[1], pad[2], pad[3], cip, dev)
+    table = avgpool2d_multipliers(s_x, s_y, ks[0] * ks[1], dev)
+    m = table[dh[:, None] * dw[None, :]].reshape(1, oh, ow, 1)
+    _, lo_t, hi_t = _scalar_epilogue(1.0, lo, hi, dev)
+    return requantize(acc, m, z_y, lo_t, hi_t).contiguous()
+
+
+def check_maxpool2d_args(x: Tensor, kernel_size, stride, padding, dilation=1, ceil_mode=False):
+    """Validate max-pool inputs; returns ``(ks, stride, pad, dilation, ceil_mode, oh, ow)``.
+
+    ``stride=None`` means ``kernel_size``; ``padding`` ``p``, ``(ph, pw)`` or ``(top, bottom, left,
+    right)``, each side smaller than the window; the output size is ``F.max_pool2d``'s
+    (:func:`pool_output_size`).
+    """
+    ks, st, pad, dil, ceil_mode, oh, ow = _pool_window_args(x, kernel_size, stride, padding, dilation, ceil_mode)
+    if pad[0] >= ks[0] or pad[1] >= ks[0] or pad[2] >= ks[1] or pad[3] >= ks[1]:
+        raise ValueError(f"padding {pad} must be smaller than the window {ks} on each side")
+    return ks, st, pad, dil, ceil_mode, oh, ow
+
+
+def int8_maxpool2d(
+    x: Tensor,
+    kernel_size: Union[int, Sequence[int]],
+    stride: Union[int, Sequence[int], None],
+    padding: Padding = 0,
+    dilation: Union[int, Sequence[int]] = 1,
+    ceil_mode: bool = False,
+) -> Tensor:
+    """Reference max pool on NHWC int8 -> NHWC ``[B,OH,OW,C]`` (``F.max_pool2d``'s output shape).
+
+    Taps outside the input (padding, and windows running past the border in ``ceil_mode``) are
+    ignored: they count as -128, below or equal to every real value. ``dilation`` spaces the taps.
+    Scale and zero point pass through unchanged (max commutes with the monotone quantizer).
+    """
+    ks, st, pad, dil, _, oh, ow = check_maxpool2d_args(x, kernel_size, stride, padding, dilation, ceil_mode)
+    H, W = x.shape[1], x.shape[2]
+    extra_h = max(0, (oh - 1) * st[0] + dil[0] * (ks[0] - 1) + 1 - (H + pad[0] + pad[1]))
+    extra_w = max(0, (ow - 1) * st[1] + dil[1] * (ks[1] - 1) + 1 - (W + pad[2] + pad[3]))
+    xf = x.to(torch.float32).permute(0, 3, 1, 2)
+    xf = F.pad(xf, (pad[2], pad[3] + extra_w, pad[0], pad[1] + extra_h), value=float(INT8_MIN))
+    y = F.max_pool2d(xf, ks, st, dilation=dil)[:, :, :oh, :ow]
+    return y.permute(0, 2, 3, 1).to(torch.int8).contiguous()
+
+
+def check_upsample_args(x: Tensor, size=None, scale_factor=None):
+    """Validate nearest-upsampling inputs; returns ``(oh, ow, (mode_h, scale_h), (mode_w, scale_w))``.
+
+    Exactly one of ``size`` (``n`` or ``(oh, ow)``) and ``scale_factor`` (``s`` or ``(sh, sw)``,
+    positive) is given. The output size is ``F.interpolate``'s: ``size``, or
+    ``floor(float64(n) * s)``. Each axis has an index rule (:func:`upsample_nearest_indices`).
+    """
+    _check_is_tensor(x, "x")
+    check_tensor(x, "x", torch.int8, 4, "NHWC [B, H, W, C]")
+    H, W = x.shape[1], x.shape[2]
+    if H < 1 or W < 1:
+        raise ValueError(f"x must have H, W >= 1, got {_describe(x)}")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("give exactly one of size and scale_factor")
+    if size is not None:
+        if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+            size = (int(size), int(size))
+        size = tuple(size)
+        if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in size):
+            raise ValueError(f"size must be a positive int or a pair of positive ints, got {size}")
+        out = (int(size[0]), int(size[1]))
+        scales: Tuple[Optional[float], Optional[float]] = (None, None)
+    else:
+        if isinstance(scale_factor, numbers.Real) and not isinstance(scale_factor, bool):
+            scale_factor = (scale_factor, scale_factor)
+        sf = tuple(scale_factor)
+        if len(sf) != 2:
+            raise ValueError(f"scale_factor must be a positive float or a pair of them, got {scale_factor}")
+        sf = tuple(_check_scale(v, "scale_factor") for v in sf)
+        out = (math.floor(float(H) * sf[0]), math.floor(float(W) * sf[1]))
+        if min(out) < 1:
+            raise ValueError(f"scale_factor {sf} gives an empty output {out} for an input of {H}x{W}")
+        scales = sf  # type: ignore[assignment]
+    rule_h = _nearest_rule(H, out[0], scales[0])
+    rule_w = _nearest_rule(W, out[1], scales[1])
+    if out[0] * out[1] * x.shape[3] >= 2**31 or H * W * x.shape[3] >= 2**31:
+        raise ValueError(f"an image of {out[0]}x{out[1]}x{x.shape[3]} values exceeds the kernel's 2^31 index range")
+    return out[0], out[1], rule_h, rule_w
+
+
+def _nearest_rule(n_in: int, n_out: int, scale: Optional[float]) -> Tuple[int, float]:
+    """``(mode, s)``: mode 0 copies (``n_out == n_in``), 1 halves (``n_out == 2 n_in``), 2 uses the
+    float32 factor ``s`` (``float32(1 / scale)``, else ``float32(n_in) / float32(n_out)``)."""
+    if n_out == n_in:
+        return 0, 1.0
+    if n_out == 2 * n_in:
+        return 1, 0.5
+    if scale is not None:
+        return 2, float32_value(1.0 / scale)
+    return 2, float(np.float32(n_in) / np.float32(n_out))
+
+
+def upsample_nearest_indices(
+    n_in: int, n_out: int, rule: Tuple[int, float], device: Union[str, torch.device] = "cpu"
+) -> Tensor:
+    """int64 ``[n_out]`` source indices of nearest upsampling along one axis (PyTorch's CPU rule):
+    ``o`` if ``n_out == n_in``, ``o // 2`` if ``n_out == 2 n_in``, else
+    ``min(floor(float32(o) * s), n_in - 1)`` with one float32 multiply."""
+    o = torch.arange(n_out, dtype=torch.int64, device=device)
+    mode, s = rule
+    if mode == 0:
+        return o
+    if mode == 1:
+        return o // 2
+    idx = torch.floor(o.to(torch.float32) * torch.tensor(s, dtype=torch.float32, device=device)).to(torch.int64)
+    return torch.clamp(idx, max=n_in - 1)
+
+
+def int8_upsample_nearest(
+    x: Tensor,
+    size: Union[int, Sequence[int], None] = None,
+    scale_factor: Union[float, Sequence[float], None] = None,
+) -> Tensor:
+    """Reference nearest-neighbour upsampling of NHWC int8 -> NHWC ``[B, OH, OW, C]``, values unchanged.
+
+    Output size and source indices are those of ``F.interpolate(mode="nearest")`` on the CPU
+    (:func:`check_upsample_args`, :func:`upsample_nearest_indices`): ``size`` gives the factor
+    ``float32(n_in) / float32(n_out)``, ``scale_factor`` the factor ``float32(1 / scale_factor)``;
+    outputs as large as the input, or twice as large, copy or halve the index exactly.
+    """
+    oh, ow, rule_h, rule_w = check_upsample_args(x, size, scale_factor)
+    ih = upsample_nearest_indices(x.shape[1], oh, rule_h, x.device)
+    iw = upsample_nearest_indices(x.shape[2], ow, rule_w, x.device)
+    return x[:, ih][:, :, iw].contiguous()
