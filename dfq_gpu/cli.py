@@ -189,38 +189,29 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- bench
-def _repo_benchmarks() -> Path:
-    root = Path(__file__).resolve().parents[1] / "benchmarks"
-    if not root.is_dir():
-        raise UsageError("the benchmarks live in the source tree (benchmarks/); run from a checkout of the project")
-    return root
-
-
 def _bench(args: argparse.Namespace) -> int:
-    root = _repo_benchmarks()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     quick = ["--quick"] if args.quick else []
     jobs = {
-        "kernels": ("kernels.py", quick + ["--out", str(out_dir / "kernels.json")]),
-        "e2e": ("e2e.py", quick + ["--out", str(out_dir / "e2e.json")]),
-        "quantize_speed": ("quantize_speed.py", ["--repeat", "1" if args.quick else "5", "--out",
-                                                 str(out_dir / "quantize_speed.json")]),
-        "ablation": ("ablation.py", (["--quick", "--views", "1"] if args.quick else [])
-                     + ["--out", str(out_dir / "ablation.json")]),
+        "kernels": quick + ["--out", str(out_dir / "kernels.json")],
+        "e2e": quick + ["--out", str(out_dir / "e2e.json")],
+        "quantize_speed": ["--repeat", "1" if args.quick else "5", "--out", str(out_dir / "quantize_speed.json")],
+        "ablation": (["--quick", "--views", "1"] if args.quick else []) + ["--out", str(out_dir / "ablation.json")],
     }
     selected = args.only or list(jobs)
     results: dict[str, Any] = {}
     for name in selected:
         if name not in jobs:
             raise UsageError(f"unknown benchmark '{name}'; choose from {', '.join(jobs)}")
-        script, argv = jobs[name]
+        argv = jobs[name]
+        module = f"dfq_gpu.bench.{name}"
         if not args.quiet and not args.json:
-            print(f"== {name}: {script} {' '.join(argv)}", flush=True)
+            print(f"== {name}: python -m {module} {' '.join(argv)}", flush=True)
         old_argv = sys.argv
-        sys.argv = [str(root / script)] + argv
+        sys.argv = [module] + argv
         try:
-            runpy.run_path(str(root / script), run_name="__main__")
+            runpy.run_module(module, run_name="__main__")
         except SystemExit as e:
             if e.code not in (0, None):
                 raise UsageError(f"benchmark {name} failed with exit status {e.code}") from None

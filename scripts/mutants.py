@@ -149,7 +149,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "the integer reference dequantizes with the zero point's sign flipped",
            ("tests/test_integer_layers.py", "tests/test_int8.py")),
     # ---- tutorial widgets ---------------------------------------------------------------------
-    Mutant("widget_wrong_bits", "dfq_gpu/widgets.py",
+    Mutant("widget_wrong_bits", "dfq_gpu/tutorial/ch01_basics.py",
            "            r = quantize_tensor(w, bits, clip, symmetric)",
            "            r = quantize_tensor(w, bits - 1, clip, symmetric)",
            "chapter 1's quantization explorer quantizes at one bit less than its slider shows",

@@ -251,9 +251,9 @@ def _chapter1_tensors() -> dict[str, Any]:
     """The explorer's tensors, as chapter 1 builds them (float64 numpy, flattened)."""
     import torch
 
-    from dfq_gpu import tutorial
+    from dfq_gpu.tutorial import common
 
-    model, _pre = tutorial.lite0()
+    model, _pre = common.lite0()
     block = model._blocks[1]
     bn = block._bn1
     with torch.no_grad():

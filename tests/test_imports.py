@@ -10,8 +10,11 @@ imports resolved. The layers, from the bottom::
     passes/                     the FP32 transformations (passes/base.py: Workspace and helpers)
     quant/, modules.py          quantization; may use passes/base.py, never the reverse
     int8/, api, io, ...         the integer network, the recipe, everything user-facing
+    tutorial/                   the notebooks' chapters (ipywidgets, matplotlib): nothing imports it
 
-``kernels/`` imports nothing from ``dfq_gpu``.
+``kernels/`` imports nothing from ``dfq_gpu``. Two tests import for real, in fresh processes:
+``import dfq_gpu`` loads neither the tutorial nor ipywidgets nor matplotlib, and the tutorial
+without ipywidgets says which extra to install.
 """
 
 from __future__ import annotations
@@ -206,3 +209,40 @@ def test_kernels_do_not_import_dfq_gpu():
     mods = [m for m in SOURCES if _in(m, "kernels")]
     bad = _violations(mods, lambda t: _in(t, "kernels"))
     assert not bad, f"kernels/ imports dfq_gpu: {bad}"
+
+
+def test_only_the_tutorial_imports_the_tutorial_and_ipywidgets():
+    """``dfq_gpu.tutorial`` is an optional layer on top (the ``notebooks`` extra): no other module
+    imports it, and no other module imports ``ipywidgets`` or ``IPython``."""
+    mods = [m for m in SOURCES if not _in(m, "dfq_gpu.tutorial")]
+    assert "dfq_gpu.tutorial.common" in SOURCES and "dfq_gpu.tutorial.ch03_equalization" in SOURCES
+    bad = _violations(mods, lambda t: not _in(t, "dfq_gpu.tutorial"))
+    assert not bad, f"modules outside dfq_gpu.tutorial import it: {bad}"
+    widgets = {m: sorted(external(m) & {"ipywidgets", "IPython"}) for m in mods}
+    assert not {m: w for m, w in widgets.items() if w}, widgets
+
+
+def _run_python(code: str) -> str:
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip()
+
+
+def test_import_dfq_gpu_loads_no_tutorial_widgets_or_plots():
+    out = _run_python("import sys, dfq_gpu\n"
+                      "print(sorted(m for m in ('dfq_gpu.tutorial', 'dfq_gpu.bench', 'ipywidgets', 'matplotlib')"
+                      " if m in sys.modules))")
+    assert out == "[]", out
+
+
+def test_tutorial_without_the_notebooks_extra_says_what_to_install():
+    out = _run_python("import sys\n"
+                      "sys.modules['ipywidgets'] = None\n"
+                      "try:\n"
+                      "    import dfq_gpu.tutorial\n"
+                      "except ImportError as exc:\n"
+                      "    print(exc)\n"
+                      "print('dfq_gpu' in sys.modules)")
+    assert "pip install 'dfq_gpu[notebooks]'" in out and "ipywidgets" in out and out.endswith("True"), out

@@ -244,7 +244,7 @@ CHECKS = {"01_quantization_basics": _check_01, "02_per_tensor_quantization": _ch
 @pytest.fixture(scope="module")
 def kernel_env(tmp_path_factory: pytest.TempPathFactory):
     """Environment the notebook kernels inherit: this checkout importable, a session cache,
-    no GPU assumptions (``tutorial.setup`` decides)."""
+    no GPU assumptions (``dfq_gpu.tutorial.common.setup`` decides)."""
     names = ("PYTHONPATH", "DFQ_TUTORIAL_CACHE_DIR", "DFQ_TUTORIAL_USE_RESULTS", "DFQ_BENCHMARK_RESULTS_DIR",
              "MPLBACKEND")
     saved = {k: os.environ.get(k) for k in names}
@@ -366,23 +366,23 @@ def test_ablation_rows_computed_then_cached(tmp_path: Path, monkeypatch: pytest.
                                            request: pytest.FixtureRequest) -> None:
     """The notebooks' README rows without a results file: computed by ``run_ablation``, then
     read back from the cache (on the small Fashion-MNIST model, so that it takes seconds)."""
-    from dfq_gpu import tutorial
     from dfq_gpu.ablation import run_ablation
+    from dfq_gpu.tutorial import common
 
     import torch
 
     monkeypatch.setenv("DFQ_TUTORIAL_CACHE_DIR", str(tmp_path))
     threads = torch.get_num_threads()
-    torch.set_num_threads(tutorial.default_threads())  # as in the notebooks: 1 on a 2-core machine
+    torch.set_num_threads(common.default_threads())  # as in the notebooks: 1 on a 2-core machine
     request.addfinalizer(lambda: torch.set_num_threads(threads))
-    model, pre, test = tutorial.fmnist(128)
+    model, pre, test = common.fmnist(128)
     names = ["FP32", "W8 naive per-tensor", "W8A8 +CLE +absorption +bias corr. (DFQ)"]
     kw = dict(model=model, data=test, model_name="fmnist_mobilenet", input_range=pre.input_range, progress=False)
-    first, how = tutorial.ablation(names, use_results_file=False, **kw)
+    first, how = common.ablation(names, use_results_file=False, **kw)
     assert "computed 3 rows" in how and [r["name"] for r in first.rows] == names
-    again, how = tutorial.ablation(names[1:], use_results_file=False, **kw)
+    again, how = common.ablation(names[1:], use_results_file=False, **kw)
     assert "2 rows from the cache" in how and again.rows == first.rows[1:]
-    direct = run_ablation(model, test, rows=tutorial.ablation_rows(names), input_range=pre.input_range,
+    direct = run_ablation(model, test, rows=common.ablation_rows(names), input_range=pre.input_range,
                           progress=False)
     assert [r["sqnr_db"] for r in direct.rows] == [r["sqnr_db"] for r in first.rows]
 
@@ -474,7 +474,7 @@ def _gpu_reports(d: Path) -> None:
 
 @pytest.fixture
 def shown(monkeypatch: pytest.MonkeyPatch) -> list:
-    """What ``widgets.show_benchmark_results`` displays: HTML as text, figures as figures."""
+    """What ``ch06_int8_kernels.show_benchmark_results`` displays: HTML as text, figures as figures."""
     import IPython.display
     import matplotlib
 
@@ -493,10 +493,10 @@ def test_benchmark_results_without_gpu_reports(tmp_path: Path, shown: list) -> N
     """No GPU results: chapter 6 says so and shows the CPU (--quick) results instead."""
     from matplotlib.figure import Figure
 
-    from dfq_gpu import tutorial, widgets
+    from dfq_gpu.tutorial import ch06_int8_kernels as ch
 
-    assert not tutorial.benchmark_reports(tmp_path / "missing").has_gpu_results
-    out = widgets.show_benchmark_results(tmp_path, run_quick=False)
+    assert not ch.benchmark_reports(tmp_path / "missing").has_gpu_results
+    out = ch.show_benchmark_results(tmp_path, run_quick=False)
     assert out == {"kernels": [], "e2e": [], "compile": [], "gpu": False, "unreadable": []}
     html = " ".join(x for x in shown if isinstance(x, str))
     assert html.count("No GPU results yet") == 2 and "kernels_&lt;gpu&gt;.json" in html
@@ -506,7 +506,7 @@ def test_benchmark_results_without_gpu_reports(tmp_path: Path, shown: list) -> N
              "results": [_kernel_case("gemm M=64 K=64 N=64", 6.5, goal_met=None)]}
     (tmp_path / "kernels_cpu.json").write_text(json.dumps(quick))
     shown.clear()
-    out = widgets.show_benchmark_results(tmp_path, run_quick=False)
+    out = ch.show_benchmark_results(tmp_path, run_quick=False)
     assert out["kernels"] == [("kernels_cpu.json", "CPU (x86_64)", "cpu")] and not out["gpu"]
     assert sum(isinstance(x, Figure) for x in shown) == 1
 
@@ -516,17 +516,17 @@ def test_benchmark_results_with_gpu_reports(tmp_path: Path, shown: list) -> None
     handled (chapter 6 calls exactly this)."""
     from matplotlib.figure import Figure
 
-    from dfq_gpu import tutorial, widgets
+    from dfq_gpu.tutorial import ch06_int8_kernels as ch
 
     _gpu_reports(tmp_path)
-    reps = tutorial.benchmark_reports(tmp_path)
+    reps = ch.benchmark_reports(tmp_path)
     assert [p.name for p, _ in reps.kernels_gpu] == ["kernels_h200.json"] and reps.has_gpu_results
     assert [p.name for p, _ in reps.compile] == ["kernels.json"] and not reps.kernels_cpu and not reps.e2e_cpu
     assert [p.name for p, _ in reps.unreadable] == ["e2e_h100.json"]
-    rows = tutorial.e2e_rows(reps.e2e_gpu[0][1])
+    rows = ch.e2e_rows(reps.e2e_gpu[0][1])
     assert [(r["model"], r["batch"]) for r in rows] == [("efficientnet_lite0", 1), ("efficientnet_lite0", 32)]
     assert rows[0]["int8"] == pytest.approx(1000.0) and rows[1]["fp16_compile"] is None
-    out = widgets.show_benchmark_results(tmp_path, run_quick=False)
+    out = ch.show_benchmark_results(tmp_path, run_quick=False)
     assert out["gpu"] and out["kernels"] == [("kernels_h200.json", "NVIDIA H200", "gpu")]
     assert out["e2e"] == [("e2e_h200.json", "NVIDIA H200", "gpu")] and out["unreadable"] == ["e2e_h100.json"]
     html = " ".join(x for x in shown if isinstance(x, str))
@@ -535,3 +535,55 @@ def test_benchmark_results_with_gpu_reports(tmp_path: Path, shown: list) -> None
                      "all bit-exact: <b>True</b>", "gemm wzp=False", "65536", "e2e_h100.json"):
         assert expected in html, expected
     assert sum(isinstance(x, Figure) for x in shown) == 2
+
+
+def test_results_dir_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The results folder: the argument, else ``$DFQ_BENCHMARK_RESULTS_DIR``, else the folder given to
+    ``setup`` (if it exists), else ``benchmarks/results`` under the working directory, else none."""
+    from dfq_gpu.tutorial import common
+
+    monkeypatch.delenv("DFQ_BENCHMARK_RESULTS_DIR", raising=False)
+    monkeypatch.setattr(common, "_SETUP_RESULTS", None)
+    monkeypatch.chdir(tmp_path)
+    assert common.results_dir() is None
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    assert common.results_dir() == tmp_path / "benchmarks" / "results"
+    monkeypatch.setattr(common, "_SETUP_RESULTS", tmp_path / "missing")
+    assert common.results_dir() == tmp_path / "benchmarks" / "results"
+    monkeypatch.setattr(common, "_SETUP_RESULTS", tmp_path)
+    assert common.results_dir() == tmp_path
+    monkeypatch.setenv("DFQ_BENCHMARK_RESULTS_DIR", str(tmp_path / "env"))
+    assert common.results_dir() == tmp_path / "env"
+    assert common.results_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_benchmark_results_without_a_results_folder(tmp_path: Path, shown: list,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a checkout, with no folder given: chapter 6 says that no results were found."""
+    from dfq_gpu.tutorial import ch06_int8_kernels as ch
+    from dfq_gpu.tutorial import common
+
+    monkeypatch.delenv("DFQ_BENCHMARK_RESULTS_DIR", raising=False)
+    monkeypatch.setattr(common, "_SETUP_RESULTS", None)
+    monkeypatch.chdir(tmp_path)
+    assert ch.benchmark_reports().directory is None
+    out = ch.show_benchmark_results(run_quick=False)
+    assert out == {"kernels": [], "e2e": [], "compile": [], "gpu": False, "unreadable": []}
+    html = " ".join(x for x in shown if isinstance(x, str))
+    assert "No benchmark results found; pass a directory" in html
+    shown.clear()
+    ch.show_benchmark_results(tmp_path / "nowhere", run_quick=False)
+    html = " ".join(x for x in shown if isinstance(x, str))
+    assert "No benchmark results found in " in html and "nowhere" in html
+
+
+@pytest.mark.slow
+def test_quick_kernel_benchmark_runs_as_a_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chapter 6's fresh ``--quick`` run: ``python -m dfq_gpu.bench.kernels`` in another process,
+    from a folder that is not a checkout."""
+    from dfq_gpu.tutorial import ch06_int8_kernels as ch
+
+    monkeypatch.chdir(tmp_path)
+    rep = ch.run_quick_kernel_benchmark(tmp_path / "k.json")
+    assert rep["mode"] == "quick" and rep["all_bit_exact"] is True
+    assert rep["schema"].startswith(ch.KERNEL_SCHEMA)

@@ -218,7 +218,7 @@ def test_equalization_sweeps_are_the_pass_one_sweep_at_a_time():
     from dfq_gpu.api import prepared_workspace
     from dfq_gpu.graph.regions import find_regions
     from dfq_gpu.passes.equalize import equalization_sweeps
-    from dfq_gpu.tutorial import CLEStepper
+    from dfq_gpu.tutorial.ch03_equalization import CLEStepper
 
     m, x = _chain(), (torch.randn(1, 3, 8, 8),)
     cfg = D.DFQConfig(absorb_bias=False)
