@@ -7,6 +7,10 @@
   so that an integer network can be built from them (``dfq_gpu.to_int8``).
 - :class:`QAdd` / :class:`QAvgPool`: a residual add and a global average pool of quantized
   tensors, computed with the integer arithmetic of the int8 network.
+- :class:`QLookup`: an elementwise activation between two quantizers as a table from input
+  codes to output codes, the table of the int8 network.
+- :class:`QMul`: the product of two quantized tensors (the squeeze-excitation gate ``x * g``),
+  in integers.
 
 Integer path
 ------------
@@ -44,10 +48,10 @@ import torch.nn.functional as F
 
 from kernels import reference as kref
 
-from .nn import ChannelClamp, FakeQuant, fake_quant_tensor
+from .nn import ELEMENTWISE, ChannelClamp, FakeQuant, fake_quant_tensor
 from .quant.requant import avgpool_float_scale, avgpool_multiplier
 
-__all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool", "fake_quant_tensor",
+__all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool", "QLookup", "QMul", "fake_quant_tensor",
            "QUANTIZED_LAYERS", "QUANTIZED_LAYER_TYPES"]
 
 
@@ -433,3 +437,104 @@ class QAvgPool(nn.Module):
     def extra_repr(self) -> str:
         out = "float" if self.y_scale is None else f"zero_point={self.zero_point}, grid=[{self.qmin}, {self.qmax}]"
         return f"x_scale={self.x_scale:.6g}, keepdim={self.keepdim}, output: {out}"
+
+
+class QLookup(nn.Module):
+    """An elementwise activation (``nn.ELEMENTWISE[fn](x, **fn_kwargs)``: hardswish, SiLU,
+    sigmoid, ...) between two quantizers, computed as the integer network does: by a table from
+    each input code ``q`` to an output code.
+
+    The table is built once from the float function on the input grid's values, exactly as the
+    float simulation would compute them: ``v = (q - z_x) * s_x`` (``FakeQuant``'s float32
+    dequantization), the output quantizer applied to ``fn(v)``. The float simulation computes
+    the same thing, except that PyTorch's CPU kernels of functions such as SiLU or GELU may
+    differ in the last bit between tensor sizes and memory offsets; the table fixes one answer,
+    which the int8 network shares. ``table`` holds ``q_y - z_y`` (float32) for
+    ``q = x_qmin .. x_qmax``. With ``integer=False`` the module computes the float function.
+    """
+
+    def __init__(self, fn: str, fn_kwargs: dict, x_scale: float, x_zero_point: int, x_bits: int, x_symmetric: bool,
+                 y_scale: float, y_zero_point: int, y_bits: int, y_symmetric: bool, integer: bool = True) -> None:
+        super().__init__()
+        if fn not in ELEMENTWISE:
+            raise ValueError(f"unknown elementwise function {fn!r} (known: {', '.join(sorted(ELEMENTWISE))})")
+        self.fn, self.fn_kwargs = str(fn), dict(fn_kwargs)
+        self.x = (float(x_scale), int(x_zero_point), int(x_bits), bool(x_symmetric))
+        self.y = (float(y_scale), int(y_zero_point), int(y_bits), bool(y_symmetric))
+        self.integer = bool(integer)
+        fx_in = FakeQuant(*self.x)
+        fq_out = FakeQuant(*self.y)
+        self.x_qmin, self.x_qmax = fx_in.qmin, fx_in.qmax
+        with torch.no_grad():
+            codes = torch.arange(fx_in.qmin, fx_in.qmax + 1, dtype=torch.float32)
+            v = (codes - fx_in.zero_point) * fx_in.scale  # FakeQuant's dequantization
+            y = fq_out(ELEMENTWISE[self.fn](v, **self.fn_kwargs).to(torch.float32))
+            rel = (y * torch.reciprocal(fq_out.scale)).round_()
+        self.register_buffer("table", rel)
+
+    def state(self) -> tuple:
+        """All parameters (for comparisons)."""
+        return (self.fn, tuple(sorted(self.fn_kwargs.items())), self.x, self.y, self.integer)
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ELEMENTWISE[self.fn](x, **self.fn_kwargs)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.integer:
+            return self.float_forward(x)
+        s_x, z_x = self.x[0], self.x[1]
+        xc = _centered(x, s_x, self.x_qmin - z_x, self.x_qmax - z_x)
+        idx = xc.add_(z_x - self.x_qmin).to(torch.int64)
+        y = self.table[idx]
+        y = y.mul_(_scalar(self.y[0], y.device))  # (q - z_y) * s_y, as FakeQuant dequantizes
+        return y if x.dtype == torch.float32 or not x.is_floating_point() else y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        kw = "".join(f", {k}={v}" for k, v in self.fn_kwargs.items())
+        return f"fn={self.fn}{kw}, integer={self.integer}"
+
+
+class QMul(nn.Module):
+    """The product of two quantized tensors of the same shape, or of a tensor and a per-(image,
+    channel) gate ``[B, C, 1, 1]`` (squeeze-excitation), computed as the integer network does::
+
+        acc = (a - z_a)(b - z_b)                                     exact
+        y   = clamp(rne(float32(acc) * m), qmin - z_y, qmax - z_y) * s_y,   m = float32(s_a s_b / s_y)
+
+    (:func:`dfq_gpu.quant.requant.mul_multiplier`).
+    """
+
+    def __init__(self, a_scale: float, a_range: tuple[int, int], b_scale: float, b_range: tuple[int, int],
+                 multiplier: float, y_scale: float, zero_point: int, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.a_scale, self.b_scale = float(a_scale), float(b_scale)
+        self.a_range = (int(a_range[0]), int(a_range[1]))  # qmin - z_a, qmax - z_a
+        self.b_range = (int(b_range[0]), int(b_range[1]))
+        self.multiplier, self.y_scale = float(multiplier), float(y_scale)
+        self.zero_point, self.qmin, self.qmax = int(zero_point), int(qmin), int(qmax)
+
+    def state(self) -> tuple:
+        """All parameters (for comparisons)."""
+        return (self.a_scale, self.a_range, self.b_scale, self.b_range, self.multiplier, self.y_scale,
+                self.zero_point, self.qmin, self.qmax)
+
+    @property
+    def acc_bound(self) -> int:
+        return max(abs(v) for v in self.a_range) * max(abs(v) for v in self.b_range)
+
+    @torch.no_grad()
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ac = _centered(a, self.a_scale, *self.a_range)
+        bc = _centered(b, self.b_scale, *self.b_range)
+        if self.acc_bound < kref.EXACT_FLOAT32:
+            acc = ac * bc  # integers below 2^24: exact
+        else:
+            acc = (ac.to(torch.float64) * bc.to(torch.float64)).to(torch.float32)
+        y = kref.requantize_centered(acc, _scalar(self.multiplier, acc.device), self.qmin - self.zero_point,
+                                     self.qmax - self.zero_point)
+        y = y.mul_(_scalar(self.y_scale, y.device))
+        return y if a.dtype == torch.float32 else y.to(a.dtype)
+
+    def extra_repr(self) -> str:
+        return f"multiplier={self.multiplier:.6g}, zero_point={self.zero_point}, grid=[{self.qmin}, {self.qmax}]"

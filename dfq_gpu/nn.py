@@ -6,6 +6,8 @@ quantization grid of :func:`dfq_gpu.formulas.quant_grid`).
   the network computes exactly the same function.
 - :class:`FakeQuant`: per-tensor uniform quantize-dequantize of activations;
   :func:`fake_quant_tensor` the same for any tensor with broadcast parameters.
+- :data:`ELEMENTWISE` / :func:`elementwise_of_module`: the elementwise activations that an
+  integer network computes by a table from input to output codes, by name.
 
 The quantized layers (:class:`~dfq_gpu.modules.QConv2d`, ...) are in :mod:`dfq_gpu.modules`,
 which re-exports these three names.
@@ -13,12 +15,62 @@ which re-exports these three names.
 
 from __future__ import annotations
 
+from typing import Any, Callable, Optional
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .formulas import quant_grid
 
-__all__ = ["ChannelClamp", "FakeQuant", "fake_quant_tensor"]
+__all__ = ["ChannelClamp", "FakeQuant", "fake_quant_tensor", "ELEMENTWISE", "elementwise_of_module"]
+
+
+def _prelu(x: torch.Tensor, weight: float) -> torch.Tensor:
+    return F.prelu(x, torch.tensor([float(weight)], dtype=x.dtype))
+
+
+#: Elementwise activations by name: ``ELEMENTWISE[name](x, **kwargs)`` (the kwargs are numbers or
+#: strings). An integer network maps each input code to an output code through a table built
+#: with these (:class:`dfq_gpu.modules.QLookup`).
+ELEMENTWISE: dict[str, Callable[..., torch.Tensor]] = {
+    "hardswish": lambda x: F.hardswish(x),
+    "hardsigmoid": lambda x: F.hardsigmoid(x),
+    "silu": lambda x: F.silu(x),
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "gelu": lambda x, approximate="none": F.gelu(x, approximate=approximate),
+    "leaky_relu": lambda x, negative_slope=0.01: F.leaky_relu(x, negative_slope),
+    "elu": lambda x, alpha=1.0: F.elu(x, alpha),
+    "mish": lambda x: F.mish(x),
+    "softplus": lambda x, beta=1.0, threshold=20.0: F.softplus(x, beta, threshold),
+    "relu": torch.relu,
+    "relu6": lambda x: F.relu6(x),
+    "hardtanh": lambda x, min_val=-1.0, max_val=1.0: F.hardtanh(x, min_val, max_val),
+    "prelu": _prelu,
+}
+
+# module type -> (name in ELEMENTWISE, the module attributes that are its kwargs)
+_ELEMENTWISE_MODULES: dict[type, tuple[str, tuple[str, ...]]] = {
+    nn.Hardswish: ("hardswish", ()), nn.Hardsigmoid: ("hardsigmoid", ()), nn.SiLU: ("silu", ()),
+    nn.Sigmoid: ("sigmoid", ()), nn.Tanh: ("tanh", ()), nn.GELU: ("gelu", ("approximate",)),
+    nn.LeakyReLU: ("leaky_relu", ("negative_slope",)), nn.ELU: ("elu", ("alpha",)), nn.Mish: ("mish", ()),
+    nn.Softplus: ("softplus", ("beta", "threshold")), nn.ReLU: ("relu", ()), nn.ReLU6: ("relu6", ()),
+    nn.Hardtanh: ("hardtanh", ("min_val", "max_val")),
+}
+
+
+def elementwise_of_module(m: Optional[nn.Module]) -> Optional[tuple[str, dict[str, Any]]]:
+    """``(name, kwargs)`` of :data:`ELEMENTWISE` that computes the module ``m``, else ``None``
+    (a PReLU counts with one shared slope only)."""
+    if m is None:
+        return None
+    if type(m) is nn.PReLU:
+        return ("prelu", {"weight": float(m.weight.detach().reshape(-1)[0])}) if m.weight.numel() == 1 else None
+    spec = _ELEMENTWISE_MODULES.get(type(m))
+    if spec is None:
+        return None
+    return spec[0], {k: getattr(m, k) for k in spec[1]}
 
 
 def _per_channel_view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ the integer network (reference backend) must reproduce its outputs bit for bit.
 from __future__ import annotations
 
 import copy
+import re
 import dataclasses
 import json
 import os
@@ -525,31 +526,112 @@ def _sim_of(model: nn.Module, cfg: DFQConfig | None = None):
 
 
 @pytest.mark.parametrize("model,pattern", [
-    (_Seq(nn.Hardswish()), r"mid \(Hardswish\).*no int8 kernel for Hardswish"),
+    (_Seq(nn.Softmax(dim=1)), r"mid \(Softmax\).*no int8 kernel for Softmax"),
     (_Seq(nn.ReLU(), mul=True), r"mul.*no int8 kernel"),
-    (nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=2)), r"grouped convolution \(groups=2"),
     (nn.Sequential(nn.Conv2d(3, 8, 3, dilation=2)), r"dilation \(2, 2\)"),
-], ids=["hardswish", "float-op", "grouped", "dilated"])
-def test_unsupported_ops_raise(model, pattern):
+], ids=["softmax", "float-op", "dilated"])
+def test_unsupported_ops_raise_without_fallback(model, pattern):
     sim = _sim_of(model)
     with pytest.raises(Int8ConversionError, match=pattern):
-        to_int8(sim)
+        to_int8(sim, fallback=False)
+
+
+def _check_fallback(sim, node: str, pattern: str, int8_fraction: float | None = None) -> None:
+    """to_int8 runs ``node`` in float with a reason matching ``pattern``, bit-exact with the simulation."""
+    net = to_int8(sim, backend="reference")
+    assert net.coverage is not None
+    assert re.search(pattern, net.coverage.float_nodes[node]), net.coverage.float_nodes
+    if int8_fraction is not None:
+        assert net.coverage.int8_mac_fraction == pytest.approx(int8_fraction)
+    x = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(net(x), sim(x))
+
+
+@pytest.mark.parametrize("model,node,pattern", [
+    (_Seq(nn.Softmax(dim=1)), "mid", r"no int8 kernel for Softmax"),
+    (_Seq(nn.ReLU(), mul=True), "mul", r"no int8 kernel for mul"),
+    (nn.Sequential(nn.Conv2d(3, 8, 3, dilation=2)), "_0", r"dilation \(2, 2\)"),
+], ids=["softmax", "float-op", "dilated"])
+def test_what_has_no_int8_step_runs_in_float(model, node, pattern):
+    """Without an int8 step, an op runs in float between a dequantize and a quantize, as the
+    simulation computes it (bit for bit), and the coverage report says why."""
+    _check_fallback(_sim_of(model), node, pattern)
+
+
+class _MobileOps(nn.Module):
+    """The ops of MobileNetV3 / EfficientNet / ShuffleNet / RegNet / GoogLeNet that run in int8
+    beyond convolutions, adds and pools: hardswish and SiLU tables, a squeeze-excitation gate, a
+    grouped convolution, a ceil-mode max pool, a cat of different quantizations, a channel
+    shuffle, a chunk, a linear layer on tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardswish())
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 1),
+                                nn.Hardsigmoid())
+        self.grouped = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.a = nn.Sequential(nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4), nn.SiLU())
+        self.tok = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x * self.se(x)
+        x = self.pool(self.grouped(x))
+        y = torch.cat([self.a(x), self.b(x)], dim=1)
+        b, c, h, w = y.shape
+        y = y.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+        y1, _ = y.chunk(2, dim=1)
+        t = torch.sigmoid(self.tok(y1.flatten(2).transpose(1, 2)))  # tokens [B, H*W, 4] -> [B, H*W, 6]
+        return self.head(t.transpose(1, 2).reshape(b, 6, h, w).mean((2, 3)))
+
+
+def test_mobile_ops_run_in_int8_bit_exact():
+    """Every op of _MobileOps runs in int8 (no float fallback), equal to the simulation bit for
+    bit, on the integer reference and on the Triton kernels (interpreter or CUDA)."""
+    model = _MobileOps()
+    randomize_bn(model)
+    x = torch.randn(4, 3, 13, 11, generator=torch.Generator().manual_seed(6))
+    sim = quantize(model, (x[:2],), DFQConfig(input_range=(-3.0, 3.0)))
+    kinds = {type(m).__name__ for m in sim.modules()}
+    assert {"QLookup", "QMul"} <= kinds, kinds
+    net = to_int8(sim, backend="reference")
+    assert net.coverage is not None and net.coverage.float_nodes == {} and net.coverage.int8_mac_fraction == 1.0
+    steps = {type(m).__name__ for m in net.steps().values()}
+    assert {"Int8Lookup", "Int8Mul", "Int8GroupedConv2d", "Int8Cat", "Int8MaxPool2d", "Int8Linear"} <= steps, steps
+    with torch.no_grad():
+        ref = sim(x)
+        assert torch.equal(net(x), ref)
+        device = interpreter_or_cuda()
+        if device is not None:
+            net.backend = "triton"
+            assert torch.equal(net.to(device)(x.to(device)).cpu(), ref)
 
 
 def test_configurations_that_cannot_run_in_int8():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
     with pytest.raises(Int8ConversionError, match="act_bits=None"):
         to_int8(_sim_of(copy.deepcopy(model), DFQConfig(act_bits=None)))
+    cfg = dict(input_range=(-3.0, 3.0))
     with pytest.raises(Int8ConversionError, match="12 bits"):
-        to_int8(_sim_of(copy.deepcopy(model), DFQConfig(weight_bits=12, input_range=(-3.0, 3.0))))
+        to_int8(_sim_of(copy.deepcopy(model), DFQConfig(weight_bits=12, **cfg)), fallback=False)
     with pytest.raises(Int8ConversionError, match="10 bits"):
-        to_int8(_sim_of(copy.deepcopy(model), DFQConfig(act_bits=10, input_range=(-3.0, 3.0))))
+        to_int8(_sim_of(copy.deepcopy(model), DFQConfig(act_bits=10, **cfg)), fallback=False)
     with pytest.raises(Int8ConversionError, match="left in float"):
-        to_int8(_sim_of(copy.deepcopy(model), DFQConfig(skip_layers=("2",), input_range=(-3.0, 3.0))))
+        to_int8(_sim_of(copy.deepcopy(model), DFQConfig(skip_layers=("2",), **cfg)), fallback=False)
+    # with the float fallback (the default) these run, the layers concerned in float
+    macs0 = 10 * 10 * 8 * 27  # per image: 10x10 outputs, 8 channels, 3x3x3 taps
+    macs2 = 10 * 10 * 4 * 8
+    _check_fallback(_sim_of(copy.deepcopy(model), DFQConfig(weight_bits=12, **cfg)), "_0", "12 bits", 0.0)
+    _check_fallback(_sim_of(copy.deepcopy(model), DFQConfig(skip_layers=("2",), **cfg)), "_2", "left in float",
+                    macs0 / (macs0 + macs2))
     sim = _sim_of(copy.deepcopy(model))
     next(m for m in sim.modules() if type(m).__name__ == "FakeQuant").enabled = False
     with pytest.raises(Int8ConversionError, match="disabled"):
-        to_int8(sim)
+        to_int8(sim, fallback=False)
     with pytest.raises(Int8ConversionError, match="GraphModule"):
         to_int8(model)
     assert issubclass(Int8ConversionError, ValueError)

@@ -13,6 +13,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..nn import elementwise_of_module
 from .trace import describe, node_module
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "is_channel_preserving_reshape",
     "is_flatten_reshape",
     "is_clamp_act",
+    "elementwise_activation",
     "describe",
 ]
 
@@ -78,6 +80,54 @@ def is_mul(node: fx.Node) -> bool:
     if node.op == "call_function" and node.target in _MUL:
         return len(tensor_inputs(node)) == 2
     return node.op == "call_method" and node.target in ("mul", "mul_") and len(tensor_inputs(node)) == 2
+
+
+# call_function targets / call_method names of elementwise activations -> (name in dfq_gpu.nn.ELEMENTWISE,
+# the names of their extra arguments in order)
+_ELEMENTWISE_FNS: dict[Any, tuple[str, tuple[str, ...]]] = {
+    F.hardswish: ("hardswish", ()), F.hardsigmoid: ("hardsigmoid", ()), F.silu: ("silu", ()),
+    torch.sigmoid: ("sigmoid", ()), F.sigmoid: ("sigmoid", ()), torch.tanh: ("tanh", ()), F.tanh: ("tanh", ()),
+    F.gelu: ("gelu", ("approximate",)), F.leaky_relu: ("leaky_relu", ("negative_slope",)),
+    F.elu: ("elu", ("alpha",)), F.mish: ("mish", ()), F.softplus: ("softplus", ("beta", "threshold")),
+    F.relu: ("relu", ()), torch.relu: ("relu", ()), F.relu6: ("relu6", ()),
+    F.hardtanh: ("hardtanh", ("min_val", "max_val")),
+}
+_ELEMENTWISE_METHODS: dict[str, str] = {"sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "sigmoid_": "sigmoid",
+                                        "tanh_": "tanh", "relu_": "relu"}
+
+
+def elementwise_activation(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict[str, Any]] | None:
+    """``(name, kwargs)`` of :data:`dfq_gpu.nn.ELEMENTWISE` if ``node`` applies an elementwise
+    activation to one tensor (a module such as ``nn.Hardswish``, ``F.silu(x)``, ``x.sigmoid()``),
+    with constant arguments only; else ``None``."""
+    if node.op == "call_module":
+        return elementwise_of_module(node_module(gm, node)) if len(node.args) == 1 and not node.kwargs else None
+    if node.op == "call_method":
+        name = _ELEMENTWISE_METHODS.get(str(node.target))
+        return (name, {}) if name is not None and len(node.args) == 1 and not node.kwargs else None
+    if node.op != "call_function":
+        return None
+    spec = _ELEMENTWISE_FNS.get(node.target)
+    if spec is None or not node.args or len(tensor_inputs(node)) != 1:
+        return None
+    name, params = spec
+    kwargs: dict[str, Any] = {}
+    extra = list(node.args[1:])
+    for i, v in enumerate(extra):
+        if i >= len(params):
+            if isinstance(v, bool):  # a trailing ``inplace`` flag
+                continue
+            return None
+        kwargs[params[i]] = v
+    for k, v in node.kwargs.items():
+        if k == "inplace":
+            continue
+        if k not in params:
+            return None
+        kwargs[k] = v
+    if any(isinstance(v, fx.Node) for v in kwargs.values()):
+        return None
+    return name, kwargs
 
 
 def is_cat(node: fx.Node) -> bool:

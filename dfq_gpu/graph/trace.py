@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import operator
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -376,11 +376,23 @@ def _functional_acts_to_modules(gm: fx.GraphModule) -> None:
             node.target = operator.add
 
 
+def _is_eval_stochastic_depth(node: fx.Node, m: Optional[nn.Module]) -> bool:
+    """torchvision's stochastic depth (EfficientNet, ConvNeXt, ...) in evaluation: the identity."""
+    if m is not None:
+        return type(m).__name__ == "StochasticDepth" and not m.training
+    if node.op != "call_function" or getattr(node.target, "__name__", "") != "stochastic_depth":
+        return False
+    training = node.args[3] if len(node.args) > 3 else node.kwargs.get("training", True)
+    return training is False
+
+
 def _remove_identities(gm: fx.GraphModule) -> None:
     for node in list(gm.graph.nodes):
         m = node_module(gm, node)
         drop = isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d))
         if node.op == "call_function" and node.target in (F.dropout, F.dropout2d):
+            drop = True
+        if _is_eval_stochastic_depth(node, m):
             drop = True
         if drop and node.args and isinstance(node.args[0], fx.Node):
             node.replace_all_uses_with(node.args[0])

@@ -5,8 +5,8 @@ on the ``dfq_int8`` kernels (Triton on CUDA, the integer reference on the CPU)."
 from __future__ import annotations
 
 from .compare import StepAgreement, compare_with_simulation
-from .convert import Int8ConversionError, Int8Network, to_int8
+from .convert import Coverage, Int8ConversionError, Int8Network, to_int8
 from .graphs import GraphedNetwork
 
-__all__ = ["to_int8", "Int8ConversionError", "Int8Network", "GraphedNetwork", "compare_with_simulation",
+__all__ = ["to_int8", "Int8ConversionError", "Int8Network", "Coverage", "GraphedNetwork", "compare_with_simulation",
            "StepAgreement"]

@@ -73,9 +73,11 @@ the convolution algorithms of the machine it runs on.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import math
+import operator
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
@@ -89,16 +91,16 @@ import kernels
 from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import is_layer_module
-from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QConv2d, QLinear
+from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QConv2d, QLinear, QLookup, QMul
 from ..nn import FakeQuant
 from ..quant import requant
 from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
-from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPoolPlan, LayerPlan, StepPlan, build_plan, global_avgpool_problem,
-                          is_passthrough)
+from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPoolPlan, LayerPlan, LookupPlan, MulPlan, StepPlan, build_plan,
+                          global_avgpool_problem, is_passthrough)
 from ..quant.simulate import stale_integer_steps
 from . import layers as L
 
-__all__ = ["to_int8", "Int8ConversionError", "Int8Network"]
+__all__ = ["to_int8", "Int8ConversionError", "Int8Network", "Coverage"]
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +130,62 @@ INT8_STEPS: dict[str, LayerStep] = {
 CONV_KERNELS: dict[str, tuple[type, Any]] = {
     "conv": (L.Int8Conv2d, kernels.conv_weight_to_nhwc),
     "depthwise": (L.Int8DepthwiseConv2d, kernels.depthwise_weight_to_hwc),
+    "grouped": (L.Int8GroupedConv2d, kernels.conv_weight_to_nhwc),
 }
+
+
+# Ops that only move values: run on int8 tensors as they are (Converter.movement).
+_MOVEMENT_METHODS = frozenset({"view", "reshape", "transpose", "permute", "contiguous", "flatten", "chunk", "split",
+                               "squeeze", "unsqueeze", "unbind", "narrow", "expand", "repeat", "flip"})
+_MOVEMENT_FUNCTIONS = frozenset({torch.transpose, torch.permute, torch.flatten, torch.reshape, torch.chunk, torch.split,
+                                 torch.squeeze, torch.unsqueeze, torch.unbind, torch.narrow, torch.cat, torch.concat,
+                                 torch.stack, torch.flip, operator.getitem, torch.channel_shuffle,
+                                 F.pixel_shuffle, F.pixel_unshuffle})
 
 
 class Int8ConversionError(ValueError):
     """The simulated network contains something the integer network cannot execute; the message
-    names the node and the reason."""
+    names the node and the reason (``reason``: the reason alone)."""
+
+    def __init__(self, message: str, reason: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.reason = message if reason is None else reason
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Where an integer network computes: ``placement`` maps every compute node of the
+    simulation (layers, activations, adds, pools, multiplies, concatenations, ...) to ``"int8"``
+    or to the reason it runs in float (fp32, between a dequantize and a quantize);
+    ``macs_int8`` / ``macs_total``: multiply-accumulates per image of the convolutions and linear
+    layers (from the shapes recorded at quantization)."""
+
+    placement: dict[str, str]
+    macs_int8: int
+    macs_total: int
+
+    @property
+    def float_nodes(self) -> dict[str, str]:
+        """The nodes that run in float, with the reason."""
+        return {k: v for k, v in self.placement.items() if v != "int8"}
+
+    @property
+    def int8_mac_fraction(self) -> float:
+        """The share of the multiply-accumulates that run in int8 (1.0 for a network without any)."""
+        return self.macs_int8 / self.macs_total if self.macs_total else 1.0
+
+    def summary(self) -> str:
+        """One line: how much runs in int8, and what runs in float."""
+        fl = self.float_nodes
+        text = (f"{len(self.placement) - len(fl)} of {len(self.placement)} ops in int8, "
+                f"{100 * self.int8_mac_fraction:.1f}% of MACs")
+        if fl:
+            by: dict[str, list[str]] = {}
+            for k, v in fl.items():
+                by.setdefault(v, []).append(k)
+            text += "; float: " + "; ".join(f"{', '.join(n[:4])}{' ...' if len(n) > 4 else ''} ({why})"
+                                            for why, n in by.items())
+        return text
 
 
 # =============================================================================================
@@ -157,7 +209,9 @@ class _Val:
     """What a simulation node has become in the integer graph.
 
     kind: ``"int8"`` (int8 tensor, NHWC when 4-D), ``"float"`` (float tensor, NHWC when 4-D),
-    ``"input"`` (the float network input, NCHW), ``"other"`` (a Python value, e.g. a size).
+    ``"input"`` (the float network input, NCHW), ``"sim"`` (a value of a part of the network
+    that runs in float: exactly the simulation's tensor, NCHW), ``"other"`` (a Python value, e.g.
+    a size).
     ``pad``: a zero padding (top, bottom, left, right) not yet applied (merged into the next
     convolution when there is one).
     """
@@ -190,13 +244,46 @@ def _fq_params(name: str, fq: FakeQuant) -> _QParams:
     return _QParams(float(fq.scale), z, lo, hi, name, requant.Grid.of(fq), off)
 
 
+def requant_table(src: _QParams, fq: FakeQuant, fn: Any, out: _QParams) -> torch.Tensor:
+    """The int8 table ``[256]`` of ``x -> fq(fn(x))`` on the int8 codes of ``src``: each code's
+    value as the simulation holds it (``FakeQuant``'s dequantization ``(q - z) * s`` in float32),
+    ``fn`` applied, the simulation's quantizer ``fq`` applied, and the result's integer on
+    ``out``'s grid in int8 storage. Codes outside ``src``'s grid (narrower than 8 bits) map as the
+    grid's ends do."""
+    codes = (torch.arange(INT8_MIN, INT8_MAX + 1, dtype=torch.int64) + src.offset)
+    codes = codes.clamp(src.grid.qmin, src.grid.qmax).to(torch.float32)
+    scale = torch.tensor(src.grid.scale, dtype=torch.float32)
+    v = (codes - torch.tensor(float(src.grid.zero_point), dtype=torch.float32)) * scale
+    y = fq(fn(v)).to(torch.float32)
+    rel = (y * torch.reciprocal(torch.tensor(out.scale, dtype=torch.float32))).round()
+    return (rel + out.zero_point).clamp(out.lo, out.hi).to(torch.int8)
+
+
+def layer_macs(m: Optional[nn.Module], node: fx.Node) -> int:
+    """Multiply-accumulates per image of a convolution or linear layer (0 for anything else, or
+    without a recorded output shape)."""
+    shape = ops.tensor_shape(node)
+    if shape is None or len(shape) < 2:
+        return 0
+    per_output = 0
+    if isinstance(m, nn.Conv2d):
+        per_output = (m.in_channels // m.groups) * math.prod(m.kernel_size)
+    elif isinstance(m, nn.Linear):
+        per_output = m.in_features
+    return per_output * math.prod(shape[1:])
+
+
 # =============================================================================================
 # The converter
 # =============================================================================================
 class _Converter:
-    def __init__(self, gm: fx.GraphModule, backend: Optional[str], plan: dict[str, StepPlan]) -> None:
+    def __init__(self, gm: fx.GraphModule, backend: Optional[str], plan: dict[str, StepPlan],
+                 fallback: bool = True) -> None:
         self.gm = gm
         self.backend = backend
+        self.fallback = fallback  # run what has no int8 step in float instead of raising
+        self.float_nodes: dict[str, str] = {}  # simulation node -> why it runs in float
+        self.dequantized: dict[fx.Node, fx.Node] = {}  # int8 value -> its float NCHW tensor
         self.plan = plan  # the fusion plan (dfq_gpu.quant.plan): what each step fuses, its integer parameters
         self.graph = fx.Graph()
         self.root = nn.Module()
@@ -208,14 +295,10 @@ class _Converter:
     # helpers
     # ---------------------------------------------------------------------------------------
     def err(self, node: fx.Node, why: str) -> Int8ConversionError:
-        return Int8ConversionError(f"cannot convert {ops.describe(self.gm, node)} to int8: {why}")
+        return Int8ConversionError(f"cannot convert {ops.describe(self.gm, node)} to int8: {why}", why)
 
     def step(self, name: str, module: L.Int8Step, *args: Any) -> fx.Node:
-        base = name.replace(".", "_")
-        name, i = base, 1
-        while name in self.names or hasattr(self.root, name):
-            name, i = f"{base}_{i}", i + 1
-        self.names.add(name)
+        name = self.unique_name(name)
         module.backend = self.backend
         self.root.add_module(name, module)
         return self.graph.call_module(name, tuple(args))
@@ -238,7 +321,7 @@ class _Converter:
         if v.kind == "input":
             raise self.err(user, f"its input {ops.describe(self.gm, arg)} is the float network input without an "
                                  "activation quantizer")
-        if v.kind == "float":
+        if v.kind in ("float", "sim"):
             raise self.err(user, f"its input {ops.describe(self.gm, arg)} is a float tensor, not quantized "
                                  "(a float op between quantizers, or an op after the output layer)")
         if v.kind != "int8":
@@ -296,12 +379,12 @@ class _Converter:
             self.visit(node)
         gm = fx.GraphModule(self.root, self.graph, class_name="Int8GraphModule")
         gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
         gm.graph.lint()
         gm.recompile()
         return gm
 
     def visit(self, node: fx.Node) -> None:
-        gm = self.gm
         if node.op == "placeholder":
             new = self.graph.placeholder(node.name, default_value=node.args[0] if node.args else
                                          inspect.Signature.empty)
@@ -311,6 +394,82 @@ class _Converter:
         if node.op == "output":
             self.output(node)
             return
+        try:
+            self.int8_node(node)
+        except Int8ConversionError as exc:
+            if not self.fallback:
+                raise
+            self.float_node(node, exc.reason)
+
+    # ---------------------------------------------------------------------------------------
+    # float fallback
+    # ---------------------------------------------------------------------------------------
+    def sim_value(self, user: fx.Node, arg: fx.Node) -> fx.Node:
+        """The integer graph's node holding the simulation's value of ``arg`` (an input of
+        ``user``, which runs in float): int8 tensors dequantized to contiguous NCHW float32
+        (bit-identical to the simulation's quantizer output), float NHWC results as NCHW."""
+        v = self.val(arg, user)
+        if v.kind == "int8":
+            if arg not in self.dequantized:
+                v = self.int8_input(user, arg)
+                assert v.q is not None
+                deq = self.step(f"dequant_{arg.name}", L.Dequantize(v.q.scale, v.q.zero_point), v.node)
+                self.dequantized[arg] = self.graph.call_method("contiguous", (deq,))
+            return self.dequantized[arg]
+        if v.kind == "float" and v.rank == 4:
+            return self.graph.call_method("contiguous", (self.fn(L.nhwc_to_nchw, v.node),))
+        return v.node
+
+    def float_node(self, node: fx.Node, reason: str) -> None:
+        """Run ``node`` as the simulation does, in float32 on the simulation's values of its
+        inputs (the same module or function on the same tensors: the same results)."""
+        if node.op == "get_attr":
+            obj: Any = self.gm
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part)
+            name = self.unique_name(str(node.target))
+            if isinstance(obj, torch.Tensor):
+                self.root.register_buffer(name, obj.detach().clone())
+            else:
+                setattr(self.root, name, copy.deepcopy(obj))
+            new = self.graph.get_attr(name)
+        elif node.op == "call_module":
+            name = self.unique_name(str(node.target))
+            self.root.add_module(name, copy.deepcopy(self.gm.get_submodule(str(node.target))))
+            args = fx.node.map_arg(node.args, lambda n: self.sim_value(node, n))
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: self.sim_value(node, n))
+            new = self.graph.call_module(name, args, kwargs)
+        else:
+            new = self.graph.node_copy(node, lambda n: self.sim_value(node, n))
+        new.meta = {}
+        shape = ops.tensor_shape(node)
+        self.env[node] = _Val(new, "sim", rank=len(shape) if shape is not None else None)
+        if not self.is_bookkeeping(node):
+            self.float_nodes[node.name] = reason
+            log.debug("%s runs in float: %s", node.name, reason)
+
+    def is_bookkeeping(self, node: fx.Node) -> bool:
+        """Nodes that compute nothing worth reporting (quantizers, sizes, constants)."""
+        if node.op in ("get_attr", "placeholder", "output"):
+            return True
+        if isinstance(node_module(self.gm, node), FakeQuant) or ops.is_shape_query(node):
+            return True
+        return node.op != "call_module" and ops.tensor_shape(node) is None
+
+    def unique_name(self, base: str) -> str:
+        base = base.replace(".", "_")
+        name, i = base, 1
+        while name in self.names or hasattr(self.root, name):
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        return name
+
+    def int8_node(self, node: fx.Node) -> None:
+        gm = self.gm
+        ins = [self.env.get(n) for n in node.all_input_nodes]
+        if (ins and all(v is not None and v.kind == "sim" for v in ins)
+                and not isinstance(node_module(gm, node), FakeQuant)):
+            raise self.err(node, "its input is computed in float")
         if node.op == "get_attr":
             raise self.err(node, "constant tensors (get_attr) are not supported")
         m = node_module(gm, node)
@@ -325,6 +484,12 @@ class _Converter:
             self.add(node)
         elif isinstance(m, QAvgPool):
             self.avgpool(node)
+        elif isinstance(m, QLookup):
+            self.lookup(node, m)
+        elif isinstance(m, QMul):
+            self.mul(node)
+        elif ops.is_cat(node):
+            self.cat(node)
         elif ops.is_shape_query(node):
             self.shape_query(node)
         elif ops.is_zero_pad(gm, node):
@@ -339,14 +504,24 @@ class _Converter:
             new = self.graph.node_copy(node, lambda n: self.env[n].node)
             new.meta = {}
             self.env[node] = _Val(new, "other")
+        elif self.is_movement(node):
+            self.movement(node)
         elif isinstance(m, FUSABLE_ACTS):
             raise self.err(node, "an activation that does not directly follow a convolution, linear layer or add "
                                  "(with its quantizer right after it) cannot be fused into a kernel")
         else:
             what = type(m).__name__ if m is not None else getattr(node.target, "__name__", str(node.target))
-            raise self.err(node, f"no int8 kernel for {what} (supported: convolutions, depthwise convolutions, "
+            err = self.err(node, f"no int8 kernel for {what} (supported: convolutions, depthwise convolutions, "
                                  "linear layers, ReLU/ReLU6/clamp activations fused into them, residual adds, "
                                  "global average pooling, max pooling, zero padding and reshapes)")
+            err.reason = f"no int8 kernel for {what}"
+            raise err
+
+    def is_movement(self, node: fx.Node) -> bool:
+        """Ops that only move values (see :meth:`movement`)."""
+        if node.op == "call_method":
+            return node.target in _MOVEMENT_METHODS
+        return node.op == "call_function" and node.target in _MOVEMENT_FUNCTIONS
 
     def is_python_value_op(self, node: fx.Node) -> bool:
         """An op on sizes or other Python values (``x.shape[0]``, ``b * c``): copied as it is."""
@@ -361,15 +536,22 @@ class _Converter:
     def fake_quant(self, node: fx.Node, fq: FakeQuant) -> None:
         src = node.args[0]
         v = self.val(src, node)
-        if v.kind != "input":
-            raise self.err(node, f"an activation quantizer after {ops.describe(self.gm, src)} that is not fused "
-                                 "with the op producing it (re-quantizing an int8 tensor is not supported)")
         qp = _fq_params(node.name, fq)
-        if v.rank not in (2, 4):
+        if v.kind == "int8":  # a second quantizer on an int8 tensor: a table from one grid to the other
+            v = self.int8_input(node, src)
+            assert v.q is not None
+            out = self.step(node.name, L.Int8Lookup(requant_table(v.q, fq, lambda t: t, qp), sim_quantizer=node.name),
+                            v.node)
+            self.env[node] = _Val(out, "int8", qp, rank=v.rank)
+            return
+        if v.kind not in ("input", "sim", "float"):
+            raise self.err(node, f"an activation quantizer after {ops.describe(self.gm, src)}, which is not a tensor")
+        if v.rank is None or v.rank < 1 or (v.kind == "input" and v.rank not in (2, 4)):
             raise self.err(node, f"the network input has rank {v.rank}; NCHW images (4-D) or [B, K] (2-D) are "
                                  "supported")
-        out = self.step(node.name, L.QuantizeInput(qp.scale, qp.zero_point, qp.lo, qp.hi, sim_quantizer=node.name),
-                        v.node)
+        x = v.node if v.kind == "input" else self.sim_value(node, src)
+        out = self.step(node.name, L.QuantizeInput(qp.scale, qp.zero_point, qp.lo, qp.hi, check_finite=v.kind == "input",
+                                                   sim_quantizer=node.name), x)
         self.env[node] = _Val(out, "int8", qp, rank=v.rank)
 
     def step_plan(self, node: fx.Node, kind: type) -> Any:
@@ -431,7 +613,11 @@ class _Converter:
                        out_scale=rq.float_scale)
             sim_q = ""
         mod, rank = getattr(self, how.method)(node, m, p, x, w8, wzp, rq, sim_q, epi)
-        out = self.step(node.name, mod, x.node)
+        if how.method == "linear_step" and rank == 4:  # the last dimension of the NCHW order
+            out = self.fn(L.nhwc_to_nchw_of_last if qp is None else L.int8_to_nhwc,
+                          self.step(node.name, mod, self.fn(L.int8_to_nchw, x.node)))
+        else:
+            out = self.step(node.name, mod, x.node)
         if qp is not None:
             v = _Val(out, "int8", qp, rank=rank)
         else:
@@ -465,16 +651,18 @@ class _Converter:
             raise self.err(node, f"a grouped convolution (groups={m.groups}, {m.in_channels} -> "
                                  f"{m.out_channels} channels) that is not depthwise")
         step_cls, layout = CONV_KERNELS[p.kind]
+        extra = {"groups": m.groups} if p.kind == "grouped" else {}
         mod = step_cls(layout(w8), rq.bias, wzp, x.q.zero_point, stride=stride, padding=pad, sim_quantizer=sim_q,
-                       **epi)
+                       **epi, **extra)
         return mod, 4
 
     def linear_step(self, node: fx.Node, m: QLinear, p: LayerPlan, x: "_Val", w8: torch.Tensor,
                     wzp: Optional[torch.Tensor], rq: Any, sim_q: str, epi: dict[str, Any]) -> tuple["L.Int8Step", int]:
-        """The int8 step of a linear layer (``INT8_STEPS``)."""
-        if x.rank != 2:
-            raise self.err(node, f"a linear layer on a rank-{x.rank} tensor (only [B, K] inputs are supported)")
-        return L.Int8Linear(w8, rq.bias, wzp, x.q.zero_point, sim_quantizer=sim_q, **epi), 2
+        """The int8 step of a linear layer (``INT8_STEPS``): on ``[B, K]``, or on the last
+        dimension of a tensor of any rank (a 4-D one is taken in its NCHW order)."""
+        if x.rank is None or x.rank < 2:
+            raise self.err(node, f"a linear layer on a rank-{x.rank} tensor")
+        return L.Int8Linear(w8, rq.bias, wzp, x.q.zero_point, sim_quantizer=sim_q, **epi), x.rank
 
     def add(self, node: fx.Node) -> None:
         p: AddPlan = self.step_plan(node, AddPlan)
@@ -508,6 +696,35 @@ class _Converter:
         out = self.step(node.name, mod, a.node, b.node)
         self.finish(node, act, fq, tail, _Val(out, "int8", qp, rank=a.rank))
 
+    def lookup(self, node: fx.Node, m: QLookup) -> None:
+        """An activation between two quantizers: the simulation's table (:class:`QLookup`) on
+        int8 storage, one ``int8_lut`` call."""
+        p: LookupPlan = self.step_plan(node, LookupPlan)
+        if not m.integer or p.float_reason is not None or p.quantizer is None:
+            raise self.err(node, p.float_reason or "the simulation computes it in float")
+        x = self.int8_input(node, node.args[0])
+        assert x.q is not None and x.q.grid.scale == m.x[0] and x.q.grid.zero_point == m.x[1]
+        qp = self.out_quantizer(p.quantizer)
+        codes = (torch.arange(INT8_MIN, INT8_MAX + 1) + x.q.offset).clamp(m.x_qmin, m.x_qmax) - m.x_qmin
+        table = (m.table.detach().cpu()[codes].to(torch.int64) + qp.zero_point).clamp(qp.lo, qp.hi)
+        out = self.step(node.name, L.Int8Lookup(table, sim_quantizer=p.quantizer.name), x.node)
+        self.finish(node, None, p.quantizer, p.tail, _Val(out, "int8", qp, rank=x.rank))
+
+    def mul(self, node: fx.Node) -> None:
+        """The product of two int8 tensors, or of a tensor and its squeeze-excitation gate."""
+        p: MulPlan = self.step_plan(node, MulPlan)
+        if p.float_reason is not None or p.quantizer is None or p.multiplier is None:
+            raise self.err(node, p.float_reason or "the simulation computes it in float")
+        ins = ops.tensor_inputs(node)
+        vals = [self.int8_input(node, ins[0]), self.int8_input(node, ins[1])]
+        x, g = (vals[0], vals[1]) if p.gate != 0 else (vals[1], vals[0])
+        assert x.q is not None and g.q is not None
+        qp = self.out_quantizer(p.quantizer)
+        mod = L.Int8Mul(x.q.zero_point, g.q.zero_point, p.multiplier, qp.zero_point, qp.lo, qp.hi,
+                        gate=p.gate is not None, sim_quantizer=p.quantizer.name)
+        out = self.step(node.name, mod, x.node, g.node)
+        self.finish(node, None, p.quantizer, p.tail, _Val(out, "int8", qp, rank=x.rank))
+
     def zero_pad(self, node: fx.Node) -> None:
         x = self.int8_input(node, node.args[0], keep_pad=True)
         if x.rank != 4:
@@ -535,10 +752,11 @@ class _Converter:
         a = ops.max_pool_args(self.gm, node)
         if a is None:
             raise self.err(node, "an unsupported kind of max pooling")
-        if a.dilation != (1, 1) or a.ceil_mode or a.return_indices:
-            raise self.err(node, "max pooling with dilation, ceil_mode or return_indices")
+        if a.return_indices:
+            raise self.err(node, "max pooling with return_indices")
         p = a.padding
-        out = self.step(node.name, L.Int8MaxPool2d(a.kernel, a.stride, (p[0], p[0], p[1], p[1])), x.node)
+        out = self.step(node.name, L.Int8MaxPool2d(a.kernel, a.stride, (p[0], p[0], p[1], p[1]), a.dilation,
+                                                   a.ceil_mode), x.node)
         self.env[node] = replace(x, node=out)
 
     def avgpool(self, node: fx.Node) -> None:
@@ -591,21 +809,77 @@ class _Converter:
         if len(si) == 4 and len(so) == 4 and so[0] == si[0] and so[1] == si[1] and si[2:] == so[2:]:
             self.env[node] = v
             return
-        raise self.err(node, f"a reshape from {si} to {so} (supported: flatten to [B, N], [B, C] <-> [B, C, 1, 1])")
+        self.movement(node)
+
+    def movement(self, node: fx.Node) -> None:
+        """An op that only moves values (view, transpose, chunk, getitem, a cat of tensors of one
+        quantization, ...), run on the int8 tensors in NCHW order as the simulation runs it on
+        their values: the result holds the same quantization (NHWC again when 4-D; a tuple of
+        tensors stays NCHW until an item is taken)."""
+        qs: list[_QParams] = []
+
+        def arg(n: fx.Node) -> fx.Node:
+            v = self.val(n, node)
+            if v.kind == "other":
+                return v.node
+            if v.kind != "int8":
+                raise self.err(node, "its input is computed in float")
+            v = self.int8_input(node, n)
+            assert v.q is not None
+            qs.append(v.q)
+            return self.fn(L.int8_to_nchw, v.node) if v.rank == 4 else v.node
+
+        new = self.graph.node_copy(node, arg)
+        new.meta = {}
+        if not qs:
+            raise self.err(node, "no int8 input")
+        if any(q.grid != qs[0].grid or q.offset != qs[0].offset for q in qs):
+            raise self.err(node, "it moves int8 tensors of different quantizations")
+        shape = ops.tensor_shape(node)
+        if shape is not None and len(shape) == 4:
+            self.env[node] = _Val(self.fn(L.int8_to_nhwc, new), "int8", qs[0], rank=4)
+        else:
+            self.env[node] = _Val(new, "int8", qs[0], rank=len(shape) if shape is not None else None)
+
+    def cat(self, node: fx.Node) -> None:
+        """A concatenation along channels of 4-D int8 tensors whose result a quantizer takes
+        next: each input requantized to that quantizer by a table (or copied when on its grid)
+        into its slice of the output; other concatenations move values (:meth:`movement`)."""
+        ins = ops.tensor_inputs(node)
+        dim = ops.node_arg(node, 1, "dim", 0)
+        shape = ops.tensor_shape(node)
+        users = list(node.users)
+        fq = users[0] if len(users) == 1 and isinstance(node_module(self.gm, users[0]), FakeQuant) else None
+        if fq is None or shape is None or len(shape) != 4 or dim not in (1, -3) or len(ins) != len(node.args[0]):
+            self.movement(node)
+            return
+        qp = self.out_quantizer(fq)
+        fqm = node_module(self.gm, fq)
+        vals, tables = [], []
+        for n in ins:
+            v = self.int8_input(node, n)
+            assert v.q is not None
+            if v.rank != 4:
+                raise self.err(node, "a concatenation of tensors that are not 4-D")
+            same = v.q.grid == qp.grid and v.q.offset == qp.offset
+            vals.append(v.node)
+            tables.append(None if same else requant_table(v.q, fqm, lambda t: t, qp))
+        out = self.step(node.name, L.Int8Cat(tables, sim_quantizer=fq.name), *vals)
+        self.finish(node, None, fq, fq, _Val(out, "int8", qp, rank=4))
 
     def shape_query(self, node: fx.Node) -> None:
         src = node.args[0]
         v = self.val(src, node)
         if node.op == "call_method" and node.target == "size":
             dim = ops.node_arg(node, 1, "dim", None)
-            if v.kind == "input":
+            if v.kind in ("input", "sim"):
                 out = self.graph.call_method("size", (v.node,) if dim is None else (v.node, dim))
             else:
                 out = self.fn(L.nchw_size, v.node, dim) if dim is not None else self.fn(L.nchw_size, v.node)
         elif node.op == "call_method" and node.target == "dim":
             out = self.graph.call_method("dim", (v.node,))
         elif node.op == "call_function" and node.args[1] == "shape":
-            out = self.graph.call_function(getattr, (v.node, "shape")) if v.kind == "input" else \
+            out = self.graph.call_function(getattr, (v.node, "shape")) if v.kind in ("input", "sim") else \
                 self.fn(L.nchw_shape, v.node)
         else:
             raise self.err(node, f"the query {node.args[1]!r} (its value differs between float and int8 tensors)")
@@ -648,10 +922,12 @@ class Int8Network(nn.Module):
     see ``kernels.use_backend``).
     """
 
-    def __init__(self, net: fx.GraphModule, backend: Optional[str] = "auto") -> None:
+    def __init__(self, net: fx.GraphModule, backend: Optional[str] = "auto",
+                 coverage: Optional[Coverage] = None) -> None:
         super().__init__()
         self.net = net
         self.backend = backend
+        self.coverage = coverage  # what runs in int8 and what in float (to_int8 sets it)
 
     @property
     def backend(self) -> Optional[str]:
@@ -702,7 +978,7 @@ class Int8Network(nn.Module):
         return f"backend={self.backend!r}"
 
 
-def to_int8(q: nn.Module, backend: Optional[str] = "auto") -> Int8Network:
+def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True) -> Int8Network:
     """The integer network of a simulated quantized model.
 
     Args:
@@ -712,6 +988,11 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto") -> Int8Network:
             the CPU), ``"triton"`` (on the CPU only under Triton's interpreter,
             ``TRITON_INTERPRET=1``), ``"reference"``, or ``None`` to follow the kernels'
             process-wide default; changeable later through ``.backend``.
+        fallback: run what has no int8 step (an op without a kernel, a layer left in float, a
+            float op between quantizers...) in float32, between a dequantize of its int8 inputs
+            and the quantize of the simulation's next quantizer, exactly as the simulation
+            computes it (the same module on the same values); ``False`` raises instead.
+            ``net.coverage`` says what runs where and why.
 
     Returns:
         An :class:`Int8Network` on the CPU (``.to("cuda")`` moves its integer parameters) that
@@ -723,10 +1004,9 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto") -> Int8Network:
     :class:`Int8Network`.
 
     Raises:
-        Int8ConversionError: something cannot run in int8 (activations not quantized, weights
-            of more than 8 bits, an op without an int8 kernel such as a hardswish, a float op
-            between quantizers, a grouped non-depthwise or dilated convolution...); the message
-            names the node.
+        Int8ConversionError: the model cannot become an integer network at all (activations not
+            quantized, no quantizer, not a ``GraphModule``), or, with ``fallback=False``, something
+            cannot run in int8; the message names the node.
     """
     if backend is not None and backend not in kernels.BACKENDS:
         raise ValueError(f"backend must be one of {kernels.BACKENDS} or None, got {backend!r}")
@@ -748,11 +1028,25 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto") -> Int8Network:
                     "(changed after quantize?); the integer network follows those, so its outputs can differ from "
                     "the simulation's until dfq_gpu.quant.simulate.make_integer_exact(q) updates it",
                     ", ".join(stale))
+    conv = _Converter(q, backend, plan, fallback=fallback)
     with torch.inference_mode(False), torch.no_grad():
-        net = _Converter(q, backend, plan).run()
+        net = conv.run()
+    placement: dict[str, str] = {}
+    macs_int8 = macs_total = 0
+    for node in q.graph.nodes:
+        if conv.is_bookkeeping(node):
+            continue
+        where = conv.float_nodes.get(node.name, "int8")
+        placement[node.name] = where
+        macs = layer_macs(node_module(q, node), node)
+        macs_total += macs
+        macs_int8 += macs if where == "int8" else 0
+    coverage = Coverage(placement, macs_int8, macs_total)
     n_steps = sum(1 for n in net.graph.nodes if n.op == "call_module")
-    log.info("built an int8 network with %d steps", n_steps)
-    out = Int8Network(net, backend)
+    log.info("built an int8 network with %d steps: %s", n_steps, coverage.summary())
+    if coverage.float_nodes:
+        log.warning("int8 network: %s", coverage.summary())
+    out = Int8Network(net, backend, coverage)
     out.dfq_config = cfg  # type: ignore[attr-defined]
     return out
 

@@ -30,6 +30,7 @@ __all__ = [
     "Dequantize",
     "Int8Conv2d",
     "Int8DepthwiseConv2d",
+    "Int8GroupedConv2d",
     "Int8Linear",
     "Int8Add",
     "FloatAdd",
@@ -39,7 +40,12 @@ __all__ = [
     "Int8GlobalMaxPool",
     "Int8Pad",
     "FloatClamp",
+    "Int8Lookup",
+    "Int8Mul",
+    "Int8Cat",
     "nchw_size",
+    "int8_to_nchw",
+    "int8_to_nhwc",
     "nchw_shape",
     "flatten_nhwc",
     "expand_to_nhwc",
@@ -107,14 +113,16 @@ class QuantizeInput(Int8Step):
     operand that is not NaN).
     """
 
-    def __init__(self, scale: float, zero_point: int, lo: int, hi: int, **kw) -> None:
+    def __init__(self, scale: float, zero_point: int, lo: int, hi: int, check_finite: bool = True, **kw) -> None:
         super().__init__(**kw)
         self.scale, self.zero_point, self.lo, self.hi = float(scale), int(zero_point), int(lo), int(hi)
+        self.check_finite = bool(check_finite)  # off where a float part of the network ends
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != torch.float32:
             x = x.to(torch.float32)
-        check_finite_input(x)
+        if self.check_finite:
+            check_finite_input(x)
         layout = "nchw" if x.dim() == 4 else "flat"
         mod = self._triton(x, "elementwise")
         if mod is not None:
@@ -252,6 +260,40 @@ class Int8Conv2d(_Requant):
                 f"z_y={self.z_y}, per_channel={self.multiplier.numel() > 1}, float_output={self.float_output}")
 
 
+class Int8GroupedConv2d(Int8Step):
+    """Grouped convolution (ResNeXt, RegNet) on NHWC int8: one dense :class:`Int8Conv2d` per
+    group on its slice of the input channels, the outputs concatenated along channels. Takes the
+    arguments of :class:`Int8Conv2d` (per-channel ones for all output channels) and ``groups``."""
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], w_zp: Optional[Tensor], z_x: int,
+                 multiplier: Tensor, z_y: int, lo: Tensor, hi: Tensor, stride: Sequence[int],
+                 padding: Sequence[int], out_scale: Optional[Tensor] = None, groups: int = 1, **kw) -> None:
+        super().__init__(**kw)
+        n = weight.shape[0]
+        if groups < 1 or n % groups:
+            raise ValueError(f"{n} output channels cannot be split into {groups} groups")
+        self.groups = int(groups)
+        per = n // groups
+
+        def part(t: Optional[Tensor], g: int) -> Optional[Tensor]:
+            if t is None:
+                return None
+            t = torch.as_tensor(t).reshape(-1)
+            return t if t.numel() == 1 else t[g * per:(g + 1) * per]
+
+        self.parts = nn.ModuleList(
+            Int8Conv2d(weight[g * per:(g + 1) * per], part(bias, g), part(w_zp, g), z_x, part(multiplier, g), z_y,
+                       part(lo, g), part(hi, g), stride, padding, part(out_scale, g), **kw)
+            for g in range(groups))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xs = x.chunk(self.groups, dim=3)
+        return torch.cat([conv(xg.contiguous()) for conv, xg in zip(self.parts, xs)], dim=3)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
 class Int8DepthwiseConv2d(_Requant):
     """Depthwise convolution on NHWC int8: ``kernels.int8_depthwise_conv2d`` (raw int32 bias)."""
 
@@ -288,7 +330,8 @@ class Int8DepthwiseConv2d(_Requant):
 
 
 class Int8Linear(_Requant):
-    """Fully connected layer on ``[B, K]`` int8: ``kernels.int8_gemm`` with a folded bias."""
+    """Fully connected layer on int8 ``[..., K]`` (rows of any leading shape, e.g. ``[B, K]`` or
+    the tokens ``[B, T, K]``): ``kernels.int8_gemm`` with a folded bias."""
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], w_zp: Optional[Tensor], z_x: int,
                  multiplier: Tensor, z_y: int, lo: Tensor, hi: Tensor, out_scale: Optional[Tensor] = None,
@@ -306,14 +349,15 @@ class Int8Linear(_Requant):
         return mod.GemmPlan(self.weight, bias, w_zp, m, z_y, lo, hi, self.float_output)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.contiguous()
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1]).contiguous()
         y = self._launch(x, "gemm", self._gemm_plan)
-        if y is not None:
-            return y
-        y = kernels.int8_gemm(x, self.weight, self.bias, self.multiplier, self.z_x, self.w_zp, self.z_y,
-                              self.lo, self.hi, out_int32=self.float_output, bias_folded=self.bias is not None,
-                              backend=self.backend)
-        return self._to_float(y) if self.float_output else y
+        if y is None:
+            y = kernels.int8_gemm(x, self.weight, self.bias, self.multiplier, self.z_x, self.w_zp, self.z_y,
+                                  self.lo, self.hi, out_int32=self.float_output, bias_folded=self.bias is not None,
+                                  backend=self.backend)
+            y = self._to_float(y) if self.float_output else y
+        return y.reshape(*lead, y.shape[-1])
 
     def extra_repr(self) -> str:
         n, k = self.weight.shape
@@ -432,20 +476,26 @@ class FloatAvgPool(Int8Step):
 class Int8MaxPool2d(Int8Step):
     """Max pool on NHWC int8 (scale and zero point unchanged)."""
 
-    def __init__(self, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int], **kw) -> None:
+    def __init__(self, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                 dilation: Sequence[int] = (1, 1), ceil_mode: bool = False, **kw) -> None:
         super().__init__(**kw)
         self.kernel_size = tuple(int(k) for k in kernel_size)
         self.stride = tuple(int(s) for s in stride)
         self.padding = tuple(int(p) for p in padding)
+        self.dilation = tuple(int(d) for d in dilation)
+        self.ceil_mode = bool(ceil_mode)
 
     def forward(self, x: Tensor) -> Tensor:
         mod = self._triton(x, "pool")
+        extra = {} if self.dilation == (1, 1) and not self.ceil_mode else \
+            {"dilation": self.dilation, "ceil_mode": self.ceil_mode}
         if mod is not None:
-            return mod.int8_maxpool2d(x, self.kernel_size, self.stride, self.padding)
-        return kernels.int8_maxpool2d(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
+            return mod.int8_maxpool2d(x, self.kernel_size, self.stride, self.padding, **extra)
+        return kernels.int8_maxpool2d(x, self.kernel_size, self.stride, self.padding, backend=self.backend, **extra)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
 
 
 class Int8GlobalMaxPool(Int8Step):
@@ -489,6 +539,83 @@ class FloatClamp(Int8Step):
         return torch.minimum(torch.maximum(x, self.lo), self.hi)
 
 
+class Int8Lookup(Int8Step):
+    """A map from int8 codes to int8 codes by a 256-entry table (``kernels.int8_lut``): an
+    activation with no integer form between two quantizers (hardswish, SiLU, sigmoid, ...), or
+    the requantization of a tensor from one quantizer to another. The table is the simulation's
+    (:class:`dfq_gpu.modules.QLookup`, or the output quantizer applied to the input grid's values)
+    mapped to int8 storage."""
+
+    def __init__(self, table: Tensor, **kw) -> None:
+        super().__init__(**kw)
+        t = torch.as_tensor(table).reshape(-1)
+        if t.numel() != 256:
+            raise ValueError(f"a lookup table has 256 entries, got {t.numel()}")
+        self.register_buffer("table", t.to(torch.int8).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous()
+        mod = self._triton(x, "lut")
+        if mod is not None:
+            return mod.int8_lut(x, self.table)
+        return kernels.int8_lut(x, self.table, backend=self.backend)
+
+
+class Int8Mul(Int8Step):
+    """The product of two int8 tensors (``kernels.int8_mul``): NHWC ``x`` times ``g`` of the same
+    shape, or times a per-(image, channel) gate (NHWC ``[B, 1, 1, C]``, passed as ``[B, C]``)."""
+
+    def __init__(self, z_x: int, z_g: int, multiplier: float, z_y: int, lo: int, hi: int, gate: bool, **kw) -> None:
+        super().__init__(**kw)
+        self.z_x, self.z_g, self.multiplier = int(z_x), int(z_g), float(multiplier)
+        self.z_y, self.lo, self.hi, self.gate = int(z_y), int(lo), int(hi), bool(gate)
+
+    def forward(self, x: Tensor, g: Tensor) -> Tensor:
+        x = x.contiguous()
+        g = g.reshape(g.shape[0], g.shape[-1]).contiguous() if self.gate else g.contiguous()
+        mod = self._triton(x, "elementwise")
+        args = (x, g, self.z_x, self.z_g, self.multiplier, self.z_y, self.lo, self.hi)
+        if mod is not None:
+            return mod.int8_mul(*args)
+        return kernels.int8_mul(*args, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"multiplier={self.multiplier:.6g}, z_y={self.z_y}, gate={self.gate}"
+
+
+class Int8Cat(Int8Step):
+    """Concatenation of NHWC int8 tensors along channels into one output quantization: an input on
+    the output's grid is copied into its channel slice, any other is mapped there by its 256-entry
+    requantization table (``kernels.int8_lut`` with an output channel offset)."""
+
+    def __init__(self, tables: Sequence[Optional[Tensor]], **kw) -> None:
+        super().__init__(**kw)
+        self.copies = [t is None for t in tables]
+        for i, t in enumerate(tables):
+            self.register_buffer(f"table{i}", None if t is None else torch.as_tensor(t).to(torch.int8).clone())
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        b, h, w = xs[0].shape[:3]
+        out = torch.empty((b, h, w, sum(int(x.shape[3]) for x in xs)), dtype=torch.int8, device=xs[0].device)
+        off = 0
+        for i, x in enumerate(xs):
+            c = int(x.shape[3])
+            if self.copies[i]:
+                out[..., off:off + c].copy_(x)
+            else:
+                table = getattr(self, f"table{i}")
+                mod = self._triton(x, "lut")
+                if mod is not None:
+                    mod.int8_lut(x.contiguous(), table, out, off)
+                else:
+                    kernels.int8_lut(x.contiguous(), table, out, off, backend=self.backend)
+            off += c
+        return out
+
+    def extra_repr(self) -> str:
+        return f"inputs={len(self.copies)}, copied={sum(self.copies)}"
+
+
 # =============================================================================================
 # Layout helpers (called from the integer network's graph)
 # =============================================================================================
@@ -519,6 +646,22 @@ def flatten_nhwc(x: Tensor) -> Tensor:
 def expand_to_nhwc(x: Tensor) -> Tensor:
     """``[B, C] -> [B, 1, 1, C]`` (NHWC of ``[B, C, 1, 1]``)."""
     return x.reshape(x.shape[0], 1, 1, -1)
+
+
+def int8_to_nchw(x: Tensor) -> Tensor:
+    """An int8 NHWC tensor as contiguous NCHW (for ops that move values in NCHW order)."""
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def int8_to_nhwc(x: Tensor) -> Tensor:
+    """An int8 NCHW tensor as contiguous NHWC."""
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def nhwc_to_nchw_of_last(x: Tensor) -> Tensor:
+    """A float 4-D result computed in NCHW order, stored as the NHWC tensor the integer network
+    keeps for 4-D float values (:func:`nhwc_to_nchw` undoes it)."""
+    return x.permute(0, 2, 3, 1)
 
 
 def nhwc_to_nchw(x: Tensor) -> Tensor:

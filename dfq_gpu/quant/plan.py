@@ -2,9 +2,10 @@
 with what and with which integer parameters (:mod:`dfq_gpu.quant.requant`).
 
 A step is a quantized layer, a residual add or a global average pool, followed by its fused
-clamp activation and its output quantizer (:func:`fused_output`). :func:`build_plan` returns one
-typed plan per such node (:class:`LayerPlan`, :class:`AddPlan`, :class:`AvgPoolPlan`), keyed by
-the node's name, in graph order. Both executors of the integer contract read it:
+clamp activation and its output quantizer (:func:`fused_output`), or an elementwise activation
+between two quantizers (a table). :func:`build_plan` returns one typed plan per such node
+(:class:`LayerPlan`, :class:`AddPlan`, :class:`AvgPoolPlan`, :class:`LookupPlan`), keyed by the
+node's name, in graph order. Both executors of the integer contract read it:
 
 * the simulation (:func:`dfq_gpu.quant.simulate.make_integer_exact`) switches a step to integer
   arithmetic when its ``float_reason`` is ``None`` and keeps the float simulation otherwise;
@@ -29,12 +30,13 @@ import torch.nn as nn
 from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import layer_type
-from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QConv2d, QLinear
+from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QConv2d, QLinear, QLookup, QMul
 from ..nn import ChannelClamp, FakeQuant
 from . import requant
 from .requant import Grid
 
-__all__ = ["FUSABLE_ACTS", "LayerPlan", "AddPlan", "AvgPoolPlan", "StepPlan", "build_plan", "is_passthrough",
+__all__ = ["FUSABLE_ACTS", "LayerPlan", "AddPlan", "AvgPoolPlan", "LookupPlan", "MulPlan", "StepPlan", "build_plan",
+           "is_passthrough", "lookup_spec",
            "input_quantizer", "source_quantizer", "fused_output", "global_avgpool_problem", "module_users",
            "EXCEEDS_INT32"]
 
@@ -208,7 +210,40 @@ class AvgPoolPlan(_Fusion):
     keepdim: bool
 
 
-StepPlan = Union[LayerPlan, AddPlan, AvgPoolPlan]
+@dataclass(frozen=True)
+class LookupPlan(_Fusion):
+    """An elementwise activation with no integer form (hardswish, SiLU, sigmoid, ...) between two
+    quantizers: a table from input codes to output codes (:class:`~dfq_gpu.modules.QLookup`).
+
+    ``fn`` / ``fn_kwargs``: the function (:data:`dfq_gpu.nn.ELEMENTWISE`); ``x`` / ``y``: the
+    input and output quantizers as ``(scale, zero_point, bits, symmetric)`` (``None``: not
+    quantized, or disabled). The node's only user is its output quantizer.
+    """
+
+    fn: str
+    fn_kwargs: dict
+    x: Optional[tuple[float, int, int, bool]]
+    y: Optional[tuple[float, int, int, bool]]
+
+
+@dataclass(frozen=True)
+class MulPlan(_Fusion):
+    """The product of two quantized tensors (+ output quantizer; no activation fuses): of the
+    same shape, or a 4-D tensor times a per-(image, channel) gate ``[B, C, 1, 1]``.
+
+    ``a``/``b``/``y``: the grids of the operands and of the output (``None``: not quantized or
+    disabled); ``multiplier``: ``float32(s_a s_b / s_y)`` (``None`` without the grids);
+    ``gate``: which operand (0 or 1) is the broadcast gate, ``None`` for equal shapes.
+    """
+
+    a: Optional[Grid]
+    b: Optional[Grid]
+    y: Optional[Grid]
+    multiplier: Optional[float]
+    gate: Optional[int]
+
+
+StepPlan = Union[LayerPlan, AddPlan, AvgPoolPlan, LookupPlan, MulPlan]
 
 
 def _enabled_grid(fq: Any) -> Optional[Grid]:
@@ -297,6 +332,68 @@ def _avgpool_plan(gm: fx.GraphModule, node: fx.Node) -> AvgPoolPlan:
     return AvgPoolPlan(node, act, fq, tail, why, x, y, hw, keepdim)
 
 
+def _fq_spec(fq: Any) -> Optional[tuple[float, int, int, bool]]:
+    if not isinstance(fq, FakeQuant) or not fq.enabled:
+        return None
+    return float(fq.scale), int(round(float(fq.zero_point))), int(fq.bits), bool(fq.symmetric)
+
+
+def lookup_spec(gm: fx.GraphModule, node: fx.Node) -> Optional[tuple[str, dict]]:
+    """``(fn, fn_kwargs)`` if ``node`` is an elementwise activation an integer network computes by
+    a table (a :class:`~dfq_gpu.modules.QLookup`, or an activation of :data:`dfq_gpu.nn.ELEMENTWISE`)."""
+    m = node_module(gm, node)
+    if isinstance(m, QLookup):
+        return m.fn, dict(m.fn_kwargs)
+    return ops.elementwise_activation(gm, node)
+
+
+def _lookup_plan(gm: fx.GraphModule, node: fx.Node, spec: tuple[str, dict], shared: bool) -> LookupPlan:
+    users = list(node.users)
+    fq = users[0] if len(users) == 1 and isinstance(node_module(gm, users[0]), FakeQuant) else None
+    x = _fq_spec(source_quantizer(gm, node.args[0] if node.args else None))
+    y = _fq_spec(node_module(gm, fq)) if fq is not None else None
+    why = _first("its module is called by several nodes" if shared else None,
+                 "its input is not quantized" if x is None else None,
+                 "its result is not quantized (no quantizer right after it)" if fq is None else None,
+                 "its output quantizer is disabled" if fq is not None and y is None else None)
+    return LookupPlan(node, None, fq, fq if fq is not None else node, why, spec[0], spec[1], x, y)
+
+
+def _mul_plan(gm: fx.GraphModule, node: fx.Node) -> MulPlan:
+    act, fq, tail = fused_output(gm, node)
+    ins = ops.tensor_inputs(node)
+    shapes = [ops.tensor_shape(n) for n in ins]
+    gate = None
+    shape_why = None
+    if len(ins) != 2:
+        shape_why = "a multiply without two tensor inputs"
+    elif shapes[0] is None or shapes[1] is None:
+        shape_why = "no shape information"
+    elif shapes[0] != shapes[1]:
+        for g in (0, 1):
+            full, small = shapes[1 - g], shapes[g]
+            if len(full) == 4 and len(small) == 4 and small[:2] == full[:2] and small[2:] == (1, 1):
+                gate = g
+        if gate is None:
+            shape_why = f"a multiply of shapes {shapes[0]} and {shapes[1]} (only equal shapes or a [B, C, 1, 1] gate)"
+    elif len(shapes[0]) != 4:
+        shape_why = "a multiply of tensors that are not 4-D"
+    a = _enabled_grid(source_quantizer(gm, ins[0])) if len(ins) == 2 else None
+    b = _enabled_grid(source_quantizer(gm, ins[1])) if len(ins) == 2 else None
+    y = _enabled_grid(node_module(gm, fq)) if fq is not None else None
+    why = _first(shape_why,
+                 "an operand is not quantized" if a is None or b is None else None,
+                 "an activation after a multiply" if act is not None else None,
+                 "its result is not quantized" if fq is None else None,
+                 "its output quantizer is disabled" if fq is not None and y is None else None)
+    m = None
+    if a is not None and b is not None and y is not None:
+        m = requant.mul_multiplier(a.scale, b.scale, y.scale)
+        if a.max_abs * b.max_abs > requant.INT32_MAX:
+            why = _first(why, EXCEEDS_INT32)
+    return MulPlan(node, act, fq, tail, why, a, b, y, m, gate)
+
+
 @torch.no_grad()
 def build_plan(gm: fx.GraphModule) -> dict[str, StepPlan]:
     """The plan of every int8 step of the quantized graph ``gm``, by node name, in graph order:
@@ -305,6 +402,7 @@ def build_plan(gm: fx.GraphModule) -> dict[str, StepPlan]:
     (``QAvgPool`` or a float average pooling)."""
     users = module_users(gm)
     plan: dict[str, StepPlan] = {}
+    fused: set[fx.Node] = set()  # activations fused into the step before them
     for node in gm.graph.nodes:
         m = node_module(gm, node)
         if isinstance(m, QUANTIZED_LAYER_TYPES):
@@ -313,4 +411,12 @@ def build_plan(gm: fx.GraphModule) -> dict[str, StepPlan]:
             plan[node.name] = _add_plan(gm, node)
         elif isinstance(m, QAvgPool) or ops.is_spatial_pool(gm, node) == "avg":
             plan[node.name] = _avgpool_plan(gm, node)
+        elif isinstance(m, QMul) or ops.is_mul(node):
+            plan[node.name] = _mul_plan(gm, node)
+        elif node not in fused and (spec := lookup_spec(gm, node)) is not None:
+            plan[node.name] = _lookup_plan(gm, node, spec, node.op == "call_module"
+                                           and users.get(str(node.target), 0) > 1)
+        p = plan.get(node.name)
+        if p is not None and p.act is not None:
+            fused.add(p.act)
     return plan

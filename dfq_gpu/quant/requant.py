@@ -252,6 +252,11 @@ def add_requant(a: Grid, b: Grid, y: Grid, act: Optional[nn.Module], channels: i
 # =============================================================================================
 # Global average pooling
 # =============================================================================================
+def mul_multiplier(s_a: float, s_b: float, s_y: float) -> float:
+    """``float32(s_a s_b / s_y)`` (as a Python float): the multiplier of ``(a - z_a)(b - z_b)``."""
+    return kref.float32_value(float(s_a) * float(s_b) / float(s_y))
+
+
 def avgpool_multiplier(s_x: float, s_y: float, hw: int) -> float:
     """``float32((s_x / s_y) / hw)`` (as a Python float): the multiplier of ``sum_hw (x - z_x)``."""
     return kref.float32_value((float(s_x) / float(s_y)) / int(hw))

@@ -47,11 +47,11 @@ from ..graph import ops
 from ..graph.stats import NodeStats
 from ..graph.trace import node_module
 from ..layers import is_layer_module, layer_type
-from ..modules import QUANTIZED_LAYER_TYPES, QUANTIZED_LAYERS, QAdd, QAvgPool
+from ..modules import QUANTIZED_LAYER_TYPES, QUANTIZED_LAYERS, QAdd, QAvgPool, QLookup, QMul
 from ..nn import FakeQuant
 from ..passes.base import Workspace
 from . import requant
-from .plan import (FUSABLE_ACTS, AddPlan, AvgPoolPlan, LayerPlan, StepPlan, build_plan, fused_output,
+from .plan import (FUSABLE_ACTS, AddPlan, AvgPoolPlan, LayerPlan, LookupPlan, MulPlan, StepPlan, build_plan, fused_output,
                    global_avgpool_problem, input_quantizer, is_passthrough, module_users, source_quantizer)
 from .quantizer import act_qparams, quantize_weight, weight_qparams, weight_sqnr_db
 
@@ -293,6 +293,20 @@ def _avgpool_module(p: AvgPoolPlan) -> QAvgPool:
     return QAvgPool(x.scale, x_range, p.keepdim, y.scale, y.zero_point, y.qmin, y.qmax)
 
 
+def _lookup_module(p: LookupPlan) -> QLookup:
+    """The :class:`QLookup` computing an activation's plan (no ``float_reason``)."""
+    assert p.x is not None and p.y is not None
+    return QLookup(p.fn, p.fn_kwargs, *p.x, *p.y)
+
+
+def _mul_module(p: MulPlan) -> QMul:
+    """The :class:`QMul` computing a multiply's plan (no ``float_reason``)."""
+    a, b, y = p.a, p.b, p.y
+    assert a is not None and b is not None and y is not None and p.multiplier is not None
+    return QMul(a.scale, (a.qmin - a.zero_point, a.qmax - a.zero_point), b.scale,
+                (b.qmin - b.zero_point, b.qmax - b.zero_point), p.multiplier, y.scale, y.zero_point, y.qmin, y.qmax)
+
+
 def _free_name(gm: fx.GraphModule, base: str) -> str:
     name, i = base, 1
     while hasattr(gm, name):
@@ -332,11 +346,11 @@ def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
     again after changing quantizers, biases or activations of a quantized network
     (:func:`stale_integer_steps` finds steps whose parameters no longer match).
 
-    Returns ``{"layers": n, "adds": n, "pools": n, "float": {node name: reason}}``: how many
-    layers, adds and average pools compute in integers, and the nodes of those kinds that keep
-    the float simulation, with the reason.
+    Returns ``{"layers": n, "adds": n, "pools": n, "lookups": n, "muls": n, "float": {node name:
+    reason}}``: how many layers, adds, average pools, activation tables and multiplies compute in
+    integers, and the nodes of those kinds that keep the float simulation, with the reason.
     """
-    done = {"layers": 0, "adds": 0, "pools": 0}
+    done = {"layers": 0, "adds": 0, "pools": 0, "lookups": 0, "muls": 0}
     left: dict[str, str] = {}
     users = module_users(gm)
     for p in build_plan(gm).values():
@@ -357,6 +371,18 @@ def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
                               shared=not isinstance(m, QAdd))
                 elif isinstance(m, QAdd):  # back to the float add
                     _to_function(gm, node, operator.add, tuple(node.args), {})
+            elif isinstance(p, MulPlan):
+                kind = "muls"
+                if why is None:
+                    _retarget(gm, node, _mul_module(p), tuple(ops.tensor_inputs(node)), shared=not isinstance(m, QMul))
+                elif isinstance(m, QMul):  # back to the float product
+                    _to_function(gm, node, operator.mul, tuple(node.args), {})
+            elif isinstance(p, LookupPlan):
+                kind = "lookups"
+                if why is None:
+                    _retarget(gm, node, _lookup_module(p), (node.args[0],), users.get(str(node.target), 0) > 1)
+                elif isinstance(m, QLookup):  # back to the float function
+                    m.integer = False
             else:
                 kind = "pools"
                 if why is None:
@@ -389,6 +415,10 @@ def stale_integer_steps(gm: fx.GraphModule, plan: Optional[dict[str, StepPlan]] 
             fresh = p.float_reason is None and _add_module(p).state() == m.state()
         elif isinstance(p, AvgPoolPlan) and isinstance(m, QAvgPool):
             fresh = p.float_reason is None and _avgpool_module(p).state() == m.state()
+        elif isinstance(p, MulPlan) and isinstance(m, QMul):
+            fresh = p.float_reason is None and _mul_module(p).state() == m.state()
+        elif isinstance(p, LookupPlan) and isinstance(m, QLookup) and m.integer:
+            fresh = p.float_reason is None and _lookup_module(p).state() == m.state()
         else:
             continue
         if not fresh:
@@ -403,6 +433,8 @@ def finalize_integer_simulation(ws: Workspace) -> None:
     res = make_integer_exact(ws.gm)
     text = (f"integer arithmetic in the simulation: {res['layers']} layers, {res['adds']} adds, {res['pools']} "
             "average pools")
+    text += f", {res['lookups']} activation tables" if res["lookups"] else ""
+    text += f", {res['muls']} multiplies" if res["muls"] else ""
     by_reason: dict[str, list[str]] = {}
     for name, why in res["float"].items():
         by_reason.setdefault(why, []).append(name)

@@ -1,0 +1,139 @@
+"""Which torchvision architectures quantize and run in int8, and how much of each.
+
+For every classification model of ``torchvision.models.list_models(module=torchvision.models)``
+under 100M parameters (random weights, randomized BN statistics, 10 classes, one small input),
+and the segmentation models of ``torchvision.models.segmentation``: ``dfq_gpu.quantize`` (data-free
+W8A8 per tensor), ``dfq_gpu.to_int8`` on the integer reference, and the int8 network against the
+simulation on the same input. Writes JSON (one record per model) and a Markdown table::
+
+    python scripts/coverage.py --out benchmarks/results/coverage.json [--only resnet18 ...]
+
+Columns: regions equalized / found, share of the convolution and linear MACs that run in int8,
+ops in int8 / all ops, whether the int8 network equals the simulation bit for bit, and the
+reasons for what runs in float.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+import dfq_gpu as D
+
+SEGMENTATION = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50")
+
+
+def _input_size(name: str) -> int:
+    if name.startswith(("vit_", "swin", "maxvit")):
+        return 224  # fixed position embeddings / windows
+    if "inception" in name:
+        return 80
+    return 64
+
+
+def _model(name: str) -> torch.nn.Module:
+    if name in SEGMENTATION:
+        m = torchvision.models.get_model(name, num_classes=5, weights=None, weights_backbone=None, aux_loss=False)
+    else:
+        m = torchvision.models.get_model(name, num_classes=10)
+    g = torch.Generator().manual_seed(0)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.copy_(torch.rand(mod.num_features, generator=g) - 0.5)
+            mod.running_var.copy_(torch.rand(mod.num_features, generator=g) * 1.5 + 0.5)
+    return m.eval()
+
+
+class _Out(torch.nn.Module):
+    """A segmentation model's ``out`` tensor (the dict output stays outside the traced part)."""
+
+    def __init__(self, m: torch.nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(x)["out"]
+
+
+def measure(name: str) -> dict[str, Any]:
+    t0 = time.time()
+    rec: dict[str, Any] = {"model": name}
+    try:
+        m = _model(name)
+        rec["params"] = sum(p.numel() for p in m.parameters())
+        if rec["params"] > 100e6:
+            rec["skipped"] = "over 100M parameters"
+            return rec
+        if name in SEGMENTATION:
+            m = _Out(m)
+        size = _input_size(name)
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+        q = D.quantize(m, (x,))
+        rep = q.report
+        rec["regions"] = [len(rep.equalized_regions), len(rep.regions)]
+        net = D.to_int8(q, backend="reference")
+        cov = net.coverage
+        rec["int8_mac_fraction"] = round(cov.int8_mac_fraction, 4)
+        rec["ops"] = [len(cov.placement) - len(cov.float_nodes), len(cov.placement)]
+        reasons: dict[str, int] = {}
+        for why in cov.float_nodes.values():
+            reasons[why] = reasons.get(why, 0) + 1
+        rec["float_reasons"] = reasons
+        with torch.no_grad():
+            a, b = q(x), net(x)
+        rec["bit_exact"] = bool(torch.equal(a, b))
+        if name in SEGMENTATION:
+            ref = m(x)
+            rec["mask_agreement"] = float((a.argmax(1) == ref.argmax(1)).float().mean())
+        rec["input"] = size
+    except Exception as exc:  # reported, not raised: the table lists what fails and why
+        rec["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+    rec["seconds"] = round(time.time() - t0, 1)
+    return rec
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    rows = ["| model | regions equalized | int8 MACs | ops in int8 | bit-exact | runs in float |",
+            "|---|---|---|---|---|---|"]
+    for r in records:
+        if "skipped" in r:
+            continue
+        if "error" in r:
+            rows.append(f"| {r['model']} | | | | | fails: {r['error'][:120]} |")
+            continue
+        fl = "; ".join(f"{why} ({n})" for why, n in sorted(r["float_reasons"].items(), key=lambda kv: -kv[1]))
+        rows.append(f"| {r['model']} | {r['regions'][0]}/{r['regions'][1]} | {100 * r['int8_mac_fraction']:.1f}% | "
+                    f"{r['ops'][0]}/{r['ops'][1]} | {'yes' if r['bit_exact'] else 'NO'} | {fl} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/results/coverage.json")
+    p.add_argument("--only", nargs="*", default=None)
+    args = p.parse_args(argv)
+    logging.disable(logging.WARNING)
+    torch.manual_seed(0)
+    names = args.only or [*torchvision.models.list_models(module=torchvision.models), *SEGMENTATION]
+    records = []
+    for name in names:
+        rec = measure(name)
+        print(json.dumps(rec), flush=True)
+        records.append(rec)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": "2-core CPU, integer reference backend", "torch": torch.__version__,
+                               "torchvision": torchvision.__version__, "records": records}, indent=1))
+    out.with_suffix(".md").write_text(table(records) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
