@@ -562,15 +562,18 @@ def test_what_has_no_int8_step_runs_in_float(model, node, pattern):
 class _MobileOps(nn.Module):
     """The ops of MobileNetV3 / EfficientNet / ShuffleNet / RegNet / GoogLeNet that run in int8
     beyond convolutions, adds and pools: hardswish and SiLU tables, a squeeze-excitation gate, a
-    grouped convolution, a ceil-mode max pool, a cat of different quantizations, a channel
-    shuffle, a chunk, a linear layer on tokens."""
+    grouped convolution, dilated convolutions (depthwise and dense), a ceil-mode max pool, a
+    nearest upsampling and a slice, a cat of different quantizations, a channel shuffle, a chunk,
+    a linear layer on tokens."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardswish())
         self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 1),
                                 nn.Hardsigmoid())
-        self.grouped = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8), nn.ReLU(),
+                                     nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8), nn.ReLU(),
+                                     nn.Conv2d(8, 8, 3, padding=(1, 3), dilation=(1, 3)), nn.ReLU())
         self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.a = nn.Sequential(nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
         self.b = nn.Sequential(nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4), nn.SiLU())
@@ -581,6 +584,7 @@ class _MobileOps(nn.Module):
         x = self.stem(x)
         x = x * self.se(x)
         x = self.pool(self.grouped(x))
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")[:, :, 1:-2, ::2]
         y = torch.cat([self.a(x), self.b(x)], dim=1)
         b, c, h, w = y.shape
         y = y.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
@@ -601,7 +605,8 @@ def test_mobile_ops_run_in_int8_bit_exact():
     net = to_int8(sim, backend="reference")
     assert net.coverage is not None and net.coverage.float_nodes == {} and net.coverage.int8_mac_fraction == 1.0
     steps = {type(m).__name__ for m in net.steps().values()}
-    assert {"Int8Lookup", "Int8Mul", "Int8GroupedConv2d", "Int8Cat", "Int8MaxPool2d", "Int8Linear"} <= steps, steps
+    assert {"Int8Lookup", "Int8Mul", "Int8GroupedConv2d", "Int8DilatedConv2d", "Int8Cat", "Int8MaxPool2d",
+            "Int8UpsampleNearest", "Int8Linear"} <= steps, steps
     with torch.no_grad():
         ref = sim(x)
         assert torch.equal(net(x), ref)

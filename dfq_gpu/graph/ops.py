@@ -30,6 +30,7 @@ __all__ = [
     "is_flatten_reshape",
     "is_clamp_act",
     "elementwise_activation",
+    "nearest_upsample_args",
     "describe",
 ]
 
@@ -128,6 +129,28 @@ def elementwise_activation(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict
     if any(isinstance(v, fx.Node) for v in kwargs.values()):
         return None
     return name, kwargs
+
+
+def nearest_upsample_args(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, Any] | None:
+    """``(size, scale_factor)`` of a nearest-neighbour upsampling (``F.interpolate(mode="nearest")``,
+    ``nn.Upsample``, ``nn.UpsamplingNearest2d``) with constant arguments, else ``None``."""
+    m = node_module(gm, node)
+    if isinstance(m, nn.Upsample):
+        if m.mode != "nearest" or getattr(m, "recompute_scale_factor", None):
+            return None
+        size, scale = m.size, m.scale_factor
+    elif node.op == "call_function" and node.target in (F.interpolate, F.upsample, F.upsample_nearest):
+        mode = node_arg(node, 3, "mode", "nearest") if node.target is not F.upsample_nearest else "nearest"
+        if mode != "nearest" or node_arg(node, 5, "recompute_scale_factor", None) or \
+                node_arg(node, 6, "antialias", False):
+            return None
+        size, scale = node_arg(node, 1, "size", None), node_arg(node, 2, "scale_factor", None)
+    else:
+        return None
+    if (size is None) == (scale is None) or any(isinstance(v, fx.Node) for v in
+                                                 (size if isinstance(size, (tuple, list)) else (size,))):
+        return None
+    return size, scale
 
 
 def is_cat(node: fx.Node) -> bool:

@@ -490,6 +490,8 @@ class _Converter:
             self.mul(node)
         elif ops.is_cat(node):
             self.cat(node)
+        elif (up := ops.nearest_upsample_args(gm, node)) is not None:
+            self.upsample(node, *up)
         elif ops.is_shape_query(node):
             self.shape_query(node)
         elif ops.is_zero_pad(gm, node):
@@ -630,8 +632,10 @@ class _Converter:
         assert isinstance(m, QConv2d)
         if x.rank != 4:
             raise self.err(node, f"a convolution on a rank-{x.rank} tensor")
-        if tuple(m.dilation) != (1, 1):
-            raise self.err(node, f"dilation {tuple(m.dilation)} (the int8 kernels support dilation 1)")
+        dilation = tuple(m.dilation)
+        if dilation != (1, 1) and (ops.pair(m.stride) != (1, 1) or p.kind == "grouped"):
+            raise self.err(node, f"dilation {dilation} with stride {tuple(ops.pair(m.stride))} or groups "
+                                 f"{m.groups} (dilated convolutions run in int8 at stride 1, dense or depthwise)")
         if m.padding_mode != "zeros":
             raise self.err(node, f"padding_mode='{m.padding_mode}' (only zero padding is supported)")
         kh, kw = m.kernel_size
@@ -639,8 +643,9 @@ class _Converter:
             if m.padding == "valid":
                 ph = pw = (0, 0)
             else:  # "same" (stride 1): PyTorch puts the extra row/column at the end
-                ph = ((kh - 1) // 2, kh - 1 - (kh - 1) // 2)
-                pw = ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)
+                eh, ew = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
+                ph = (eh // 2, eh - eh // 2)
+                pw = (ew // 2, ew - ew // 2)
         else:
             pp = ops.pair(m.padding)
             ph, pw = (pp[0], pp[0]), (pp[1], pp[1])
@@ -652,6 +657,11 @@ class _Converter:
                                  f"{m.out_channels} channels) that is not depthwise")
         step_cls, layout = CONV_KERNELS[p.kind]
         extra = {"groups": m.groups} if p.kind == "grouped" else {}
+        if dilation != (1, 1):
+            inner = step_cls(layout(w8), rq.bias, wzp, x.q.zero_point, stride=(1, 1), padding=(0, 0, 0, 0),
+                             sim_quantizer=sim_q, **epi)
+            inner.backend = self.backend
+            return L.Int8DilatedConv2d(inner, dilation, pad, x.q.zero_point, sim_quantizer=sim_q), 4
         mod = step_cls(layout(w8), rq.bias, wzp, x.q.zero_point, stride=stride, padding=pad, sim_quantizer=sim_q,
                        **epi, **extra)
         return mod, 4
@@ -840,6 +850,15 @@ class _Converter:
             self.env[node] = _Val(self.fn(L.int8_to_nhwc, new), "int8", qs[0], rank=4)
         else:
             self.env[node] = _Val(new, "int8", qs[0], rank=len(shape) if shape is not None else None)
+
+    def upsample(self, node: fx.Node, size: Any, scale_factor: Any) -> None:
+        """Nearest-neighbour upsampling: the int8 values moved, quantization unchanged."""
+        x = self.int8_input(node, node.args[0])
+        if x.rank != 4:
+            raise self.err(node, "upsampling of a tensor that is not 4-D")
+        pair = (lambda v: None if v is None else (tuple(v) if isinstance(v, (tuple, list)) else (v, v)))
+        out = self.step(node.name, L.Int8UpsampleNearest(pair(size), pair(scale_factor)), x.node)
+        self.env[node] = replace(x, node=out)
 
     def cat(self, node: fx.Node) -> None:
         """A concatenation along channels of 4-D int8 tensors whose result a quantizer takes

@@ -31,6 +31,7 @@ __all__ = [
     "Int8Conv2d",
     "Int8DepthwiseConv2d",
     "Int8GroupedConv2d",
+    "Int8DilatedConv2d",
     "Int8Linear",
     "Int8Add",
     "FloatAdd",
@@ -43,6 +44,7 @@ __all__ = [
     "Int8Lookup",
     "Int8Mul",
     "Int8Cat",
+    "Int8UpsampleNearest",
     "nchw_size",
     "int8_to_nchw",
     "int8_to_nhwc",
@@ -292,6 +294,45 @@ class Int8GroupedConv2d(Int8Step):
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}"
+
+
+class Int8DilatedConv2d(Int8Step):
+    """A stride-1 convolution with dilation ``(dh, dw)`` (DeepLab's atrous convolutions) as
+    undilated convolutions of the input's phases: with the input padded by its zero point,
+    output ``(i + dh a, j + dw b)`` only reads inputs ``(i + dh (a + t), j + dw (b + u))``, so
+    each phase ``x[:, i::dh, j::dw]`` convolved without dilation (and without padding) by the
+    step ``inner`` gives the outputs ``y[:, i::dh, j::dw]``. The same integers as one dilated
+    convolution, on the kernels of :class:`Int8Conv2d` / :class:`Int8DepthwiseConv2d`."""
+
+    def __init__(self, inner: Int8Step, dilation: Sequence[int], padding: Sequence[int], z_x: int, **kw) -> None:
+        super().__init__(**kw)
+        self.inner = inner
+        self.dilation = tuple(int(d) for d in dilation)
+        self.padding = tuple(int(p) for p in padding)  # (top, bottom, left, right)
+        self.z_x = int(z_x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t, b, left, r = self.padding
+        xp = torch.nn.functional.pad(x, (0, 0, left, r, t, b), value=self.z_x)
+        dh, dw = self.dilation
+        out: Optional[Tensor] = None
+        kh, kw = self._kernel()
+        oh, ow = xp.shape[1] - dh * (kh - 1), xp.shape[2] - dw * (kw - 1)
+        for i in range(min(dh, oh)):
+            for j in range(min(dw, ow)):
+                y = self.inner(xp[:, i::dh, j::dw, :].contiguous())
+                if out is None:
+                    out = y.new_empty((x.shape[0], oh, ow, y.shape[3]))
+                out[:, i::dh, j::dw, :] = y
+        assert out is not None, "a dilated convolution without outputs"
+        return out
+
+    def _kernel(self) -> tuple[int, int]:
+        w = self.inner.weight
+        return (int(w.shape[1]), int(w.shape[2])) if w.dim() == 4 else (int(w.shape[0]), int(w.shape[1]))
+
+    def extra_repr(self) -> str:
+        return f"dilation={self.dilation}, padding={self.padding}"
 
 
 class Int8DepthwiseConv2d(_Requant):
@@ -581,6 +622,25 @@ class Int8Mul(Int8Step):
 
     def extra_repr(self) -> str:
         return f"multiplier={self.multiplier:.6g}, z_y={self.z_y}, gate={self.gate}"
+
+
+class Int8UpsampleNearest(Int8Step):
+    """Nearest-neighbour upsampling of NHWC int8 (``kernels.int8_upsample_nearest``; values and
+    quantization unchanged)."""
+
+    def __init__(self, size: Optional[Sequence[int]], scale_factor: Optional[Sequence[float]], **kw) -> None:
+        super().__init__(**kw)
+        self.size = None if size is None else tuple(int(s) for s in size)
+        self.scale_factor = None if scale_factor is None else tuple(float(s) for s in scale_factor)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mod = self._triton(x, "pool")
+        if mod is not None and hasattr(mod, "int8_upsample_nearest"):
+            return mod.int8_upsample_nearest(x.contiguous(), self.size, self.scale_factor)
+        return kernels.int8_upsample_nearest(x.contiguous(), self.size, self.scale_factor, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, scale_factor={self.scale_factor}"
 
 
 class Int8Cat(Int8Step):
