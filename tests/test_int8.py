@@ -528,7 +528,7 @@ def _sim_of(model: nn.Module, cfg: DFQConfig | None = None):
 @pytest.mark.parametrize("model,pattern", [
     (_Seq(nn.Softmax(dim=1)), r"mid \(Softmax\).*no int8 kernel for Softmax"),
     (_Seq(nn.ReLU(), mul=True), r"mul.*no int8 kernel"),
-    (nn.Sequential(nn.Conv2d(3, 8, 3, dilation=2)), r"dilation \(2, 2\)"),
+    (nn.Sequential(nn.Conv2d(3, 8, 3, dilation=2, stride=2)), r"dilation \(2, 2\) with stride \(2, 2\)"),
 ], ids=["softmax", "float-op", "dilated"])
 def test_unsupported_ops_raise_without_fallback(model, pattern):
     sim = _sim_of(model)
@@ -551,7 +551,7 @@ def _check_fallback(sim, node: str, pattern: str, int8_fraction: float | None = 
 @pytest.mark.parametrize("model,node,pattern", [
     (_Seq(nn.Softmax(dim=1)), "mid", r"no int8 kernel for Softmax"),
     (_Seq(nn.ReLU(), mul=True), "mul", r"no int8 kernel for mul"),
-    (nn.Sequential(nn.Conv2d(3, 8, 3, dilation=2)), "_0", r"dilation \(2, 2\)"),
+    (nn.Sequential(nn.Conv2d(3, 8, 3, dilation=2, stride=2)), "_0", r"dilation \(2, 2\) with stride"),
 ], ids=["softmax", "float-op", "dilated"])
 def test_what_has_no_int8_step_runs_in_float(model, node, pattern):
     """Without an int8 step, an op runs in float between a dequantize and a quantize, as the
