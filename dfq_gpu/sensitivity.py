@@ -583,10 +583,10 @@ def quantize_with_fallback(model: nn.Module, example_inputs: Any, config: DFQCon
     rough guide: on EfficientNet-Lite0 it meets its target on the synthetic inputs but gains
     little on real images (README); pass a few dozen real images as ``data`` where you have them.
 
-    The integer network has no float fallback yet: :func:`dfq_gpu.to_int8` raises for a network
-    with a layer left in float or a disabled activation quantizer (the message names it), so the
-    result is a simulated network (and a list of what to fix). ``kinds=("weights",)`` keeps only
-    weights in float, which ``skip_layers`` also says by hand.
+    :func:`dfq_gpu.to_int8` runs the layers left in float, and the tensors of disabled
+    quantizers, in float32 between a dequantize and the next quantizer, bit-identical to this
+    simulation (``net.coverage`` lists them). ``kinds=("weights",)`` keeps only weights in float,
+    which ``skip_layers`` also says by hand.
 
     Args:
         model, example_inputs, config, leaf_modules: as for :func:`dfq_gpu.quantize`;

@@ -616,6 +616,23 @@ def test_mobile_ops_run_in_int8_bit_exact():
             assert torch.equal(net.to(device)(x.to(device)).cpu(), ref)
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "shufflenet_v2_x0_5", "regnet_y_400mf"])
+def test_torchvision_models_run_entirely_in_int8(name):
+    """Hardswish/SE (MobileNetV3), channel shuffle (ShuffleNetV2), grouped convolutions with
+    SE (RegNetY): every op in int8, equal to the simulation bit for bit (random weights and BN
+    statistics; scripts/coverage.py runs all of torchvision's classification models)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, num_classes=10).eval()
+    randomize_bn(model)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    sim = quantize(model, (x,))
+    net = to_int8(sim, backend="reference")
+    assert net.coverage is not None and net.coverage.float_nodes == {}, net.coverage.summary()
+    with torch.no_grad():
+        assert torch.equal(net(x), sim(x))
+
+
 def test_configurations_that_cannot_run_in_int8():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
     with pytest.raises(Int8ConversionError, match="act_bits=None"):

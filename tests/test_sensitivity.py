@@ -127,9 +127,12 @@ def test_fallback_keeps_exactly_the_sensitive_layer(setup, tmp_path) -> None:
     mods = dict(q.named_modules())
     assert type(mods[SENSITIVE]) is nn.Conv2d and isinstance(mods["2.0"], QConv2d)
     assert (SENSITIVE, "in skip_layers: left in float") in q.report.skipped
-    # the integer network has no float fallback: to_int8 names the layer
-    with pytest.raises(ValueError, match=rf"{SENSITIVE} \(Conv2d\).*left in float"):
-        dfq_gpu.to_int8(q, backend=None)
+    # the integer network runs that layer in float, bit-identical to the simulation
+    net = dfq_gpu.to_int8(q, backend="reference")
+    node = "_" + SENSITIVE.replace(".", "_")  # the layer's node; its activation follows it in float
+    assert "left in float" in net.coverage.float_nodes[node] and len(net.coverage.float_nodes) == 2
+    xs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(net(xs), q(xs))
     # save / load keep the float layer, the report's fallback and sensitivity sections
     path = tmp_path / "q.safetensors"
     dfq_gpu.save(q, path)
@@ -145,7 +148,8 @@ def test_fallback_keeps_exactly_the_sensitive_layer(setup, tmp_path) -> None:
 
 def test_fallback_activations(setup) -> None:
     """Keeping activations in float: the best activation quantizer by only-off is disabled, the
-    network reaches what sensitivity predicted, and to_int8 names the disabled quantizer."""
+    network reaches what sensitivity predicted, and the integer network keeps that tensor in
+    float, bit-identical to the simulation."""
     model, ex, _, s = setup
     best = max(s.most_sensitive(len(s.rows), "activations"), key=lambda r: r.only_off_db)
     target = best.only_off_db - 0.1
@@ -157,7 +161,11 @@ def test_fallback_activations(setup) -> None:
     assert fb["sqnr_db"] == pytest.approx(best.only_off_db, abs=0.1)
     assert dict(q.named_modules())[best.name].enabled is False
     with pytest.raises(ValueError, match=rf"'{best.name}' is disabled"):
-        dfq_gpu.to_int8(q, backend=None)
+        dfq_gpu.to_int8(q, backend=None, fallback=False)
+    net = dfq_gpu.to_int8(q, backend="reference")
+    assert net.coverage.float_nodes
+    xs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(net(xs), q(xs))
 
 
 def test_fallback_cap_and_argument_errors(setup) -> None:
