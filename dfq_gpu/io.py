@@ -34,7 +34,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from ._version import __version__
 from .config import DFQConfig
 from .layers import layer_type
-from .modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QLookup, QMul
+from .modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QLookup, QMul
 from .nn import ChannelClamp, FakeQuant
 from .report import LayerRecord, RegionRecord, Report
 
@@ -53,7 +53,7 @@ _NN_TYPES: dict[str, type[nn.Module]] = {
     )
 }
 _OWN_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in (*QUANTIZED_LAYER_TYPES, ChannelClamp, FakeQuant,
-                                                                    QAdd, QAvgPool, QLookup, QMul)}
+                                                                    QAdd, QAvgPool, QAvgPool2d, QLookup, QMul)}
 _FUNCTION_MODULES = ("torch", "operator", "_operator", "math")
 
 
@@ -158,6 +158,11 @@ def _module_spec(name: str, m: nn.Module) -> dict[str, Any]:
         init = {"a_scale": m.a_scale, "b_scale": m.b_scale, "ia": m.ia, "ib": m.ib, "multiplier": m.multiplier,
                 "y_scale": m.y_scale, "zero_point": m.zero_point, "a_range": list(m.a_range),
                 "b_range": list(m.b_range), "channels": m.lo.numel()}
+    elif tname == "QAvgPool2d":
+        init = {"kernel": list(m.kernel), "stride": list(m.stride), "padding": list(m.padding),
+                "ceil_mode": m.ceil_mode, "count_include_pad": m.count_include_pad, "x_scale": m.x_scale,
+                "x_range": list(m.x_range), "y_scale": m.y_scale, "zero_point": m.zero_point, "qmin": m.qmin,
+                "qmax": m.qmax}
     elif tname == "QMul":
         init = {"a_scale": m.a_scale, "a_range": list(m.a_range), "b_scale": m.b_scale, "b_range": list(m.b_range),
                 "multiplier": m.multiplier, "y_scale": m.y_scale, "zero_point": m.zero_point, "qmin": m.qmin,
@@ -207,6 +212,8 @@ def _build_module(name: str, spec: dict[str, Any]) -> nn.Module:
         return QAvgPool(**init)
     if tname == "QMul":
         return QMul(**init)
+    if tname == "QAvgPool2d":
+        return QAvgPool2d(**init)
     if tname == "QLookup":
         return QLookup(init["fn"], dict(init["fn_kwargs"]), *init["x"], *init["y"], integer=bool(init["integer"]))
     cls = _NN_TYPES.get(tname)

@@ -51,7 +51,8 @@ from kernels import reference as kref
 from .nn import ELEMENTWISE, ChannelClamp, FakeQuant, fake_quant_tensor
 from .quant.requant import avgpool_float_scale, avgpool_multiplier
 
-__all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool", "QLookup", "QMul", "fake_quant_tensor",
+__all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool", "QAvgPool2d", "QLookup", "QMul",
+           "fake_quant_tensor",
            "QUANTIZED_LAYERS", "QUANTIZED_LAYER_TYPES"]
 
 
@@ -538,3 +539,46 @@ class QMul(nn.Module):
 
     def extra_repr(self) -> str:
         return f"multiplier={self.multiplier:.6g}, zero_point={self.zero_point}, grid=[{self.qmin}, {self.qmax}]"
+
+
+class QAvgPool2d(nn.Module):
+    """A windowed average pool (``nn.AvgPool2d`` / ``F.avg_pool2d``: any kernel, stride, padding,
+    ``ceil_mode``, ``count_include_pad``) of a quantized tensor, computed as the integer network
+    does (:func:`kernels.reference.exact_window_average`): the exact sum of each window's
+    integers, times ``float32((s_x / s_y) / d)`` for the window's divisor ``d``, rounded, clamped
+    to the output grid.
+    """
+
+    def __init__(self, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], ceil_mode: bool,
+                 count_include_pad: bool, x_scale: float, x_range: tuple[int, int], y_scale: float, zero_point: int,
+                 qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.kernel = (int(kernel[0]), int(kernel[1]))
+        self.stride = (int(stride[0]), int(stride[1]))
+        self.padding = (int(padding[0]), int(padding[1]))
+        self.ceil_mode, self.count_include_pad = bool(ceil_mode), bool(count_include_pad)
+        self.x_scale, self.x_range = float(x_scale), (int(x_range[0]), int(x_range[1]))
+        self.y_scale, self.zero_point, self.qmin, self.qmax = float(y_scale), int(zero_point), int(qmin), int(qmax)
+
+    def state(self) -> tuple:
+        """All parameters (for comparisons)."""
+        return (self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad, self.x_scale,
+                self.x_range, self.y_scale, self.zero_point, self.qmin, self.qmax)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"QAvgPool2d expects a [B, C, H, W] tensor, got shape {tuple(x.shape)}")
+        ph, pw = self.padding
+        oh = kref.pool_output_size(x.shape[2], self.kernel[0], ph, ph, self.stride[0], 1, self.ceil_mode)
+        ow = kref.pool_output_size(x.shape[3], self.kernel[1], pw, pw, self.stride[1], 1, self.ceil_mode)
+        xc = _centered(x, self.x_scale, *self.x_range).contiguous()
+        y = kref.exact_window_average(xc, self.kernel, self.stride, (ph, ph, pw, pw), (oh, ow), self.count_include_pad,
+                                      self.x_scale, self.y_scale, float(self.qmin - self.zero_point),
+                                      float(self.qmax - self.zero_point), max(abs(v) for v in self.x_range))
+        y = y.mul_(_scalar(self.y_scale, y.device))
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"kernel={self.kernel}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}, "
+                f"count_include_pad={self.count_include_pad}")

@@ -1157,21 +1157,43 @@ def int8_avgpool2d(
     ks, st, pad, _, cip, oh, ow, z_x, s_x, s_y, z_y, lo, hi = check_avgpool2d_args(
         x, kernel_size, stride, padding, ceil_mode, count_include_pad, z_x, x_scale, y_scale, z_y, lo, hi
     )
-    H, W = x.shape[1], x.shape[2]
-    dev = x.device
+    xc = _centered(x, z_x, ()).permute(0, 3, 1, 2).contiguous()
+    y = exact_window_average(xc, ks, st, pad, (oh, ow), cip, s_x, s_y, float(int(lo) - z_y), float(int(hi) - z_y),
+                             _x_bound(z_x))
+    return (y.permute(0, 2, 3, 1).to(torch.int32) + z_y).to(torch.int8).contiguous()
+
+
+@torch.no_grad()
+def exact_window_average(
+    xc: Tensor,
+    ks: Tuple[int, int],
+    st: Tuple[int, int],
+    pad: Tuple[int, int, int, int],
+    out_hw: Tuple[int, int],
+    count_include_pad: bool,
+    x_scale: float,
+    y_scale: float,
+    lo: float,
+    hi: float,
+    x_bound: int,
+) -> Tensor:
+    """The windowed average pool of :func:`int8_avgpool2d` on centered integers ``xc`` (float32
+    NCHW), relative to the output zero point: ``clamp(rne(float32(acc) * m_d), lo, hi)`` (float32
+    NCHW), ``acc`` the exact window sum (padded taps add 0), ``m_d`` by the window's divisor. Shared
+    by the reference and the simulation's windowed average pool."""
+    oh, ow = out_hw
+    H, W = xc.shape[2], xc.shape[3]
     extra_h = max(0, (oh - 1) * st[0] + ks[0] - (H + pad[0] + pad[1]))
     extra_w = max(0, (ow - 1) * st[1] + ks[1] - (W + pad[2] + pad[3]))
-    xc = (x.to(torch.float64) - float(z_x)).permute(0, 3, 1, 2)
-    xc = F.pad(xc, (pad[2], pad[3] + extra_w, pad[0], pad[1] + extra_h))
-    ones = torch.ones((xc.shape[1], 1, ks[0], ks[1]), dtype=torch.float64, device=dev)
-    acc = F.conv2d(xc.contiguous(), ones, stride=st, groups=xc.shape[1])[:, :, :oh, :ow]
-    acc = torch.round(acc).permute(0, 2, 3, 1).to(torch.int64).to(torch.int32)
-    dh = avgpool2d_divisors(H, oh, ks[0], st[0], pad[0], pad[1], cip, dev)
-    dw = avgpool2d_divisors(W, ow, ks[1], st[1], pad[2], pad[3], cip, dev)
-    table = avgpool2d_multipliers(s_x, s_y, ks[0] * ks[1], dev)
-    m = table[dh[:, None] * dw[None, :]].reshape(1, oh, ow, 1)
-    _, lo_t, hi_t = _scalar_epilogue(1.0, lo, hi, dev)
-    return requantize(acc, m, z_y, lo_t, hi_t).contiguous()
+    exact32 = ks[0] * ks[1] * x_bound < EXACT_FLOAT32
+    xp = F.pad(xc if exact32 else xc.to(torch.float64), (pad[2], pad[3] + extra_w, pad[0], pad[1] + extra_h))
+    acc = F.avg_pool2d(xp, ks, st, divisor_override=1)[:, :, :oh, :ow].to(torch.float32)  # window sums, exact
+    dev = xc.device
+    dh = avgpool2d_divisors(H, oh, ks[0], st[0], pad[0], pad[1], count_include_pad, dev)
+    dw = avgpool2d_divisors(W, ow, ks[1], st[1], pad[2], pad[3], count_include_pad, dev)
+    table = avgpool2d_multipliers(x_scale, y_scale, ks[0] * ks[1], dev)
+    m = table[dh[:, None] * dw[None, :]].reshape(1, 1, oh, ow)
+    return requantize_centered(acc.contiguous(), m, lo, hi)
 
 
 def check_maxpool2d_args(x: Tensor, kernel_size, stride, padding, dilation=1, ceil_mode=False):

@@ -563,8 +563,8 @@ class _MobileOps(nn.Module):
     """The ops of MobileNetV3 / EfficientNet / ShuffleNet / RegNet / GoogLeNet that run in int8
     beyond convolutions, adds and pools: hardswish and SiLU tables, a squeeze-excitation gate, a
     grouped convolution, dilated convolutions (depthwise and dense), a ceil-mode max pool, a
-    nearest upsampling and a slice, a cat of different quantizations, a channel shuffle, a chunk,
-    a linear layer on tokens."""
+    nearest upsampling and a slice, a windowed average pool, a cat of different quantizations, a
+    channel shuffle, a chunk, a linear layer on tokens."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -577,6 +577,7 @@ class _MobileOps(nn.Module):
         self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.a = nn.Sequential(nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
         self.b = nn.Sequential(nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4), nn.SiLU())
+        self.avg = nn.AvgPool2d(3, 1, padding=1, count_include_pad=False)
         self.tok = nn.Linear(4, 6)
         self.head = nn.Linear(6, 5)
 
@@ -585,7 +586,7 @@ class _MobileOps(nn.Module):
         x = x * self.se(x)
         x = self.pool(self.grouped(x))
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")[:, :, 1:-2, ::2]
-        y = torch.cat([self.a(x), self.b(x)], dim=1)
+        y = torch.cat([self.a(x), self.avg(self.b(x))], dim=1)
         b, c, h, w = y.shape
         y = y.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
         y1, _ = y.chunk(2, dim=1)
@@ -593,22 +594,28 @@ class _MobileOps(nn.Module):
         return self.head(t.transpose(1, 2).reshape(b, 6, h, w).mean((2, 3)))
 
 
-def test_mobile_ops_run_in_int8_bit_exact():
+def test_mobile_ops_run_in_int8_bit_exact(tmp_path):
     """Every op of _MobileOps runs in int8 (no float fallback), equal to the simulation bit for
-    bit, on the integer reference and on the Triton kernels (interpreter or CUDA)."""
+    bit, on the integer reference and on the Triton kernels (interpreter or CUDA); the simulation
+    saves and loads with its new modules."""
     model = _MobileOps()
     randomize_bn(model)
     x = torch.randn(4, 3, 13, 11, generator=torch.Generator().manual_seed(6))
     sim = quantize(model, (x[:2],), DFQConfig(input_range=(-3.0, 3.0)))
     kinds = {type(m).__name__ for m in sim.modules()}
-    assert {"QLookup", "QMul"} <= kinds, kinds
+    assert {"QLookup", "QMul", "QAvgPool2d"} <= kinds, kinds
     net = to_int8(sim, backend="reference")
     assert net.coverage is not None and net.coverage.float_nodes == {} and net.coverage.int8_mac_fraction == 1.0
     steps = {type(m).__name__ for m in net.steps().values()}
     assert {"Int8Lookup", "Int8Mul", "Int8GroupedConv2d", "Int8DilatedConv2d", "Int8Cat", "Int8MaxPool2d",
-            "Int8UpsampleNearest", "Int8Linear"} <= steps, steps
+            "Int8UpsampleNearest", "Int8AvgPool2d", "Int8Linear"} <= steps, steps
+    from dfq_gpu import load, save
+
+    save(sim, tmp_path / "m.safetensors")
+    loaded = load(tmp_path / "m.safetensors")
     with torch.no_grad():
         ref = sim(x)
+        assert torch.equal(loaded(x), ref) and torch.equal(to_int8(loaded, backend="reference")(x), ref)
         assert torch.equal(net(x), ref)
         device = interpreter_or_cuda()
         if device is not None:

@@ -31,6 +31,8 @@ __all__ = [
     "is_clamp_act",
     "elementwise_activation",
     "nearest_upsample_args",
+    "avg_pool_args",
+    "AvgPoolArgs",
     "describe",
 ]
 
@@ -290,6 +292,41 @@ class MaxPoolArgs:
     dilation: tuple[int, int]
     ceil_mode: bool
     return_indices: bool
+
+
+@dataclass(frozen=True)
+class AvgPoolArgs:
+    """A 2-D average pool's arguments as ``(h, w)`` pairs (``padding``: the same on both sides)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    ceil_mode: bool
+    count_include_pad: bool
+    divisor_override: Any
+
+
+def avg_pool_args(gm: fx.GraphModule, node: fx.Node) -> AvgPoolArgs | None:
+    """The arguments of an ``nn.AvgPool2d`` call or an ``F.avg_pool2d`` call with constant
+    arguments (the stride defaults to the kernel size); ``None`` for anything else."""
+    m = node_module(gm, node)
+    if isinstance(m, nn.AvgPool2d):
+        ks, stride, pad, ceil, cip, div = (m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
+                                           m.divisor_override)
+    elif node.op == "call_function" and node.target in (F.avg_pool2d, getattr(torch._C._nn, "avg_pool2d", None)):
+        ks = node_arg(node, 1, "kernel_size", None)
+        stride = node_arg(node, 2, "stride", None)
+        pad = node_arg(node, 3, "padding", 0)
+        ceil = node_arg(node, 4, "ceil_mode", False)
+        cip = node_arg(node, 5, "count_include_pad", True)
+        div = node_arg(node, 6, "divisor_override", None)
+    else:
+        return None
+    if ks is None or any(isinstance(v, fx.Node) for v in (ks, stride, pad, ceil, cip, div)):
+        return None
+    kernel = pair(ks)
+    no_stride = stride is None or (not isinstance(stride, numbers.Integral) and len(stride) == 0)
+    return AvgPoolArgs(kernel, kernel if no_stride else pair(stride), pair(pad), bool(ceil), bool(cip), div)
 
 
 def max_pool_args(gm: fx.GraphModule, node: fx.Node) -> MaxPoolArgs | None:

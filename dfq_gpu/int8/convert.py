@@ -91,11 +91,12 @@ import kernels
 from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import is_layer_module
-from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QConv2d, QLinear, QLookup, QMul
+from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QConv2d, QLinear, QLookup, QMul
 from ..nn import FakeQuant
 from ..quant import requant
 from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
-from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPoolPlan, LayerPlan, LookupPlan, MulPlan, StepPlan, build_plan,
+from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, LayerPlan, LookupPlan, MulPlan, StepPlan,
+                          build_plan,
                           global_avgpool_problem, is_passthrough)
 from ..quant.simulate import stale_integer_steps
 from . import layers as L
@@ -488,6 +489,8 @@ class _Converter:
             self.lookup(node, m)
         elif isinstance(m, QMul):
             self.mul(node)
+        elif isinstance(m, QAvgPool2d):
+            self.avgpool2d(node, m)
         elif ops.is_cat(node):
             self.cat(node)
         elif (up := ops.nearest_upsample_args(gm, node)) is not None:
@@ -770,6 +773,9 @@ class _Converter:
         self.env[node] = replace(x, node=out)
 
     def avgpool(self, node: fx.Node) -> None:
+        p2 = self.plan.get(node.name)
+        if isinstance(p2, AvgPool2dPlan):  # a windowed pool the simulation keeps in float
+            raise self.err(node, p2.float_reason or "the simulation computes it in float")
         p: AvgPoolPlan = self.step_plan(node, AvgPoolPlan)
         x = self.int8_input(node, node.args[0])
         assert x.q is not None
@@ -850,6 +856,20 @@ class _Converter:
             self.env[node] = _Val(self.fn(L.int8_to_nhwc, new), "int8", qs[0], rank=4)
         else:
             self.env[node] = _Val(new, "int8", qs[0], rank=len(shape) if shape is not None else None)
+
+    def avgpool2d(self, node: fx.Node, m: QAvgPool2d) -> None:
+        """A windowed average pool: ``int8_avgpool2d`` with the simulation's window and grids."""
+        p: AvgPool2dPlan = self.step_plan(node, AvgPool2dPlan)
+        if p.float_reason is not None or p.quantizer is None:
+            raise self.err(node, p.float_reason or "the simulation computes it in float")
+        x = self.int8_input(node, node.args[0])
+        assert x.q is not None and x.q.grid == p.x
+        qp = self.out_quantizer(p.quantizer)
+        ph, pw = m.padding
+        mod = L.Int8AvgPool2d(m.kernel, m.stride, (ph, ph, pw, pw), m.ceil_mode, m.count_include_pad, x.q.zero_point,
+                              m.x_scale, m.y_scale, qp.zero_point, qp.lo, qp.hi, sim_quantizer=p.quantizer.name)
+        out = self.step(node.name, mod, x.node)
+        self.finish(node, None, p.quantizer, p.tail, _Val(out, "int8", qp, rank=4))
 
     def upsample(self, node: fx.Node, size: Any, scale_factor: Any) -> None:
         """Nearest-neighbour upsampling: the int8 values moved, quantization unchanged."""

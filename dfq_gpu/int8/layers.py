@@ -45,6 +45,7 @@ __all__ = [
     "Int8Mul",
     "Int8Cat",
     "Int8UpsampleNearest",
+    "Int8AvgPool2d",
     "nchw_size",
     "int8_to_nchw",
     "int8_to_nhwc",
@@ -622,6 +623,32 @@ class Int8Mul(Int8Step):
 
     def extra_repr(self) -> str:
         return f"multiplier={self.multiplier:.6g}, z_y={self.z_y}, gate={self.gate}"
+
+
+class Int8AvgPool2d(Int8Step):
+    """Windowed average pool of NHWC int8 (``kernels.int8_avgpool2d``)."""
+
+    def __init__(self, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int], ceil_mode: bool,
+                 count_include_pad: bool, z_x: int, x_scale: float, y_scale: float, z_y: int, lo: int, hi: int,
+                 **kw) -> None:
+        super().__init__(**kw)
+        self.kernel, self.stride = tuple(int(k) for k in kernel), tuple(int(s) for s in stride)
+        self.padding = tuple(int(p) for p in padding)  # (top, bottom, left, right)
+        self.ceil_mode, self.count_include_pad = bool(ceil_mode), bool(count_include_pad)
+        self.z_x, self.x_scale, self.y_scale = int(z_x), float(x_scale), float(y_scale)
+        self.z_y, self.lo, self.hi = int(z_y), int(lo), int(hi)
+
+    def forward(self, x: Tensor) -> Tensor:
+        args = (x.contiguous(), self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                self.z_x, self.x_scale, self.y_scale, self.z_y, self.lo, self.hi)
+        mod = self._triton(x, "pool")
+        if mod is not None:
+            return mod.int8_avgpool2d(*args)
+        return kernels.int8_avgpool2d(*args, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"kernel={self.kernel}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}, "
+                f"count_include_pad={self.count_include_pad}")
 
 
 class Int8UpsampleNearest(Int8Step):

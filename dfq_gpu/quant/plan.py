@@ -30,12 +30,13 @@ import torch.nn as nn
 from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import layer_type
-from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QConv2d, QLinear, QLookup, QMul
+from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QConv2d, QLinear, QLookup, QMul
 from ..nn import ChannelClamp, FakeQuant
 from . import requant
 from .requant import Grid
 
-__all__ = ["FUSABLE_ACTS", "LayerPlan", "AddPlan", "AvgPoolPlan", "LookupPlan", "MulPlan", "StepPlan", "build_plan",
+__all__ = ["FUSABLE_ACTS", "LayerPlan", "AddPlan", "AvgPoolPlan", "AvgPool2dPlan", "LookupPlan", "MulPlan", "StepPlan",
+           "build_plan",
            "is_passthrough", "lookup_spec",
            "input_quantizer", "source_quantizer", "fused_output", "global_avgpool_problem", "module_users",
            "EXCEEDS_INT32"]
@@ -243,7 +244,18 @@ class MulPlan(_Fusion):
     gate: Optional[int]
 
 
-StepPlan = Union[LayerPlan, AddPlan, AvgPoolPlan, LookupPlan, MulPlan]
+@dataclass(frozen=True)
+class AvgPool2dPlan(_Fusion):
+    """A windowed average pool of a quantized tensor (+ output quantizer; no activation fuses):
+    ``args`` (:class:`~dfq_gpu.graph.ops.AvgPoolArgs`, without ``divisor_override``), ``x``/``y``
+    the input and output grids (``None``: not quantized or disabled)."""
+
+    args: ops.AvgPoolArgs
+    x: Optional[Grid]
+    y: Optional[Grid]
+
+
+StepPlan = Union[LayerPlan, AddPlan, AvgPoolPlan, AvgPool2dPlan, LookupPlan, MulPlan]
 
 
 def _enabled_grid(fq: Any) -> Optional[Grid]:
@@ -359,6 +371,22 @@ def _lookup_plan(gm: fx.GraphModule, node: fx.Node, spec: tuple[str, dict], shar
     return LookupPlan(node, None, fq, fq if fq is not None else node, why, spec[0], spec[1], x, y)
 
 
+def _avgpool2d_plan(gm: fx.GraphModule, node: fx.Node, args: ops.AvgPoolArgs) -> AvgPool2dPlan:
+    act, fq, tail = fused_output(gm, node)
+    x = _enabled_grid(source_quantizer(gm, node.args[0])) if node.args else None
+    y = _enabled_grid(node_module(gm, fq)) if fq is not None else None
+    shape = ops.tensor_shape(node.args[0]) if node.args else None
+    why = _first("average pooling of a tensor that is not 4-D" if shape is None or len(shape) != 4 else None,
+                 "average pooling with divisor_override" if args.divisor_override is not None else None,
+                 "its input is not quantized" if x is None else None,
+                 "an activation after average pooling" if act is not None else None,
+                 "its result is not quantized" if fq is None else None,
+                 "its output quantizer is disabled" if fq is not None and y is None else None,
+                 EXCEEDS_INT32 if x is not None and args.kernel[0] * args.kernel[1] * x.max_abs > requant.INT32_MAX
+                 else None)
+    return AvgPool2dPlan(node, act, fq, tail, why, args, x, y)
+
+
 def _mul_plan(gm: fx.GraphModule, node: fx.Node) -> MulPlan:
     act, fq, tail = fused_output(gm, node)
     ins = ops.tensor_inputs(node)
@@ -409,8 +437,15 @@ def build_plan(gm: fx.GraphModule) -> dict[str, StepPlan]:
             plan[node.name] = _layer_plan(gm, node, m, users.get(str(node.target), 0) > 1)
         elif isinstance(m, QAdd) or ops.is_add(node):
             plan[node.name] = _add_plan(gm, node)
+        elif isinstance(m, QAvgPool2d):
+            plan[node.name] = _avgpool2d_plan(gm, node, ops.AvgPoolArgs(m.kernel, m.stride, m.padding, m.ceil_mode,
+                                                                        m.count_include_pad, None))
         elif isinstance(m, QAvgPool) or ops.is_spatial_pool(gm, node) == "avg":
-            plan[node.name] = _avgpool_plan(gm, node)
+            window = ops.avg_pool_args(gm, node)
+            if window is not None and global_avgpool_problem(gm, node) is not None:
+                plan[node.name] = _avgpool2d_plan(gm, node, window)
+            else:
+                plan[node.name] = _avgpool_plan(gm, node)
         elif isinstance(m, QMul) or ops.is_mul(node):
             plan[node.name] = _mul_plan(gm, node)
         elif node not in fused and (spec := lookup_spec(gm, node)) is not None:

@@ -47,11 +47,12 @@ from ..graph import ops
 from ..graph.stats import NodeStats
 from ..graph.trace import node_module
 from ..layers import is_layer_module, layer_type
-from ..modules import QUANTIZED_LAYER_TYPES, QUANTIZED_LAYERS, QAdd, QAvgPool, QLookup, QMul
+from ..modules import QUANTIZED_LAYER_TYPES, QUANTIZED_LAYERS, QAdd, QAvgPool, QAvgPool2d, QLookup, QMul
 from ..nn import FakeQuant
 from ..passes.base import Workspace
 from . import requant
-from .plan import (FUSABLE_ACTS, AddPlan, AvgPoolPlan, LayerPlan, LookupPlan, MulPlan, StepPlan, build_plan, fused_output,
+from .plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, LayerPlan, LookupPlan, MulPlan, StepPlan,
+                   build_plan, fused_output,
                    global_avgpool_problem, input_quantizer, is_passthrough, module_users, source_quantizer)
 from .quantizer import act_qparams, quantize_weight, weight_qparams, weight_sqnr_db
 
@@ -299,6 +300,14 @@ def _lookup_module(p: LookupPlan) -> QLookup:
     return QLookup(p.fn, p.fn_kwargs, *p.x, *p.y)
 
 
+def _avgpool2d_module(p: AvgPool2dPlan) -> QAvgPool2d:
+    """The :class:`QAvgPool2d` computing a windowed average pool's plan (no ``float_reason``)."""
+    x, y, a = p.x, p.y, p.args
+    assert x is not None and y is not None
+    return QAvgPool2d(a.kernel, a.stride, a.padding, a.ceil_mode, a.count_include_pad, x.scale,
+                      (x.qmin - x.zero_point, x.qmax - x.zero_point), y.scale, y.zero_point, y.qmin, y.qmax)
+
+
 def _mul_module(p: MulPlan) -> QMul:
     """The :class:`QMul` computing a multiply's plan (no ``float_reason``)."""
     a, b, y = p.a, p.b, p.y
@@ -371,6 +380,14 @@ def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
                               shared=not isinstance(m, QAdd))
                 elif isinstance(m, QAdd):  # back to the float add
                     _to_function(gm, node, operator.add, tuple(node.args), {})
+            elif isinstance(p, AvgPool2dPlan):
+                kind = "pools"
+                if why is None:
+                    _retarget(gm, node, _avgpool2d_module(p), (node.args[0],), users.get(str(node.target), 0) > 1)
+                elif isinstance(m, QAvgPool2d):  # back to the float average
+                    a = p.args
+                    _to_function(gm, node, torch.nn.functional.avg_pool2d,
+                                 (node.args[0], a.kernel, a.stride, a.padding, a.ceil_mode, a.count_include_pad), {})
             elif isinstance(p, MulPlan):
                 kind = "muls"
                 if why is None:
@@ -415,6 +432,8 @@ def stale_integer_steps(gm: fx.GraphModule, plan: Optional[dict[str, StepPlan]] 
             fresh = p.float_reason is None and _add_module(p).state() == m.state()
         elif isinstance(p, AvgPoolPlan) and isinstance(m, QAvgPool):
             fresh = p.float_reason is None and _avgpool_module(p).state() == m.state()
+        elif isinstance(p, AvgPool2dPlan) and isinstance(m, QAvgPool2d):
+            fresh = p.float_reason is None and _avgpool2d_module(p).state() == m.state()
         elif isinstance(p, MulPlan) and isinstance(m, QMul):
             fresh = p.float_reason is None and _mul_module(p).state() == m.state()
         elif isinstance(p, LookupPlan) and isinstance(m, QLookup) and m.integer:
