@@ -129,6 +129,11 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
     channels = ops.channels_of(start)
     if channels is None:
         raise _Fail("its output has no channel dimension")
+    lt = layer_type(node_module(gm, start))
+    if lt is not None and lt.out_channels(node_module(gm, start)) != channels:
+        # e.g. a linear layer on [B, H, W, C]: its channels are not dimension 1, which the
+        # statistics and the equivariance rules of the ops in between assume
+        raise _Fail("its output channels are not along dimension 1")
     tensors: set[fx.Node] = {start}
     queue: deque[fx.Node] = deque([start])
     srcs: list[str] = []
