@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ from .config import DFQConfig
 from .evaluate import Metrics, collect_outputs, evaluate
 
 __all__ = ["AblationRow", "AblationResult", "ABLATION_ROWS", "QUICK_ROWS", "run_ablation", "format_table",
-           "with_weight_bits"]
+           "with_weight_bits", "agreement_interval"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,11 @@ class AblationResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     machine: str = field(default_factory=lambda: f"{platform.machine()} {platform.processor() or ''}".strip())
     torch_version: str = torch.__version__
+    #: inputs per distinct image (the ImageNet sample: 8 views of each of 20 images); what one
+    #: image is worth in top-1 and agreement follows from it (:func:`format_table` says so)
+    views_per_image: int = 1
+    #: lines the table must carry, e.g. that the model has random weights
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -100,6 +106,12 @@ def run_ablation(model: nn.Module, data: torch.utils.data.TensorDataset, model_n
     if calibration is None:
         calibration = [x[i:i + 16] for i in range(0, max(16, len(x) // 4), 16)]
     result = AblationResult(model=model_name, n=len(x))
+    from .zoo import random_weights_note
+
+    note = random_weights_note(model)
+    if note:
+        log.warning(note)
+        result.notes.append(note)
     for row in tqdm(rows, desc="ablation", disable=not progress):
         t0 = time.perf_counter()
         if row.config is None:
@@ -119,8 +131,33 @@ def run_ablation(model: nn.Module, data: torch.utils.data.TensorDataset, model_n
     return result
 
 
+def agreement_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson 95% interval of a share ``p`` measured on ``n`` independent images."""
+    if n <= 0:
+        return (0.0, 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def resolution_note(result: AblationResult) -> str:
+    """What the table's top-1 and agreement can resolve, in one sentence."""
+    views = max(1, int(getattr(result, "views_per_image", 1) or 1))
+    images = max(1, result.n // views)
+    step = 100.0 / images
+    lo, hi = agreement_interval(0.95, images)
+    if views == 1:
+        return (f"{result.n} inputs: one input is {step:.2f} points of top-1 and agreement if the inputs are "
+                f"independent images (an agreement of 0.95 then has a 95% interval of [{lo:.2f}, {hi:.2f}]); "
+                "views of fewer images (the ImageNet sample: 20 images x 8 views) resolve much less.")
+    return (f"{result.n} inputs = {images} images x {views} views: one image is {step:.1f} points of top-1 and "
+            f"agreement (its views mostly agree); an agreement of 0.95 has a 95% interval of [{lo:.2f}, {hi:.2f}] "
+            f"over {images} images. Differences of a few points of top-1 are noise here; compare SQNR and agreement.")
+
+
 def format_table(result: AblationResult, markdown: bool = False) -> str:
-    """The table as aligned text (or Markdown)."""
+    """The table as aligned text (or Markdown), with what its numbers can resolve (text only) and
+    its notes (e.g. random weights) on their own lines."""
     head = ["variant", "top-1", "top-5", "agreement", "SQNR dB", "data-free", "time s"]
     body = []
     for r in result.rows:
@@ -136,10 +173,13 @@ def format_table(result: AblationResult, markdown: bool = False) -> str:
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         lines += ["| " + " | ".join(b) + " |" for b in body]
+        lines += [f"\n**WARNING: {n}**" for n in getattr(result, "notes", [])]
         return "\n".join(lines)
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     lines = [f"{result.model} on {result.n} images"]
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    lines.append(resolution_note(result))
+    lines += [f"WARNING: {n}" for n in getattr(result, "notes", [])]
     return "\n".join(lines)

@@ -208,7 +208,8 @@ class Report:
     def plot_ranges(self, layer: str, ax: Any = None, which: str = "both") -> Any:
         """Box plot of the per-output-channel weight ranges of ``layer`` (as the paper's Fig. 2).
 
-        ``which``: ``"folded"``, ``"equalized"`` or ``"both"`` (side by side).
+        ``which``: ``"folded"``, ``"equalized"`` or ``"both"`` (side by side, on one shared y-axis
+        so that the panels compare).
         """
         import matplotlib.pyplot as plt
 
@@ -221,11 +222,14 @@ class Report:
         if not series:
             raise ValueError(f"layer {layer!r} has no recorded ranges for which={which!r}")
         if ax is None:
-            _, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 3.2), squeeze=False)
+            _, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 3.2), squeeze=False, sharey=True)
             axes = list(axes[0])
         else:
             axes = [ax] * len(series) if not isinstance(ax, (list, tuple, np.ndarray)) else list(ax)
+        # one y-axis for before and after: separate axes would rescale each panel and hide what CLE does
+        top = max(float(max(np.max(np.abs(lo)), np.max(np.abs(hi)))) for _, (lo, hi) in series) * 1.05 or 1.0
         for a, (title, (lo, hi)) in zip(axes, series):
+            a.set_ylim(-top, top)
             ch = np.arange(len(lo))
             a.vlines(ch, lo, hi, color="tab:blue", lw=1.0)
             a.scatter(ch, lo, s=3, color="tab:blue")

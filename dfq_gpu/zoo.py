@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +25,7 @@ import torch.nn as nn
 from .data import Preprocess, fashion_mnist_preprocess
 
 __all__ = ["load_model", "available_models", "load_state_dict_file", "ModelNotFound", "BadCheckpoint",
-           "EFFICIENTNET_LITE", "ASSETS"]
+           "EFFICIENTNET_LITE", "ASSETS", "RandomWeightsWarning", "random_weights_note"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,21 @@ def _efficientnet_lite(name: str, weights: str | os.PathLike | None) -> tuple[nn
     return model, Preprocess(size=size, mean=LITE_PREPROCESS_MEAN, std=LITE_PREPROCESS_STD, crop_fraction=0.875)
 
 
+class RandomWeightsWarning(UserWarning):
+    """A model was loaded with randomly initialised weights (no pretrained weights available)."""
+
+
+#: The attribute :func:`load_model` sets on a model that has random weights; its value says so in
+#: words (``dfq_gpu.ablation`` prints it as a line of its report).
+RANDOM_WEIGHTS_ATTR = "dfq_random_weights"
+
+
+def random_weights_note(model: nn.Module) -> str | None:
+    """What :func:`load_model` recorded about ``model``'s random weights, or ``None``."""
+    note = getattr(model, RANDOM_WEIGHTS_ATTR, None)
+    return note if isinstance(note, str) else None
+
+
 def _torchvision(name: str, weights: str | os.PathLike | None) -> tuple[nn.Module, Preprocess]:
     import torchvision
 
@@ -129,6 +145,11 @@ def _torchvision(name: str, weights: str | os.PathLike | None) -> tuple[nn.Modul
         model = torchvision.models.get_model(name, weights=None)
     if weights is not None:
         _load_into(model, load_state_dict_file(weights), str(weights))
+    else:
+        note = (f"RANDOM WEIGHTS: {name} has no pretrained weights in this package; it was randomly "
+                f"initialised (pass weights=<state-dict file> for trained ones), so its accuracy means nothing")
+        object.__setattr__(model, RANDOM_WEIGHTS_ATTR, note)
+        warnings.warn(note, RandomWeightsWarning, stacklevel=3)
     model.eval()
     return model, Preprocess()
 
@@ -158,7 +179,10 @@ def load_model(name: str, weights: str | os.PathLike | None = None) -> tuple[nn.
     Args:
         name: a zoo name (see :func:`available_models`) or ``"package.module:factory"``.
         weights: a state-dict file (``.pth``/``.pt``/``.safetensors``) to load instead of the
-            default weights (torchvision models are randomly initialised without one).
+            default weights. torchvision models have no weights in this package: without a file
+            they are randomly initialised, which :func:`load_model` says loudly (a
+            :class:`RandomWeightsWarning`, and :func:`random_weights_note` gives the line that
+            ``dfq_gpu.ablation.format_table`` prints).
 
     Raises:
         ModelNotFound: unknown name (the message lists the available ones).

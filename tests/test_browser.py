@@ -1,7 +1,7 @@
 """A reader's path through tutorial chapters in a real browser.
 
 Starts JupyterLab on 127.0.0.1 (a free port, a token, a temporary root directory holding copies of
-chapters 1 and 7, temporary settings that switch off the news and update checks and start the
+chapters 1, 3, 6 and 7, temporary settings that switch off the news and update checks and start the
 default kernel without asking) and opens each chapter in Debian's Chromium through Playwright. It
 runs all cells, then checks what each widget shows, by direction and by value:
 
@@ -10,6 +10,11 @@ runs all cells, then checks what each widget shows, by direction and by value:
   falls (down) by 3 to 9 dB (the ~6 dB per bit rule), and the SQNR and scale shown are those of
   the bit width the slider shows: recomputed in the test process with a plain numpy uniform
   quantizer on the same tensor (chapter 1's EfficientNet-Lite0 weights) and range.
+- chapter 3: switches the equalization explorer's dead-channel threshold to 0 (no guard); it reruns
+  the real equalization and quantization, redraws its plot, and the network's logit SQNR it shows
+  falls by more than 5 dB (a nearly dead channel's activation blows up the per-tensor grid).
+- chapter 6: after the hand-written Triton kernel ran (bit-exact), moves the GEMM tile explorer's
+  program slider with the keyboard; the result line names the new program and the plot is redrawn.
 - chapter 7: switches the DFQ dashboard from per-tensor to per-channel weights; the result line
   and the new row of its runs table say per-channel, the logit SQNR does not fall and the shown
   layer's weight SQNR rises, and the plot is redrawn.
@@ -44,8 +49,10 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "notebooks" / "01_quantization_basics.ipynb"
+CHAPTER3 = ROOT / "notebooks" / "03_cross_layer_equalization.ipynb"
+CHAPTER6 = ROOT / "notebooks" / "06_int8_triton_kernels.ipynb"
 CHAPTER7 = ROOT / "notebooks" / "07_your_own_model.ipynb"
-CHAPTERS = (CHAPTER, CHAPTER7)
+CHAPTERS = (CHAPTER, CHAPTER3, CHAPTER6, CHAPTER7)
 ARTIFACTS = ROOT / "artifacts" / "browser"
 CHROMIUM = os.environ.get("DFQ_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -95,6 +102,9 @@ class Lab:
             "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
             "PYTHONPATH": os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
             "DFQ_TUTORIAL_CACHE_DIR": str(workdir / "cache"),
+            # the copies live outside the checkout: chapter 3's README rows come from its results
+            # files, as for a reader of the checkout (the notebook tests recompute them)
+            "DFQ_BENCHMARK_RESULTS_DIR": str(ROOT / "benchmarks" / "results"),
         })
         self.log = open(workdir / "jupyterlab.log", "w")
         self.proc = subprocess.Popen(
@@ -394,4 +404,62 @@ def test_chapter7_dashboard_in_jupyterlab(lab: Lab, page) -> None:
     # better (21.1 -> 25.1 dB)
     assert after["logit_sqnr"] >= before["logit_sqnr"], (before["text"], after["text"])
     assert after["weight_sqnr"] > before["weight_sqnr"], (before["text"], after["text"])
+    assert after["src"].startswith("data:image/png") and after["src"] != before["src"]
+
+
+def test_chapter3_equalization_rerun_in_jupyterlab(lab: Lab, page) -> None:
+    """Chapter 3: switch the dead-channel threshold of the equalization explorer to 0; the explorer
+    reruns the equalization and the W8A8 quantization, redraws, and the logit SQNR it shows drops."""
+    t0 = time.monotonic()
+    open_and_run(lab, page, CHAPTER3, "ch3", 240)
+    explorer = page.locator(f"{PANEL} .widget-vbox").filter(has_text="dead threshold").first
+    explorer.scroll_into_view_if_needed()
+    image = explorer.locator(".widget-output img").first
+    _wait("the explorer's plot", lambda: image.count() > 0 and image.get_attribute("src"), 60)
+    result = explorer.locator(".widget-html-content").filter(has_text="logit SQNR").first
+    before = {"src": image.get_attribute("src"), "text": result.inner_text()}
+    before["sqnr"] = _number(r"logit SQNR ([-\d.]+) dB", before["text"])
+    explorer.screenshot(path=str(ARTIFACTS / "ch3_explorer_before.png"))
+    dead = explorer.locator(".widget-dropdown").filter(has_text="dead threshold").locator("select")
+    dead.select_option(label="0 (no guard)")
+    _wait("the result line to change", lambda: result.inner_text() != before["text"], 120)
+    _wait("the plot to be redrawn", lambda: image.get_attribute("src") not in (None, before["src"]), 60)
+    after = {"src": image.get_attribute("src"), "text": result.inner_text()}
+    after["sqnr"] = _number(r"logit SQNR ([-\d.]+) dB", after["text"])
+    explorer.screenshot(path=str(ARTIFACTS / "ch3_explorer_after.png"))
+    (ARTIFACTS / "ch3_result.json").write_text(json.dumps(
+        {"before": {k: v for k, v in before.items() if k != "src"}, "after": {k: v for k, v in after.items() if k != "src"},
+         "seconds": round(time.monotonic() - t0, 1)}, indent=1))
+    # without the guard, CLE scales a nearly dead channel by 1/s ~ 186: its activation dominates the
+    # per-tensor grid (README's pitfalls; 13.5 -> 3.0 dB on these 16 images when measured)
+    assert after["sqnr"] < before["sqnr"] - 5, (before["text"], after["text"])
+    assert after["src"].startswith("data:image/png") and after["src"] != before["src"]
+
+
+def test_chapter6_triton_lesson_in_jupyterlab(lab: Lab, page) -> None:
+    """Chapter 6: the hand-written Triton GEMM ran bit-exact in the browser's kernel; moving the
+    tile explorer's program slider redraws the plot and names the new program."""
+    t0 = time.monotonic()
+    open_and_run(lab, page, CHAPTER6, "ch6", 150)
+    outputs = page.locator(f"{PANEL} .jp-OutputArea-output").all_text_contents()  # off-screen cells too
+    assert any("my_int8_gemm" in t and "== kernels.reference.int8_gemm: True" in t for t in outputs), outputs[:12]
+    explorer = page.locator(f"{PANEL} .widget-vbox").filter(has=page.locator(".widget-slider")).first
+    explorer.scroll_into_view_if_needed()
+    image = explorer.locator(".widget-output img").first
+    _wait("the explorer's plot", lambda: image.count() > 0 and image.get_attribute("src"), 60)
+    result = explorer.locator(".widget-html-content").filter(has_text="program").first
+    readout = explorer.locator(".widget-slider .widget-readout").first
+    before = {"src": image.get_attribute("src"), "text": result.inner_text(), "pid": int(readout.inner_text())}
+    handle = explorer.locator(".widget-slider .noUi-handle").first
+    handle.focus()
+    handle.press("ArrowRight")
+    _wait("the slider to move", lambda: int(readout.inner_text()) == before["pid"] + 1, 20)
+    _wait("the plot to be redrawn", lambda: image.get_attribute("src") not in (None, before["src"]), 60)
+    _wait("the result line to change", lambda: result.inner_text() != before["text"], 30)
+    after = {"src": image.get_attribute("src"), "text": result.inner_text(), "pid": int(readout.inner_text())}
+    explorer.screenshot(path=str(ARTIFACTS / "ch6_explorer_after.png"))
+    (ARTIFACTS / "ch6_result.json").write_text(json.dumps(
+        {"before": {k: v for k, v in before.items() if k != "src"}, "after": {k: v for k, v in after.items() if k != "src"},
+         "seconds": round(time.monotonic() - t0, 1)}, indent=1))
+    assert f"program {after['pid']}" in after["text"], after["text"]
     assert after["src"].startswith("data:image/png") and after["src"] != before["src"]

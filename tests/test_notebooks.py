@@ -86,7 +86,13 @@ assert explorer.text.value != _before, explorer.text.value
 explorer.region.value = 5
 explorer.sweep.value = explorer.sweep.max
 _res = explorer.update(5, explorer.sweep.max)
-assert sum(_res["precision"]) > sum(_res["precision_before"]), _res
+assert _res["objective"] > _res["objective_before"], _res  # the paper's objective: sum of products
+# the guards rerun the real equalization: without the dead-channel guard the W8A8 SQNR collapses
+_guarded = explorer._result(explorer.settings())["metrics"].sqnr_db
+explorer.dead.value = 0.0
+_st, _m = explorer.stepper, explorer._result(explorer.settings())["metrics"]
+assert _st is not stepper and _st.dead_threshold == 0.0 and "dB" in explorer.text.value, explorer.text.value
+assert _m.sqnr_db < _guarded - 5, (_m.sqnr_db, _guarded)
 """,
     "04_bias_absorption": """
 _before = explorer.text.value
@@ -94,6 +100,8 @@ explorer.n.value = 1.0
 assert explorer.text.value != _before and "beta - 1 gamma" in explorer.text.value, explorer.text.value
 _v1, _v3 = explorer.view(layer, 1.0), explorer.view(layer, 3.0)
 assert (_v1.c >= _v3.c - 1e-12).all() and _v1.c.max() > _v3.c.max()
+# the slider also requantizes the network and shows its SQNR
+assert (1.0, True) in explorer.network and "logit SQNR" in explorer.text.value, explorer.text.value
 """,
     "05_bias_correction": """
 _before = explorer.text.value
@@ -170,6 +178,10 @@ def _num(pattern: str, text: str, group: int = 1) -> float:
 
 def _check_01(text: str) -> None:
     assert "scale 0.1800, zero point 6" in text
+    assert 5.0 < _num(r"exercise 1: asymmetric [\d.]+ dB, symmetric [\d.]+ dB, difference ([\d.]+) dB", text) < 7.0
+    tensor, channel = (_num(r"exercise 3: head layer at 8 bits, per tensor ([\d.]+) dB, per output channel ([\d.]+) dB",
+                            text, g) for g in (1, 2))
+    assert channel > tensor + 2, (tensor, channel)  # per-channel scales of the right shape help
     lines = re.findall(r"(\d) bits: step [\d.]+, error variance ([\d.e+-]+), s\^2/12 = ([\d.e+-]+)", text)
     assert len(lines) == 3, lines
     for bits, var, model in lines:  # uniform rounding error: variance s^2/12
@@ -180,6 +192,14 @@ def _check_01(text: str) -> None:
 
 def _check_02(text: str) -> None:
     assert "folded 49 batch norms" in text
+    assert "folded 49 conv -> BN pairs by hand: weights and biases equal the library's" in text
+    # the first depthwise layer: only a minority of its channels stays within +-1 (7 of 32)
+    m = re.search(r"_blocks\.0\._depthwise_conv: (\d+) channels, (\d+) within \+-1, (\d+) beyond \+-10", text)
+    assert m and (int(m.group(1)), int(m.group(2)), int(m.group(3))) == (32, 7, 3), m and m.group(0)
+    assert "20 images x 8 views: one image is 5.0 points of top-1" in text
+    lo, hi = (_num(r"W8 naive per-tensor\s+agreement [\d.]+ \(95% interval over 20 images \[([\d.]+), ([\d.]+)\]\)",
+                   text, g) for g in (1, 2))
+    assert lo < 0.8 < 0.95 < hi, (lo, hi)  # 20 images cannot pin agreement down to a few points
     assert _num(r"agreement=100\.00% sqnr=([\d.]+) dB", text) > 80  # folding does not change the function
     m = re.search(r"grid steps per channel, min ([\d.]+), median ([\d.]+), max ([\d.]+)", text)
     assert m and float(m.group(1)) < 1 and float(m.group(3)) > 250, m and m.group(0)
@@ -193,12 +213,16 @@ def _check_03(text: str) -> None:
     before, after = _num(r"output SQNR with both layers quantized: ([\d.]+) dB -> ([\d.]+) dB", text, 1), \
         _num(r"output SQNR with both layers quantized: ([\d.]+) dB -> ([\d.]+) dB", text, 2)
     assert after > before, (before, after)
+    before, after = (_num(r"the paper's objective sum_i p1_i p2_i: ([\d.]+) -> ([\d.]+)", text, g) for g in (1, 2))
+    assert after > before, (before, after)
+    assert "scales, stem weights, bias and clamp bounds equal the library's sweep" in text
     agreement = {mode: _num(rf"relu6={mode}\s+FP32 agreement ([\d.]+)", text) for mode in ("clip", "replace", "keep")}
     assert agreement["clip"] == 1.0 and agreement["keep"] == 1.0 and agreement["replace"] < 0.8, agreement
 
 
 def _check_04(text: str) -> None:
     assert "c recomputed == report.absorbed_out: True" in text
+    assert "biases and clamp bounds equal the library's pass" in text
     assert _num(r"exact: n=32 top1=- top5=- agreement=100\.00% sqnr=([\d.]+) dB", text) > 60
     assert _num(r"ReLU\(z\) - c == ReLU\(z - c\) on ([\d.]+) of the samples", text) > 0.998
 
@@ -212,10 +236,24 @@ def _check_05(text: str) -> None:
     assert {(4, "none"), (6, "none"), (8, "none"), (8, "analytic")} <= set(sweep), sweep
     for bits in (4, 6, 8):  # the data-free correction helps at every bit width
         assert sweep[(bits, "analytic")] > sweep[(bits, "none")] + 1, (bits, sweep)
+    assert "the hand-written eps E[x] equals the library's correction" in text
+    # the per-layer prediction does not show the shift that accumulates through the quantized network
+    rows = {m.group(1): [float(m.group(i)) for i in range(2, 6)] for m in re.finditer(
+        r"^(\S+)\s+W6 mean \|shift\|: own ([\d.]+), accumulated ([\d.]+), accumulated after analytic correction "
+        r"([\d.]+); corr\(predicted, accumulated\) ([\d.-]+)", text, flags=re.M)}
+    assert len(rows) == 4, rows
+    own, acc, left, corr = rows["_blocks.2._project_conv"]
+    assert acc > 2 * own and corr < 0.6 and left < acc, rows["_blocks.2._project_conv"]
+    assert rows["_blocks.0._depthwise_conv"][3] > 0.95  # the first layers: nothing accumulated yet
 
 
 def _check_06(text: str) -> None:
     assert "by hand == kernels.reference.int8_gemm: True" in text
+    assert re.search(r"my_int8_gemm \((Triton interpreter|GPU)\) == kernels\.reference\.int8_gemm: True", text)
+    assert "def round_clamp" in text  # the shared epilogue is shown
+    assert "exercise 1: m = 3e-4: 0 outputs differ" in text  # round half up vs half to even: only ties differ
+    assert _num(r"m = 2\^-10: (\d+) of \d+ differ, each by 1", text) > 0
+    assert "half to even  : [0, 2, 2, 4, 4, 6, 6, 8]" in text and "exercise 2: grouped order, bit-exact: True" in text
     assert "tiled NumPy == reference: True | Triton == reference: True" in text
     assert len(re.findall(r"^bit-exact ", text, flags=re.M)) == 4 and "MISMATCH" not in text
     assert "logits equal to the simulation's bit for bit: True" in text
@@ -360,6 +398,53 @@ def _output_text(nb) -> str:
 
 def test_notebooks_found() -> None:
     assert len(NOTEBOOKS) == 7, [p.name for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_notebook_is_fresh(path: Path) -> None:
+    """The committed notebook carries the outputs of its current code (``make notebooks`` wrote them
+    and recorded the hash of its code cells): edited code without regenerated outputs fails here.
+    Reads the file only; executing the chapters is :func:`test_notebook_runs`'s job."""
+    from dfq_gpu.tutorial._build import METADATA_KEY, code_hash, missing_outputs
+
+    nb = nbformat.read(path, as_version=4)
+    assert not missing_outputs(nb), f"{path.name}: {missing_outputs(nb)}; run `make notebooks`"
+    recorded = nb.metadata[METADATA_KEY]["code_sha256"]
+    assert recorded == code_hash(nb), (f"{path.name}: its code cells changed since `make notebooks` produced its "
+                                       "outputs; run `make notebooks` (or python -m dfq_gpu.tutorial._build {path})")
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{path.name} was stored with an error output"
+    # a static figure before every widget: each cell that shows a widget also shows a PNG before it
+    for i, cell in enumerate(nb.cells):
+        kinds = [next(iter(o.get("data", {})), None) for o in cell.get("outputs", []) if o.get("data")]
+        widgets = [o for o in cell.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+                   and "%|" not in str(o["data"].get("text/plain", ""))]  # a tqdm progress bar is no explorer
+        if widgets:
+            assert "image/png" in [k for o in cell["outputs"] for k in o.get("data", {})], \
+                f"{path.name} cell {i}: a widget without a static figure before it ({kinds})"
+
+
+#: Statements the notebooks used to get wrong, checked in the committed text (cheap).
+CORRECTED = {
+    "01_quantization_basics": (["w.amin(1)"], []),
+    "02_per_tensor_quantization": (["one image is worth **5 points**", "63% top-1"],
+                                   ["0.6 points", "most stay within", "Why per-tensor int8 breaks"]),
+    "03_cross_layer_equalization": (["**product** of the", "relative* ranges are equal"],
+                                    ["maximizes the sum\nof the channels' precisions"]),
+    "05_bias_correction": (["about a minute", "accumulated"], ["about half a minute"]),
+    "06_int8_triton_kernels": (["libdevice.rint", "**only under the interpreter**", "@triton.jit"], []),
+}
+
+
+@pytest.mark.parametrize("stem", sorted(CORRECTED))
+def test_corrected_statements(stem: str) -> None:
+    nb = nbformat.read(NOTEBOOK_DIR / f"{stem}.ipynb", as_version=4)
+    text = "\n".join(c.source for c in nb.cells)
+    must, must_not = CORRECTED[stem]
+    for phrase in must:
+        assert phrase in text, (stem, phrase)
+    for phrase in must_not:
+        assert phrase not in text, (stem, phrase)
 
 
 def test_ablation_rows_computed_then_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

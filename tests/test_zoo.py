@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -47,15 +49,34 @@ def test_lite12_load_with_their_input_size(name, size):
 
 
 def test_torchvision_by_name_and_weights_file(tmp_path):
-    model, pre = zoo.load_model("resnet18")
+    with pytest.warns(zoo.RandomWeightsWarning, match="RANDOM WEIGHTS: resnet18"):
+        model, pre = zoo.load_model("resnet18")
     assert isinstance(model, nn.Module) and not model.training and pre.size == 224
+    assert "randomly initialised" in zoo.random_weights_note(model)
     path = tmp_path / "r18.pth"
     torch.save(model.state_dict(), path)
-    again, _ = zoo.load_model("resnet18", weights=path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", zoo.RandomWeightsWarning)  # trained weights given: no warning
+        again, _ = zoo.load_model("resnet18", weights=path)
+    assert zoo.random_weights_note(again) is None
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
-    seg, _ = zoo.load_model("deeplabv3_mobilenet_v3_large")
+    with pytest.warns(zoo.RandomWeightsWarning):
+        seg, _ = zoo.load_model("deeplabv3_mobilenet_v3_large")
     assert hasattr(seg, "backbone")
+
+
+def test_random_weights_are_a_line_of_the_ablation_table():
+    """The ablation table (``dfq-gpu demo``, the notebooks) of a model with random weights says so."""
+    from dfq_gpu.ablation import AblationResult, format_table
+
+    with pytest.warns(zoo.RandomWeightsWarning):
+        model, _ = zoo.load_model("resnet18")
+    res = AblationResult(model="resnet18", n=4, notes=[zoo.random_weights_note(model)])
+    res.rows.append({"name": "FP32", "top1": 0.0, "top5": 0.0, "agreement": 1.0, "sqnr_db": None,
+                     "quantize_seconds": 0.0, "uses_data": False})
+    assert "WARNING: RANDOM WEIGHTS: resnet18" in format_table(res)
+    assert "WARNING: RANDOM WEIGHTS: resnet18" in format_table(res, markdown=True)
 
 
 def tiny_factory():
@@ -86,7 +107,8 @@ def test_bad_weights_files(tmp_path):
     with pytest.raises(zoo.BadCheckpoint, match="not a PyTorch checkpoint"):
         zoo.load_model("resnet18", weights=junk)
     good = tmp_path / "good.pth"
-    torch.save(zoo.load_model("resnet18")[0].state_dict(), good)
+    with pytest.warns(zoo.RandomWeightsWarning):
+        torch.save(zoo.load_model("resnet18")[0].state_dict(), good)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(zoo.BadCheckpoint):

@@ -7,7 +7,7 @@ so that the notebooks stay short and everything they show is importable and test
 - :mod:`~dfq_gpu.tutorial.ch02_per_tensor`: per-channel ranges after BN folding
   (:class:`ChannelRangeExplorer`);
 - :mod:`~dfq_gpu.tutorial.ch03_equalization`: cross-layer equalization sweep by sweep
-  (:class:`CLEStepper`, :class:`CLEExplorer`);
+  (:class:`CLEStepper`, :class:`CLEExplorer`, :class:`EqualizationExplorer`, which reruns it);
 - :mod:`~dfq_gpu.tutorial.ch04_absorption`: bias absorption (:class:`AbsorptionExplorer`);
 - :mod:`~dfq_gpu.tutorial.ch05_bias_correction`: bias correction (:class:`BiasCorrectionExplorer`);
 - :mod:`~dfq_gpu.tutorial.ch06_int8_kernels`: the int8 GEMM tile by tile, bit-exact checks, the

@@ -44,6 +44,11 @@ def show_figure(out: Any, fig: Any) -> None:
         out.clear_output(wait=True)
         display(fig)
     plt().close(fig)
+    _LAST_FIGURE[id(out)] = fig  # for Explorer.snapshot
+
+
+#: The last figure drawn into each output area (by ``id``), for :meth:`Explorer.snapshot`.
+_LAST_FIGURE: dict[int, Any] = {}
 
 
 class Explorer:
@@ -86,6 +91,19 @@ class Explorer:
         finally:
             self.progress.value = self.progress.max
             self.progress.layout.visibility = "hidden"
+
+    def snapshot(self) -> Any:
+        """Show what the widget shows now as plain outputs (its result line as HTML, its figure as
+        a PNG), so that a notebook stored with its outputs reads without a kernel (GitHub renders
+        no live widgets). Returns the figure."""
+        from IPython.display import HTML, display
+
+        fig = _LAST_FIGURE.get(id(self.out))
+        if self.text.value:
+            display(HTML(self.text.value))
+        if fig is not None:
+            display(fig)
+        return fig
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

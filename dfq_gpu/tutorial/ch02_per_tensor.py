@@ -1,4 +1,4 @@
-"""Chapter 2, why per-tensor int8 breaks MobileNet-style networks: the per-channel weight ranges
+"""Chapter 2, what per-tensor int8 does to MobileNet-style networks: the per-channel weight ranges
 of a BN-folded layer against one per-tensor grid (:func:`levels_per_channel`,
 :func:`plot_channel_boxplot`, :func:`plot_layer_sqnr`), and :class:`ChannelRangeExplorer`."""
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..config import DFQConfig
 from . import _widgets as ui
 
-__all__ = ["CLESnapshot", "CLEStepper", "plot_cle_region", "CLEExplorer"]
+__all__ = ["CLESnapshot", "CLEStepper", "plot_cle_region", "CLEExplorer", "EqualizationExplorer"]
 
 
 @dataclass
@@ -115,10 +115,16 @@ class CLEStepper:
         return f"{k}: {r.name} [{r.channels} ch]{tag}"
 
     def precision(self, k: int, sweep: int | None = None) -> tuple[float, float]:
-        """The paper's objective for region ``k``: mean per-channel precision ``r_i / R`` of the
-        source outputs and of the sink inputs."""
+        """Mean per-channel precision ``p_i = r_i / R`` of region ``k``'s source outputs and of its
+        sink inputs (each channel's range relative to its tensor's largest)."""
         a, b = self.region_ranges(k, sweep)
         return float(a.mean()), float(b.mean())
+
+    def objective(self, k: int, sweep: int | None = None) -> float:
+        """The paper's objective for region ``k``: the sum over channels of the *product* of the two
+        sides' precisions, ``sum_i p1_i p2_i`` (maximal, for a pair, when ``s_i = sqrt(r1_i / r2_i)``)."""
+        a, b = self.region_ranges(k, sweep)
+        return float(np.sum(a * b))
 
 
 def plot_cle_region(stepper: Any, k: int, sweep: int) -> Any:
@@ -189,11 +195,112 @@ class CLEExplorer(ui.Explorer):
         with self.busy("plotting"):
             st = self.stepper
             p0, p = st.precision(region, 0), st.precision(region, sweep)
+            o0, o = st.objective(region, 0), st.objective(region, sweep)
             s = st.history[sweep].total_scales[region]
             self.text.value = (
-                f"after <b>{sweep}</b> sweeps: mean channel precision r<sub>i</sub>/R of the sources "
-                f"{p0[0]:.3f} &rarr; <b>{p[0]:.3f}</b>, of the sinks {p0[1]:.3f} &rarr; <b>{p[1]:.3f}</b> "
-                f"(sum {sum(p0):.3f} &rarr; <b>{sum(p):.3f}</b>); scales from {s.min():.3g} to {s.max():.3g}")
+                f"after <b>{sweep}</b> sweeps: the paper's objective &sum;<sub>i</sub> p1<sub>i</sub> p2<sub>i</sub> "
+                f"(product of the two sides' channel precisions r<sub>i</sub>/R) {o0:.3f} &rarr; <b>{o:.3f}</b>; "
+                f"mean precision of the sources {p0[0]:.3f} &rarr; {p[0]:.3f}, of the sinks {p0[1]:.3f} &rarr; "
+                f"{p[1]:.3f}; scales from {s.min():.3g} to {s.max():.3g}" + self._extra_text())
             ui.show_figure(self.out, plot_cle_region(st, region, sweep))
-            res = {"precision_before": p0, "precision": p, "scales": s}
+            res = {"precision_before": p0, "precision": p, "objective_before": o0, "objective": o, "scales": s}
         return res
+
+    def _extra_text(self) -> str:
+        return ""
+
+
+class EqualizationExplorer(CLEExplorer):
+    """:class:`CLEExplorer` that reruns the real equalization whenever its guards change: the
+    ReLU6 mode, the objective, the scale bound and the dead-channel threshold (the ``relu6`` and
+    ``cle_*`` fields of :class:`~dfq_gpu.DFQConfig`). Each setting runs a fresh
+    :class:`CLEStepper` to convergence (the package's own sweeps) and quantizes the network with
+    the same settings (8-bit weights and activations, one scale per tensor, CLE only: no
+    absorption or bias correction) to measure its logit SQNR against FP32 on ``probe`` images.
+    Results are cached per setting (a few seconds each on two CPU cores)."""
+
+    BOUNDS = (("none", None), ("4", 4.0), ("16", 16.0), ("64", 64.0))
+    DEAD = (("0 (no guard)", 0.0), ("1e-3", 1e-3), ("1e-2", 1e-2))
+
+    def __init__(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], probe: torch.Tensor, *,
+                 input_range: tuple[float, float] | None = None, relu6: str = "clip", objective: str = "weights",
+                 bound: float | None = None, dead_threshold: float = 1e-3, region: int = 0, sweep: int | None = None,
+                 sweeps: int = 20, stepper: CLEStepper | None = None) -> None:
+        from ..evaluate import collect_outputs
+
+        self.model, self.example, self.probe = model, example_inputs, probe
+        self.input_range, self.sweeps = input_range, sweeps
+        self.reference = collect_outputs(model, probe)
+        self.cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+        key = (relu6, objective, bound, dead_threshold)
+        if stepper is not None:  # an already-run stepper with exactly these settings
+            self.cache[key] = {"stepper": stepper}
+        self.stepper = self._result(key)["stepper"]
+        super().__init__(self.stepper, region=region, sweep=sweep)
+        W = ui.widgets()
+        self.relu6 = ui.control("ToggleButtons", options=["clip", "replace", "keep"], value=relu6, description="ReLU6")
+        self.objective_mode = ui.control("ToggleButtons", options=["weights", "weights+acts"], value=objective,
+                                         description="objective")
+        self.bound = ui.control("Dropdown", options=list(self.BOUNDS), value=bound, description="scale bound",
+                                layout=W.Layout(width="180px"))
+        self.dead = ui.control("Dropdown", options=list(self.DEAD), value=dead_threshold, description="dead threshold",
+                               layout=W.Layout(width="220px"))
+        settings = [self.relu6, self.objective_mode, self.bound, self.dead]
+        self._init_ui([], rows=[settings[:2], settings[2:], [self.region], [self.sweep]])
+        for c in settings:
+            c.observe(lambda _change: self.rerun(), names="value")
+        self.refresh()
+
+    def settings(self) -> tuple[Any, ...]:
+        return (self.relu6.value, self.objective_mode.value, self.bound.value, self.dead.value)
+
+    def _result(self, key: tuple[Any, ...], advance: Any = None) -> dict[str, Any]:
+        from ..api import quantize
+        from ..evaluate import evaluate
+
+        res = self.cache.setdefault(key, {})
+        relu6, objective, bound, dead = key
+        if "stepper" not in res:
+            if advance:
+                advance("equalizing")
+            st = CLEStepper(self.model, self.example, relu6=relu6, bound=bound, dead_threshold=dead,
+                            input_range=self.input_range, objective=objective)
+            st.run(self.sweeps)
+            res["stepper"] = st
+        if "metrics" not in res:
+            if advance:
+                advance("quantizing W8A8 and measuring the SQNR")
+            cfg = DFQConfig(relu6=relu6, cle_objective=objective, cle_scale_bound=bound, cle_dead_threshold=dead,
+                            absorb_bias=False, bias_correction="none", input_range=self.input_range)
+            q = quantize(self.model, self.example, cfg)
+            res["metrics"] = evaluate(q, self.probe, reference=self.reference, progress=False)
+        return res
+
+    def rerun(self) -> dict[str, Any]:
+        """Equalize (and quantize) with the current settings, then redraw."""
+        out: dict[str, Any] = {}
+        with self.busy("rerunning the equalization", steps=2) as advance:
+            res = self._result(self.settings(), advance)
+            self.stepper = res["stepper"]
+            self._quiet = True
+            try:
+                keep = self.region.value or 0
+                self.region.options = [(self.stepper.region_label(k), k) for k in range(len(self.stepper.regions))]
+                self.region.value = min(keep, len(self.stepper.regions) - 1)
+                self.sweep.max = len(self.stepper.history) - 1
+                self.sweep.value = self.sweep.max
+            finally:
+                self._quiet = False
+            out = res
+        self.refresh()
+        return out
+
+    def refresh(self) -> None:
+        if getattr(self, "_quiet", False) or not hasattr(self, "relu6"):
+            return
+        super().refresh()
+
+    def _extra_text(self) -> str:
+        m = self._result(self.settings())["metrics"]
+        return (f"<br>W8A8 network with these CLE settings (no absorption or bias correction), against FP32 on "
+                f"{m.n} images: logit SQNR <b>{m.sqnr_db:.2f} dB</b>, agreement {m.agreement:.3f}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 from .. import formulas as fm
@@ -135,8 +136,22 @@ class AbsorptionExplorer(ui.Explorer):
     """
 
     def __init__(self, model: nn.Module, gm: nn.Module, layers: Sequence[str] | None = None, n_sigmas: float = 3.0,
-                 act_sigmas: float | None = None) -> None:
+                 act_sigmas: float | None = None, probe: torch.Tensor | None = None,
+                 example_inputs: tuple[torch.Tensor, ...] | None = None) -> None:
         from ..config import DFQConfig
+
+        # with probe images: every (n, mode) is also quantized (W8A8 per tensor, CLE + absorption with
+        # that n, no bias correction) and its logit SQNR against FP32 shown, cached per setting
+        self.model, self.probe, self.example = model, probe, example_inputs
+        self.base_config = getattr(gm, "dfq_config", DFQConfig())
+        self.network: dict[tuple[float, bool], Any] = {}
+        self.reference = None
+        if probe is not None:
+            from ..evaluate import collect_outputs
+
+            self.reference = collect_outputs(model, probe)
+            if self.example is None:
+                self.example = (probe[:1],)
 
         if act_sigmas is None:
             act_sigmas = getattr(gm, "dfq_config", DFQConfig()).act_range_sigmas
@@ -184,5 +199,26 @@ class AbsorptionExplorer(ui.Explorer):
                 + ("exact: the float network is unchanged" if exact else
                    f"paper: a shifted channel's output changes where z &lt; c (on average {v.frac_changed:.3%} "
                    "of a channel's values)"))
+            if self.probe is not None:
+                m = self.network_metrics(n_sigmas, exact)
+                self.text.value += (f"<br>the W8A8 network (per tensor, CLE + absorption with n = {n_sigmas:g}, no bias "
+                                    f"correction) against FP32 on {m.n} images: logit SQNR <b>{m.sqnr_db:.2f} dB</b>, "
+                                    f"agreement {m.agreement:.3f}")
             ui.show_figure(self.out, plot_absorption(v, layer, n_sigmas, (ns, np.array(widths_e), np.array(widths_p))))
         return v
+
+    def network_metrics(self, n_sigmas: float, exact: bool = True) -> Any:
+        """Logit SQNR and agreement of the whole W8A8 network quantized with absorption at ``n_sigmas``
+        (``exact`` or the paper's variant), CLE as configured, no bias correction; on the probe images."""
+        from ..api import quantize
+        from ..evaluate import evaluate
+
+        if self.probe is None:
+            raise ValueError("no probe images: pass probe= to measure the network")
+        key = (float(n_sigmas), bool(exact))
+        if key not in self.network:
+            cfg = self.base_config.replace(absorb_bias=True, absorb_sigmas=float(n_sigmas), absorb_exact=bool(exact),
+                                           bias_correction="none")
+            q = quantize(self.model, self.example, cfg)
+            self.network[key] = evaluate(q, self.probe, reference=self.reference, progress=False)
+        return self.network[key]

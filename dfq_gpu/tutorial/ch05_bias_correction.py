@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from . import _widgets as ui
 
-__all__ = ["layer_output_bias", "plot_layer_bias", "BiasCorrectionExplorer"]
+__all__ = ["layer_output_bias", "network_output_shift", "plot_layer_bias", "BiasCorrectionExplorer"]
 
 
 @torch.no_grad()
@@ -47,6 +47,40 @@ def layer_output_bias(float_gm: nn.Module, q_gm: nn.Module, inputs: torch.Tensor
         for h in handles:
             h.remove()
     return {n: (sums[n] / counts[n]).numpy() for n in names if n in sums}
+
+
+@torch.no_grad()
+def network_output_shift(float_gm: nn.Module, q_gm: nn.Module, inputs: torch.Tensor,
+                         layers: Sequence[str] | None = None, batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Per output channel ``E[y_q - y]`` of each layer with each network running on its own inputs:
+    the quantized layer sees the quantized network's activations, so this is the shift that has
+    *accumulated* through the quantized network up to and including the layer (what the output
+    of the whole network sees), unlike :func:`layer_output_bias`."""
+    names = list(layers) if layers is not None else list(float_gm.report.layers)
+
+    def means(gm: nn.Module) -> dict[str, torch.Tensor]:
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+
+        def hook(name: str) -> Callable[..., None]:
+            def f(_m: nn.Module, _args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+                d = out.double()
+                dims = [i for i in range(d.dim()) if i != 1]
+                sums[name] = sums.get(name, 0) + d.sum(dim=dims)
+                counts[name] = counts.get(name, 0) + d.numel() // d.shape[1]
+            return f
+
+        handles = [gm.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+        try:
+            for i in range(0, len(inputs), batch_size):
+                gm(inputs[i:i + batch_size])
+        finally:
+            for h in handles:
+                h.remove()
+        return {n: sums[n] / counts[n] for n in names if n in sums}
+
+    f, q = means(float_gm), means(q_gm)
+    return {n: (q[n] - f[n]).numpy() for n in names if n in f and n in q}
 
 
 def plot_layer_bias(names: Sequence[str], before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray],
@@ -138,8 +172,9 @@ class BiasCorrectionExplorer(ui.Explorer):
             if advance:
                 advance("measuring the output error of every layer")
             bias = layer_output_bias(self.float_gm, q, self.probe, self.names)
+            accumulated = network_output_shift(self.float_gm, q, self.probe, self.names)
             predicted = {n: q.report.layers[n].bias_correction for n in self.names}
-            self.cache[key] = {"metrics": metrics, "bias": bias, "predicted": predicted}
+            self.cache[key] = {"metrics": metrics, "bias": bias, "predicted": predicted, "accumulated": accumulated}
         return self.cache[key]
 
     def sweep(self, metric: str = "sqnr_db") -> dict[tuple[int, str], float]:

@@ -244,15 +244,18 @@ def ablation(names: Sequence[str], model: nn.Module | None = None, data: torch.u
     """
     if use_results_file is None:
         use_results_file = os.environ.get("DFQ_TUTORIAL_USE_RESULTS", "1") != "0"
+    views = 1
     if model is None or data is None:
         model, pre = lite0()
         data = imagenet(pre)
+        views = 8  # the ImageNet sample: 20 images, 8 views each
         input_range = pre.input_range if input_range is None else input_range
     n = len(data.tensors[0])
     if use_results_file:
         found = _from_results_file(names, model_name, n, results_dir(results))
         if found is not None:
             res, path = found
+            res.views_per_image = views
             return res, f"read from {_shown_path(path)} (python -m dfq_gpu demo --out ...)"
     rows = ablation_rows(names)
     cache = _cache_dir()
@@ -281,7 +284,8 @@ def ablation(names: Sequence[str], model: nn.Module | None = None, data: torch.u
                         json.dumps(entry))
                 except OSError as exc:  # a read-only home: just do not cache
                     log.info("could not cache an ablation row: %s", exc)
-    out = AblationResult(model=model_name, n=n, rows=[computed.get(r.name) or cached[r.name] for r in rows])
+    out = AblationResult(model=model_name, n=n, rows=[computed.get(r.name) or cached[r.name] for r in rows],
+                         views_per_image=views)
     parts = []
     if computed:
         parts.append(f"computed {len(computed)} rows with dfq_gpu.ablation.run_ablation in {secs:.0f} s")
