@@ -2,7 +2,9 @@
 
 For every classification model of ``torchvision.models.list_models(module=torchvision.models)``
 under 100M parameters (random weights, randomized BN statistics, 10 classes, one small input),
-and the segmentation models of ``torchvision.models.segmentation``: ``dfq_gpu.quantize`` (data-free
+the segmentation models of ``torchvision.models.segmentation`` (their ``out`` tensor) and SSDLite
+(backbone and head; anchors, box decoding and NMS stay in float outside the quantized part):
+``dfq_gpu.quantize`` (data-free
 W8A8 per tensor), ``dfq_gpu.to_int8`` on the integer reference, and the int8 network against the
 simulation on the same input. Writes JSON (one record per model) and a Markdown table::
 
@@ -28,6 +30,7 @@ import torchvision
 import dfq_gpu as D
 
 SEGMENTATION = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50")
+DETECTION = ("ssdlite320_mobilenet_v3_large",)
 
 
 def _input_size(name: str) -> int:
@@ -35,12 +38,16 @@ def _input_size(name: str) -> int:
         return 224  # fixed position embeddings / windows
     if "inception" in name:
         return 80
+    if name in DETECTION:
+        return 128
     return 64
 
 
 def _model(name: str) -> torch.nn.Module:
     if name in SEGMENTATION:
         m = torchvision.models.get_model(name, num_classes=5, weights=None, weights_backbone=None, aux_loss=False)
+    elif name in DETECTION:
+        m = torchvision.models.get_model(name, num_classes=5, weights=None, weights_backbone=None)
     else:
         m = torchvision.models.get_model(name, num_classes=10)
     g = torch.Generator().manual_seed(0)
@@ -62,6 +69,20 @@ class _Out(torch.nn.Module):
         return self.m(x)["out"]
 
 
+class _DetectorCore(torch.nn.Module):
+    """An SSD's backbone and head: ``(box regression, class logits)``. What a user quantizes of a
+    detector; anchors, box decoding and NMS (``model.anchor_generator``, ``postprocess_detections``)
+    run in float on these outputs."""
+
+    def __init__(self, m: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = m.backbone, m.head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(list(self.backbone(x).values()))
+        return out["bbox_regression"], out["cls_logits"]
+
+
 def measure(name: str) -> dict[str, Any]:
     t0 = time.time()
     rec: dict[str, Any] = {"model": name}
@@ -73,6 +94,8 @@ def measure(name: str) -> dict[str, Any]:
             return rec
         if name in SEGMENTATION:
             m = _Out(m)
+        elif name in DETECTION:
+            m = _DetectorCore(m).eval()
         size = _input_size(name)
         x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
         q = D.quantize(m, (x,))
@@ -88,7 +111,8 @@ def measure(name: str) -> dict[str, Any]:
         rec["float_reasons"] = reasons
         with torch.no_grad():
             a, b = q(x), net(x)
-        rec["bit_exact"] = bool(torch.equal(a, b))
+        pairs = zip(a, b) if isinstance(a, tuple) else [(a, b)]
+        rec["bit_exact"] = all(bool(torch.equal(u, v)) for u, v in pairs)
         if name in SEGMENTATION:
             ref = m(x)
             rec["mask_agreement"] = float((a.argmax(1) == ref.argmax(1)).float().mean())
@@ -121,17 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)
     torch.manual_seed(0)
-    names = args.only or [*torchvision.models.list_models(module=torchvision.models), *SEGMENTATION]
+    names = args.only or [*torchvision.models.list_models(module=torchvision.models), *SEGMENTATION, *DETECTION]
     records = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
         rec = measure(name)
         print(json.dumps(rec), flush=True)
         records.append(rec)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": "2-core CPU, integer reference backend", "torch": torch.__version__,
-                               "torchvision": torchvision.__version__, "records": records}, indent=1))
-    out.with_suffix(".md").write_text(table(records) + "\n")
+        # written after every model, so an interrupted sweep keeps what it measured
+        out.write_text(json.dumps({"machine": "2-core CPU, integer reference backend", "torch": torch.__version__,
+                                   "torchvision": torchvision.__version__, "records": records}, indent=1))
+        out.with_suffix(".md").write_text(table(records) + "\n")
     return 0
 
 
