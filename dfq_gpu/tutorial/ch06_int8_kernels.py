@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from kernels import reference as kref
+
 from . import _widgets as ui
 from .common import results_dir, timer
 
@@ -104,11 +106,12 @@ def gemm_tiled(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, multiplier
         acc += folded[cols][None, :]
         acc -= row_sum[:, None] * zw[cols][None, :]
         acc = ((acc + 2**31) % 2**32) - 2**31  # int32 two's complement, as the kernel's accumulator
-        # epilogue: one float32 multiply, clamp, round half to even, zero point, clamp
-        t = acc.astype(np.float32) * m[cols][None, :]
-        t = np.clip(t, np.float32(lo - z_y - 1), np.float32(hi - z_y + 1))
-        q = np.rint(t).astype(np.int64) + z_y
-        y[rows, cols] = np.clip(q, lo, hi).astype(np.int8)
+        # the epilogue (one float32 multiply, round half to even, zero point, clamp) is the
+        # contract's own: kernels.reference.requantize, not a copy of it
+        y[rows, cols] = kref.requantize(torch.from_numpy(acc.astype(np.int32)),
+                                        torch.from_numpy(m[cols].copy()), z_y,
+                                        torch.tensor([lo], dtype=torch.int32),
+                                        torch.tensor([hi], dtype=torch.int32)).numpy()
     return y
 
 
