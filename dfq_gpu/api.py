@@ -56,6 +56,11 @@ def _build_workspace(model: nn.Module, example_inputs: tuple[Any, ...], cfg: DFQ
     work.eval()
     gm = trace_model(work, example_inputs, leaf_modules=leaf_modules)
     report = Report(config=cfg.to_dict())
+    from .zoo import random_weights_note  # a model loaded without pretrained weights says so in the report
+
+    note = random_weights_note(model)
+    if note is not None:
+        report.step(f"WARNING: {note}")
     ws = Workspace(gm=gm, cfg=cfg, example_inputs=example_inputs, report=report)
     nodes = ws.layer_nodes()
     if not nodes:

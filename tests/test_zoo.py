@@ -77,6 +77,13 @@ def test_random_weights_are_a_line_of_the_ablation_table():
                      "quantize_seconds": 0.0, "uses_data": False})
     assert "WARNING: RANDOM WEIGHTS: resnet18" in format_table(res)
     assert "WARNING: RANDOM WEIGHTS: resnet18" in format_table(res, markdown=True)
+    # and a line of the report of prepare / quantize
+    tiny = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    object.__setattr__(tiny, zoo.RANDOM_WEIGHTS_ATTR, zoo.random_weights_note(model))
+    from dfq_gpu import DFQConfig, prepare
+
+    rep = prepare(tiny, (torch.zeros(1, 3, 8, 8),), DFQConfig()).report
+    assert any(s.startswith("WARNING: RANDOM WEIGHTS: resnet18") for s in rep.steps), rep.steps
 
 
 def tiny_factory():
