@@ -41,7 +41,7 @@ REGIONS = {
     "mobilenet_v3_large": {"clip": (24, 5), "keep": (24, 5)},
     "resnet18": {"clip": (12, 4), "keep": (12, 4)},
     "resnet50": {"clip": (37, 4), "keep": (37, 4)},
-    "efficientnet_b0": {"clip": (2, 0), "keep": (2, 0)},
+    "efficientnet_b0": {"clip": (7, 5), "keep": (7, 5)},  # stochastic depth (identity in eval) no longer ends regions
     "mnasnet1_0": {"clip": (42, 5), "keep": (42, 5)},
     "shufflenet_v2_x1_0": {"clip": (37, 0), "keep": (37, 0)},
     "regnet_x_400mf": {"clip": (49, 4), "keep": (49, 4)},
