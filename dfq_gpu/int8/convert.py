@@ -38,6 +38,22 @@ How each node of the simulation is mapped
   unchanged; a flatten of an NHWC tensor with ``H W > 1`` is taken in NCHW order, as in the
   simulation. ``x.size()`` / ``x.shape`` report NCHW sizes, and arithmetic on such Python values
   is copied as it is.
+* ``QLookup`` (an activation with no integer form between two quantizers) + ``FakeQuant``:
+  ``int8_lut`` with the simulation's table; a ``FakeQuant`` on an int8 tensor (a second
+  quantizer): the table of that requantization.
+* ``QMul`` (the squeeze-excitation gate, elementwise products) + ``FakeQuant``: ``int8_mul``.
+* ``torch.cat`` along channels + ``FakeQuant``: each input mapped into its slice of the output by
+  its requantization table (``int8_lut`` with an output offset), or copied when on the output's
+  grid; other concatenations and the ops that only move values (view, transpose, chunk,
+  getitem, ...) run on the int8 tensors in NCHW order, their quantization unchanged.
+* grouped convolutions: one dense convolution per group; dilated convolutions (stride 1): the
+  input's phases convolved without dilation; ``QAvgPool2d``: ``int8_avgpool2d``; nearest
+  upsampling: ``int8_upsample_nearest``; linear layers on ``[..., K]``.
+* anything else (with ``fallback=True``, the default): the simulation's own module or function,
+  in float32, on the dequantized values of its int8 inputs (contiguous NCHW, bit-identical to
+  the simulation's), its result quantized at the simulation's next ``FakeQuant`` (the
+  simulation's arithmetic, so the result is the simulation's); ``Int8Network.coverage`` lists
+  these nodes with the reason.
 * output: int8 tensors are dequantized (``(q - z) * s`` in float32, bit-identical to the
   simulation's last ``FakeQuant``), 4-D results are returned as NCHW.
 
