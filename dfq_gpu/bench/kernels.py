@@ -466,7 +466,7 @@ def _compile_sm90(fn, runtime: Dict[str, Any], constexprs: Dict[str, Any], div16
 
 def compile_only(all_configs: bool) -> Dict[str, Any]:
     """Compile every kernel for cuda:90 (one config each, or every autotune config)."""
-    from kernels import conv, depthwise, elementwise, gemm, pool
+    from kernels import conv, depthwise, elementwise, gemm, lut, pool
 
     if _config.INTERPRETED:
         raise SystemExit("--compile-only must run without TRITON_INTERPRET (in a fresh process)")
@@ -503,6 +503,12 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
                      dict(KH=3, KW=3, HAS_WZP=True, **flags), ["C"], cfg))  # fmt: skip
         mp_rt = {k: v for k, v in dw_rt.items() if k in pool._int8_maxpool_kernel.arg_names}
         jobs.append(("maxpool 3x3", pool._int8_maxpool_kernel, mp_rt, dict(KH=3, KW=3), ["C"], cfg))
+        mpd_rt = {**mp_rt, "dil_h": 0, "dil_w": 0}
+        jobs.append(("maxpool dilated 3x3", pool._int8_maxpool_dilated_kernel, mpd_rt, dict(KH=3, KW=3), ["C"], cfg))
+        ap_rt = dict(x_ptr=i8, y_ptr=i8, mult_ptr=f32, B=0, H=0, W=0, C=0, OH=0, OW=0, stride_h=0, stride_w=0,
+                     pad_top=0, pad_bottom=0, pad_left=0, pad_right=0, z_x=0, z_y=0, lo=0, hi=0, P_BUCKET=0)
+        jobs.append(("avgpool2d 3x3", pool._int8_avgpool2d_kernel, ap_rt,
+                     dict(KH=3, KW=3, COUNT_INCLUDE_PAD=False, USE_RINT=True), ["C"], cfg))  # fmt: skip
     single = triton.Config({}, num_warps=_config.ELEMENTWISE_GPU_WARPS, num_stages=1)
     block = dict(BLOCK=_config.ELEMENTWISE_GPU_BLOCK)
     jobs += [
@@ -513,6 +519,12 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
          dict(GATHER=True, USE_RINT=True, **block), [], single),
         ("dequantize", elementwise._dequantize_kernel, dict(q_ptr=i8, y_ptr=f32, n_elements=0, scale=1.0, z=0),
          block, [], single),
+        ("lut into slice", lut._int8_lut_kernel, dict(x_ptr=i8, table_ptr=i8, y_ptr=i8, n_elements=0, C=0, C_out=0,
+         channel_offset=0), dict(SLICE=True, **block), [], single),
+        ("mul gate", elementwise._int8_mul_kernel, dict(x_ptr=i8, g_ptr=i8, y_ptr=i8, n_elements=0, HWC=0, C=0,
+         z_x=0, z_g=0, m=1.0, z_y=0, lo=0, hi=0), dict(PER_CHANNEL=True, USE_RINT=True, **block), [], single),
+        ("upsample nearest", pool._int8_upsample_nearest_kernel, dict(x_ptr=i8, y_ptr=i8, n_elements=0, H=0, W=0,
+         C=0, OH=0, OW=0, mode_h=0, scale_h=1.0, mode_w=0, scale_w=1.0), block, [], single),
         ("avgpool", pool._int8_avgpool_kernel, dict(x_ptr=i8, y_ptr=i8, mult_ptr=f32, lo_ptr=i32, hi_ptr=i32, HW=0,
          C=0, stride_mult=0, stride_lo=0, stride_hi=0, z_x=0, z_y=0), dict(USE_RINT=True, **_config.AVGPOOL_GPU_META),
          ["C"], triton.Config({}, num_warps=_config.AVGPOOL_GPU_WARPS, num_stages=1)),
