@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from kernels import reference as kref
 
-from .nn import ELEMENTWISE, ChannelClamp, FakeQuant, fake_quant_tensor
+from .nn import ELEMENTWISE, ChannelClamp, FakeQuant, fake_quant_tensor, grid_values
 from .quant.requant import avgpool_float_scale, avgpool_multiplier
 
 __all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool", "QAvgPool2d", "QLookup", "QMul",
@@ -467,8 +467,7 @@ class QLookup(nn.Module):
         fq_out = FakeQuant(*self.y)
         self.x_qmin, self.x_qmax = fx_in.qmin, fx_in.qmax
         with torch.no_grad():
-            codes = torch.arange(fx_in.qmin, fx_in.qmax + 1, dtype=torch.float32)
-            v = (codes - fx_in.zero_point) * fx_in.scale  # FakeQuant's dequantization
+            v = grid_values(torch.arange(fx_in.qmin, fx_in.qmax + 1), self.x[0], self.x[1])
             y = fq_out(ELEMENTWISE[self.fn](v, **self.fn_kwargs).to(torch.float32))
             rel = (y * torch.reciprocal(fq_out.scale)).round_()
         self.register_buffer("table", rel)
@@ -526,12 +525,8 @@ class QMul(nn.Module):
 
     @torch.no_grad()
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ac = _centered(a, self.a_scale, *self.a_range)
-        bc = _centered(b, self.b_scale, *self.b_range)
-        if self.acc_bound < kref.EXACT_FLOAT32:
-            acc = ac * bc  # integers below 2^24: exact
-        else:
-            acc = (ac.to(torch.float64) * bc.to(torch.float64)).to(torch.float32)
+        acc = kref.exact_product(_centered(a, self.a_scale, *self.a_range), _centered(b, self.b_scale, *self.b_range),
+                                 self.acc_bound)
         y = kref.requantize_centered(acc, _scalar(self.multiplier, acc.device), self.qmin - self.zero_point,
                                      self.qmax - self.zero_point)
         y = y.mul_(_scalar(self.y_scale, y.device))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .formulas import quant_grid
 
-__all__ = ["ChannelClamp", "FakeQuant", "fake_quant_tensor", "ELEMENTWISE", "elementwise_of_module"]
+__all__ = ["ChannelClamp", "FakeQuant", "fake_quant_tensor", "grid_values", "ELEMENTWISE", "elementwise_of_module"]
 
 
 def _prelu(x: torch.Tensor, weight: float) -> torch.Tensor:
@@ -122,6 +122,13 @@ def fake_quant_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     """
     q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
     return (q - zero_point) * scale
+
+
+def grid_values(codes: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """The float32 values ``(q - zero_point) * scale`` of integer codes ``q``, computed exactly as
+    :class:`FakeQuant` dequantizes (so they equal its outputs bit for bit)."""
+    return (codes.to(torch.float32) - torch.tensor(float(zero_point))) * torch.tensor(float(scale),
+                                                                                   dtype=torch.float32)
 
 
 class FakeQuant(nn.Module):

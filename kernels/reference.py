@@ -575,6 +575,15 @@ def exact_add(ac: Tensor, bc: Tensor, ia: int, ib: int, bound: int) -> Tensor:
 
 
 @torch.no_grad()
+def exact_product(ac: Tensor, bc: Tensor, bound: int) -> Tensor:
+    """``float32(ac bc)`` of centered integer tensors (float32, broadcasting), where ``bound``
+    bounds ``|ac bc|``: in float32 below 2^24 (exact), else in float64 rounded once."""
+    if bound < EXACT_FLOAT32:
+        return ac * bc
+    return (ac.to(torch.float64) * bc.to(torch.float64)).to(torch.float32)
+
+
+@torch.no_grad()
 def exact_sum(xc: Tensor, dims: Tuple[int, ...], bound: int) -> Tensor:
     """``float32(sum over dims of xc)`` of a centered integer tensor (float32), where ``bound``
     bounds the sum's magnitude: in float32 below 2^24 (every partial sum exact), else in float64."""
@@ -1038,12 +1047,12 @@ def int8_mul(
     ``multiplier`` (``s_x s_g / s_y``, used as its float32 value) and bounds.
     """
     z_x, z_g, m, z_y, lo, hi, per_channel = check_mul_args(x, g, z_x, z_g, multiplier, z_y, lo, hi)
-    gc = g.to(torch.int64) - z_g
+    gc = _centered(g, z_g, ())
     if per_channel:
         gc = gc[:, None, None, :]
-    acc = (x.to(torch.int64) - z_x) * gc
+    acc = exact_product(_centered(x, z_x, ()), gc, _x_bound(z_x) * _x_bound(z_g))
     m_t, lo_t, hi_t = _scalar_epilogue(m, lo, hi, x.device)
-    return requantize(acc.to(torch.int32), m_t, z_y, lo_t, hi_t)
+    return requantize(acc, m_t, z_y, lo_t, hi_t)
 
 
 def pool_output_size(

@@ -108,7 +108,7 @@ from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import is_layer_module
 from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QConv2d, QLinear, QLookup, QMul
-from ..nn import FakeQuant
+from ..nn import FakeQuant, grid_values
 from ..quant import requant
 from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
 from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, LayerPlan, LookupPlan, MulPlan, StepPlan,
@@ -116,6 +116,7 @@ from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, Lay
                           global_avgpool_problem, is_passthrough)
 from ..quant.simulate import stale_integer_steps
 from . import layers as L
+from .coverage import Coverage, measure_coverage
 
 __all__ = ["to_int8", "Int8ConversionError", "Int8Network", "Coverage"]
 
@@ -167,42 +168,6 @@ class Int8ConversionError(ValueError):
     def __init__(self, message: str, reason: Optional[str] = None) -> None:
         super().__init__(message)
         self.reason = message if reason is None else reason
-
-
-@dataclass(frozen=True)
-class Coverage:
-    """Where an integer network computes: ``placement`` maps every compute node of the
-    simulation (layers, activations, adds, pools, multiplies, concatenations, ...) to ``"int8"``
-    or to the reason it runs in float (fp32, between a dequantize and a quantize);
-    ``macs_int8`` / ``macs_total``: multiply-accumulates per image of the convolutions and linear
-    layers (from the shapes recorded at quantization)."""
-
-    placement: dict[str, str]
-    macs_int8: int
-    macs_total: int
-
-    @property
-    def float_nodes(self) -> dict[str, str]:
-        """The nodes that run in float, with the reason."""
-        return {k: v for k, v in self.placement.items() if v != "int8"}
-
-    @property
-    def int8_mac_fraction(self) -> float:
-        """The share of the multiply-accumulates that run in int8 (1.0 for a network without any)."""
-        return self.macs_int8 / self.macs_total if self.macs_total else 1.0
-
-    def summary(self) -> str:
-        """One line: how much runs in int8, and what runs in float."""
-        fl = self.float_nodes
-        text = (f"{len(self.placement) - len(fl)} of {len(self.placement)} ops in int8, "
-                f"{100 * self.int8_mac_fraction:.1f}% of MACs")
-        if fl:
-            by: dict[str, list[str]] = {}
-            for k, v in fl.items():
-                by.setdefault(v, []).append(k)
-            text += "; float: " + "; ".join(f"{', '.join(n[:4])}{' ...' if len(n) > 4 else ''} ({why})"
-                                            for why, n in by.items())
-        return text
 
 
 # =============================================================================================
@@ -267,27 +232,10 @@ def requant_table(src: _QParams, fq: FakeQuant, fn: Any, out: _QParams) -> torch
     ``fn`` applied, the simulation's quantizer ``fq`` applied, and the result's integer on
     ``out``'s grid in int8 storage. Codes outside ``src``'s grid (narrower than 8 bits) map as the
     grid's ends do."""
-    codes = (torch.arange(INT8_MIN, INT8_MAX + 1, dtype=torch.int64) + src.offset)
-    codes = codes.clamp(src.grid.qmin, src.grid.qmax).to(torch.float32)
-    scale = torch.tensor(src.grid.scale, dtype=torch.float32)
-    v = (codes - torch.tensor(float(src.grid.zero_point), dtype=torch.float32)) * scale
-    y = fq(fn(v)).to(torch.float32)
+    codes = (torch.arange(INT8_MIN, INT8_MAX + 1, dtype=torch.int64) + src.offset).clamp(src.grid.qmin, src.grid.qmax)
+    y = fq(fn(grid_values(codes, src.grid.scale, src.grid.zero_point))).to(torch.float32)
     rel = (y * torch.reciprocal(torch.tensor(out.scale, dtype=torch.float32))).round()
     return (rel + out.zero_point).clamp(out.lo, out.hi).to(torch.int8)
-
-
-def layer_macs(m: Optional[nn.Module], node: fx.Node) -> int:
-    """Multiply-accumulates per image of a convolution or linear layer (0 for anything else, or
-    without a recorded output shape)."""
-    shape = ops.tensor_shape(node)
-    if shape is None or len(shape) < 2:
-        return 0
-    per_output = 0
-    if isinstance(m, nn.Conv2d):
-        per_output = (m.in_channels // m.groups) * math.prod(m.kernel_size)
-    elif isinstance(m, nn.Linear):
-        per_output = m.in_features
-    return per_output * math.prod(shape[1:])
 
 
 # =============================================================================================
@@ -1086,17 +1034,7 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True
     conv = _Converter(q, backend, plan, fallback=fallback)
     with torch.inference_mode(False), torch.no_grad():
         net = conv.run()
-    placement: dict[str, str] = {}
-    macs_int8 = macs_total = 0
-    for node in q.graph.nodes:
-        if conv.is_bookkeeping(node):
-            continue
-        where = conv.float_nodes.get(node.name, "int8")
-        placement[node.name] = where
-        macs = layer_macs(node_module(q, node), node)
-        macs_total += macs
-        macs_int8 += macs if where == "int8" else 0
-    coverage = Coverage(placement, macs_int8, macs_total)
+    coverage = measure_coverage(q, conv.float_nodes, conv.is_bookkeeping)
     n_steps = sum(1 for n in net.graph.nodes if n.op == "call_module")
     log.info("built an int8 network with %d steps: %s", n_steps, coverage.summary())
     if coverage.float_nodes:
