@@ -17,6 +17,8 @@ import dfq_gpu
 from dfq_gpu import DFQConfig, DFQError, compare_layers, export_onnx, golden_activations, prepare, quantize, to_int8
 from dfq_gpu.cli import main as cli_main
 from dfq_gpu.export import ExportError, optimized_op_counts, quantized_tensor_names, run_onnx
+from dfq_gpu.export.onnx_qdq import exact_multiplier_scales
+from dfq_gpu.quant import requant
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_int8 import randomize_bn  # noqa: E402  (the int8 tests' BN randomization)
@@ -100,7 +102,10 @@ def test_qdq_layout(tiny):
     for name, fq in fqs.items():
         qn = prod[name]
         assert qn.op_type == "QuantizeLinear"
-        assert inits[qn.input[1]].dtype == np.float32 and float(inits[qn.input[1]]) == float(fq.scale)
+        # the quantizer's scale, or within a few units in the last place of it right after a
+        # fused layer (exact_multiplier_scales)
+        assert inits[qn.input[1]].dtype == np.float32
+        np.testing.assert_allclose(float(inits[qn.input[1]]), float(fq.scale), rtol=1e-6)
         zp = inits[qn.input[2]]
         assert zp.dtype == np.uint8 and int(zp) == int(fq.zero_point)  # asymmetric [0, 255] grids as uint8
         # every consumer reads its own DequantizeLinear
@@ -117,7 +122,7 @@ def test_qdq_layout(tiny):
         b, bs, bz = (inits[i] for i in b_dq.input)
         assert b.dtype == np.int32 and bz.dtype == np.int32 and not bz.any()
         s_x = inits[x_dq.input[1]]
-        np.testing.assert_allclose(bs, np.float32(float(s_x) * ws.astype(np.float64)), rtol=1e-7)
+        np.testing.assert_array_equal(bs, (np.float32(s_x) * ws).astype(np.float32))
         # the residual add's inputs and the pool's are dequantized codes too
     for n in g.node:
         if n.op_type in ("Add", "GlobalAveragePool"):
@@ -127,6 +132,11 @@ def test_qdq_layout(tiny):
     assert len(maxes) == 2
     for n in maxes:
         assert inits[n.input[1]].shape == (1, 8, 1, 1)
+        # on the codes: Conv -> QuantizeLinear -> DequantizeLinear -> Max -> Min -> QuantizeLinear,
+        # so that the convolution is followed by its QuantizeLinear (fusable)
+        dq = prod[n.input[0]]
+        assert dq.op_type == "DequantizeLinear" and prod[dq.input[0]].op_type == "QuantizeLinear"
+        assert prod[prod[dq.input[0]].input[0]].op_type == "Conv"
         mn = cons[n.output[0]][0]
         assert mn.op_type == "Min" and inits[mn.input[1]].shape == (1, 8, 1, 1)
         assert len(np.unique(inits[mn.input[1]])) > 1  # really per channel
@@ -184,6 +194,44 @@ def test_ort_agrees_with_integer_network_per_tensor(tiny):
         np.testing.assert_allclose(outs[0], yi.numpy(), atol=0.05 * float(yi.abs().max()))
     counts = optimized_op_counts(path, str(path.with_suffix(".opt.onnx")))
     assert counts.get("QLinearConv", 0) >= 1 and counts.get("QLinearAdd", 0) == 1  # fused where it can
+
+
+def test_exact_multiplier_scales():
+    """The exported scales make ONNX Runtime's multiplier float32(float32(x' w') / y') the
+    contract's float32(s_x s_w / s_y), with scales a few ulps from the quantizers': always for a
+    per-tensor weight scale, for most channels of per-channel ones (one x' and y' for all of
+    them), where the quantizers' own scales miss it for about a quarter."""
+    rng = np.random.default_rng(0)
+    exact = base = 0
+    for trial in range(40):
+        s_x, s_y = (np.float32(v) for v in rng.uniform(1e-3, 0.1, 2))
+        s_w = rng.uniform(1e-4, 0.05, 64).astype(np.float32)
+        m = requant.requant_multiplier(requant.accumulator_step(float(s_x), torch.from_numpy(s_w)), float(s_y)).numpy()
+        for w, mm in ((s_w[:1], m[:1]), (s_w, m)):
+            f = exact_multiplier_scales(float(s_x), w, float(s_y), mm)
+            ort = (np.float32(f.x) * f.w).astype(np.float32) / np.float32(f.y)
+            np.testing.assert_array_equal(ort == mm, f.exact)
+            for got, want in ((f.x, s_x), (f.y, s_y)):
+                assert abs(float(got) / float(want) - 1) < 1e-6
+            np.testing.assert_allclose(f.w, w, rtol=3e-5)
+            np.testing.assert_array_equal(f.w[~f.exact], w[~f.exact])
+        assert bool(exact_multiplier_scales(float(s_x), s_w[:1], float(s_y), m[:1]).exact.all())
+        exact += int(f.exact.sum())
+        base += int(((s_x * s_w).astype(np.float32) / s_y == m).sum())
+    assert exact >= 0.85 * 40 * 64 and base <= 0.8 * 40 * 64, (exact, base)
+
+
+def test_ort_fused_convolutions_are_exact(tiny):
+    """Every convolution runs fused (QLinearConv, per-channel clamps on the codes after it) and,
+    each fed the reference codes, gives the integer network's codes exactly."""
+    _, q, x, _, path, _ = tiny
+    counts = optimized_op_counts(path, str(path.with_suffix(".opt2.onnx")))
+    assert counts.get("QLinearConv", 0) == 3 and counts.get("Conv", 0) == 0, counts
+    ref = golden_activations(q, x)
+    _, codes = run_onnx(path, x, teacher_forcing=ref)
+    rep = compare_layers(codes, ref, tolerance=0, layers=q)
+    convs = [d for d in rep.layers if d.layer in ("c1_0", "dw_0", "pw_0")]
+    assert len(convs) == 3 and all(d.equal_share == 1.0 for d in convs), str(rep)
 
 
 def test_fp32_model_exports_as_plain_onnx(tmp_path):
@@ -283,6 +331,8 @@ def test_lite0_onnx_agrees_with_integer_network(tmp_path):
     model, pre = dfq_gpu.load_model("efficientnet_lite0")
     q = quantize(model, (torch.zeros(1, 3, 224, 224),), DFQConfig(input_range=pre.input_range))
     export_onnx(q, tmp_path / "lite0.onnx")
+    counts = optimized_op_counts(tmp_path / "lite0.onnx", str(tmp_path / "lite0.opt.onnx"))
+    assert counts.get("QLinearConv", 0) == 49 and counts.get("Conv", 0) == 0, counts  # every conv fused
     x = imagenet_sample(pre, views=1).tensors[0]
     assert x.shape[0] == 20
     net = to_int8(q, backend="reference")

@@ -20,7 +20,20 @@ TensorRT expect a statically quantized ("QDQ") model:
   convolution's ``pads``.
 * fused clamps: ``ReLU`` -> ``Relu``, ``ReLU6`` / ``Hardtanh`` / a ``ChannelClamp`` whose
   bounds are the same for every channel -> ``Clip``; a per-channel ``ChannelClamp`` ->
-  ``Max`` / ``Min`` with constant ``[1, C, 1, 1]`` bounds.
+  ``Max`` / ``Min`` with constant ``[1, C, 1, 1]`` bounds. When a quantizer follows it (as
+  always in :func:`dfq_gpu.quantize`'s networks), the per-channel clamp acts on the codes:
+  ``layer -> QuantizeLinear -> DequantizeLinear -> Max -> Min -> QuantizeLinear``, with the
+  bounds quantized as the integer network quantizes them. Rounding is monotone, so this is the
+  same clamp, and the layer stays followed by its ``QuantizeLinear``, which runtimes fuse into
+  ``QLinearConv``.
+* scales around a fused layer: ONNX Runtime computes a ``QLinearConv``'s multiplier as
+  ``float32(float32(s_x * s_w) / s_y)``, the integer contract as ``float32(s_x s_w / s_y)``
+  rounded once; they differ in the last bit for about a quarter of the layers, and the outputs
+  then differ near rounding ties. The layer's input ``DequantizeLinear``, weight
+  ``DequantizeLinear`` and output ``QuantizeLinear`` therefore carry scales a few units in the
+  last place from the quantizers' (about 1e-7 relative, :func:`exact_multiplier_scales`) for
+  which the two agree: for every per-tensor weight scale, for about nine channels in ten of
+  per-channel ones. The other ``DequantizeLinear`` nodes carry the quantizers' scales.
 * residual adds: ``Add`` of two dequantized tensors (each input has its own ``DequantizeLinear``
   after the ``QuantizeLinear`` of its quantizer); global average pooling: ``GlobalAveragePool``
   (then ``Flatten`` for a ``[B, C]`` result); max pooling: ``MaxPool``; flatten / reshape:
@@ -56,7 +69,7 @@ from ..graph.trace import node_module
 from ..modules import ChannelClamp, FakeQuant, QAdd, QAvgPool, QConv2d, QLinear
 from ..quant import requant
 
-__all__ = ["OPSET", "ExportError", "export_onnx", "quantized_tensor_names"]
+__all__ = ["OPSET", "ExportError", "FusedScales", "exact_multiplier_scales", "export_onnx", "quantized_tensor_names"]
 
 #: The ONNX opset of exported graphs (per-axis DequantizeLinear needs 13).
 OPSET = 13
@@ -107,6 +120,63 @@ def _storage(symmetric: bool) -> tuple[str, int, int]:
     return ("int8", -128, 127) if symmetric else ("uint8", 0, 255)
 
 
+def _ulps(v: np.float32, k: np.ndarray) -> np.ndarray:
+    """The float32 values ``k`` units in the last place from ``v`` (``k`` int32)."""
+    return (np.array(v, dtype=np.float32).view(np.int32) + k.astype(np.int32)).view(np.float32)
+
+
+def _by_distance(n: int) -> np.ndarray:
+    """``0, 1, -1, 2, -2, ..., n, -n``."""
+    return np.concatenate([[0], np.stack([np.arange(1, n + 1), -np.arange(1, n + 1)], 1).reshape(-1)])
+
+
+@dataclass(frozen=True)
+class FusedScales:
+    """Scales of the Q/DQ nodes around one fused layer (see :func:`exact_multiplier_scales`):
+    its input's ``DequantizeLinear`` (``x``), its weight's (``w``, ``[1|N]``), the
+    ``QuantizeLinear`` right after it (``y``), and per output channel whether the runtime's
+    multiplier is exactly the contract's (``exact``)."""
+
+    x: np.float32
+    w: np.ndarray
+    y: np.float32
+    exact: np.ndarray
+
+
+def exact_multiplier_scales(x_scale: float, w_scale: np.ndarray, y_scale: float, multiplier: np.ndarray,
+                            x_search: int = 8, y_search: int = 4, w_search: int = 256) -> FusedScales:
+    """Float32 scales for the Q/DQ nodes around one fused layer such that a runtime computing
+    the layer's multiplier as ``float32(float32(x' * w') / y')`` (ONNX Runtime's ``QLinearConv``)
+    gets exactly the integer contract's ``multiplier`` (``float32(s_x s_w / s_y)`` rounded once,
+    :func:`dfq_gpu.quant.requant.requant_multiplier`) for every output channel.
+
+    Not every float32 multiplier is reachable from given ``x'`` and ``y'`` (a step of ``w'``
+    moves the doubly rounded result by up to four units in the last place), so ``y'`` and ``x'``
+    are searched within ``y_search`` and ``x_search`` units in the last place of the
+    quantizers' scales and each ``w'`` within ``w_search`` of the weight scale, nearest first
+    (the quantizers' own scales when they work): the scales move by about 1e-7 relative, 3e-5
+    at most. Channels without a solution keep the weight scale (``exact`` is ``False``).
+    """
+    m = np.asarray(multiplier, dtype=np.float32).reshape(-1)
+    w = np.asarray(w_scale, dtype=np.float32).reshape(-1)
+    n = max(m.size, w.size)
+    m, w = np.broadcast_to(m, (n,)), np.broadcast_to(w, (n,))
+    cand = (w.view(np.int32)[:, None] + _by_distance(w_search)[None, :].astype(np.int32)).view(np.float32)
+    best: Optional[FusedScales] = None
+    for y in _ulps(np.float32(y_scale), _by_distance(y_search)):
+        for x in _ulps(np.float32(x_scale), _by_distance(x_search)):
+            with np.errstate(over="ignore", under="ignore"):
+                ok = (cand * x).astype(np.float32) / y == m[:, None]
+            found = ok.any(1)
+            if best is None or found.sum() > best.exact.sum():
+                chosen = np.where(found, cand[np.arange(n), ok.argmax(1)], w).astype(np.float32)
+                best = FusedScales(np.float32(x), chosen, np.float32(y), found)
+                if found.all():
+                    return best
+    assert best is not None
+    return best
+
+
 class _Emitter:
     def __init__(self, gm: fx.GraphModule, onnx: Any) -> None:
         self.gm = gm
@@ -122,6 +192,8 @@ class _Emitter:
         self.node_names: set[str] = set()
         self.dq_count: dict[str, int] = {}
         self.quantized: list[str] = []  # Q outputs named after FakeQuant nodes, in graph order
+        self.q_scales: dict[str, np.float32] = {}  # FakeQuant node -> scale of the Q right after a fused layer
+        self.fused: dict[str, FusedScales] = {}  # layer node -> its Q/DQ scales
 
     # ----------------------------------------------------------------------------- helpers
     def err(self, node: fx.Node, why: str) -> ExportError:
@@ -165,10 +237,12 @@ class _Emitter:
         z = self.const(f"{base}_zero_point", np.array(qp.zero_point, dtype=qp.dtype))
         return s, z
 
-    def quantize(self, x: str, qp: _QP, out_base: str) -> str:
+    def quantize(self, x: str, qp: _QP, out_base: str, scale: Optional[np.float32] = None) -> str:
         """``QuantizeLinear`` of a float tensor (with a ``Clip`` to the grid when it is narrower
-        than the storage type)."""
+        than the storage type); ``scale`` replaces the quantizer's in this node."""
         s, z = self.qdq_consts(qp, qp.fq_name)
+        if scale is not None and np.float32(scale) != qp.scale:
+            s = self.const(f"{out_base}_q_scale", np.array(scale, dtype=np.float32))
         _, smin, smax = _storage(qp.dtype == "int8")
         if (qp.qmin, qp.qmax) != (smin, smax):
             lo = self.const(f"{out_base}_grid_min", np.array(np.float32(qp.qmin - qp.zero_point) * qp.scale,
@@ -178,12 +252,15 @@ class _Emitter:
             x = self.op("Clip", [x, lo, hi], self.fresh(f"{out_base}_grid_clip"))
         return self.op("QuantizeLinear", [x, s, z], self.fresh(out_base))
 
-    def dequantize(self, t: _T) -> str:
-        """A new ``DequantizeLinear`` of the codes ``t`` (one per consumer)."""
+    def dequantize(self, t: _T, scale: Optional[np.float32] = None) -> str:
+        """A new ``DequantizeLinear`` of the codes ``t`` (one per consumer); ``scale`` replaces
+        the quantizer's scale in this one (see :func:`exact_multiplier_scales`)."""
         assert t.q is not None and t.name is not None
         k = self.dq_count.get(t.name, 0)
         self.dq_count[t.name] = k + 1
         s, z = self.qdq_consts(t.q, t.q.fq_name)
+        if scale is not None and np.float32(scale) != t.q.scale:
+            s = self.const(f"{t.name}_dq_scale", np.array(scale, dtype=np.float32))
         return self.op("DequantizeLinear", [t.name, s, z], self.fresh(f"{t.name}_dq" + (f"_{k}" if k else "")))
 
     def value(self, node: fx.Node, arg: Any, keep_pad: bool = False) -> _T:
@@ -218,6 +295,25 @@ class _Emitter:
         self.passthrough(node, tmp, "Pad", [x, pads], t.shape, mode="constant")
         t2 = self.env[node]
         return t2
+
+    def sole_quantizer(self, node: fx.Node) -> Optional[tuple[fx.Node, FakeQuant]]:
+        """The enabled ``FakeQuant`` that is the only user of ``node``, if any."""
+        users = list(node.users)
+        m = node_module(self.gm, users[0]) if len(users) == 1 else None
+        return (users[0], m) if isinstance(m, FakeQuant) and m.enabled else None
+
+    def output_quantizer(self, node: fx.Node) -> Optional[tuple[fx.Node, FakeQuant]]:
+        """The quantizer of a layer's output: its only user, or behind its only user when that is
+        a clamp activation."""
+        found = self.sole_quantizer(node)
+        users = list(node.users)
+        if found is None and len(users) == 1 and self.is_clamp(users[0]):
+            found = self.sole_quantizer(users[0])
+        return found
+
+    def is_clamp(self, node: fx.Node) -> bool:
+        return isinstance(node_module(self.gm, node), (nn.ReLU, nn.ReLU6, nn.Hardtanh, ChannelClamp)) or (
+            node.op == "call_function" and node.target in _RELU_FNS + _RELU6_FNS)
 
     # ----------------------------------------------------------------------------- walk
     def run(self, input_names: Optional[Sequence[str]]) -> Any:
@@ -258,8 +354,7 @@ class _Emitter:
             self.conv(node, m)
         elif isinstance(m, (QLinear, nn.Linear)):
             self.linear(node, m)
-        elif isinstance(m, (nn.ReLU, nn.ReLU6, nn.Hardtanh, ChannelClamp)) or (
-                node.op == "call_function" and node.target in _RELU_FNS + _RELU6_FNS):
+        elif self.is_clamp(node):
             self.clamp(node, m)
         elif isinstance(m, QAdd) or ops.is_add(node):
             self.add(node)
@@ -295,13 +390,32 @@ class _Emitter:
             return
         qp = self.qparams(node.name, fq, node)
         self.taken.discard(node.name)
-        out = self.quantize(x, qp, node.name)
+        out = self.quantize(x, qp, node.name, self.q_scales.get(node.name))
         assert out == node.name
         self.quantized.append(out)
         self.env[node] = _T(out, shape=ops.tensor_shape(node), q=qp)
 
-    def _weight(self, node: fx.Node, m: nn.Module, x: _T) -> tuple[str, Optional[str]]:
-        """ONNX names of the (dequantized) weight and bias of a layer."""
+    def layer_input(self, node: fx.Node, m: nn.Module, keep_pad: bool = False) -> tuple[str, _T, Optional[FusedScales]]:
+        """The float input of a conv / linear layer, its value, and, when the layer's output is
+        quantized, the :class:`FusedScales` that its input and weight ``DequantizeLinear`` and
+        its output ``QuantizeLinear`` carry."""
+        x = self.value(node, node.args[0], keep_pad)
+        if x.q is None:
+            return x.name, x, None  # type: ignore[return-value]
+        out_q = self.output_quantizer(node)
+        tuned = None
+        if out_q is not None and isinstance(m, (QConv2d, QLinear)):
+            s_x, s_y = float(x.q.scale), float(out_q[1].scale)
+            mult = requant.requant_multiplier(requant.accumulator_step(s_x, m.w_scale), s_y).numpy()
+            tuned = exact_multiplier_scales(s_x, m.w_scale.detach().cpu().to(torch.float32).numpy(), s_y, mult)
+            self.q_scales[out_q[0].name] = tuned.y
+            self.fused[node.name] = tuned
+        return self.dequantize(x, None if tuned is None else tuned.x), x, tuned
+
+    def _weight(self, node: fx.Node, m: nn.Module, x: _T, tuned: Optional[FusedScales] = None
+                ) -> tuple[str, Optional[str]]:
+        """ONNX names of the (dequantized) weight and bias of a layer (``tuned``: the scales of
+        :meth:`layer_input`)."""
         base = node.name
         n = m.weight.shape[0]
         if not isinstance(m, (QConv2d, QLinear)):
@@ -319,11 +433,12 @@ class _Emitter:
         if int(q.min()) < smin or int(q.max()) > smax or int(zp.min()) < smin or int(zp.max()) > smax:
             raise self.err(node, f"integer weights or zero point outside {dtype}")
         per_channel = scale.numel() > 1 or zp.numel() > 1
+        scale_32 = scale.numpy().astype(np.float32) if tuned is None else tuned.w
         if per_channel:
-            scale_a = scale.expand(n).numpy().astype(np.float32)
+            scale_a = np.broadcast_to(scale_32, (n,)).astype(np.float32)
             zp_a = zp.expand(n).numpy().astype(dtype)
         else:
-            scale_a = np.array(scale[0].item(), dtype=np.float32)
+            scale_a = np.array(scale_32.reshape(-1)[0], dtype=np.float32)
             zp_a = np.array(zp[0].item(), dtype=dtype)
         wq = self.const(f"{base}_weight_quantized", q.numpy().astype(dtype))
         ws = self.const(f"{base}_weight_scale", scale_a)
@@ -336,11 +451,13 @@ class _Emitter:
         step = requant.accumulator_step(float(x.q.scale), m.w_scale)  # s_x s_w, float64, [1|N]
         bias_q = requant.integer_bias(m.bias, step, n)
         bq = self.const(f"{base}_bias_quantized", bias_q.numpy().astype(np.int32))
-        if step.numel() > 1:
-            bs = self.const(f"{base}_bias_scale", step.expand(n).numpy().astype(np.float32))
+        x_scale = x.q.scale if tuned is None else tuned.x
+        b_scale = (np.float32(x_scale) * np.asarray(scale_a, dtype=np.float32)).astype(np.float32)  # s_x s_w
+        if per_channel:
+            bs = self.const(f"{base}_bias_scale", b_scale)
             bz = self.const(f"{base}_bias_zero_point", np.zeros(n, dtype=np.int32))
         else:
-            bs = self.const(f"{base}_bias_scale", np.array(step[0].item(), dtype=np.float32))
+            bs = self.const(f"{base}_bias_scale", np.array(b_scale, dtype=np.float32))
             bz = self.const(f"{base}_bias_zero_point", np.array(0, dtype=np.int32))
         b = self.op("DequantizeLinear", [bq, bs, bz], self.fresh(f"{base}_bias"), **attrs)
         return w, b
@@ -348,7 +465,7 @@ class _Emitter:
     def conv(self, node: fx.Node, m: nn.Conv2d) -> None:
         if len(node.args) != 1 or node.kwargs:
             raise self.err(node, "a layer call with extra arguments")
-        x_name, x = self.float_input(node, node.args[0], keep_pad=True)
+        x_name, x, tuned = self.layer_input(node, m, keep_pad=True)
         if m.padding_mode != "zeros":
             raise self.err(node, f"padding_mode='{m.padding_mode}' (only zero padding)")
         kh, kw = m.kernel_size
@@ -364,7 +481,7 @@ class _Emitter:
             ph, pw = (p[0], p[0]), (p[1], p[1])
         extra = x.pad or (0, 0, 0, 0)
         pads = [ph[0] + extra[0], pw[0] + extra[2], ph[1] + extra[1], pw[1] + extra[3]]
-        w, b = self._weight(node, m, x)
+        w, b = self._weight(node, m, x, tuned)
         inputs = [x_name, w] + ([b] if b is not None else [])
         out = self.op("Conv", inputs, self.fresh(node.name), kernel_shape=[kh, kw], strides=list(ops.pair(m.stride)),
                       pads=pads, dilations=list(ops.pair(m.dilation)), group=int(m.groups))
@@ -373,10 +490,10 @@ class _Emitter:
     def linear(self, node: fx.Node, m: nn.Linear) -> None:
         if len(node.args) != 1 or node.kwargs:
             raise self.err(node, "a layer call with extra arguments")
-        x_name, x = self.float_input(node, node.args[0])
+        x_name, x, tuned = self.layer_input(node, m)
         if x.shape is None or len(x.shape) != 2:
             raise self.err(node, f"a linear layer on a tensor of shape {x.shape} (only [B, K])")
-        w, b = self._weight(node, m, x)
+        w, b = self._weight(node, m, x, tuned)
         inputs = [x_name, w] + ([b] if b is not None else [])
         out = self.op("Gemm", inputs, self.fresh(node.name), transB=1)
         self.env[node] = _T(out, shape=ops.tensor_shape(node))
@@ -403,8 +520,22 @@ class _Emitter:
             if shape is None or len(shape) < 2 or shape[1] != per_channel[0].numel():
                 raise self.err(node, f"per-channel bounds for {per_channel[0].numel()} channels on shape {shape}")
             bshape = [1, shape[1]] + [1] * (len(shape) - 2)
-            lo_c = self.const(f"{node.name}_lo", per_channel[0].numpy().reshape(bshape))
-            hi_c = self.const(f"{node.name}_hi", per_channel[1].numpy().reshape(bshape))
+            lo_a, hi_a = per_channel[0].numpy(), per_channel[1].numpy()
+            fq = self.sole_quantizer(node)
+            if fq is not None:
+                # Quantized next: clamp the codes instead (rounding is monotone, so clamping the
+                # codes to the quantized bounds is the same), which leaves the producer followed
+                # directly by a QuantizeLinear that runtimes fuse into it (QLinearConv).
+                qp = self.qparams(fq[0].name, fq[1], fq[0])
+                lo_q, hi_q = requant.quantized_bounds(requant.Grid.of(fq[1]), per_channel[0], per_channel[1])
+                codes = self.quantize(x_name, qp, f"{node.name}_codes", self.q_scales.get(fq[0].name))
+                t = self.dequantize(_T(codes, q=qp), self.q_scales.get(fq[0].name))
+                scale = np.float32(self.q_scales.get(fq[0].name, qp.scale))
+                lo_a = (lo_q - qp.zero_point).numpy().astype(np.float32) * scale  # DequantizeLinear's float32
+                hi_a = (hi_q - qp.zero_point).numpy().astype(np.float32) * scale
+                x_name = t
+            lo_c = self.const(f"{node.name}_lo", lo_a.astype(np.float32).reshape(bshape))
+            hi_c = self.const(f"{node.name}_hi", hi_a.astype(np.float32).reshape(bshape))
             y = self.op("Max", [x_name, lo_c], self.fresh(f"{node.name}_max"))
             out = self.op("Min", [y, hi_c], self.fresh(node.name))
         elif lo == 0.0 and hi == math.inf:
