@@ -331,6 +331,7 @@ def test_lite0_onnx_agrees_with_integer_network(tmp_path):
     model, pre = dfq_gpu.load_model("efficientnet_lite0")
     q = quantize(model, (torch.zeros(1, 3, 224, 224),), DFQConfig(input_range=pre.input_range))
     export_onnx(q, tmp_path / "lite0.onnx")
+    onnx.checker.check_model(str(tmp_path / "lite0.onnx"), full_check=True)
     counts = optimized_op_counts(tmp_path / "lite0.onnx", str(tmp_path / "lite0.opt.onnx"))
     assert counts.get("QLinearConv", 0) == 49 and counts.get("Conv", 0) == 0, counts  # every conv fused
     x = imagenet_sample(pre, views=1).tensors[0]
@@ -353,3 +354,29 @@ def test_lite0_onnx_agrees_with_integer_network(tmp_path):
     assert agreement >= 0.99, msg
     assert abs(sq_ort - sq_sim) <= 0.5, msg
     assert sq_ort > 15.0, msg
+
+
+@pytest.mark.slow
+def test_resnet18_onnx_agrees_with_integer_network(tmp_path):
+    """ResNet-18 (random init, randomized BN) in ONNX Runtime: top-1 agreement with the integer
+    network and the simulation's SQNR against FP32, on the 20 images of the ImageNet sample."""
+    import torchvision
+
+    from dfq_gpu.data import Preprocess, imagenet_sample
+    from dfq_gpu.evaluate import sqnr_per_sample
+
+    torch.manual_seed(0)
+    model = randomize_bn(torchvision.models.resnet18(), seed=0)
+    pre = Preprocess()
+    x = imagenet_sample(pre, views=1).tensors[0]
+    q = quantize(model, (x[:1],), DFQConfig(input_range=pre.input_range))
+    export_onnx(q, tmp_path / "r18.onnx")
+    onnx.checker.check_model(str(tmp_path / "r18.onnx"), full_check=True)
+    with torch.no_grad():
+        fp, ys = model(x), q(x)
+        assert torch.equal(to_int8(q, backend="reference")(x[:2]), ys[:2])
+    yo = torch.from_numpy(run_onnx(tmp_path / "r18.onnx", x, intermediate=False)[0][0])
+    agreement = (yo.argmax(1) == ys.argmax(1)).float().mean().item()
+    sq_sim, sq_ort = sqnr_per_sample(fp, ys).mean().item(), sqnr_per_sample(fp, yo).mean().item()
+    print(f"agreement {agreement:.3f}, SQNR simulation {sq_sim:.2f} dB, ORT {sq_ort:.2f} dB")
+    assert agreement >= 0.99 and abs(sq_ort - sq_sim) <= 0.5, (agreement, sq_sim, sq_ort)
