@@ -160,16 +160,15 @@ class DFQConfig:
     # ------------------------------------------------------------------ presets
     @classmethod
     def naive(cls, **overrides: Any) -> "DFQConfig":
-        """The naive baseline: BN folding, then quantization without equalization, bias absorption
-        or bias correction (ReLU6 kept as it is).
+        """The naive baseline: BN folding, then min/max quantization without equalization, bias
+        absorption or bias correction (ReLU6 kept as it is).
 
-        Weights get their min/max range. Activation ranges are *not* plain min/max: they come
-        from the BN statistics like :class:`DFQConfig`'s, and are narrowed by
-        ``act_range_method`` (``"mse"`` by default, the least expected squared error), which makes
-        this baseline stronger than the paper's. ``DFQConfig.naive(act_range_method="minmax")``
-        keeps the full data-free ranges.
+        Weights get their min/max range, activations the full data-free range ``beta +- n gamma``
+        of their BN statistics (``act_range_method="minmax"``; with ``act_ranges="calibrate"``, the
+        min/max seen on the calibration data), as in the paper's baseline. ``DFQConfig.naive(act_range_method="mse")``
+        narrows the activation ranges as :class:`DFQConfig` does (a stronger baseline).
         """
-        base = dict(equalize=False, absorb_bias=False, bias_correction="none", relu6="keep")
+        base = dict(equalize=False, absorb_bias=False, bias_correction="none", relu6="keep", act_range_method="minmax")
         base.update(overrides)
         return cls(**base)
 

