@@ -163,10 +163,11 @@ class DFQConfig:
         """The naive baseline: BN folding, then min/max quantization without equalization, bias
         absorption or bias correction (ReLU6 kept as it is).
 
-        Weights get their min/max range, activations the full data-free range ``beta +- n gamma``
-        of their BN statistics (``act_range_method="minmax"``; with ``act_ranges="calibrate"``, the
-        min/max seen on the calibration data), as in the paper's baseline. ``DFQConfig.naive(act_range_method="mse")``
-        narrows the activation ranges as :class:`DFQConfig` does (a stronger baseline).
+        Weights get their min/max range; activations the full data-free range ``beta +- n gamma``
+        of their BN statistics (``n = act_range_sigmas``, ``act_range_method="minmax"``), or with
+        ``act_ranges="calibrate"`` the min/max seen on the calibration data: the paper's baseline.
+        ``DFQConfig.naive(act_range_method="mse")`` narrows the activation ranges as
+        :class:`DFQConfig` does (a stronger baseline).
         """
         base = dict(equalize=False, absorb_bias=False, bias_correction="none", relu6="keep", act_range_method="minmax")
         base.update(overrides)
