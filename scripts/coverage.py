@@ -10,6 +10,8 @@ simulation on the same input. Writes JSON (one record per model) and a Markdown 
 
     python scripts/coverage.py --out benchmarks/results/coverage.json [--only resnet18 ...]
 
+(``--only`` replaces those models' records in an existing file.)
+
 Columns: regions equalized / found, share of the convolution and linear MACs that run in int8,
 ops in int8 / all ops, whether the int8 network equals the simulation bit for bit, and the
 reasons for what runs in float.
@@ -146,13 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.WARNING)
     torch.manual_seed(0)
     names = args.only or [*torchvision.models.list_models(module=torchvision.models), *SEGMENTATION, *DETECTION]
-    records = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # --only NAME ...: measure those again and replace their records in an existing file
+    records = json.loads(out.read_text())["records"] if args.only and out.exists() else []
     for name in names:
         rec = measure(name)
         print(json.dumps(rec), flush=True)
-        records.append(rec)
+        at = [i for i, r in enumerate(records) if r["model"] == name]
+        if at:
+            records[at[0]] = rec
+        else:
+            records.append(rec)
         # written after every model, so an interrupted sweep keeps what it measured
         out.write_text(json.dumps({"machine": "2-core CPU, integer reference backend", "torch": torch.__version__,
                                    "torchvision": torchvision.__version__, "records": records}, indent=1))

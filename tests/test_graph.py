@@ -152,20 +152,58 @@ def test_squeeze_excitation_gate_passes_equalization():
 
 
 class Concat(nn.Module):
-    def __init__(self):
+    """Two branches side by side, the second at half resolution and upsampled, into one conv;
+    ``swap`` puts the branch computed first second in the concatenation."""
+
+    def __init__(self, swap: bool = False, mode: str = "bilinear"):
         super().__init__()
+        self.swap, self.mode = swap, mode
         self.a = nn.Conv2d(3, 4, 1)
-        self.b = nn.Conv2d(3, 4, 1)
-        self.c = nn.Conv2d(8, 2, 1)
+        self.b = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.c = nn.Conv2d(10, 2, 1)
 
     def forward(self, x):
-        return self.c(torch.cat([F.relu(self.a(x)), F.relu(self.b(x))], 1))
+        a = F.relu(self.a(x))
+        b = F.interpolate(F.relu(self.b(x)), scale_factor=2.0, mode=self.mode)
+        return self.c(torch.cat([b, a] if self.swap else [a, b], 1))
 
 
-def test_concat_is_reported_not_crashed():
-    regions, skipped = regions_of(Concat())
-    assert regions == []
-    assert any(s.layer == "a" and "concatenation" in s.reason for s in skipped)
+@pytest.mark.parametrize("swap", [False, True])
+def test_concat_and_interpolate_are_one_region_with_offsets(swap):
+    """A concatenation along the channels puts its inputs side by side: one region whose sources
+    cover slices of the sink's input channels (offsets in the concatenation's order, whichever
+    branch the search starts from); interpolation is scale-equivariant per channel."""
+    regions, skipped = regions_of(Concat(swap))
+    assert len(regions) == 1, skipped
+    r = regions[0]
+    assert r.concat and r.channels == 10 and set(r.srcs) == {"a", "b"} and r.sinks == ("c",)
+    offsets = dict(zip(r.srcs, r.src_offsets))
+    assert offsets == ({"b": 0, "a": 6} if swap else {"a": 0, "b": 4})
+    assert r.sink_offsets == (0,) and any("concatenation" in n for n in r.notes)
+
+
+def test_concat_with_itself_or_off_channels_is_reported():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            h = F.relu(self.a(x))
+            return self.c(torch.cat([h, h], 1))
+
+    class Spatial(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            h = F.relu(self.a(x))
+            return self.c(torch.cat([h, h], 2))
+
+    for model, why in ((Twice(), "with itself"), (Spatial(), "not along the channels")):
+        regions, skipped = regions_of(model)
+        assert regions == [] and any(s.layer == "a" and why in s.reason for s in skipped), skipped
 
 
 def test_bn_pairs_and_unfoldable_bn():

@@ -235,3 +235,34 @@ def test_equalization_sweeps_are_the_pass_one_sweep_at_a_time():
     got = sorted((float(t.min()), float(t.max())) for t in stepper.history[-1].total_scales)
     want = sorted((r.scale_min, r.scale_max) for r in fp.report.equalized_regions)
     assert got == want
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_equalization_through_concat_and_interpolate(mode):
+    """Equalization across a concatenation of an upsampled branch: the function is unchanged,
+    each source's slice of the scale vector moves its channels, and the integer network equals
+    the simulation."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_graph import Concat
+
+    torch.manual_seed(0)
+    model = Concat(swap=True, mode=mode).eval()
+    with torch.no_grad():  # output channels of very different ranges
+        model.a.weight.mul_(torch.tensor([0.05, 1.0, 4.0, 0.3]).view(4, 1, 1, 1))
+        model.b.weight.mul_(torch.tensor([8.0, 0.1, 1.0, 2.0, 0.02, 1.0]).view(6, 1, 1, 1))
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    m64 = copy.deepcopy(model).double()
+    fp = D.prepare(m64, (x[:1],), D.DFQConfig(absorb_bias=False, cle_objective="weights"))
+    with torch.no_grad():
+        assert _max_rel(m64(x), fp(x)) < EXACT
+    eq = fp.report.equalized_regions
+    assert len(eq) == 1 and eq[0].scale_max / eq[0].scale_min > 4, eq
+    ra, rb = (out_channel_absmax(fp.get_submodule(n)) for n in ("a", "b"))
+    ra0, rb0 = (out_channel_absmax(getattr(model, n)) for n in ("a", "b"))
+    assert ra.max() / ra.min() < ra0.max() / ra0.min() and rb.max() / rb.min() < rb0.max() / rb0.min()
+    q = D.quantize(model, (x[:1].float(),), D.DFQConfig(input_range=(-4.0, 4.0)))
+    with torch.no_grad():
+        assert torch.equal(D.to_int8(q, backend="reference")(x.float()), q(x.float()))

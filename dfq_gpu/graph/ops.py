@@ -23,6 +23,8 @@ __all__ = [
     "is_add",
     "is_mul",
     "is_cat",
+    "channel_cat_inputs",
+    "is_interpolate",
     "is_shape_query",
     "is_zero_pad",
     "is_spatial_pool",
@@ -157,6 +159,29 @@ def nearest_upsample_args(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, Any] 
 
 def is_cat(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in (torch.cat, torch.concat)
+
+
+def channel_cat_inputs(node: fx.Node) -> list[fx.Node] | None:
+    """The inputs of a concatenation along the channels (dimension 1), in order (repeats
+    included), or ``None`` for anything else."""
+    if not is_cat(node):
+        return None
+    parts, dim, shape = node_arg(node, 0, "tensors", None), node_arg(node, 1, "dim", 0), tensor_shape(node)
+    if not isinstance(parts, (list, tuple)) or shape is None or len(shape) < 2 or not isinstance(dim, int) or \
+            not all(isinstance(p, fx.Node) and channels_of(p) is not None for p in parts):
+        return None
+    return list(parts) if dim % len(shape) == 1 else None
+
+
+_INTERPOLATE_FNS = (F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear)
+
+
+def is_interpolate(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Spatial resampling (``F.interpolate`` in any mode, ``nn.Upsample`` and its subclasses):
+    each output value is a fixed linear combination of values of the same channel, so it is
+    scale-equivariant per channel."""
+    return isinstance(node_module(gm, node), nn.Upsample) or (node.op == "call_function" and
+                                                                node.target in _INTERPOLATE_FNS)
 
 
 def is_shape_query(node: fx.Node) -> bool:

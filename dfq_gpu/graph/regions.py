@@ -24,7 +24,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Sequence
 
+import numpy as np
 import torch.fx as fx
 import torch.nn as nn
 
@@ -33,7 +35,7 @@ from . import ops
 from ..layers import is_layer_module, layer_type
 from .trace import BN_TYPES, node_module
 
-__all__ = ["BNPair", "Region", "SkippedRegion", "find_bn_pairs", "find_regions", "is_depthwise"]
+__all__ = ["BNPair", "Region", "SkippedRegion", "find_bn_pairs", "find_regions", "is_depthwise", "placed_max"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,13 @@ class BNPair:
 
 @dataclass(frozen=True)
 class Region:
-    """An equalization region: ``srcs`` scaled by ``1/s`` per output channel, ``sinks`` by ``s`` per input channel."""
+    """An equalization region: ``srcs`` scaled by ``1/s`` per output channel, ``sinks`` by ``s`` per input channel.
+
+    Without a concatenation every tensor of the region has its ``channels`` channels. Through
+    a concatenation along the channels, the region's channels are those of the widest
+    concatenation and each source, sink and op covers a slice of them, from its offset in
+    ``src_offsets`` / ``sink_offsets`` / ``act_offsets`` (empty: all at offset 0).
+    """
 
     srcs: tuple[str, ...]
     sinks: tuple[str, ...]
@@ -55,10 +63,39 @@ class Region:
     channels: int
     residual: bool = False  # passes through a residual add (one scale vector shared by several layers)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    src_offsets: tuple[int, ...] = ()
+    sink_offsets: tuple[int, ...] = ()
+    act_offsets: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:
         return f"{'+'.join(self.srcs)} -> {'+'.join(self.sinks)}"
+
+    @property
+    def concat(self) -> bool:
+        """Whether the region passes through a concatenation (its members cover slices of it)."""
+        return bool(self.src_offsets)
+
+    def src_offset(self, i: int) -> int:
+        return self.src_offsets[i] if self.src_offsets else 0
+
+    def sink_offset(self, i: int) -> int:
+        return self.sink_offsets[i] if self.sink_offsets else 0
+
+    def act_offset(self, name: str) -> int:
+        return self.act_offsets[self.acts.index(name)] if self.act_offsets else 0
+
+
+def placed_max(parts: Sequence[np.ndarray], offsets: Sequence[int], channels: int) -> np.ndarray:
+    """Per region channel, the largest of ``parts`` (each relative to its own maximum) placed at
+    their channel ``offsets``; 0 where no part covers a channel."""
+    out = np.zeros(channels)
+    for p, o in zip(parts, offsets):
+        p = np.asarray(p, dtype=np.float64)
+        top = p.max(initial=0.0)
+        if top > 0:
+            out[o:o + len(p)] = np.maximum(out[o:o + len(p)], p / top)
+    return out
 
 
 @dataclass(frozen=True)
@@ -107,7 +144,7 @@ def _is_equivariant_unary(gm: fx.GraphModule, node: fx.Node) -> bool:
     m = node_module(gm, node)
     if isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.PReLU, ChannelClamp)):
         return True
-    if ops.is_zero_pad(gm, node) or ops.is_spatial_pool(gm, node) is not None:
+    if ops.is_zero_pad(gm, node) or ops.is_spatial_pool(gm, node) is not None or ops.is_interpolate(gm, node):
         return True
     return ops.is_channel_preserving_reshape(gm, node)
 
@@ -134,46 +171,73 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
         # e.g. a linear layer on [B, H, W, C]: its channels are not dimension 1, which the
         # statistics and the equivariance rules of the ops in between assume
         raise _Fail("its output channels are not along dimension 1")
-    tensors: set[fx.Node] = {start}
+    # every tensor of the region and the offset of its channels in the region's channels (all 0
+    # unless a concatenation puts tensors side by side)
+    offset: dict[fx.Node, int] = {start: 0}
     queue: deque[fx.Node] = deque([start])
-    srcs: list[str] = []
-    sinks: list[str] = []
-    acts: list[str] = []
-    residual = False
+    srcs: dict[str, int] = {}
+    sinks: dict[str, int] = {}
+    acts: dict[str, int] = {}
+    residual = concat = False
 
-    def add_tensor(n: fx.Node) -> None:
-        if n not in tensors:
-            if ops.channels_of(n) != channels:
-                raise _Fail(f"{ops.describe(gm, n)} changes the number of channels")
-            tensors.add(n)
-            queue.append(n)
+    def add_tensor(n: fx.Node, off: int) -> None:
+        if n in offset:
+            if offset[n] != off:
+                raise _Fail(f"{ops.describe(gm, n)} would take two channel positions in it")
+            return
+        if ops.channels_of(n) is None:
+            raise _Fail(f"{ops.describe(gm, n)} has no channel dimension")
+        offset[n] = off
+        queue.append(n)
+
+    def same_channels(a: fx.Node, b: fx.Node) -> None:
+        if ops.channels_of(a) != ops.channels_of(b):
+            raise _Fail(f"{ops.describe(gm, b)} changes the number of channels")
+
+    def record(members: dict[str, int], key: str, off: int) -> None:
+        if members.setdefault(key, off) != off:
+            raise _Fail(f"{key} is used at two channel positions of it")
 
     while queue:
         n = queue.popleft()
+        off = offset[n]
         m = node_module(gm, n)
         # ---- the producer of tensor n
         if is_layer_module(m):
-            srcs.append(str(n.target))
+            record(srcs, str(n.target), off)
         elif _is_equivariant_unary(gm, n):
-            acts.append(n.name)
-            add_tensor(ops.tensor_inputs(n)[0])
+            inp = ops.tensor_inputs(n)[0]
+            same_channels(n, inp)
+            record(acts, n.name, off)
+            add_tensor(inp, off)
         elif ops.is_add(n):
             if not residuals:
                 raise _Fail(f"residual add {n.name} (equalize_residuals=False)")
             residual = True
-            acts.append(n.name)
+            record(acts, n.name, off)
             for inp in ops.tensor_inputs(n):
-                add_tensor(inp)
+                same_channels(n, inp)
+                add_tensor(inp, off)
         elif ops.is_mul(n):
             pair = _gate_operand(n)
             if pair is None:
                 raise _Fail(f"{ops.describe(gm, n)} multiplies two full tensors")
-            acts.append(n.name)
-            add_tensor(pair[0])
+            record(acts, n.name, off)
+            same_channels(n, pair[0])
+            add_tensor(pair[0], off)
+        elif (parts := ops.channel_cat_inputs(n)) is not None:
+            if len(set(parts)) != len(parts):
+                raise _Fail(f"{n.name} concatenates a tensor with itself")
+            concat = True
+            record(acts, n.name, off)
+            for p in parts:
+                add_tensor(p, off)
+                off += ops.channels_of(p) or 0
         elif n.op == "placeholder":
             raise _Fail("the residual stream starts at the network input")
         else:
             raise _Fail(f"{ops.describe(gm, n)} produces part of it and is not scale-equivariant")
+        off = offset[n]
         # ---- the consumers of tensor n
         for u in n.users:
             if ops.is_shape_query(u):
@@ -184,24 +248,31 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
             if is_layer_module(um):
                 if u.args[0] is not n:
                     raise _Fail(f"{u.target} uses it as a non-input argument")
-                sinks.append(str(u.target))
+                record(sinks, str(u.target), off)
             elif _is_equivariant_unary(gm, u):
-                add_tensor(u)
+                same_channels(n, u)
+                add_tensor(u, off)
             elif ops.is_add(u):
                 if not residuals:
                     raise _Fail(f"residual add {u.name} (equalize_residuals=False)")
-                add_tensor(u)
+                same_channels(n, u)
+                add_tensor(u, off)
             elif ops.is_mul(u):
                 pair = _gate_operand(u)
                 if pair is None or pair[0] is not n:
                     raise _Fail(f"it feeds the gate of {ops.describe(gm, u)}" if pair else
                                 f"{ops.describe(gm, u)} multiplies two full tensors")
-                add_tensor(u)
+                same_channels(n, u)
+                add_tensor(u, off)
+            elif (parts := ops.channel_cat_inputs(u)) is not None:
+                if parts.count(n) != 1:
+                    raise _Fail(f"{u.name} concatenates it with itself")
+                add_tensor(u, off - sum(ops.channels_of(p) or 0 for p in parts[:parts.index(n)]))
             elif isinstance(um, (nn.ReLU6, nn.Hardtanh)):
                 raise _Fail(f"{ops.describe(gm, u)} is a fixed clamp, not scale-equivariant "
                             "(relu6='keep'; 'clip' makes it equivariant)")
             elif ops.is_cat(u):
-                raise _Fail(f"it feeds the concatenation {u.name}")
+                raise _Fail(f"it feeds the concatenation {u.name}, not along the channels")
             else:
                 raise _Fail(f"it feeds {ops.describe(gm, u)}, which is not scale-equivariant per channel")
     if not sinks:
@@ -211,13 +282,21 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
         node = next(x for x in gm.graph.nodes if x.name == name)
         if ops.is_mul(node):
             pair = _gate_operand(node)
-            if pair is not None and pair[1] in tensors:
+            if pair is not None and pair[1] in offset:
                 raise _Fail(f"both operands of {node.name} are in the region")
-    notes = ()
+    notes: tuple[str, ...] = ()
     if residual:
         notes = (f"residual region: {len(srcs)} producers and {len(sinks)} consumers share one scale vector",)
-    return Region(srcs=tuple(dict.fromkeys(srcs)), sinks=tuple(dict.fromkeys(sinks)), acts=tuple(acts),
-                  channels=channels, residual=residual, notes=notes)
+    if not concat:
+        return Region(srcs=tuple(srcs), sinks=tuple(sinks), acts=tuple(acts), channels=channels, residual=residual,
+                      notes=notes)
+    base = min(offset.values())
+    width = max(o - base + (ops.channels_of(t) or 0) for t, o in offset.items())
+    notes += (f"through a concatenation: {len(srcs)} producers side by side in {width} channels",)
+    return Region(srcs=tuple(srcs), sinks=tuple(sinks), acts=tuple(acts), channels=width, residual=residual,
+                  notes=notes, src_offsets=tuple(o - base for o in srcs.values()),
+                  sink_offsets=tuple(o - base for o in sinks.values()),
+                  act_offsets=tuple(o - base for o in acts.values()))
 
 
 def find_regions(gm: fx.GraphModule, residuals: bool = True) -> tuple[list[Region], list[SkippedRegion]]:

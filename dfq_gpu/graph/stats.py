@@ -267,7 +267,8 @@ def _node_stats(gm, node, stats, bn_stats, observed, n, input_range) -> NodeStat
         return NodeStats(s0.mean, s0.std, np.minimum(s0.lo, 0.0), np.maximum(s0.hi, 0.0), s0.source)
     if ops.is_spatial_pool(gm, node) == "max" or ops.is_channel_preserving_reshape(gm, node):
         return dataclasses.replace(s0)
-    if ops.is_spatial_pool(gm, node) == "avg":
+    if ops.is_spatial_pool(gm, node) == "avg" or ops.is_interpolate(gm, node):
+        # a weighted average of the channel's values (bicubic can overshoot a little)
         return NodeStats(s0.mean, s0.std, s0.lo, s0.hi, s0.source)
     if ops.is_flatten_reshape(gm, node):
         shape = ops.tensor_shape(ops.tensor_inputs(node)[0])

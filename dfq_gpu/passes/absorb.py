@@ -41,6 +41,8 @@ def _absorb_path(ws: Workspace, region) -> tuple[object, str, list[str]] | str:
     """The single activation module of a simple region and notes, or the reason it does not apply."""
     if region.residual or len(region.srcs) != 1:
         return "residual region: the shift cannot cross the add"
+    if region.concat:
+        return "concatenation between the layers"
     gm = ws.gm
     act = None
     act_name = ""

@@ -33,7 +33,7 @@ import torch.fx as fx
 
 from .. import formulas as fm
 from ..graph import stats as st
-from ..graph.regions import Region, find_regions
+from ..graph.regions import Region, find_regions, placed_max
 from ..graph.trace import node_module
 from ..nn import ChannelClamp
 from ..report import RegionRecord
@@ -41,49 +41,52 @@ from .absorb import region_absorbable
 from .base import (Workspace, in_channel_absmax, out_channel_absmax, out_channel_minmax, scale_in_channels,
                    scale_out_channels)
 
-__all__ = ["equalize", "equalization_sweeps", "Sweep", "apply_region_scale", "region_act_ranges"]
+__all__ = ["equalize", "equalization_sweeps", "Sweep", "apply_region_scale", "region_act_ranges", "region_ranges"]
 
 log = logging.getLogger(__name__)
 
 
-def _normalized_max(parts: list[np.ndarray]) -> np.ndarray:
-    out = None
-    for p in parts:
-        top = p.max(initial=0.0)
-        q = p / top if top > 0 else np.zeros_like(p)
-        out = q if out is None else np.maximum(out, q)
-    assert out is not None
-    return out
-
-
-def _sink_input_nodes(ws: Workspace, region: Region) -> list[fx.Node]:
-    """The tensors the sinks read (inside the region)."""
-    names = set(region.sinks)
-    out: list[fx.Node] = []
+def _sink_input_nodes(ws: Workspace, region: Region) -> list[tuple[fx.Node, int]]:
+    """The tensors the sinks read (inside the region), each with its channel offset in it."""
+    offsets = {name: region.sink_offset(i) for i, name in enumerate(region.sinks)}
+    out: list[tuple[fx.Node, int]] = []
     for n in ws.gm.graph.nodes:
-        if n.op == "call_module" and str(n.target) in names:
-            src = n.args[0]
-            if src not in out:
-                out.append(src)
+        if n.op == "call_module" and str(n.target) in offsets:
+            item = (n.args[0], offsets[str(n.target)])
+            if item not in out:
+                out.append(item)
     return out
 
 
 def region_act_ranges(ws: Workspace, region: Region, stats: dict[str, st.NodeStats],
                       offset_free: bool = False) -> np.ndarray | None:
     """Per-channel width ``hi - lo`` of the activations the sinks read, relative to each tensor's
-    per-tensor range (``max hi - min lo``); the max over those tensors. ``None`` if unknown."""
-    parts = []
-    for n in _sink_input_nodes(ws, region):
+    per-tensor range (``max hi - min lo``); the max over those tensors (placed at their channel
+    offsets in the region; 0 where no sink reads). ``None`` if unknown."""
+    out = np.zeros(region.channels)
+    found = False
+    for n, off in _sink_input_nodes(ws, region):
         s = stats.get(n.name)
-        if s is None or s.channels != region.channels:
+        if s is None or off + s.channels > region.channels:
             return None
         lo, hi = np.minimum(s.lo, 0.0), np.maximum(s.hi, 0.0)
         total = hi.max() - lo.min()
         if total <= 0:
             return None
         width = (s.hi - s.lo) if offset_free else (hi - lo)
-        parts.append(width / total)
-    return np.max(parts, axis=0) if parts else None
+        out[off:off + s.channels] = np.maximum(out[off:off + s.channels], width / total)
+        found = True
+    return out if found else None
+
+
+def region_ranges(ws: Workspace, region: Region) -> tuple[np.ndarray, np.ndarray]:
+    """``(r_src, r_dst)``: per region channel, the sources' output-channel weight ranges and the
+    sinks' input-channel weight ranges, each relative to its layer's largest, max over layers."""
+    r_src = placed_max([out_channel_absmax(ws.module(n)) for n in region.srcs],
+                       [region.src_offset(i) for i in range(len(region.srcs))], region.channels)
+    r_dst = placed_max([in_channel_absmax(ws.module(n)) for n in region.sinks],
+                       [region.sink_offset(i) for i in range(len(region.sinks))], region.channels)
+    return r_src, r_dst
 
 
 def _refresh_region_stats(ws: Workspace, region: Region, stats: dict[str, st.NodeStats]) -> None:
@@ -103,24 +106,30 @@ def apply_region_scale(ws: Workspace, region: Region, s: np.ndarray) -> None:
     Keeps everything that depends on the channel scale in step: the sources' BN statistics
     and the per-channel clamp bounds inside the region.
     """
-    inv = 1.0 / s
-    for name in region.srcs:
-        scale_out_channels(ws.module(name), inv)
+    inv_all = 1.0 / s
+    for i, name in enumerate(region.srcs):
+        m, off = ws.module(name), region.src_offset(i)
+        inv = inv_all[off:off + len(out_channel_absmax(m))]
+        scale_out_channels(m, inv)
         if name in ws.bn_stats:
             ws.bn_stats[name] = ws.bn_stats[name].scaled(inv)
         rec = ws.report.layers.get(name)
         if rec is not None:
             rec.out_scale = inv if rec.out_scale is None else rec.out_scale * inv
-    for name in region.sinks:
-        scale_in_channels(ws.module(name), s)
+    for i, name in enumerate(region.sinks):
+        m, off = ws.module(name), region.sink_offset(i)
+        si = s[off:off + len(in_channel_absmax(m))]
+        scale_in_channels(m, si)
         rec = ws.report.layers.get(name)
         if rec is not None:
-            rec.in_scale = s if rec.in_scale is None else rec.in_scale * s
+            rec.in_scale = si if rec.in_scale is None else rec.in_scale * si
     acts = set(region.acts)
     for n in ws.gm.graph.nodes:
         if n.name in acts:
             m = node_module(ws.gm, n)
             if isinstance(m, ChannelClamp):
+                off = region.act_offset(n.name)
+                inv = inv_all[off:off + m.channels]
                 m.lo.mul_(m.lo.new_tensor(inv))
                 m.hi.mul_(m.hi.new_tensor(inv))
 
@@ -156,8 +165,7 @@ def equalization_sweeps(ws: Workspace, regions: Sequence[Region]) -> Iterator[Sw
         worst = 0.0
         scales = []
         for k, r in enumerate(regions):
-            r_src = _normalized_max([out_channel_absmax(ws.module(n)) for n in r.srcs])
-            r_dst = _normalized_max([in_channel_absmax(ws.module(n)) for n in r.sinks])
+            r_src, r_dst = region_ranges(ws, r)
             if use_acts:
                 a = region_act_ranges(ws, r, stats, offset_free=absorbable[k])
                 if a is not None:

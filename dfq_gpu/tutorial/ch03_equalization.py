@@ -74,20 +74,16 @@ class CLEStepper:
             ins[name] = in_channel_absmax(m)
         return CLESnapshot(sweep, outs, ins, [t.copy() for t in total], [s.copy() for s in last])
 
-    @staticmethod
-    def _normalized_max(parts: list[np.ndarray]) -> np.ndarray:
-        out = np.zeros_like(parts[0])
-        for p in parts:
-            top = p.max(initial=0.0)
-            out = np.maximum(out, p / top if top > 0 else np.zeros_like(p))
-        return out
-
     def region_ranges(self, k: int, sweep: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(r_src, r_dst)`` of region ``k`` after ``sweep`` sweeps (relative to each tensor's max)."""
+        from ..graph.regions import placed_max
+
         snap = self.history[-1 if sweep is None else sweep]
         r = self.regions[k]
-        return (self._normalized_max([snap.out_ranges[n] for n in r.srcs]),
-                self._normalized_max([snap.in_ranges[n] for n in r.sinks]))
+        return (placed_max([snap.out_ranges[n] for n in r.srcs], [r.src_offset(i) for i in range(len(r.srcs))],
+                           r.channels),
+                placed_max([snap.in_ranges[n] for n in r.sinks], [r.sink_offset(i) for i in range(len(r.sinks))],
+                           r.channels))
 
     def step(self) -> float:
         """One sweep over all regions (the package's next one); returns its largest ``|log s|``
