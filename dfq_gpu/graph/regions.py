@@ -6,18 +6,22 @@
   can all be scaled by ``1/s`` and its sink layers' input channels by ``s`` without
   changing the network's function, because every op in between (``acts``) is
   positively scale-equivariant per channel: ReLU, LeakyReLU, PReLU, per-channel clamps
-  (ReLU6 in "clip" mode), zero padding, max / average pooling, channel-preserving
-  reshapes, residual adds (all of whose inputs are then in the region: one scale vector
-  shared by every producer and consumer of the residual stream) and multiplicative gates
-  (``x * g`` where the gate ``g`` lies outside the region, as in squeeze-excitation).
-  A conv -> depthwise -> conv chain is two regions, which equalization iterates over.
+  (ReLU6 in "clip" mode), zero padding, max / average pooling, interpolation (any mode: a
+  fixed linear combination of one channel's values), channel-preserving reshapes, residual
+  adds (all of whose inputs are then in the region: one scale vector shared by every producer
+  and consumer of the residual stream), multiplicative gates (``x * g`` where the gate ``g``
+  lies outside the region, as in squeeze-excitation) and concatenations along the channels
+  (every input then in the region, side by side: each source, sink and clamp covers a slice
+  of the region's channels, from its offset). A conv -> depthwise -> conv chain is two
+  regions, which equalization iterates over.
 - :class:`SkippedRegion`: a layer whose output channels cannot be scaled, and why.
 
 Regions are found by growing a set of tensors from each layer's output: a tensor in the
 region needs every producer to be a source layer or an equivariant op (whose region inputs
 then join), and every consumer to be a sink layer or an equivariant op (whose output then
-joins). Anything else (the network output, ReLU6 in "keep" mode, a sigmoid, a concat, a
-channel shuffle) makes the region impossible, and that is reported, never an error.
+joins). Anything else (the network output, ReLU6 in "keep" mode, a sigmoid, a batch norm that
+was not folded, a concatenation along another dimension or of a tensor with itself, a channel
+shuffle) makes the region impossible, and that is reported, never an error.
 """
 
 from __future__ import annotations
@@ -179,16 +183,19 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
     sinks: dict[str, int] = {}
     acts: dict[str, int] = {}
     residual = concat = False
+    via: dict[fx.Node, str] = {}  # the concatenation through which a tensor joined, for the reasons
 
-    def add_tensor(n: fx.Node, off: int) -> None:
-        if n in offset:
-            if offset[n] != off:
-                raise _Fail(f"{ops.describe(gm, n)} would take two channel positions in it")
+    def add_tensor(t: fx.Node, off: int, through: str | None = None) -> None:
+        if t in offset:
+            if offset[t] != off:
+                raise _Fail(f"{ops.describe(gm, t)} would take two channel positions in it")
             return
-        if ops.channels_of(n) is None:
-            raise _Fail(f"{ops.describe(gm, n)} has no channel dimension")
-        offset[n] = off
-        queue.append(n)
+        if ops.channels_of(t) is None:
+            raise _Fail(f"{ops.describe(gm, t)} has no channel dimension")
+        offset[t] = off
+        if through is not None:
+            via[t] = through
+        queue.append(t)
 
     def same_channels(a: fx.Node, b: fx.Node) -> None:
         if ops.channels_of(a) != ops.channels_of(b):
@@ -198,9 +205,9 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
         if members.setdefault(key, off) != off:
             raise _Fail(f"{key} is used at two channel positions of it")
 
-    while queue:
-        n = queue.popleft()
-        off = offset[n]
+    def _grow_from(n: fx.Node) -> None:
+        nonlocal residual, concat
+        off, link = offset[n], via.get(n)
         m = node_module(gm, n)
         # ---- the producer of tensor n
         if is_layer_module(m):
@@ -209,7 +216,7 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
             inp = ops.tensor_inputs(n)[0]
             same_channels(n, inp)
             record(acts, n.name, off)
-            add_tensor(inp, off)
+            add_tensor(inp, off, link)
         elif ops.is_add(n):
             if not residuals:
                 raise _Fail(f"residual add {n.name} (equalize_residuals=False)")
@@ -217,21 +224,21 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
             record(acts, n.name, off)
             for inp in ops.tensor_inputs(n):
                 same_channels(n, inp)
-                add_tensor(inp, off)
+                add_tensor(inp, off, link)
         elif ops.is_mul(n):
             pair = _gate_operand(n)
             if pair is None:
                 raise _Fail(f"{ops.describe(gm, n)} multiplies two full tensors")
             record(acts, n.name, off)
             same_channels(n, pair[0])
-            add_tensor(pair[0], off)
+            add_tensor(pair[0], off, link)
         elif (parts := ops.channel_cat_inputs(n)) is not None:
             if len(set(parts)) != len(parts):
                 raise _Fail(f"{n.name} concatenates a tensor with itself")
             concat = True
             record(acts, n.name, off)
             for p in parts:
-                add_tensor(p, off)
+                add_tensor(p, off, n.name)
                 off += ops.channels_of(p) or 0
         elif n.op == "placeholder":
             raise _Fail("the residual stream starts at the network input")
@@ -251,23 +258,23 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
                 record(sinks, str(u.target), off)
             elif _is_equivariant_unary(gm, u):
                 same_channels(n, u)
-                add_tensor(u, off)
+                add_tensor(u, off, link)
             elif ops.is_add(u):
                 if not residuals:
                     raise _Fail(f"residual add {u.name} (equalize_residuals=False)")
                 same_channels(n, u)
-                add_tensor(u, off)
+                add_tensor(u, off, link)
             elif ops.is_mul(u):
                 pair = _gate_operand(u)
                 if pair is None or pair[0] is not n:
                     raise _Fail(f"it feeds the gate of {ops.describe(gm, u)}" if pair else
                                 f"{ops.describe(gm, u)} multiplies two full tensors")
                 same_channels(n, u)
-                add_tensor(u, off)
+                add_tensor(u, off, link)
             elif (parts := ops.channel_cat_inputs(u)) is not None:
                 if parts.count(n) != 1:
                     raise _Fail(f"{u.name} concatenates it with itself")
-                add_tensor(u, off - sum(ops.channels_of(p) or 0 for p in parts[:parts.index(n)]))
+                add_tensor(u, off - sum(ops.channels_of(p) or 0 for p in parts[:parts.index(n)]), u.name)
             elif isinstance(um, (nn.ReLU6, nn.Hardtanh)):
                 raise _Fail(f"{ops.describe(gm, u)} is a fixed clamp, not scale-equivariant "
                             "(relu6='keep'; 'clip' makes it equivariant)")
@@ -275,6 +282,13 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
                 raise _Fail(f"it feeds the concatenation {u.name}, not along the channels")
             else:
                 raise _Fail(f"it feeds {ops.describe(gm, u)}, which is not scale-equivariant per channel")
+
+    while queue:
+        cur = queue.popleft()
+        try:
+            _grow_from(cur)
+        except _Fail as why:
+            raise _Fail(f"{why} (reached through the concatenation {via[cur]})" if cur in via else str(why)) from None
     if not sinks:
         raise _Fail("no layer consumes it")
     # a mul gate must not be scaled itself (its other operand outside the region)
