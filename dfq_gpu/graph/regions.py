@@ -211,6 +211,8 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
         m = node_module(gm, n)
         # ---- the producer of tensor n
         if is_layer_module(m):
+            if layer_type(m).out_channels(m) != ops.channels_of(n):
+                raise _Fail(f"{n.target} produces part of it with its channels not along dimension 1")
             record(srcs, str(n.target), off)
         elif _is_equivariant_unary(gm, n):
             inp = ops.tensor_inputs(n)[0]
@@ -255,6 +257,8 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
             if is_layer_module(um):
                 if u.args[0] is not n:
                     raise _Fail(f"{u.target} uses it as a non-input argument")
+                if layer_type(um).in_channels(um) != ops.channels_of(n):
+                    raise _Fail(f"{u.target} reads it with its channels not along dimension 1")
                 record(sinks, str(u.target), off)
             elif _is_equivariant_unary(gm, u):
                 same_channels(n, u)
