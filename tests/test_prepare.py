@@ -266,3 +266,43 @@ def test_equalization_through_concat_and_interpolate(mode):
     q = D.quantize(model, (x[:1].float(),), D.DFQConfig(input_range=(-4.0, 4.0)))
     with torch.no_grad():
         assert torch.equal(D.to_int8(q, backend="reference")(x.float()), q(x.float()))
+
+
+class _PreActivation(nn.Module):
+    """Two branches concatenated into a pre-activation batch norm (BN -> ReLU -> conv, as in DenseNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(10)
+        self.c = nn.Conv2d(10, 2, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+        return self.c(torch.relu(self.bn(h)))
+
+
+def test_unfolded_batch_norm_is_a_sink():
+    """A batch norm that cannot be folded ends a region as a sink that absorbs the scale exactly
+    (gamma *= s, mean /= s) and constrains nothing: the sources' ranges get equalized, the function
+    is unchanged and the integer network still equals the simulation."""
+    torch.manual_seed(0)
+    model = randomize_bn(_PreActivation()).eval()
+    with torch.no_grad():
+        model.a.weight.mul_(torch.tensor([0.05, 1.0, 4.0, 0.3]).view(4, 1, 1, 1))
+        model.b.weight.mul_(torch.tensor([8.0, 0.1, 1.0, 2.0, 0.02, 1.0]).view(6, 1, 1, 1))
+    x = torch.randn(4, 3, 12, 12, dtype=torch.float64)
+    m64 = copy.deepcopy(model).double()
+    fp = D.prepare(m64, (x[:1],), D.DFQConfig(cle_objective="weights"))
+    with torch.no_grad():
+        assert _max_rel(m64(x), fp(x)) < EXACT
+    eq = fp.report.equalized_regions
+    assert len(eq) == 1 and set(eq[0].srcs) == {"a", "b"} and eq[0].sinks == ("bn",), fp.report.regions
+    spread = [out_channel_absmax(fp.get_submodule(n)) for n in ("a", "b")]
+    before = [out_channel_absmax(getattr(model, n)) for n in ("a", "b")]
+    for r, r0 in zip(spread, before):
+        assert r.max() / r.min() < 0.5 * r0.max() / r0.min()
+    assert not torch.equal(fp.get_submodule("bn").weight, m64.bn.weight)
+    q = D.quantize(model, (x[:1].float(),), D.DFQConfig(input_range=(-4.0, 4.0)))
+    with torch.no_grad():
+        assert torch.equal(D.to_int8(q, backend="reference")(x.float()), q(x.float()))

@@ -13,15 +13,17 @@
   lies outside the region, as in squeeze-excitation) and concatenations along the channels
   (every input then in the region, side by side: each source, sink and clamp covers a slice
   of the region's channels, from its offset). A conv -> depthwise -> conv chain is two
-  regions, which equalization iterates over.
+  regions, which equalization iterates over. A batch norm that was not folded (a
+  pre-activation BN) can be a sink: it absorbs the scale exactly, stays in float and
+  constrains nothing.
 - :class:`SkippedRegion`: a layer whose output channels cannot be scaled, and why.
 
 Regions are found by growing a set of tensors from each layer's output: a tensor in the
 region needs every producer to be a source layer or an equivariant op (whose region inputs
 then join), and every consumer to be a sink layer or an equivariant op (whose output then
-joins). Anything else (the network output, ReLU6 in "keep" mode, a sigmoid, a batch norm that
-was not folded, a concatenation along another dimension or of a tensor with itself, a channel
-shuffle) makes the region impossible, and that is reported, never an error.
+joins). Anything else (the network output, ReLU6 in "keep" mode, a sigmoid, a concatenation
+along another dimension or of a tensor with itself, a channel shuffle) makes the region
+impossible, and that is reported, never an error.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from . import ops
 from ..layers import is_layer_module, layer_type
 from .trace import BN_TYPES, node_module
 
-__all__ = ["BNPair", "Region", "SkippedRegion", "find_bn_pairs", "find_regions", "is_depthwise", "placed_max"]
+__all__ = ["BNPair", "Region", "SkippedRegion", "find_bn_pairs", "find_regions", "is_bn_sink", "is_depthwise",
+           "placed_max"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,14 @@ class SkippedRegion:
 
     layer: str
     reason: str
+
+
+def is_bn_sink(m: object) -> bool:
+    """A batch norm left in the network (not folded: it does not follow a layer, e.g. a
+    pre-activation BN) can end a region as a sink: ``BN(x / s)`` with its running mean divided
+    and its weight multiplied by ``s`` is ``BN(x)``. It stays in float, so it puts no constraint
+    on the scales."""
+    return isinstance(m, BN_TYPES) and bool(m.affine) and m.running_mean is not None and m.running_var is not None
 
 
 def is_depthwise(m: nn.Module) -> bool:
@@ -258,6 +269,10 @@ def _grow(gm: fx.GraphModule, start: fx.Node, residuals: bool) -> Region:
                 if u.args[0] is not n:
                     raise _Fail(f"{u.target} uses it as a non-input argument")
                 if layer_type(um).in_channels(um) != ops.channels_of(n):
+                    raise _Fail(f"{u.target} reads it with its channels not along dimension 1")
+                record(sinks, str(u.target), off)
+            elif is_bn_sink(um):
+                if um.num_features != ops.channels_of(n):
                     raise _Fail(f"{u.target} reads it with its channels not along dimension 1")
                 record(sinks, str(u.target), off)
             elif _is_equivariant_unary(gm, u):

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from .. import formulas as fm
 from ..graph import ops
+from ..graph.regions import is_bn_sink
 from ..graph.trace import node_module
 from ..nn import ChannelClamp
 from .base import Workspace, add_bias, layer_response_to_constant
@@ -43,6 +44,8 @@ def _absorb_path(ws: Workspace, region) -> tuple[object, str, list[str]] | str:
         return "residual region: the shift cannot cross the add"
     if region.concat:
         return "concatenation between the layers"
+    if any(is_bn_sink(ws.module(n)) for n in region.sinks):
+        return "a batch norm reads the activations"
     gm = ws.gm
     act = None
     act_name = ""

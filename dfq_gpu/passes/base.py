@@ -12,7 +12,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..config import DFQConfig
-from ..graph.regions import Region
+from ..graph.regions import Region, is_bn_sink
 from ..graph.stats import ChannelStats, NodeStats
 from ..layers import LayerType, is_layer_module, layer_type
 from ..report import Report
@@ -69,7 +69,10 @@ def out_channel_absmax(m: nn.Module) -> np.ndarray:
 
 
 def in_channel_absmax(m: nn.Module) -> np.ndarray:
-    """Per input channel ``max |W|`` over output channels and taps (grouped convs handled)."""
+    """Per input channel ``max |W|`` over output channels and taps (grouped convs handled); for a
+    batch norm sink (:func:`~dfq_gpu.graph.regions.is_bn_sink`) its multiplier ``|gamma| / sigma``."""
+    if is_bn_sink(m):
+        return (m.weight.detach().abs() / torch.sqrt(m.running_var + m.eps)).to(torch.float64).cpu().numpy()
     return _lt(m).in_channel_absmax(m)
 
 
@@ -85,7 +88,13 @@ def scale_out_channels(m: nn.Module, factor: np.ndarray) -> None:
 
 @torch.no_grad()
 def scale_in_channels(m: nn.Module, factor: np.ndarray) -> None:
-    """``W[:, i] *= factor[i]`` (for grouped convs, ``i`` counts across groups)."""
+    """``W[:, i] *= factor[i]`` (for grouped convs, ``i`` counts across groups); a batch norm sink
+    gets ``gamma *= factor`` and ``running_mean /= factor``, so that it maps ``x / factor`` as it
+    mapped ``x``."""
+    if is_bn_sink(m):
+        m.weight.mul_(_as(m, factor))
+        m.running_mean.div_(torch.as_tensor(factor, dtype=m.running_mean.dtype, device=m.running_mean.device))
+        return
     _lt(m).scale_in_channels(m, _as(m, factor))
 
 

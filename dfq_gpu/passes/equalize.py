@@ -5,7 +5,10 @@ output channel ``i`` over the sources, ``r_T[i]`` the range of input channel ``i
 sinks, each as a fraction of its tensor's largest channel range (so that several sources
 or sinks of different magnitude count alike). The scale is ``s_i = sqrt(r_S[i] / r_T[i])``
 (the paper's choice for one pair); sources are divided and sinks multiplied by it, which
-makes both ranges equal. Regions are swept in topological order, repeatedly, until no
+makes both ranges equal. Through a concatenation each source and sink contributes to, and is
+scaled by, its slice of the region's channels; a channel that only batch norms read (they stay in
+float) has no sink-side constraint, ``r_T[i] = 1``, so the sweeps equalize the sources' ranges
+there. Regions are swept in topological order, repeatedly, until no
 scale differs from 1 by more than ``cle_tol`` (chains like conv -> depthwise -> conv need
 this), or ``cle_max_iter`` sweeps. :func:`equalization_sweeps` yields the sweeps one at a time
 (the tutorial steps through them); :func:`equalize` runs them all and records the result.
@@ -33,7 +36,7 @@ import torch.fx as fx
 
 from .. import formulas as fm
 from ..graph import stats as st
-from ..graph.regions import Region, find_regions, placed_max
+from ..graph.regions import Region, find_regions, is_bn_sink, placed_max
 from ..graph.trace import node_module
 from ..nn import ChannelClamp
 from ..report import RegionRecord
@@ -84,8 +87,16 @@ def region_ranges(ws: Workspace, region: Region) -> tuple[np.ndarray, np.ndarray
     sinks' input-channel weight ranges, each relative to its layer's largest, max over layers."""
     r_src = placed_max([out_channel_absmax(ws.module(n)) for n in region.srcs],
                        [region.src_offset(i) for i in range(len(region.srcs))], region.channels)
-    r_dst = placed_max([in_channel_absmax(ws.module(n)) for n in region.sinks],
-                       [region.sink_offset(i) for i in range(len(region.sinks))], region.channels)
+    layers = [i for i, n in enumerate(region.sinks) if not is_bn_sink(ws.module(n))]
+    r_dst = placed_max([in_channel_absmax(ws.module(region.sinks[i])) for i in layers],
+                       [region.sink_offset(i) for i in layers], region.channels)
+    # channels only batch norms read (they stay in float and absorb any scale): no constraint, so
+    # the sweeps equalize the sources' ranges there (within the scale bound and the activations')
+    read = np.zeros((2, region.channels), dtype=bool)  # [read by a layer, read by a batch norm]
+    for i, n in enumerate(region.sinks):
+        off, width = region.sink_offset(i), len(in_channel_absmax(ws.module(n)))
+        read[0 if i in layers else 1, off:off + width] = True
+    r_dst[read[1] & ~read[0]] = 1.0
     return r_src, r_dst
 
 

@@ -72,6 +72,10 @@ class CLEStepper:
             m = self.gm.get_submodule(name)
             outs[name] = out_channel_absmax(m)
             ins[name] = in_channel_absmax(m)
+        for r in self.regions:  # sinks that are not layers (batch norms left in the network)
+            for name in r.sinks:
+                if name not in ins:
+                    ins[name] = in_channel_absmax(self.gm.get_submodule(name))
         return CLESnapshot(sweep, outs, ins, [t.copy() for t in total], [s.copy() for s in last])
 
     def region_ranges(self, k: int, sweep: int | None = None) -> tuple[np.ndarray, np.ndarray]:
