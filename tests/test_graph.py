@@ -182,28 +182,19 @@ def test_concat_and_interpolate_are_one_region_with_offsets(swap):
     assert r.sink_offsets == (0,) and any("concatenation" in n for n in r.notes)
 
 
-def test_concat_with_itself_or_off_channels_is_reported():
-    class Twice(nn.Module):
+@pytest.mark.parametrize("dim,why", [(1, "with itself"), (2, "not along the channels")])
+def test_concat_with_itself_or_off_channels_is_reported(dim, why):
+    class SelfCat(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(8, 2, 1)
+            self.a, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(8 if dim == 1 else 4, 2, 1)
 
         def forward(self, x):
             h = F.relu(self.a(x))
-            return self.c(torch.cat([h, h], 1))
+            return self.c(torch.cat([h, h], dim))
 
-    class Spatial(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
-
-        def forward(self, x):
-            h = F.relu(self.a(x))
-            return self.c(torch.cat([h, h], 2))
-
-    for model, why in ((Twice(), "with itself"), (Spatial(), "not along the channels")):
-        regions, skipped = regions_of(model)
-        assert regions == [] and any(s.layer == "a" and why in s.reason for s in skipped), skipped
+    regions, skipped = regions_of(SelfCat())
+    assert regions == [] and any(s.layer == "a" and why in s.reason for s in skipped), skipped
 
 
 def test_bn_pairs_and_unfoldable_bn():

@@ -193,7 +193,6 @@ class _Emitter:
         self.dq_count: dict[str, int] = {}
         self.quantized: list[str] = []  # Q outputs named after FakeQuant nodes, in graph order
         self.q_scales: dict[str, np.float32] = {}  # FakeQuant node -> scale of the Q right after a fused layer
-        self.fused: dict[str, FusedScales] = {}  # layer node -> its Q/DQ scales
 
     # ----------------------------------------------------------------------------- helpers
     def err(self, node: fx.Node, why: str) -> ExportError:
@@ -409,7 +408,6 @@ class _Emitter:
             mult = requant.requant_multiplier(requant.accumulator_step(s_x, m.w_scale), s_y).numpy()
             tuned = exact_multiplier_scales(s_x, m.w_scale.detach().cpu().to(torch.float32).numpy(), s_y, mult)
             self.q_scales[out_q[0].name] = tuned.y
-            self.fused[node.name] = tuned
         return self.dequantize(x, None if tuned is None else tuned.x), x, tuned
 
     def _weight(self, node: fx.Node, m: nn.Module, x: _T, tuned: Optional[FusedScales] = None

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch.fx as fx
@@ -44,7 +44,8 @@ from .absorb import region_absorbable
 from .base import (Workspace, in_channel_absmax, out_channel_absmax, out_channel_minmax, scale_in_channels,
                    scale_out_channels)
 
-__all__ = ["equalize", "equalization_sweeps", "Sweep", "apply_region_scale", "region_act_ranges", "region_ranges"]
+__all__ = ["equalize", "equalization_sweeps", "Sweep", "apply_region_scale", "region_act_ranges", "region_ranges",
+           "ranges_of"]
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +83,32 @@ def region_act_ranges(ws: Workspace, region: Region, stats: dict[str, st.NodeSta
     return out if found else None
 
 
-def region_ranges(ws: Workspace, region: Region) -> tuple[np.ndarray, np.ndarray]:
-    """``(r_src, r_dst)``: per region channel, the sources' output-channel weight ranges and the
-    sinks' input-channel weight ranges, each relative to its layer's largest, max over layers."""
-    r_src = placed_max([out_channel_absmax(ws.module(n)) for n in region.srcs],
+def ranges_of(region: Region, out_ranges: Mapping[str, np.ndarray], in_ranges: Mapping[str, np.ndarray],
+              float_sinks: Collection[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """``(r_src, r_dst)`` from per-layer weight ranges (``out_channel_absmax`` of the sources,
+    ``in_channel_absmax`` of the sinks): per region channel, each relative to its layer's largest,
+    max over layers, placed at their offsets. Channels that only ``float_sinks`` read (batch norms
+    left in the network: they stay in float and absorb any scale) have no constraint,
+    ``r_dst = 1``, so the sweeps equalize the sources' ranges there (within the scale bound and the
+    activations')."""
+    r_src = placed_max([out_ranges[n] for n in region.srcs],
                        [region.src_offset(i) for i in range(len(region.srcs))], region.channels)
-    layers = [i for i, n in enumerate(region.sinks) if not is_bn_sink(ws.module(n))]
-    r_dst = placed_max([in_channel_absmax(ws.module(region.sinks[i])) for i in layers],
-                       [region.sink_offset(i) for i in layers], region.channels)
-    # channels only batch norms read (they stay in float and absorb any scale): no constraint, so
-    # the sweeps equalize the sources' ranges there (within the scale bound and the activations')
-    read = np.zeros((2, region.channels), dtype=bool)  # [read by a layer, read by a batch norm]
+    layers = [i for i, n in enumerate(region.sinks) if n not in float_sinks]
+    r_dst = placed_max([in_ranges[region.sinks[i]] for i in layers], [region.sink_offset(i) for i in layers],
+                       region.channels)
+    read = np.zeros((2, region.channels), dtype=bool)  # [read by a layer, read by a float sink]
     for i, n in enumerate(region.sinks):
-        off, width = region.sink_offset(i), len(in_channel_absmax(ws.module(n)))
-        read[0 if i in layers else 1, off:off + width] = True
+        off = region.sink_offset(i)
+        read[0 if i in layers else 1, off:off + len(in_ranges[n])] = True
     r_dst[read[1] & ~read[0]] = 1.0
     return r_src, r_dst
+
+
+def region_ranges(ws: Workspace, region: Region) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ranges_of` for the region's current weights."""
+    return ranges_of(region, {n: out_channel_absmax(ws.module(n)) for n in region.srcs},
+                     {n: in_channel_absmax(ws.module(n)) for n in region.sinks},
+                     {n for n in region.sinks if is_bn_sink(ws.module(n))})
 
 
 def _refresh_region_stats(ws: Workspace, region: Region, stats: dict[str, st.NodeStats]) -> None:

@@ -79,15 +79,15 @@ class CLEStepper:
         return CLESnapshot(sweep, outs, ins, [t.copy() for t in total], [s.copy() for s in last])
 
     def region_ranges(self, k: int, sweep: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(r_src, r_dst)`` of region ``k`` after ``sweep`` sweeps (relative to each tensor's max)."""
-        from ..graph.regions import placed_max
+        """``(r_src, r_dst)`` of region ``k`` after ``sweep`` sweeps (relative to each tensor's max),
+        as the package's sweep computes them (:func:`dfq_gpu.passes.equalize.ranges_of`)."""
+        from ..graph.regions import is_bn_sink
+        from ..passes.equalize import ranges_of
 
         snap = self.history[-1 if sweep is None else sweep]
         r = self.regions[k]
-        return (placed_max([snap.out_ranges[n] for n in r.srcs], [r.src_offset(i) for i in range(len(r.srcs))],
-                           r.channels),
-                placed_max([snap.in_ranges[n] for n in r.sinks], [r.sink_offset(i) for i in range(len(r.sinks))],
-                           r.channels))
+        return ranges_of(r, snap.out_ranges, snap.in_ranges,
+                         {n for n in r.sinks if is_bn_sink(self.gm.get_submodule(n))})
 
     def step(self) -> float:
         """One sweep over all regions (the package's next one); returns its largest ``|log s|``
