@@ -31,12 +31,16 @@ system-deps:
 demo: venv
 	$(PY) -m dfq_gpu demo
 
+# JOBS worker processes (pytest-xdist; tests/conftest.py keeps a module's tests on one worker).
+JOBS ?= 2
+
 test: venv system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(JOBS) --dist loadgroup --no-loadscope-reorder
 
 # Everything but the notebooks and the browser test.
 test-fast: venv system-deps
-	$(PY) -m pytest -q -m "not browser" --ignore=tests/test_notebooks.py
+	$(PY) -m pytest -q -n $(JOBS) --dist loadgroup --no-loadscope-reorder -m "not browser" \
+		--ignore=tests/test_notebooks.py
 
 # Execute every tutorial notebook in place and store its outputs (figures, tables, static copies of
 # the widgets) and a hash of its code cells, for readers on GitHub; tests/test_notebooks.py checks

@@ -1,7 +1,8 @@
 """Which torchvision architectures quantize and run in int8, and how much of each.
 
 For every classification model of ``torchvision.models.list_models(module=torchvision.models)``
-under 100M parameters (random weights, randomized BN statistics, 10 classes, one small input),
+under 100M parameters (random weights seeded per model, randomized BN statistics, 10 classes, one small input; the models of
+:mod:`dfq_gpu.models.torchvision_suite`),
 the segmentation models of ``torchvision.models.segmentation`` (their ``out`` tensor) and SSDLite
 (backbone and head; anchors, box decoding and NMS stay in float outside the quantized part):
 ``dfq_gpu.quantize`` (data-free
@@ -30,75 +31,20 @@ import torch
 import torchvision
 
 import dfq_gpu as D
-
-SEGMENTATION = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50")
-DETECTION = ("ssdlite320_mobilenet_v3_large",)
-
-
-def _input_size(name: str) -> int:
-    if name.startswith(("vit_", "swin", "maxvit")):
-        return 224  # fixed position embeddings / windows
-    if "inception" in name:
-        return 80
-    if name in DETECTION:
-        return 128
-    return 64
-
-
-def _model(name: str) -> torch.nn.Module:
-    if name in SEGMENTATION:
-        m = torchvision.models.get_model(name, num_classes=5, weights=None, weights_backbone=None, aux_loss=False)
-    elif name in DETECTION:
-        m = torchvision.models.get_model(name, num_classes=5, weights=None, weights_backbone=None)
-    else:
-        m = torchvision.models.get_model(name, num_classes=10)
-    g = torch.Generator().manual_seed(0)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.copy_(torch.rand(mod.num_features, generator=g) - 0.5)
-            mod.running_var.copy_(torch.rand(mod.num_features, generator=g) * 1.5 + 0.5)
-    return m.eval()
-
-
-class _Out(torch.nn.Module):
-    """A segmentation model's ``out`` tensor (the dict output stays outside the traced part)."""
-
-    def __init__(self, m: torch.nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m(x)["out"]
-
-
-class _DetectorCore(torch.nn.Module):
-    """An SSD's backbone and head: ``(box regression, class logits)``. What a user quantizes of a
-    detector; anchors, box decoding and NMS (``model.anchor_generator``, ``postprocess_detections``)
-    run in float on these outputs."""
-
-    def __init__(self, m: torch.nn.Module) -> None:
-        super().__init__()
-        self.backbone, self.head = m.backbone, m.head
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.head(list(self.backbone(x).values()))
-        return out["bbox_regression"], out["cls_logits"]
+from dfq_gpu.models import torchvision_suite as suite
+from dfq_gpu.models.torchvision_suite import DETECTION, SEGMENTATION
 
 
 def measure(name: str) -> dict[str, Any]:
     t0 = time.time()
     rec: dict[str, Any] = {"model": name}
     try:
-        m = _model(name)
-        rec["params"] = sum(p.numel() for p in m.parameters())
+        rec["params"] = suite.parameter_count(name)
         if rec["params"] > 100e6:
             rec["skipped"] = "over 100M parameters"
             return rec
-        if name in SEGMENTATION:
-            m = _Out(m)
-        elif name in DETECTION:
-            m = _DetectorCore(m).eval()
-        size = _input_size(name)
+        m = suite.build(name)
+        size = suite.input_size(name)
         x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
         q = D.quantize(m, (x,))
         rep = q.report
@@ -116,7 +62,7 @@ def measure(name: str) -> dict[str, Any]:
         pairs = zip(a, b) if isinstance(a, tuple) else [(a, b)]
         rec["bit_exact"] = all(bool(torch.equal(u, v)) for u, v in pairs)
         if name in SEGMENTATION:
-            ref = m(x)
+            ref = m(x)  # the float model
             rec["mask_agreement"] = float((a.argmax(1) == ref.argmax(1)).float().mean())
         rec["input"] = size
     except Exception as exc:  # reported, not raised: the table lists what fails and why

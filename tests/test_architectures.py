@@ -1,0 +1,69 @@
+"""Every torchvision architecture under 100M parameters quantizes and runs in int8.
+
+One test per model of :func:`dfq_gpu.models.torchvision_suite.names`: every classification model of
+``torchvision.models.list_models(module=torchvision.models)`` with at most 100M parameters, the
+segmentation models (their ``out`` tensor) and SSDLite (backbone and head), with random weights
+and randomized BN statistics. ``quantize`` and ``to_int8`` (integer reference backend) must
+succeed, the int8 network must equal the simulation bit for bit, and at least 90% of the
+convolution and linear MACs must run in int8; where part of a model runs in float, the coverage
+report gives a reason for every such node.
+
+Kept lean for CI: one image of the smallest side each model runs on, and two equalization sweeps
+(the sweeps' number changes the weights, not which ops run in int8 or how; convergence and the
+default settings are tested on real networks elsewhere). The full sweep with the default settings
+is ``scripts/coverage.py`` (README's coverage table).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import dfq_gpu as D
+from dfq_gpu.models import torchvision_suite as suite
+
+torchvision = pytest.importorskip("torchvision")
+
+#: Sides below the default small input (32) for models that need more: AlexNet's last max pool.
+MIN_SIDE = {"alexnet": 64}
+CONFIG = D.DFQConfig(cle_max_iter=2, act_range_method="minmax")
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    logging.disable(logging.WARNING)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+@pytest.mark.parametrize("name", suite.names(max_params=100e6))
+def test_architecture_quantizes_and_runs_in_int8(name: str) -> None:
+    model = suite.build(name, seed=0)
+    side = max(suite.input_size(name, small=True), MIN_SIDE.get(name, 0))
+    x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(1))
+    sim = D.quantize(model, (x,), CONFIG)
+    net = D.to_int8(sim, backend="reference")
+    cov = net.coverage
+    assert cov is not None
+    assert cov.int8_mac_fraction >= 0.9, cov.summary()
+    assert all(isinstance(why, str) and why for why in cov.float_nodes.values()), cov.float_nodes
+    with torch.no_grad():
+        a, b = sim(x), net(x)
+    pairs = list(zip(a, b)) if isinstance(a, tuple) else [(a, b)]
+    assert pairs and all(torch.equal(u, v) for u, v in pairs)
+
+
+def test_suite_is_every_model_under_the_limit() -> None:
+    """The parametrization above is torchvision's list minus the models over 100M parameters
+    (counted without allocating them), plus the segmentation and detection models."""
+    listed = torchvision.models.list_models(module=torchvision.models)
+    names = suite.names(max_params=100e6)
+    big = [n for n in listed if n not in names]
+    assert {"vgg16", "vit_l_16", "regnet_y_128gf"} <= set(big)
+    assert {"resnet50", "efficientnet_b7", "convnext_base", "regnet_y_16gf", "mobilenet_v3_large"} <= set(names)
+    assert names[-4:] == [*suite.SEGMENTATION, *suite.DETECTION]
+    assert suite.parameter_count("resnet18") == sum(p.numel() for p in torchvision.models.resnet18(num_classes=10)
+                                                     .parameters())
+    assert suite.parameter_count("regnet_y_16gf") > 80e6 > suite.parameter_count("regnet_y_8gf")
