@@ -9,6 +9,8 @@
   tensors, computed with the integer arithmetic of the int8 network.
 - :class:`QLookup`: an elementwise activation between two quantizers as a table from input
   codes to output codes, the table of the int8 network.
+- :class:`QChannelAffine`: a per-channel affine map between two quantizers (a batch norm left
+  in the network, a constant per-channel factor) as one table per channel, the int8 network's.
 - :class:`QMul`: the product of two quantized tensors (the squeeze-excitation gate ``x * g``),
   in integers.
 
@@ -51,7 +53,8 @@ from kernels import reference as kref
 from .nn import ELEMENTWISE, ChannelClamp, FakeQuant, fake_quant_tensor, grid_values
 from .quant.requant import avgpool_float_scale, avgpool_multiplier
 
-__all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool", "QAvgPool2d", "QLookup", "QMul",
+__all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool", "QAvgPool2d", "QLookup",
+           "QChannelAffine", "QMul",
            "fake_quant_tensor",
            "QUANTIZED_LAYERS", "QUANTIZED_LAYER_TYPES"]
 
@@ -493,6 +496,71 @@ class QLookup(nn.Module):
     def extra_repr(self) -> str:
         kw = "".join(f", {k}={v}" for k, v in self.fn_kwargs.items())
         return f"fn={self.fn}{kw}, integer={self.integer}"
+
+
+class QChannelAffine(nn.Module):
+    """A per-channel affine map ``y[:, c] = x[:, c] * scale[c] + shift[c]`` (float32) between two
+    quantizers, along dimension 1: a batch norm left in the network (``scale = gamma /
+    sqrt(var + eps)``, ``shift = beta - mean * scale``), a constant per-channel factor (ConvNeXt's
+    layer scale) or offset. Computed as the integer network does, by one table per channel from
+    input codes to output codes, built from the float map on the input grid's values
+    (``FakeQuant``'s dequantization ``(q - z_x) * s_x``, then the output quantizer): ``table[c,
+    q - x_qmin]`` holds ``q_y - z_y`` (float32). With ``integer=False`` the module computes the
+    float map.
+    """
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor, x_scale: float, x_zero_point: int, x_bits: int,
+                 x_symmetric: bool, y_scale: float, y_zero_point: int, y_bits: int, y_symmetric: bool,
+                 integer: bool = True) -> None:
+        super().__init__()
+        scale = torch.as_tensor(scale, dtype=torch.float32).detach().reshape(-1).clone()
+        shift = torch.as_tensor(shift, dtype=torch.float32).detach().reshape(-1).clone()
+        if scale.shape != shift.shape or scale.numel() == 0:
+            raise ValueError(f"scale and shift must have one entry per channel, got {tuple(scale.shape)} and "
+                             f"{tuple(shift.shape)}")
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+        self.x = (float(x_scale), int(x_zero_point), int(x_bits), bool(x_symmetric))
+        self.y = (float(y_scale), int(y_zero_point), int(y_bits), bool(y_symmetric))
+        self.integer = bool(integer)
+        fx_in, fq_out = FakeQuant(*self.x), FakeQuant(*self.y)
+        self.x_qmin, self.x_qmax = fx_in.qmin, fx_in.qmax
+        with torch.no_grad():
+            v = grid_values(torch.arange(fx_in.qmin, fx_in.qmax + 1), self.x[0], self.x[1])  # [n]
+            y = fq_out(v[None, :] * scale[:, None] + shift[:, None])  # [C, n]
+            rel = (y * torch.reciprocal(fq_out.scale)).round_()
+        self.register_buffer("table", rel.contiguous())
+
+    @property
+    def channels(self) -> int:
+        return int(self.scale.numel())
+
+    def state(self) -> tuple:
+        """All parameters (for comparisons)."""
+        return (tuple(self.scale.tolist()), tuple(self.shift.tolist()), self.x, self.y, self.integer)
+
+    def _view(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return t.to(x.device).view(1, -1, *([1] * (x.dim() - 2)))
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self._view(self.scale, x) + self._view(self.shift, x)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[1] != self.channels:
+            raise ValueError(f"expected {self.channels} channels along dimension 1, got shape {tuple(x.shape)}")
+        if not self.integer:
+            return self.float_forward(x)
+        s_x, z_x = self.x[0], self.x[1]
+        n = self.x_qmax - self.x_qmin + 1
+        idx = _centered(x, s_x, self.x_qmin - z_x, self.x_qmax - z_x).add_(z_x - self.x_qmin).to(torch.int64)
+        idx = idx + self._view(torch.arange(self.channels, device=x.device) * n, x)  # row of each channel
+        y = self.table.to(x.device).reshape(-1)[idx]
+        y = y.mul_(_scalar(self.y[0], y.device))  # (q - z_y) * s_y, as FakeQuant dequantizes
+        return y if x.dtype == torch.float32 or not x.is_floating_point() else y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, integer={self.integer}"
 
 
 class QMul(nn.Module):

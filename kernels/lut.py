@@ -5,7 +5,9 @@ reference check (``python -m kernels.lut``).
 
 * :func:`int8_lut`: every activation without an integer form (hardswish, SiLU, sigmoid, ...) and
   every requantization from one scale to another is a 256-entry int8 table, built by the caller
-  with :func:`kernels.reference.lut_from_function`. With ``out`` the result lands in channels
+  with :func:`kernels.reference.lut_from_function`; a per-channel function (a batch norm left in
+  the network, a per-channel constant factor) is a ``[C, 256]`` table, one row per channel of the
+  NHWC input. With ``out`` the result lands in channels
   ``[channel_offset, channel_offset + C)`` of an NHWC buffer, which is how a channel
   concatenation is assembled without a copy.
 """
@@ -32,16 +34,19 @@ Tensor = torch.Tensor
 # =============================================================================================
 @triton.jit
 def _int8_lut_kernel(
-    x_ptr, table_ptr, y_ptr,  # int8 input (contiguous), int8 [256] table, int8 output
+    x_ptr, table_ptr, y_ptr,  # int8 input (contiguous), int8 [256] or [C, 256] table, int8 output
     n_elements,
-    C, C_out, channel_offset,  # SLICE only: x is [..., C], y is [..., C_out], written at channel_offset
-    SLICE: tl.constexpr, BLOCK: tl.constexpr,
+    C, C_out, channel_offset,  # x is [..., C]; SLICE: y is [..., C_out], written at channel_offset
+    SLICE: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_elements
     x = tl.load(x_ptr + offs, mask=mask, other=0).to(tl.int32)
-    # gather from the table (256 bytes, cache resident); x + 128 lies in [0, 255]
-    y = tl.load(table_ptr + (x + 128), mask=mask, other=0)
+    # gather from the table (256 bytes, or 256 per channel; cache resident); x + 128 lies in [0, 255]
+    idx = x + 128
+    if PER_CHANNEL:
+        idx = (offs % C).to(tl.int32) * 256 + idx  # channel c's row
+    y = tl.load(table_ptr + idx, mask=mask, other=0)
     if SLICE:
         dst = (offs // C) * C_out + channel_offset + offs % C
     else:
@@ -55,19 +60,21 @@ def _int8_lut_kernel(
 def int8_lut(x: Tensor, table: Tensor, out: Optional[Tensor] = None, channel_offset: int = 0) -> Tensor:
     """Triton table lookup; same contract as :func:`kernels.reference.int8_lut`."""
     offset = ref.check_lut_args(x, table, out, channel_offset)
+    per_channel = table.dim() == 2
+    C = x.shape[-1] if x.dim() else 1
     if out is None:
         y = torch.empty_like(x)
-        C = C_out = 1
+        C_out = C
     else:
         y = out
-        C, C_out = x.shape[3], out.shape[3]
+        C_out = out.shape[3]
     n = x.numel()
     if n == 0:
         return y
     block = ELEMENTWISE_INTERPRET_BLOCK if INTERPRETED else ELEMENTWISE_GPU_BLOCK
     opts = {} if INTERPRETED else {"num_warps": ELEMENTWISE_GPU_WARPS}
     _int8_lut_kernel[(cdiv(n, block),)](
-        x, table, y, n, C, C_out, offset, SLICE=out is not None, BLOCK=block, **opts
+        x, table, y, n, C, C_out, offset, SLICE=out is not None, PER_CHANNEL=per_channel, BLOCK=block, **opts
     )  # fmt: skip
     return y
 
@@ -84,6 +91,8 @@ def _self_check(device: str = "cuda" if torch.cuda.is_available() else "cpu") ->
     buf = torch.zeros((2, 7, 5, 50), dtype=torch.int8, device=device)
     expect = ref.int8_lut(x, table, buf.clone(), 9)
     ok &= torch.equal(int8_lut(x, table, buf, 9), expect)
+    per_channel = torch.randint(-128, 128, (37, 256), generator=g, dtype=torch.int8).to(device)
+    ok &= torch.equal(int8_lut(x, per_channel), ref.int8_lut(x, per_channel))
     logger.info("lut reference check on %s: %s", device, "bit-exact" if ok else "MISMATCH")
     return bool(ok)
 

@@ -901,16 +901,24 @@ def _check_scale(value: object, name: str) -> float:
 def check_lut_args(x: Tensor, table: Tensor, out: Optional[Tensor] = None, channel_offset: int = 0) -> int:
     """Validate table-lookup inputs; returns ``channel_offset`` as an int.
 
-    ``x``: int8, contiguous, any rank; ``table``: int8 ``[256]`` contiguous on ``x``'s device.
-    With ``out``: ``x`` is NHWC ``[B, H, W, C]``, ``out`` int8 NHWC ``[B, H, W, C_out]`` on the
+    ``x``: int8, contiguous, any rank; ``table``: int8 ``[256]``, or ``[C, 256]`` with ``C`` the
+    size of ``x``'s last dimension (one table per channel of an NHWC tensor), contiguous on
+    ``x``'s device. With ``out``: ``x`` is NHWC ``[B, H, W, C]``, ``out`` int8 NHWC ``[B, H, W, C_out]`` on the
     same device and ``0 <= channel_offset``, ``channel_offset + C <= C_out``.
     """
     _check_is_tensor(x, "x")
     _check_is_tensor(table, "table")
     check_tensor(x, "x", torch.int8, x.dim())
-    check_tensor(table, "table", torch.int8, 1, f"[{LUT_SIZE}]")
-    if table.numel() != LUT_SIZE:
-        raise ValueError(f"table must have {LUT_SIZE} entries (table[q + 128] for q in [-128, 127]), got {table.numel()}")
+    if table.dim() == 2:
+        check_tensor(table, "table", torch.int8, 2, f"[C, {LUT_SIZE}]")
+        if x.dim() == 0 or table.shape != (x.shape[-1], LUT_SIZE):
+            raise ValueError(f"a per-channel table must be [C, {LUT_SIZE}] with C = x.shape[-1] = "
+                             f"{x.shape[-1] if x.dim() else None}, got {tuple(table.shape)}")
+    else:
+        check_tensor(table, "table", torch.int8, 1, f"[{LUT_SIZE}] or [C, {LUT_SIZE}]")
+        if table.numel() != LUT_SIZE:
+            raise ValueError(f"table must have {LUT_SIZE} entries (table[q + 128] for q in [-128, 127]), "
+                             f"got {table.numel()}")
     _check_device(table, x.device, "table")
     offset = _check_int_arg(channel_offset, "channel_offset", 0)
     if out is None:
@@ -934,7 +942,8 @@ def check_lut_args(x: Tensor, table: Tensor, out: Optional[Tensor] = None, chann
 
 
 def int8_lut(x: Tensor, table: Tensor, out: Optional[Tensor] = None, channel_offset: int = 0) -> Tensor:
-    """Reference table lookup: ``y = table[x + 128]`` elementwise (int8, any rank, same shape).
+    """Reference table lookup: ``y = table[x + 128]`` elementwise (int8, any rank, same shape);
+    with a per-channel table ``[C, 256]``, ``y[..., c] = table[c, x[..., c] + 128]``.
 
     With ``out`` (int8 NHWC ``[B, H, W, C_out]``, ``x`` ``[B, H, W, C]``) the result is written into
     channels ``[channel_offset, channel_offset + C)`` of ``out`` in place and ``out`` is returned
@@ -942,7 +951,10 @@ def int8_lut(x: Tensor, table: Tensor, out: Optional[Tensor] = None, channel_off
     with :func:`lut_from_function`.
     """
     offset = check_lut_args(x, table, out, channel_offset)
-    y = table[x.to(torch.int64) + 128]
+    idx = x.to(torch.int64) + 128
+    if table.dim() == 2:  # per channel: row c of the table for the last dimension's index c
+        idx = idx + torch.arange(x.shape[-1], device=x.device, dtype=torch.int64) * LUT_SIZE
+    y = table.reshape(-1)[idx]
     if out is None:
         return y
     out[..., offset : offset + x.shape[3]] = y

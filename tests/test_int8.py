@@ -623,6 +623,66 @@ def test_mobile_ops_run_in_int8_bit_exact(tmp_path):
             assert torch.equal(net.to(device)(x.to(device)).cpu(), ref)
 
 
+class _PerChannelMaps(nn.Module):
+    """Per-channel affine maps between quantizers: a pre-activation batch norm after a
+    concatenation (DenseNet), a constant per-channel factor (ConvNeXt's layer scale) and a
+    constant per-channel offset."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv = nn.Conv2d(8, 6, 1)
+        self.layer_scale = nn.Parameter(torch.linspace(-2.0, 3.0, 6).view(6, 1, 1))
+        self.register_buffer("offset", torch.linspace(-1.0, 1.0, 6).view(1, 6, 1, 1))
+        self.head = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(F.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1))))
+        return self.head(y * self.layer_scale + self.offset)
+
+
+def test_per_channel_maps_run_in_int8_by_per_channel_tables(tmp_path):
+    """A batch norm left in the network and constant per-channel factors and offsets become
+    QChannelAffine (one table per channel), run in int8 as one per-channel int8_lut each, equal
+    to the simulation bit for bit (reference and Triton), and each table entry is the float map
+    of its input value rounded to the output grid."""
+    from dfq_gpu import load, save
+    from dfq_gpu.modules import FakeQuant, QChannelAffine
+
+    model = _PerChannelMaps().eval()
+    randomize_bn(model)
+    x = torch.randn(2, 3, 9, 7, generator=torch.Generator().manual_seed(8))
+    sim = quantize(model, (x,), DFQConfig(input_range=(-3.0, 3.0)))
+    maps = {n: m for n, m in sim.named_modules() if isinstance(m, QChannelAffine)}
+    assert len(maps) == 3, list(maps)
+    for m in maps.values():  # every input code of every channel against float64
+        s_x, z_x = m.x[0], m.x[1]
+        s_y, z_y = m.y[0], m.y[1]
+        q = torch.arange(m.x_qmin, m.x_qmax + 1, dtype=torch.float64)
+        v = (q - z_x) * s_x
+        f = v[None, :] * m.scale.double()[:, None] + m.shift.double()[:, None]
+        fq = FakeQuant(*m.y)
+        lo, hi = (fq.qmin - z_y) * s_y, (fq.qmax - z_y) * s_y
+        vals = m(v.float().view(1, 1, -1, 1).expand(1, m.channels, -1, 1).contiguous()).double()[0, :, :, 0]
+        assert torch.all((vals - f.clamp(lo, hi)).abs() <= s_y / 2 + 1e-6 * (1 + f.abs())), m
+    net = to_int8(sim, backend="reference")
+    assert net.coverage is not None and net.coverage.float_nodes == {}, net.coverage.summary()
+    tables = [m.table for m in net.steps().values() if isinstance(m, L.Int8Lookup) and m.table.dim() == 2]
+    assert sorted(t.shape[0] for t in tables) == [6, 6, 8]
+    save(sim, tmp_path / "m.safetensors")
+    loaded = load(tmp_path / "m.safetensors")
+    with torch.no_grad():
+        ref = sim(x)
+        assert torch.equal(net(x), ref) and torch.equal(loaded(x), ref)
+        assert torch.equal(to_int8(loaded, backend="reference")(x), ref)
+        device = interpreter_or_cuda()
+        if device is not None:
+            net.backend = "triton"
+            assert torch.equal(net.to(device)(x.to(device)).cpu(), ref)
+        assert (ref - model(x)).abs().max() < 0.1 * model(x).abs().max()
+
+
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "shufflenet_v2_x0_5", "regnet_y_400mf"])
 def test_torchvision_models_run_entirely_in_int8(name):
     """Hardswish/SE (MobileNetV3), channel shuffle (ShuffleNetV2), grouped convolutions with

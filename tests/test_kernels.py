@@ -879,12 +879,12 @@ def test_benchmark_compile_only_for_hopper(tmp_path):
     assert report["all_ok"] and report["target"] == "cuda:90"
     by_kernel = {r["kernel"]: r for r in report["results"]}
     assert {"gemm wzp=False", "conv 3x3 flat=False", "depthwise 3x3", "add", "quantize nchw", "lut into slice",
-            "mul gate", "avgpool2d 3x3", "maxpool dilated 3x3", "upsample nearest"} <= set(by_kernel)
+            "lut per channel", "mul gate", "avgpool2d 3x3", "maxpool dilated 3x3", "upsample nearest"} <= set(by_kernel)
     for name, r in by_kernel.items():
         assert r["wgmma"] == name.startswith(("gemm", "conv")), name
         assert r["shared_bytes"] <= 227 * 1024, name
         assert r["spill_bytes"] in (0, None), (name, r["spill_bytes"])
         assert not r["fp32_fma"], name  # a fused multiply-add would change requantization results
         assert r["rint"] == (name not in ("dequantize", "maxpool 3x3", "maxpool dilated 3x3", "lut into slice",
-                                          "upsample nearest")), name
+                                          "lut per channel", "upsample nearest")), name
         assert not r["sign_extended_load_other"], name  # see kernels/pool.py's max pool

@@ -103,6 +103,19 @@ def test_reference_lut_and_channel_slice():
     assert torch.equal(out[..., :4], before[..., :4]) and torch.equal(out[..., 7:], before[..., 7:])
 
 
+def test_reference_per_channel_lut():
+    g = _gen(4)
+    x = rand_i8((2, 7, 5, 3), g)
+    table = rand_i8((3, 256), g)
+    y = ref.int8_lut(x, table)
+    for c in range(3):  # channel c through row c
+        assert np.array_equal(y[..., c].numpy(), np.take(table[c].numpy(), x[..., c].numpy().astype(np.int64) + 128))
+    out = rand_i8((2, 7, 5, 8), g)
+    assert torch.equal(ref.int8_lut(x, table, out, 5)[..., 5:], y)
+    with pytest.raises(ValueError, match=r"per-channel table must be \[C, 256\] with C = x.shape\[-1\] = 3"):
+        ref.int8_lut(x, rand_i8((4, 256), g))
+
+
 @pytest.mark.parametrize("shape", [(2, 7, 5, 3), (2, 7, 5, 37), (1000,), (3, 11, 6)])
 def test_lut_kernel_bit_exact(shape):
     g = _gen(2)
@@ -110,6 +123,13 @@ def test_lut_kernel_bit_exact(shape):
     table = ref.lut_from_function(F.silu, 0.06, 5, 0.03, -40, device=DEVICE)
     y = kernels.int8_lut(x, table, backend="triton")
     assert torch.equal(y, ref.int8_lut(x, table)) and y.shape == x.shape
+    per_channel = rand_i8((shape[-1], 256), g).to(DEVICE)  # one row per channel of the last dimension
+    y = kernels.int8_lut(x, per_channel, backend="triton")
+    assert torch.equal(y, ref.int8_lut(x, per_channel))
+    if len(shape) == 4:  # into a channel slice
+        out = torch.zeros((*shape[:3], shape[3] + 6), dtype=torch.int8, device=DEVICE)
+        kernels.int8_lut(x, per_channel, out, 2, backend="triton")
+        assert torch.equal(out[..., 2:2 + shape[3]], y) and not out[..., :2].any() and not out[..., 2 + shape[3]:].any()
 
 
 def test_lut_kernel_builds_channel_concatenation():

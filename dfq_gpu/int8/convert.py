@@ -41,6 +41,8 @@ How each node of the simulation is mapped
 * ``QLookup`` (an activation with no integer form between two quantizers) + ``FakeQuant``:
   ``int8_lut`` with the simulation's table; a ``FakeQuant`` on an int8 tensor (a second
   quantizer): the table of that requantization.
+* ``QChannelAffine`` (a batch norm left in the network, a constant per-channel factor) +
+  ``FakeQuant``: ``int8_lut`` with the simulation's per-channel tables (``[C, 256]``).
 * ``QMul`` (the squeeze-excitation gate, elementwise products) + ``FakeQuant``: ``int8_mul``.
 * ``torch.cat`` along channels + ``FakeQuant``: each input mapped into its slice of the output by
   its requantization table (``int8_lut`` with an output offset), or copied when on the output's
@@ -107,11 +109,12 @@ import kernels
 from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import is_layer_module
-from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QConv2d, QLinear, QLookup, QMul
+from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QConv2d, QLinear, QLookup, QMul
 from ..nn import FakeQuant, grid_values
 from ..quant import requant
 from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
-from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, LayerPlan, LookupPlan, MulPlan, StepPlan,
+from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, ChannelAffinePlan, LayerPlan, LookupPlan,
+                          MulPlan, StepPlan,
                           build_plan,
                           global_avgpool_problem, is_passthrough)
 from ..quant.simulate import stale_integer_steps
@@ -451,6 +454,8 @@ class _Converter:
             self.avgpool(node)
         elif isinstance(m, QLookup):
             self.lookup(node, m)
+        elif isinstance(m, QChannelAffine):
+            self.channel_affine(node, m)
         elif isinstance(m, QMul):
             self.mul(node)
         elif isinstance(m, QAvgPool2d):
@@ -684,6 +689,23 @@ class _Converter:
         qp = self.out_quantizer(p.quantizer)
         codes = (torch.arange(INT8_MIN, INT8_MAX + 1) + x.q.offset).clamp(m.x_qmin, m.x_qmax) - m.x_qmin
         table = (m.table.detach().cpu()[codes].to(torch.int64) + qp.zero_point).clamp(qp.lo, qp.hi)
+        out = self.step(node.name, L.Int8Lookup(table, sim_quantizer=p.quantizer.name), x.node)
+        self.finish(node, None, p.quantizer, p.tail, _Val(out, "int8", qp, rank=x.rank))
+
+    def channel_affine(self, node: fx.Node, m: QChannelAffine) -> None:
+        """A per-channel affine map between two quantizers: the simulation's tables
+        (:class:`QChannelAffine`, one row per channel) on int8 storage, one ``int8_lut`` call with a
+        ``[C, 256]`` table on the NHWC tensor."""
+        p: ChannelAffinePlan = self.step_plan(node, ChannelAffinePlan)
+        if not m.integer or p.float_reason is not None or p.quantizer is None:
+            raise self.err(node, p.float_reason or "the simulation computes it in float")
+        x = self.int8_input(node, node.args[0])
+        assert x.q is not None and x.q.grid.scale == m.x[0] and x.q.grid.zero_point == m.x[1]
+        if x.rank != 4:
+            raise self.err(node, f"a per-channel map of a rank-{x.rank} tensor (NCHW images only)")
+        qp = self.out_quantizer(p.quantizer)
+        codes = (torch.arange(INT8_MIN, INT8_MAX + 1) + x.q.offset).clamp(m.x_qmin, m.x_qmax) - m.x_qmin
+        table = (m.table.detach().cpu()[:, codes].to(torch.int64) + qp.zero_point).clamp(qp.lo, qp.hi)
         out = self.step(node.name, L.Int8Lookup(table, sim_quantizer=p.quantizer.name), x.node)
         self.finish(node, None, p.quantizer, p.tail, _Val(out, "int8", qp, rank=x.rank))
 

@@ -584,16 +584,18 @@ class FloatClamp(Int8Step):
 class Int8Lookup(Int8Step):
     """A map from int8 codes to int8 codes by a 256-entry table (``kernels.int8_lut``): an
     activation with no integer form between two quantizers (hardswish, SiLU, sigmoid, ...), or
-    the requantization of a tensor from one quantizer to another. The table is the simulation's
+    the requantization of a tensor from one quantizer to another; or by one such table per
+    channel (``[C, 256]``, NHWC input): a per-channel affine map. The table is the simulation's
     (:class:`dfq_gpu.modules.QLookup`, or the output quantizer applied to the input grid's values)
     mapped to int8 storage."""
 
     def __init__(self, table: Tensor, **kw) -> None:
         super().__init__(**kw)
-        t = torch.as_tensor(table).reshape(-1)
-        if t.numel() != 256:
-            raise ValueError(f"a lookup table has 256 entries, got {t.numel()}")
-        self.register_buffer("table", t.to(torch.int8).clone())
+        t = torch.as_tensor(table)
+        t = t.reshape(-1) if t.dim() != 2 else t
+        if t.shape[-1] != 256:
+            raise ValueError(f"a lookup table has 256 entries (per channel: [C, 256]), got {tuple(t.shape)}")
+        self.register_buffer("table", t.to(torch.int8).contiguous().clone())
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.contiguous()

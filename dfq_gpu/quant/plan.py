@@ -3,8 +3,9 @@ with what and with which integer parameters (:mod:`dfq_gpu.quant.requant`).
 
 A step is a quantized layer, a residual add or a global average pool, followed by its fused
 clamp activation and its output quantizer (:func:`fused_output`), or an elementwise activation
-between two quantizers (a table). :func:`build_plan` returns one typed plan per such node
-(:class:`LayerPlan`, :class:`AddPlan`, :class:`AvgPoolPlan`, :class:`LookupPlan`), keyed by the
+between two quantizers (a table), or a per-channel affine map between two quantizers (a table
+per channel). :func:`build_plan` returns one typed plan per such node (:class:`LayerPlan`,
+:class:`AddPlan`, :class:`AvgPoolPlan`, :class:`LookupPlan`, :class:`ChannelAffinePlan`, ...), keyed by the
 node's name, in graph order. Both executors of the integer contract read it:
 
 * the simulation (:func:`dfq_gpu.quant.simulate.make_integer_exact`) switches a step to integer
@@ -20,6 +21,7 @@ offset (``-128`` for asymmetric grids) is the converter's business.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -30,14 +32,14 @@ import torch.nn as nn
 from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import layer_type
-from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QConv2d, QLinear, QLookup, QMul
+from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QConv2d, QLinear, QLookup, QMul
 from ..nn import ChannelClamp, FakeQuant
 from . import requant
 from .requant import Grid
 
-__all__ = ["FUSABLE_ACTS", "LayerPlan", "AddPlan", "AvgPoolPlan", "AvgPool2dPlan", "LookupPlan", "MulPlan", "StepPlan",
-           "build_plan",
-           "is_passthrough", "lookup_spec",
+__all__ = ["FUSABLE_ACTS", "LayerPlan", "AddPlan", "AvgPoolPlan", "AvgPool2dPlan", "LookupPlan", "ChannelAffinePlan",
+           "MulPlan", "StepPlan", "build_plan",
+           "is_passthrough", "lookup_spec", "channel_affine_spec",
            "input_quantizer", "source_quantizer", "fused_output", "global_avgpool_problem", "module_users",
            "EXCEEDS_INT32"]
 
@@ -227,6 +229,24 @@ class LookupPlan(_Fusion):
     y: Optional[tuple[float, int, int, bool]]
 
 
+@dataclass(frozen=True, eq=False)
+class ChannelAffinePlan(_Fusion):
+    """A per-channel affine map ``x[:, c] * scale[c] + shift[c]`` between two quantizers (a batch
+    norm left in the network, a constant per-channel factor or offset): a table per channel from
+    input codes to output codes (:class:`~dfq_gpu.modules.QChannelAffine`).
+
+    ``input``: the tensor the map reads; ``scale`` / ``shift``: float32 ``[C]``; ``x`` / ``y``:
+    the input and output quantizers as ``(scale, zero_point, bits, symmetric)`` (``None``: not
+    quantized, or disabled). The node's only user is its output quantizer.
+    """
+
+    input: fx.Node
+    scale: torch.Tensor
+    shift: torch.Tensor
+    x: Optional[tuple[float, int, int, bool]]
+    y: Optional[tuple[float, int, int, bool]]
+
+
 @dataclass(frozen=True)
 class MulPlan(_Fusion):
     """The product of two quantized tensors (+ output quantizer; no activation fuses): of the
@@ -255,7 +275,7 @@ class AvgPool2dPlan(_Fusion):
     y: Optional[Grid]
 
 
-StepPlan = Union[LayerPlan, AddPlan, AvgPoolPlan, AvgPool2dPlan, LookupPlan, MulPlan]
+StepPlan = Union[LayerPlan, AddPlan, AvgPoolPlan, AvgPool2dPlan, LookupPlan, ChannelAffinePlan, MulPlan]
 
 
 def _enabled_grid(fq: Any) -> Optional[Grid]:
@@ -371,6 +391,80 @@ def _lookup_plan(gm: fx.GraphModule, node: fx.Node, spec: tuple[str, dict], shar
     return LookupPlan(node, None, fq, fq if fq is not None else node, why, spec[0], spec[1], x, y)
 
 
+_AFFINE_FNS = {"mul": "mul", "mul_": "mul", "add": "add", "add_": "add", "sub": "sub", "sub_": "sub"}
+
+
+def _constant(gm: fx.GraphModule, node: Any) -> Optional[torch.Tensor]:
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        return None
+    obj: Any = gm
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, torch.Tensor) and obj.is_floating_point() else None
+
+
+@torch.no_grad()
+def channel_affine_spec(gm: fx.GraphModule, node: fx.Node) -> Optional[tuple[fx.Node, torch.Tensor, torch.Tensor]]:
+    """``(input, scale, shift)`` (float32 ``[C]``) if ``node`` maps the channels (dimension 1) of
+    a 4-D tensor each by its own affine function: a :class:`~dfq_gpu.modules.QChannelAffine`, a
+    ``BatchNorm2d`` in eval mode with running statistics, or a multiply, add or subtraction
+    (tensor first) of a constant ``[C, 1, 1]`` / ``[1, C, 1, 1]`` tensor (a ``get_attr``)."""
+    m = node_module(gm, node)
+    x = node.args[0] if node.args else None
+    if isinstance(m, QChannelAffine):
+        return (x, m.scale, m.shift) if isinstance(x, fx.Node) else None
+    shape = ops.tensor_shape(x) if isinstance(x, fx.Node) else None
+    if isinstance(m, nn.BatchNorm2d):
+        if (m.training or m.running_mean is None or m.running_var is None or shape is None or len(shape) != 4
+                or len(node.args) != 1 or node.kwargs):
+            return None
+        inv = torch.rsqrt(m.running_var.double() + m.eps)
+        w = m.weight.double() if m.weight is not None else torch.ones_like(inv)
+        b = m.bias.double() if m.bias is not None else torch.zeros_like(inv)
+        scale = w * inv
+        return x, scale.float(), (b - m.running_mean.double() * scale).float()
+    if node.op == "call_function":
+        fn = {operator.mul: "mul", torch.mul: "mul", operator.add: "add", torch.add: "add", operator.sub: "sub",
+              torch.sub: "sub"}.get(node.target)
+    elif node.op == "call_method":
+        fn = _AFFINE_FNS.get(str(node.target))
+    else:
+        fn = None
+    if fn is None or len(node.args) != 2 or node.kwargs:
+        return None
+    a, b = node.args
+    if fn == "sub" or _constant(gm, b) is not None:
+        x, c = a, _constant(gm, b)
+    else:
+        x, c = b, _constant(gm, a)
+    shape = ops.tensor_shape(x) if isinstance(x, fx.Node) else None
+    if c is None or shape is None or len(shape) != 4 or ops.tensor_shape(node) != shape:
+        return None
+    channels = shape[1]
+    if tuple(c.shape) not in ((channels, 1, 1), (1, channels, 1, 1)):
+        return None
+    c = c.detach().reshape(-1).to(torch.float32).cpu()
+    if fn == "mul":
+        return x, c.clone(), torch.zeros_like(c)
+    return x, torch.ones_like(c), (c if fn == "add" else -c).clone()
+
+
+def _channel_affine_plan(gm: fx.GraphModule, node: fx.Node, spec: tuple[fx.Node, torch.Tensor, torch.Tensor],
+                         shared: bool) -> ChannelAffinePlan:
+    x_node, scale, shift = spec
+    users = list(node.users)
+    fq = users[0] if len(users) == 1 and isinstance(node_module(gm, users[0]), FakeQuant) else None
+    x = _fq_spec(source_quantizer(gm, x_node))
+    y = _fq_spec(node_module(gm, fq)) if fq is not None else None
+    finite = bool(torch.isfinite(scale).all() and torch.isfinite(shift).all())
+    why = _first("its module is called by several nodes" if shared else None,
+                 "its input is not quantized" if x is None else None,
+                 "its result is not quantized (no quantizer right after it)" if fq is None else None,
+                 "its output quantizer is disabled" if fq is not None and y is None else None,
+                 "a per-channel factor or offset that is not finite" if not finite else None)
+    return ChannelAffinePlan(node, None, fq, fq if fq is not None else node, why, x_node, scale, shift, x, y)
+
+
 def _avgpool2d_plan(gm: fx.GraphModule, node: fx.Node, args: ops.AvgPoolArgs) -> AvgPool2dPlan:
     act, fq, tail = fused_output(gm, node)
     x = _enabled_grid(source_quantizer(gm, node.args[0])) if node.args else None
@@ -435,6 +529,9 @@ def build_plan(gm: fx.GraphModule) -> dict[str, StepPlan]:
         m = node_module(gm, node)
         if isinstance(m, QUANTIZED_LAYER_TYPES):
             plan[node.name] = _layer_plan(gm, node, m, users.get(str(node.target), 0) > 1)
+        elif (affine := channel_affine_spec(gm, node)) is not None:
+            plan[node.name] = _channel_affine_plan(gm, node, affine, node.op == "call_module"
+                                                   and users.get(str(node.target), 0) > 1)
         elif isinstance(m, QAdd) or ops.is_add(node):
             plan[node.name] = _add_plan(gm, node)
         elif isinstance(m, QAvgPool2d):

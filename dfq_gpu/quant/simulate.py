@@ -47,11 +47,12 @@ from ..graph import ops
 from ..graph.stats import NodeStats
 from ..graph.trace import node_module
 from ..layers import is_layer_module, layer_type
-from ..modules import QUANTIZED_LAYER_TYPES, QUANTIZED_LAYERS, QAdd, QAvgPool, QAvgPool2d, QLookup, QMul
+from ..modules import QUANTIZED_LAYER_TYPES, QUANTIZED_LAYERS, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QLookup, QMul
 from ..nn import FakeQuant
 from ..passes.base import Workspace
 from . import requant
-from .plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, LayerPlan, LookupPlan, MulPlan, StepPlan,
+from .plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, ChannelAffinePlan, LayerPlan, LookupPlan, MulPlan,
+                   StepPlan,
                    build_plan, fused_output,
                    global_avgpool_problem, input_quantizer, is_passthrough, module_users, source_quantizer)
 from .quantizer import act_qparams, quantize_weight, weight_qparams, weight_sqnr_db
@@ -300,6 +301,12 @@ def _lookup_module(p: LookupPlan) -> QLookup:
     return QLookup(p.fn, p.fn_kwargs, *p.x, *p.y)
 
 
+def _channel_affine_module(p: ChannelAffinePlan) -> QChannelAffine:
+    """The :class:`QChannelAffine` computing a per-channel affine map's plan (no ``float_reason``)."""
+    assert p.x is not None and p.y is not None
+    return QChannelAffine(p.scale, p.shift, *p.x, *p.y)
+
+
 def _avgpool2d_module(p: AvgPool2dPlan) -> QAvgPool2d:
     """The :class:`QAvgPool2d` computing a windowed average pool's plan (no ``float_reason``)."""
     x, y, a = p.x, p.y, p.args
@@ -356,7 +363,8 @@ def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
     (:func:`stale_integer_steps` finds steps whose parameters no longer match).
 
     Returns ``{"layers": n, "adds": n, "pools": n, "lookups": n, "muls": n, "float": {node name:
-    reason}}``: how many layers, adds, average pools, activation tables and multiplies compute in
+    reason}}``: how many layers, adds, average pools, tables (activations and per-channel affine
+    maps) and multiplies compute in
     integers, and the nodes of those kinds that keep the float simulation, with the reason.
     """
     done = {"layers": 0, "adds": 0, "pools": 0, "lookups": 0, "muls": 0}
@@ -394,6 +402,17 @@ def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
                     _retarget(gm, node, _mul_module(p), tuple(ops.tensor_inputs(node)), shared=not isinstance(m, QMul))
                 elif isinstance(m, QMul):  # back to the float product
                     _to_function(gm, node, operator.mul, tuple(node.args), {})
+            elif isinstance(p, ChannelAffinePlan):
+                kind = "lookups"
+                if why is None:
+                    consts = [a for a in node.args if isinstance(a, fx.Node) and a is not p.input]
+                    _retarget(gm, node, _channel_affine_module(p), (p.input,),
+                              node.op != "call_module" or users.get(str(node.target), 0) > 1)
+                    for c in consts:  # the constant factor now lives in the module
+                        if c.op == "get_attr" and not c.users:
+                            gm.graph.erase_node(c)
+                elif isinstance(m, QChannelAffine):  # back to the float map
+                    m.integer = False
             elif isinstance(p, LookupPlan):
                 kind = "lookups"
                 if why is None:
@@ -438,6 +457,8 @@ def stale_integer_steps(gm: fx.GraphModule, plan: Optional[dict[str, StepPlan]] 
             fresh = p.float_reason is None and _mul_module(p).state() == m.state()
         elif isinstance(p, LookupPlan) and isinstance(m, QLookup) and m.integer:
             fresh = p.float_reason is None and _lookup_module(p).state() == m.state()
+        elif isinstance(p, ChannelAffinePlan) and isinstance(m, QChannelAffine) and m.integer:
+            fresh = p.float_reason is None and _channel_affine_module(p).state() == m.state()
         else:
             continue
         if not fresh:
@@ -452,7 +473,7 @@ def finalize_integer_simulation(ws: Workspace) -> None:
     res = make_integer_exact(ws.gm)
     text = (f"integer arithmetic in the simulation: {res['layers']} layers, {res['adds']} adds, {res['pools']} "
             "average pools")
-    text += f", {res['lookups']} activation tables" if res["lookups"] else ""
+    text += f", {res['lookups']} tables (activations, per-channel maps)" if res["lookups"] else ""
     text += f", {res['muls']} multiplies" if res["muls"] else ""
     by_reason: dict[str, list[str]] = {}
     for name, why in res["float"].items():
