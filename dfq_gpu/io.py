@@ -34,7 +34,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from ._version import __version__
 from .config import DFQConfig
 from .layers import layer_type
-from .modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QLookup, QMul
+from .modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QLookup, QMul, QUpsampleBilinear
 from .nn import ChannelClamp, FakeQuant
 from .report import LayerRecord, RegionRecord, Report
 
@@ -54,7 +54,7 @@ _NN_TYPES: dict[str, type[nn.Module]] = {
 }
 _OWN_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in (*QUANTIZED_LAYER_TYPES, ChannelClamp, FakeQuant,
                                                                     QAdd, QAvgPool, QAvgPool2d, QLookup, QChannelAffine,
-                                                                    QMul)}
+                                                                    QMul, QUpsampleBilinear)}
 _FUNCTION_MODULES = ("torch", "operator", "_operator", "math")
 
 
@@ -170,6 +170,11 @@ def _module_spec(name: str, m: nn.Module) -> dict[str, Any]:
                 "qmax": m.qmax}
     elif tname == "QLookup":
         init = {"fn": m.fn, "fn_kwargs": _encode(dict(m.fn_kwargs)), "x": list(m.x), "y": list(m.y), "integer": m.integer}
+    elif tname == "QUpsampleBilinear":
+        init = {"size": None if m.size is None else list(m.size),
+                "scale_factor": None if m.scale_factor is None else list(m.scale_factor),
+                "align_corners": m.align_corners, "x_scale": m.x_scale, "x_range": list(m.x_range),
+                "y_scale": m.y_scale, "zero_point": m.zero_point, "qmin": m.qmin, "qmax": m.qmax}
     elif tname == "QChannelAffine":
         init = {"channels": m.channels, "x": list(m.x), "y": list(m.y), "integer": m.integer}
     elif tname == "QAvgPool":
@@ -219,6 +224,8 @@ def _build_module(name: str, spec: dict[str, Any]) -> nn.Module:
         return QAvgPool2d(**init)
     if tname == "QLookup":
         return QLookup(init["fn"], dict(init["fn_kwargs"]), *init["x"], *init["y"], integer=bool(init["integer"]))
+    if tname == "QUpsampleBilinear":
+        return QUpsampleBilinear(**init)
     if tname == "QChannelAffine":  # its scale, shift and tables are loaded next
         c = init["channels"]
         return QChannelAffine(torch.ones(c), torch.zeros(c), *init["x"], *init["y"], integer=bool(init["integer"]))

@@ -13,6 +13,8 @@
   in the network, a constant per-channel factor) as one table per channel, the int8 network's.
 - :class:`QMul`: the product of two quantized tensors (the squeeze-excitation gate ``x * g``),
   in integers.
+- :class:`QUpsampleBilinear`: bilinear resampling of a quantized tensor with integer weights,
+  in integers.
 
 Integer path
 ------------
@@ -42,7 +44,8 @@ gradient).
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -51,10 +54,10 @@ import torch.nn.functional as F
 from kernels import reference as kref
 
 from .nn import ELEMENTWISE, ChannelClamp, FakeQuant, fake_quant_tensor, grid_values
-from .quant.requant import avgpool_float_scale, avgpool_multiplier
+from .quant.requant import avgpool_float_scale, avgpool_multiplier, bilinear_multiplier
 
 __all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool", "QAvgPool2d", "QLookup",
-           "QChannelAffine", "QMul",
+           "QChannelAffine", "QMul", "QUpsampleBilinear",
            "fake_quant_tensor",
            "QUANTIZED_LAYERS", "QUANTIZED_LAYER_TYPES"]
 
@@ -645,3 +648,57 @@ class QAvgPool2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"kernel={self.kernel}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}, "
                 f"count_include_pad={self.count_include_pad}")
+
+
+class QUpsampleBilinear(nn.Module):
+    """Bilinear resampling (``F.interpolate(mode="bilinear")``, ``nn.Upsample``) of a quantized
+    tensor, computed as the integer network does: the exact accumulator
+    ``sum wh ww (x - z_x)`` over the two source rows and columns with weights in steps of
+    ``2^-8`` (:func:`kernels.reference.bilinear_accumulate`), times ``float32((s_x / s_y) /
+    2^16)``, rounded, clamped to the output grid. ``size`` (given at the call, e.g. computed from
+    another tensor's shape, or fixed here) or ``scale_factor`` sets the output size, as for
+    ``F.interpolate``.
+    """
+
+    def __init__(self, size: Optional[tuple[int, int]], scale_factor: Optional[tuple[float, float]], align_corners: bool,
+                 x_scale: float, x_range: tuple[int, int], y_scale: float, zero_point: int, qmin: int,
+                 qmax: int) -> None:
+        super().__init__()
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.scale_factor = None if scale_factor is None else (float(scale_factor[0]), float(scale_factor[1]))
+        self.align_corners = bool(align_corners)
+        self.x_scale, self.x_range = float(x_scale), (int(x_range[0]), int(x_range[1]))
+        self.y_scale, self.zero_point, self.qmin, self.qmax = float(y_scale), int(zero_point), int(qmin), int(qmax)
+        self.multiplier = bilinear_multiplier(self.x_scale, self.y_scale)
+
+    def state(self) -> tuple:
+        """All parameters (for comparisons)."""
+        return (self.size, self.scale_factor, self.align_corners, self.x_scale, self.x_range, self.y_scale,
+                self.zero_point, self.qmin, self.qmax)
+
+    def output_size(self, h: int, w: int, size: Any = None) -> tuple[tuple[int, int], tuple[Optional[float], ...]]:
+        """``((oh, ow), (scale_h, scale_w))`` for an ``h x w`` input, as ``F.interpolate`` sizes it."""
+        size = self.size if size is None else size
+        if size is not None:
+            pair = (size, size) if isinstance(size, int) else tuple(size)
+            return (int(pair[0]), int(pair[1])), (None, None)
+        assert self.scale_factor is not None
+        sh, sw = self.scale_factor
+        return (math.floor(h * sh), math.floor(w * sw)), (sh, sw)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, size: Any = None) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"QUpsampleBilinear expects a [B, C, H, W] tensor, got shape {tuple(x.shape)}")
+        (oh, ow), (sh, sw) = self.output_size(x.shape[2], x.shape[3], size)
+        th = kref.bilinear_taps(x.shape[2], oh, self.align_corners, sh, x.device)
+        tw = kref.bilinear_taps(x.shape[3], ow, self.align_corners, sw, x.device)
+        acc = kref.bilinear_accumulate(_centered(x, self.x_scale, *self.x_range), (2, 3), th, tw).to(torch.float32)
+        y = kref.requantize_centered(acc, self.multiplier, float(self.qmin - self.zero_point),
+                                     float(self.qmax - self.zero_point))
+        y = y.mul_(_scalar(self.y_scale, y.device))
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
+        return f"{what}, align_corners={self.align_corners}"

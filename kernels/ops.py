@@ -26,7 +26,7 @@ import functools
 import importlib
 import logging
 from types import ModuleType
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -57,6 +57,7 @@ __all__ = [
     "int8_mul",
     "int8_avgpool2d",
     "int8_upsample_nearest",
+    "int8_upsample_bilinear",
 ]
 
 
@@ -311,6 +312,21 @@ def _(x, kernel_size, stride, padding, ceil_mode, count_include_pad, z_x, x_scal
         x, kernel_size, stride, padding, ceil_mode, count_include_pad, z_x, x_scale, y_scale, z_y, lo, hi
     )
     oh, ow = checked[5], checked[6]
+    return x.new_empty((x.shape[0], oh, ow, x.shape[3]), dtype=torch.int8)
+
+
+@torch.library.custom_op("dfq_int8::upsample_bilinear", mutates_args=())
+def _upsample_bilinear_op(
+    x: Tensor, size: Optional[List[int]], scale_factor: Optional[List[float]], align_corners: bool, z_x: int,
+    multiplier: float, z_y: int, lo: int, hi: int, backend: str
+) -> Tensor:
+    impl = _impl(backend, x, "pool")
+    return impl.int8_upsample_bilinear(x, size, scale_factor, align_corners, z_x, multiplier, z_y, lo, hi)
+
+
+@_upsample_bilinear_op.register_fake
+def _(x, size, scale_factor, align_corners, z_x, multiplier, z_y, lo, hi, backend):
+    oh, ow, _, _ = ref.check_upsample_bilinear_args(x, size, scale_factor, align_corners)
     return x.new_empty((x.shape[0], oh, ow, x.shape[3]), dtype=torch.int8)
 
 
@@ -592,6 +608,20 @@ def int8_avgpool2d(
     )  # fmt: skip
 
 
+def _resize_args(size: Union[int, Sequence[int], None],
+                 scale_factor: Union[float, Sequence[float], None]) -> Tuple[Optional[List[int]], Optional[List[float]]]:
+    """``size`` and ``scale_factor`` as the custom ops take them: lists of two, or ``None``."""
+    sz: Optional[List[int]] = None
+    sf: Optional[List[float]] = None
+    if size is not None:
+        sz = [size, size] if isinstance(size, int) else list(size)
+    if scale_factor is not None:
+        if isinstance(scale_factor, bool):
+            raise ValueError("scale_factor must be a positive float or a pair of them, got a bool")
+        sf = [float(scale_factor)] * 2 if isinstance(scale_factor, (int, float)) else [float(v) for v in scale_factor]
+    return sz, sf
+
+
 def int8_upsample_nearest(
     x: Tensor,
     size: Union[int, Sequence[int], None] = None,
@@ -601,15 +631,36 @@ def int8_upsample_nearest(
     """Nearest-neighbour upsampling of NHWC int8 -> ``[B, OH, OW, C]``, values (and quantization)
     unchanged; output size and source indices are ``F.interpolate(mode="nearest")``'s. Give exactly
     one of ``size`` (``n`` or ``(oh, ow)``) and ``scale_factor`` (``s`` or ``(sh, sw)``)."""
-    sz: Optional[List[int]] = None
-    sf: Optional[List[float]] = None
-    if size is not None:
-        sz = [size, size] if isinstance(size, int) else list(size)
-    if scale_factor is not None:
-        if isinstance(scale_factor, bool):
-            raise ValueError("scale_factor must be a positive float or a pair of them, got a bool")
-        sf = [float(scale_factor)] * 2 if isinstance(scale_factor, (int, float)) else [float(v) for v in scale_factor]
+    sz, sf = _resize_args(size, scale_factor)
     return torch.ops.dfq_int8.upsample_nearest(x, sz, sf, _resolve(backend))
+
+
+def int8_upsample_bilinear(
+    x: Tensor,
+    size: Union[int, Sequence[int], None],
+    scale_factor: Union[float, Sequence[float], None],
+    align_corners: bool,
+    z_x: int,
+    multiplier: float,
+    z_y: int,
+    lo: int = ref.INT8_MIN,
+    hi: int = ref.INT8_MAX,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Bilinear resampling of NHWC int8 -> ``[B, OH, OW, C]`` int8: ``acc = sum wh ww (x - z_x)``
+    over ``F.interpolate(mode="bilinear", align_corners=...)``'s two source rows and columns with
+    weights in steps of ``2^-8`` (:func:`kernels.reference.bilinear_taps`), then
+    ``clamp(rne(float32(acc) * m) + z_y, lo, hi)``, ``m = float32((s_x / s_y) / 2^16)``. Give exactly
+    one of ``size`` and ``scale_factor``."""
+    sz, sf = _resize_args(size, scale_factor)
+    if not isinstance(align_corners, bool):
+        raise ValueError(f"align_corners must be a bool, got {align_corners!r}")
+    ints = {"z_x": z_x, "z_y": z_y, "lo": lo, "hi": hi}
+    for name, v in ints.items():
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must be a Python int, got {v!r}")
+    return torch.ops.dfq_int8.upsample_bilinear(x, sz, sf, align_corners, z_x, float(multiplier), z_y, lo, hi,
+                                                _resolve(backend))
 
 
 def int8_lut(

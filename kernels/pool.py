@@ -12,6 +12,9 @@ a reference check (``python -m kernels.pool``).
   taps, divided as ``F.avg_pool2d`` divides (``count_include_pad``, ``ceil_mode``) through a table of
   float32 multipliers ``float32((s_x / s_y) / d)``, one per divisor ``d``.
 * :func:`int8_upsample_nearest`: nearest-neighbour upsampling with ``F.interpolate``'s indices.
+* :func:`int8_upsample_bilinear`: bilinear resampling, ``acc = sum wh ww (x - z_x)`` over the two
+  source rows and columns with integer weights (``2^8`` per axis, tables built by the caller from
+  ``F.interpolate``'s source coordinates), then the shared epilogue.
 """
 
 from __future__ import annotations
@@ -229,6 +232,42 @@ def _int8_upsample_nearest_kernel(
     tl.store(y_ptr + offs, xv, mask=mask)
 
 
+@triton.jit(do_not_specialize=["z_x", "z_y"])
+def _int8_upsample_bilinear_kernel(
+    x_ptr, y_ptr,  # int8 NHWC [B, H, W, C], int8 NHWC [B, OH, OW, C]
+    th_ptr, tw_ptr,  # int32 [OH, 3] / [OW, 3]: source index i0, i1 and the weight w1 of i1 (w0 = ONE - w1)
+    n_elements,
+    H, W, C, OH, OW,
+    z_x, m, z_y, lo, hi,
+    ONE: tl.constexpr, USE_RINT: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_elements
+    c = offs % C
+    pix = offs // C
+    ow = pix % OW
+    oh = (pix // OW) % OH
+    img = pix // (OW * OH)
+    h0 = tl.load(th_ptr + oh * 3, mask=mask, other=0).to(tl.int64)
+    h1 = tl.load(th_ptr + oh * 3 + 1, mask=mask, other=0).to(tl.int64)
+    wh1 = tl.load(th_ptr + oh * 3 + 2, mask=mask, other=0)
+    w0 = tl.load(tw_ptr + ow * 3, mask=mask, other=0).to(tl.int64)
+    w1 = tl.load(tw_ptr + ow * 3 + 1, mask=mask, other=0).to(tl.int64)
+    ww1 = tl.load(tw_ptr + ow * 3 + 2, mask=mask, other=0)
+    row0 = (img * H + h0) * W
+    row1 = (img * H + h1) * W
+    x00 = tl.load(x_ptr + (row0 + w0) * C + c, mask=mask, other=0).to(tl.int32) - z_x
+    x01 = tl.load(x_ptr + (row0 + w1) * C + c, mask=mask, other=0).to(tl.int32) - z_x
+    x10 = tl.load(x_ptr + (row1 + w0) * C + c, mask=mask, other=0).to(tl.int32) - z_x
+    x11 = tl.load(x_ptr + (row1 + w1) * C + c, mask=mask, other=0).to(tl.int32) - z_x
+    # exact in int32: |acc| <= 255 * ONE^2 < 2^24 (so float32(acc) in the epilogue is exact too)
+    top = (ONE - ww1) * x00 + ww1 * x01
+    bottom = (ONE - ww1) * x10 + ww1 * x11
+    acc = (ONE - wh1) * top + wh1 * bottom
+    out = requantize(acc, m, z_y, lo, hi, USE_RINT)
+    tl.store(y_ptr + offs, out, mask=mask)
+
+
 # =============================================================================================
 # Launchers
 # =============================================================================================
@@ -344,6 +383,39 @@ def int8_upsample_nearest(
     return y
 
 
+def int8_upsample_bilinear(
+    x: Tensor,
+    size: Union[int, Sequence[int], None],
+    scale_factor: Union[float, Sequence[float], None],
+    align_corners: bool,
+    z_x: int,
+    multiplier: float,
+    z_y: int,
+    lo: int = ref.INT8_MIN,
+    hi: int = ref.INT8_MAX,
+) -> Tensor:
+    """Triton bilinear resampling; same contract as :func:`kernels.reference.int8_upsample_bilinear`."""
+    OH, OW, sh, sw = ref.check_upsample_bilinear_args(x, size, scale_factor, align_corners)
+    z_x = ref.check_int8_zero_point(z_x, "z_x")
+    z_y = ref.check_int8_zero_point(z_y, "z_y")
+    lo, hi = ref._check_scalar_bounds(lo, hi)
+    m = ref.float32_value(ref._check_scale(multiplier, "multiplier"))
+    B, H, W, C = x.shape
+    y = torch.empty((B, OH, OW, C), dtype=torch.int8, device=x.device)
+    n = y.numel()
+    if n == 0:
+        return y
+    th = torch.stack(ref.bilinear_taps(H, OH, align_corners, sh), 1).to(device=x.device, dtype=torch.int32)
+    tw = torch.stack(ref.bilinear_taps(W, OW, align_corners, sw), 1).to(device=x.device, dtype=torch.int32)
+    block = ELEMENTWISE_INTERPRET_BLOCK if INTERPRETED else ELEMENTWISE_GPU_BLOCK
+    opts = {} if INTERPRETED else {"num_warps": ELEMENTWISE_GPU_WARPS}
+    _int8_upsample_bilinear_kernel[(cdiv(n, block),)](
+        x, y, th.contiguous(), tw.contiguous(), n, H, W, C, OH, OW, z_x, m, z_y, lo, hi,
+        ONE=1 << ref.BILINEAR_FRAC_BITS, USE_RINT=USE_RINT, BLOCK=block, **opts
+    )  # fmt: skip
+    return y
+
+
 # =============================================================================================
 # Reference check
 # =============================================================================================
@@ -360,6 +432,8 @@ def _self_check(device: str = "cuda" if torch.cuda.is_available() else "cpu") ->
         ok &= torch.equal(int8_avgpool2d(x, *args), ref.int8_avgpool2d(x, *args))
     for size, sf in ((None, 2), ((13, 10), None)):
         ok &= torch.equal(int8_upsample_nearest(x, size, sf), ref.int8_upsample_nearest(x, size, sf))
+        args = (size, sf, False, -3, ref.float32_value(0.8 / 65536), 2)
+        ok &= torch.equal(int8_upsample_bilinear(x, *args), ref.int8_upsample_bilinear(x, *args))
     logger.info("pool reference check on %s: %s", device, "bit-exact" if ok else "MISMATCH")
     return bool(ok)
 

@@ -61,6 +61,10 @@ __all__ = [
     "avgpool2d_multipliers",
     "pool_output_size",
     "int8_upsample_nearest",
+    "int8_upsample_bilinear",
+    "bilinear_taps",
+    "bilinear_accumulate",
+    "BILINEAR_FRAC_BITS",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -1338,3 +1342,92 @@ def int8_upsample_nearest(
     ih = upsample_nearest_indices(x.shape[1], oh, rule_h, x.device)
     iw = upsample_nearest_indices(x.shape[2], ow, rule_w, x.device)
     return x[:, ih][:, :, iw].contiguous()
+
+
+#: Fraction bits of the bilinear interpolation weights: ``w0 + w1 = 2^8`` per axis, so the
+#: accumulator ``sum w_h w_w (x - z_x)`` stays within ``255 * 2^16 < 2^24`` and ``float32(acc)`` is exact.
+BILINEAR_FRAC_BITS = 8
+
+
+def bilinear_taps(n_in: int, n_out: int, align_corners: bool, scale: Optional[float] = None,
+                  device: Union[str, torch.device] = "cpu") -> Tuple[Tensor, Tensor, Tensor]:
+    """The taps of bilinear resampling along one axis: int64 ``[n_out]`` source indices
+    ``i0 <= i1`` and the integer weight ``w1`` of ``i1`` (``w0 = 2^F - w1``, ``F =``
+    :data:`BILINEAR_FRAC_BITS`).
+
+    The source coordinate is ``F.interpolate(mode="bilinear")``'s, in float64:
+    ``align_corners``: ``o (n_in - 1) / (n_out - 1)`` (0 when ``n_out == 1``); otherwise
+    ``max((o + 0.5) r - 0.5, 0)`` with ``r = 1 / scale`` when a scale factor was given, else
+    ``n_in / n_out``. ``i0 = min(floor(src), n_in - 1)``, ``i1 = min(i0 + 1, n_in - 1)``,
+    ``w1 = rne((src - i0) 2^F)``.
+    """
+    o = torch.arange(n_out, dtype=torch.float64)
+    if align_corners:
+        src = o * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    else:
+        r = 1.0 / float(scale) if scale is not None else n_in / n_out
+        src = ((o + 0.5) * r - 0.5).clamp_(min=0.0)
+    i0 = src.floor().clamp_(max=n_in - 1)
+    w1 = torch.round((src - i0) * (1 << BILINEAR_FRAC_BITS)).clamp_(0, 1 << BILINEAR_FRAC_BITS).to(torch.int64)
+    i0 = i0.to(torch.int64)
+    i1 = (i0 + 1).clamp_(max=n_in - 1)
+    return i0.to(device), i1.to(device), w1.to(device)
+
+
+def bilinear_accumulate(xc: Tensor, dims: Tuple[int, int], taps_h: Tuple[Tensor, Tensor, Tensor],
+                        taps_w: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """The exact accumulator of bilinear resampling: ``sum_{a, b} wh_a ww_b xc[.., i_a, .., j_b, ..]``
+    over the two taps of each axis (:func:`bilinear_taps`), on the integers ``xc = x - z_x``
+    (int64, or float32/float64 holding integers) with its height and width along ``dims``;
+    int64 result, ``|acc| <= max|xc| 2^(2F)``."""
+    one = 1 << BILINEAR_FRAC_BITS
+    x = xc.to(torch.int64)
+    for dim, (i0, i1, w1) in zip(dims, (taps_h, taps_w)):
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        w1v = w1.to(x.device).view(shape)
+        x = (one - w1v) * x.index_select(dim, i0.to(x.device)) + w1v * x.index_select(dim, i1.to(x.device))
+    return x
+
+
+def check_upsample_bilinear_args(x: Tensor, size=None, scale_factor=None, align_corners: bool = False):
+    """Validate bilinear-upsampling inputs (as :func:`check_upsample_args`); returns ``(oh, ow,
+    scale_h, scale_w)`` with the scale factors ``None`` when ``size`` was given."""
+    oh, ow, _, _ = check_upsample_args(x, size, scale_factor)
+    if not isinstance(align_corners, bool):
+        raise ValueError(f"align_corners must be a bool, got {align_corners!r}")
+    if scale_factor is None:
+        return oh, ow, None, None
+    sf = (scale_factor, scale_factor) if isinstance(scale_factor, numbers.Real) else tuple(scale_factor)
+    return oh, ow, float(sf[0]), float(sf[1])
+
+
+def int8_upsample_bilinear(
+    x: Tensor,
+    size: Union[int, Sequence[int], None],
+    scale_factor: Union[float, Sequence[float], None],
+    align_corners: bool,
+    z_x: int,
+    multiplier: float,
+    z_y: int,
+    lo: int = INT8_MIN,
+    hi: int = INT8_MAX,
+) -> Tensor:
+    """Reference bilinear resampling of NHWC int8 -> NHWC ``[B, OH, OW, C]`` int8 (any output size).
+
+    ``acc = sum_{a, b} wh_a ww_b (x[i_a, j_b] - z_x)`` exactly (:func:`bilinear_taps`: the two
+    source rows and columns of ``F.interpolate(mode="bilinear", align_corners=...)`` and weights
+    in steps of ``2^-8`` summing to ``2^8``), then :func:`requantize`'s
+    ``clamp(rne(float32(acc) * m) + z_y, lo, hi)`` with ``m = float32((s_x / s_y) / 2^16)``
+    computed by the caller. Output size as :func:`check_upsample_args`.
+    """
+    oh, ow, sh, sw = check_upsample_bilinear_args(x, size, scale_factor, align_corners)
+    z_x = check_int8_zero_point(z_x, "z_x")
+    z_y = check_int8_zero_point(z_y, "z_y")
+    m = float32_value(_check_scale(multiplier, "multiplier"))
+    lo, hi = _check_scalar_bounds(lo, hi)
+    th = bilinear_taps(x.shape[1], oh, align_corners, sh, x.device)
+    tw = bilinear_taps(x.shape[2], ow, align_corners, sw, x.device)
+    acc = bilinear_accumulate(x.to(torch.int64) - z_x, (1, 2), th, tw).to(torch.float32)
+    y = requantize_centered(acc, m, lo - z_y, hi - z_y)
+    return (y + z_y).to(torch.int8)

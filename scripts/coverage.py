@@ -15,7 +15,9 @@ simulation on the same input. Writes JSON (one record per model) and a Markdown 
 
 Columns: regions equalized / found, share of the convolution and linear MACs that run in int8,
 ops in int8 / all ops, whether the int8 network equals the simulation bit for bit, and the
-reasons for what runs in float.
+reasons for what runs in float. Segmentation models also get the pixel agreement and the mean IoU
+of the int8 masks (argmax over classes) against the FP32 model's (``mask_agreement``,
+``mask_miou``; random weights, so these say little about trained models).
 """
 
 from __future__ import annotations
@@ -63,7 +65,11 @@ def measure(name: str) -> dict[str, Any]:
         rec["bit_exact"] = all(bool(torch.equal(u, v)) for u, v in pairs)
         if name in SEGMENTATION:
             ref = m(x)  # the float model
-            rec["mask_agreement"] = float((a.argmax(1) == ref.argmax(1)).float().mean())
+            pred, true = a.argmax(1), ref.argmax(1)
+            rec["mask_agreement"] = float((pred == true).float().mean())
+            ious = [float(((pred == c) & (true == c)).sum() / ((pred == c) | (true == c)).sum())
+                    for c in range(ref.shape[1]) if bool(((pred == c) | (true == c)).any())]
+            rec["mask_miou"] = sum(ious) / len(ious)  # mean IoU of the int8 masks against FP32's
         rec["input"] = size
     except Exception as exc:  # reported, not raised: the table lists what fails and why
         rec["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"

@@ -683,6 +683,65 @@ def test_per_channel_maps_run_in_int8_by_per_channel_tables(tmp_path):
         assert (ref - model(x)).abs().max() < 0.1 * model(x).abs().max()
 
 
+class _Segmenter(nn.Module):
+    """The resamplings of segmentation models: an image-pooling branch brought back to the feature
+    map's size (DeepLabV3's ASPP pooling, size from a shape at run time), a fixed factor
+    (``nn.Upsample``, corners aligned) and the logits resampled to the input's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1),
+                                 nn.ReLU())
+        self.pool_branch = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(16, 5, 1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.enc(x)
+        g = F.interpolate(self.pool_branch(F.adaptive_avg_pool2d(f, 1)), size=f.shape[-2:], mode="bilinear",
+                          align_corners=False)
+        y = self.up(self.head(torch.cat([f, g], 1)))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def test_bilinear_resampling_runs_in_int8(tmp_path):
+    """Bilinear resampling (sizes from shapes at run time, a fixed factor, corners aligned or not)
+    is QUpsampleBilinear in the simulation and int8_upsample_bilinear in the int8 network, equal
+    bit for bit (reference and Triton), saved and loaded; the last one, the float network
+    output, runs in float by default and in int8 with quantize_output."""
+    from dfq_gpu import load, save
+    from dfq_gpu.modules import QUpsampleBilinear
+
+    model = _Segmenter().eval()
+    randomize_bn(model)
+    x = torch.randn(2, 3, 19, 23, generator=torch.Generator().manual_seed(9))
+    sim = quantize(model, (x,), DFQConfig(input_range=(-3.0, 3.0)))
+    assert sum(isinstance(m, QUpsampleBilinear) for m in sim.modules()) == 2
+    net = to_int8(sim, backend="reference")
+    assert list(net.coverage.float_nodes.values()) == ["its result is not quantized"], net.coverage.float_nodes
+    with torch.no_grad():
+        assert torch.equal(net(x), sim(x))
+    sim = quantize(model, (x,), DFQConfig(input_range=(-3.0, 3.0), quantize_output=True))
+    assert sum(isinstance(m, QUpsampleBilinear) for m in sim.modules()) == 3
+    net = to_int8(sim, backend="reference")
+    assert net.coverage.float_nodes == {}
+    steps = [m for m in net.steps().values() if isinstance(m, L.Int8UpsampleBilinear)]
+    assert len(steps) == 3 and {s.align_corners for s in steps} == {True, False}
+    save(sim, tmp_path / "m.safetensors")
+    loaded = load(tmp_path / "m.safetensors")
+    x2 = torch.randn(1, 3, 26, 17, generator=torch.Generator().manual_seed(10))  # another size: shapes at run time
+    with torch.no_grad():
+        for inp in (x, x2):
+            ref = sim(inp)
+            assert ref.shape[-2:] == inp.shape[-2:]
+            assert torch.equal(net(inp), ref) and torch.equal(loaded(inp), ref)
+        assert (sim(x) - model(x)).abs().max() < 0.1 * model(x).abs().max()
+        device = interpreter_or_cuda()
+        if device is not None:
+            net.backend = "triton"
+            assert torch.equal(net.to(device)(x.to(device)).cpu(), sim(x))
+
+
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "shufflenet_v2_x0_5", "regnet_y_400mf"])
 def test_torchvision_models_run_entirely_in_int8(name):
     """Hardswish/SE (MobileNetV3), channel shuffle (ShuffleNetV2), grouped convolutions with

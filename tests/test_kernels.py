@@ -879,7 +879,7 @@ def test_benchmark_compile_only_for_hopper(tmp_path):
     assert report["all_ok"] and report["target"] == "cuda:90"
     by_kernel = {r["kernel"]: r for r in report["results"]}
     assert {"gemm wzp=False", "conv 3x3 flat=False", "depthwise 3x3", "add", "quantize nchw", "lut into slice",
-            "lut per channel", "mul gate", "avgpool2d 3x3", "maxpool dilated 3x3", "upsample nearest"} <= set(by_kernel)
+            "lut per channel", "mul gate", "upsample bilinear", "avgpool2d 3x3", "maxpool dilated 3x3", "upsample nearest"} <= set(by_kernel)
     for name, r in by_kernel.items():
         assert r["wgmma"] == name.startswith(("gemm", "conv")), name
         assert r["shared_bytes"] <= 227 * 1024, name

@@ -395,6 +395,38 @@ def test_upsample_kernel_bit_exact(size, scale_factor, C):
     assert torch.equal(y, ref.int8_upsample_nearest(x, size, scale_factor))
 
 
+BILINEAR_CASES = [((13, 20), None, False), (None, 2.0, False), ((9, 11), None, True), ((3, 4), None, False),
+                  (None, (1.7, 2.3), False), ((1, 1), None, True)]
+
+
+@pytest.mark.parametrize("size,scale_factor,align_corners", BILINEAR_CASES)
+def test_reference_bilinear_is_float_bilinear_within_the_weight_rounding(size, scale_factor, align_corners):
+    """The integer result is F.interpolate's (float64, on the dequantized input) rounded to the
+    output grid, up to the weights' rounding to 2^-8: each axis's two weights are off by at most
+    2^-9 each, so the four products by at most 2^-7 in all, times the largest |x - z_x|."""
+    x = rand_i8((2, 5, 7, 3), _gen(18))
+    z_x, s_x, z_y, s_y = -5, 0.05, 3, 0.045
+    m = ref.float32_value((s_x / s_y) / 65536)
+    y = ref.int8_upsample_bilinear(x, size, scale_factor, align_corners, z_x, m, z_y)
+    xf = ((x.double() - z_x) * s_x).permute(0, 3, 1, 2)
+    f = F.interpolate(xf, size=size, scale_factor=scale_factor, mode="bilinear", align_corners=align_corners)
+    f = f.permute(0, 2, 3, 1) / s_y + z_y
+    assert y.shape == f.shape
+    inside = (f > -128) & (f < 127)  # values past the grid's ends clamp
+    bound = 0.5 + (x.double() - z_x).abs().max() * s_x / s_y / 128 + 1e-6
+    assert inside.float().mean() > 0.5 and (y.double() - f)[inside].abs().max() <= bound
+    assert torch.equal(y[~inside & (f >= 127)], torch.full_like(y[~inside & (f >= 127)], 127))
+
+
+@pytest.mark.parametrize("C", [3, 37])
+@pytest.mark.parametrize("size,scale_factor,align_corners", BILINEAR_CASES)
+def test_upsample_bilinear_kernel_bit_exact(size, scale_factor, align_corners, C):
+    x = rand_i8((2, 5, 7, C), _gen(19)).to(DEVICE)
+    args = (size, scale_factor, align_corners, -5, ref.float32_value(0.9 / 65536), 3, -100, 120)
+    y = kernels.int8_upsample_bilinear(x, *args, backend="triton")
+    assert torch.equal(y, ref.int8_upsample_bilinear(x, *args))
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_upsample_bad_inputs(backend):
     x = rand_i8((1, 5, 5, 4), _gen(17)).to(DEVICE)
@@ -409,6 +441,17 @@ def test_upsample_bad_inputs(backend):
         call(scale_factor=0.1)
     with pytest.raises(ValueError, match="size must be"):
         call(size=(0, 3))
+    bilinear = lambda **k: kernels.int8_upsample_bilinear(x, **{"size": None, "scale_factor": 2.0,  # noqa: E731
+                                                                "align_corners": False, "z_x": 0,
+                                                                "multiplier": 1e-5, "z_y": 0, **k}, backend=backend)
+    with pytest.raises(ValueError, match="exactly one of size and scale_factor"):
+        bilinear(size=4)
+    with pytest.raises(ValueError, match="align_corners must be a bool"):
+        bilinear(align_corners=1)
+    with pytest.raises(ValueError, match="multiplier"):
+        bilinear(multiplier=-1.0)
+    with pytest.raises(ValueError, match="z_y"):
+        bilinear(z_y=300)
 
 
 # =============================================================================================
@@ -426,6 +469,9 @@ def test_new_ops_fake_impls_agree_with_real_outputs():
                                                     -128, 127, "reference"),  # fmt: skip
         "max": lambda: torch.ops.dfq_int8.maxpool2d(x, [3, 3], [2, 2], [1, 1, 1, 1], "reference", [2, 1], True),
         "up": lambda: torch.ops.dfq_int8.upsample_nearest(x, None, [2.1, 1.5], "reference"),
+        "bilinear": lambda: torch.ops.dfq_int8.upsample_bilinear(x, [11, 4], None, False, 0, 1e-5, 0, -128, 127,
+                                                                 "reference"),
+        "lut per channel": lambda: torch.ops.dfq_int8.lut(x, table.repeat(3, 1), "reference"),
     }
     real = {k: f() for k, f in calls.items()}
     mode = FakeTensorMode()

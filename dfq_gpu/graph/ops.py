@@ -157,6 +157,34 @@ def nearest_upsample_args(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, Any] 
     return size, scale
 
 
+def bilinear_upsample_args(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, Any, bool] | None:
+    """``(size, scale_factor, align_corners)`` of a bilinear resampling of a 4-D tensor
+    (``F.interpolate(mode="bilinear")``, ``nn.Upsample(mode="bilinear")``,
+    ``nn.UpsamplingBilinear2d``), else ``None``. ``size`` may be a node (computed from shapes at
+    run time); ``scale_factor`` must be constant."""
+    m = node_module(gm, node)
+    if isinstance(m, nn.Upsample):
+        if m.mode != "bilinear" or getattr(m, "recompute_scale_factor", None):
+            return None
+        size, scale, corners = m.size, m.scale_factor, bool(m.align_corners)
+    elif node.op == "call_function" and node.target in (F.interpolate, F.upsample, F.upsample_bilinear):
+        if node.target is F.upsample_bilinear:
+            mode, corners = "bilinear", True
+        else:
+            mode, corners = node_arg(node, 3, "mode", "nearest"), node_arg(node, 4, "align_corners", None)
+        if mode != "bilinear" or node_arg(node, 5, "recompute_scale_factor", None) or \
+                node_arg(node, 6, "antialias", False):
+            return None
+        size, scale = node_arg(node, 1, "size", None), node_arg(node, 2, "scale_factor", None)
+        corners = bool(corners)
+    else:
+        return None
+    shape = tensor_shape(node)
+    if (size is None) == (scale is None) or isinstance(scale, fx.Node) or shape is None or len(shape) != 4:
+        return None
+    return size, scale, corners
+
+
 def is_cat(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in (torch.cat, torch.concat)
 

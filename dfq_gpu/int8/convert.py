@@ -50,7 +50,8 @@ How each node of the simulation is mapped
   getitem, ...) run on the int8 tensors in NCHW order, their quantization unchanged.
 * grouped convolutions: one dense convolution per group; dilated convolutions (stride 1): the
   input's phases convolved without dilation; ``QAvgPool2d``: ``int8_avgpool2d``; nearest
-  upsampling: ``int8_upsample_nearest``; linear layers on ``[..., K]``.
+  upsampling: ``int8_upsample_nearest``; ``QUpsampleBilinear``: ``int8_upsample_bilinear``;
+  linear layers on ``[..., K]``.
 * anything else (with ``fallback=True``, the default): the simulation's own module or function,
   in float32, on the dequantized values of its int8 inputs (contiguous NCHW, bit-identical to
   the simulation's), its result quantized at the simulation's next ``FakeQuant`` (the
@@ -109,12 +110,13 @@ import kernels
 from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import is_layer_module
-from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QConv2d, QLinear, QLookup, QMul
+from ..modules import (QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QConv2d, QLinear, QLookup, QMul,
+                       QUpsampleBilinear)
 from ..nn import FakeQuant, grid_values
 from ..quant import requant
 from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
-from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, ChannelAffinePlan, LayerPlan, LookupPlan,
-                          MulPlan, StepPlan,
+from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, BilinearPlan, ChannelAffinePlan, LayerPlan,
+                          LookupPlan, MulPlan, StepPlan,
                           build_plan,
                           global_avgpool_problem, is_passthrough)
 from ..quant.simulate import stale_integer_steps
@@ -456,6 +458,8 @@ class _Converter:
             self.lookup(node, m)
         elif isinstance(m, QChannelAffine):
             self.channel_affine(node, m)
+        elif isinstance(m, QUpsampleBilinear):
+            self.upsample_bilinear(node, m)
         elif isinstance(m, QMul):
             self.mul(node)
         elif isinstance(m, QAvgPool2d):
@@ -483,6 +487,8 @@ class _Converter:
         elif isinstance(m, FUSABLE_ACTS):
             raise self.err(node, "an activation that does not directly follow a convolution, linear layer or add "
                                  "(with its quantizer right after it) cannot be fused into a kernel")
+        elif (p := self.plan.get(node.name)) is not None and p.float_reason is not None:
+            raise self.err(node, p.float_reason)  # an op with an int8 kernel, kept in float by the plan
         else:
             what = type(m).__name__ if m is not None else getattr(node.target, "__name__", str(node.target))
             err = self.err(node, f"no int8 kernel for {what} (supported: convolutions, depthwise convolutions, "
@@ -855,6 +861,32 @@ class _Converter:
         mod = L.Int8AvgPool2d(m.kernel, m.stride, (ph, ph, pw, pw), m.ceil_mode, m.count_include_pad, x.q.zero_point,
                               m.x_scale, m.y_scale, qp.zero_point, qp.lo, qp.hi, sim_quantizer=p.quantizer.name)
         out = self.step(node.name, mod, x.node)
+        self.finish(node, None, p.quantizer, p.tail, _Val(out, "int8", qp, rank=4))
+
+    def upsample_bilinear(self, node: fx.Node, m: QUpsampleBilinear) -> None:
+        """Bilinear resampling: ``int8_upsample_bilinear`` with the simulation's grids, its output
+        size given at the call when the simulation computes it from a shape."""
+        p: BilinearPlan = self.step_plan(node, BilinearPlan)
+        if p.float_reason is not None or p.quantizer is None:
+            raise self.err(node, p.float_reason or "the simulation computes it in float")
+        x = self.int8_input(node, node.args[0])
+        if x.rank != 4:
+            raise self.err(node, "resampling of a tensor that is not 4-D")
+        assert x.q is not None and x.q.grid == p.x
+        qp = self.out_quantizer(p.quantizer)
+        mod = L.Int8UpsampleBilinear(m.size, m.scale_factor, m.align_corners, x.q.zero_point, m.multiplier,
+                                     qp.zero_point, qp.lo, qp.hi, sim_quantizer=p.quantizer.name)
+        args = [x.node]
+        if len(node.args) > 1:  # the size, computed from shapes at run time
+
+            def value(n: fx.Node) -> fx.Node:
+                v = self.val(n, node)
+                if v.kind != "other":
+                    raise self.err(node, "its output size is not a value computed from shapes")
+                return v.node
+
+            args.append(fx.node.map_arg(node.args[1], value))
+        out = self.step(node.name, mod, *args)
         self.finish(node, None, p.quantizer, p.tail, _Val(out, "int8", qp, rank=4))
 
     def upsample(self, node: fx.Node, size: Any, scale_factor: Any) -> None:

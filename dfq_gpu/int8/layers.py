@@ -42,6 +42,7 @@ __all__ = [
     "Int8Pad",
     "FloatClamp",
     "Int8Lookup",
+    "Int8UpsampleBilinear",
     "Int8Mul",
     "Int8Cat",
     "Int8UpsampleNearest",
@@ -651,6 +652,35 @@ class Int8AvgPool2d(Int8Step):
     def extra_repr(self) -> str:
         return (f"kernel={self.kernel}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}, "
                 f"count_include_pad={self.count_include_pad}")
+
+
+class Int8UpsampleBilinear(Int8Step):
+    """Bilinear resampling of NHWC int8 (``kernels.int8_upsample_bilinear``): integer weights, one
+    requantization. The output size is ``size`` given at the call (``[oh, ow]`` computed from a
+    shape at run time), else the fixed ``size`` or ``scale_factor``."""
+
+    def __init__(self, size: Optional[Sequence[int]], scale_factor: Optional[Sequence[float]], align_corners: bool,
+                 z_x: int, multiplier: float, z_y: int, lo: int, hi: int, **kw) -> None:
+        super().__init__(**kw)
+        self.size = None if size is None else tuple(int(s) for s in size)
+        self.scale_factor = None if scale_factor is None else tuple(float(s) for s in scale_factor)
+        self.align_corners = bool(align_corners)
+        self.z_x, self.multiplier, self.z_y, self.lo, self.hi = int(z_x), float(multiplier), int(z_y), int(lo), int(hi)
+
+    def forward(self, x: Tensor, size: Any = None) -> Tensor:
+        if size is not None:
+            size, scale = ((int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)), None
+        else:
+            size, scale = self.size, self.scale_factor
+        args = (x.contiguous(), size, scale, self.align_corners, self.z_x, self.multiplier, self.z_y, self.lo, self.hi)
+        mod = self._triton(x, "pool")
+        if mod is not None:
+            return mod.int8_upsample_bilinear(*args)
+        return kernels.int8_upsample_bilinear(*args, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
+        return f"{what}, align_corners={self.align_corners}, multiplier={self.multiplier:.6g}"
 
 
 class Int8UpsampleNearest(Int8Step):

@@ -32,13 +32,14 @@ import torch.nn as nn
 from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import layer_type
-from ..modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QConv2d, QLinear, QLookup, QMul
+from ..modules import (QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QConv2d, QLinear, QLookup, QMul,
+                       QUpsampleBilinear)
 from ..nn import ChannelClamp, FakeQuant
 from . import requant
 from .requant import Grid
 
 __all__ = ["FUSABLE_ACTS", "LayerPlan", "AddPlan", "AvgPoolPlan", "AvgPool2dPlan", "LookupPlan", "ChannelAffinePlan",
-           "MulPlan", "StepPlan", "build_plan",
+           "MulPlan", "BilinearPlan", "StepPlan", "build_plan",
            "is_passthrough", "lookup_spec", "channel_affine_spec",
            "input_quantizer", "source_quantizer", "fused_output", "global_avgpool_problem", "module_users",
            "EXCEEDS_INT32"]
@@ -275,7 +276,21 @@ class AvgPool2dPlan(_Fusion):
     y: Optional[Grid]
 
 
-StepPlan = Union[LayerPlan, AddPlan, AvgPoolPlan, AvgPool2dPlan, LookupPlan, ChannelAffinePlan, MulPlan]
+@dataclass(frozen=True)
+class BilinearPlan(_Fusion):
+    """A bilinear resampling of a quantized 4-D tensor (+ output quantizer; no activation fuses)
+    with integer weights (:class:`~dfq_gpu.modules.QUpsampleBilinear`): ``size`` (a node computed
+    at run time, a constant, or ``None``) or ``scale_factor`` (``(h, w)``), ``align_corners``,
+    ``x``/``y`` the input and output grids (``None``: not quantized or disabled)."""
+
+    size: Any
+    scale_factor: Optional[tuple[float, float]]
+    align_corners: bool
+    x: Optional[Grid]
+    y: Optional[Grid]
+
+
+StepPlan = Union[LayerPlan, AddPlan, AvgPoolPlan, AvgPool2dPlan, LookupPlan, ChannelAffinePlan, MulPlan, BilinearPlan]
 
 
 def _enabled_grid(fq: Any) -> Optional[Grid]:
@@ -465,6 +480,35 @@ def _channel_affine_plan(gm: fx.GraphModule, node: fx.Node, spec: tuple[fx.Node,
     return ChannelAffinePlan(node, None, fq, fq if fq is not None else node, why, x_node, scale, shift, x, y)
 
 
+def bilinear_spec(gm: fx.GraphModule, node: fx.Node) -> Optional[tuple[Any, Optional[tuple[float, float]], bool]]:
+    """``(size, scale_factor, align_corners)`` if ``node`` resamples bilinearly (a
+    :class:`~dfq_gpu.modules.QUpsampleBilinear`, or :func:`dfq_gpu.graph.ops.bilinear_upsample_args`),
+    ``scale_factor`` as an ``(h, w)`` pair."""
+    m = node_module(gm, node)
+    if isinstance(m, QUpsampleBilinear):
+        size = node.args[1] if len(node.args) > 1 else m.size
+        return size, m.scale_factor, m.align_corners
+    args = ops.bilinear_upsample_args(gm, node)
+    if args is None:
+        return None
+    size, scale, corners = args
+    if scale is not None:
+        scale = (float(scale[0]), float(scale[1])) if isinstance(scale, (tuple, list)) else (float(scale),) * 2
+    return size, scale, corners
+
+
+def _bilinear_plan(gm: fx.GraphModule, node: fx.Node, spec: tuple[Any, Optional[tuple[float, float]], bool]
+                   ) -> BilinearPlan:
+    act, fq, tail = fused_output(gm, node)
+    x = _enabled_grid(source_quantizer(gm, node.args[0])) if node.args else None
+    y = _enabled_grid(node_module(gm, fq)) if fq is not None else None
+    why = _first("its input is not quantized" if x is None else None,
+                 "an activation after resampling" if act is not None else None,
+                 "its result is not quantized" if fq is None else None,
+                 "its output quantizer is disabled" if fq is not None and y is None else None)
+    return BilinearPlan(node, act, fq, tail, why, spec[0], spec[1], spec[2], x, y)
+
+
 def _avgpool2d_plan(gm: fx.GraphModule, node: fx.Node, args: ops.AvgPoolArgs) -> AvgPool2dPlan:
     act, fq, tail = fused_output(gm, node)
     x = _enabled_grid(source_quantizer(gm, node.args[0])) if node.args else None
@@ -532,6 +576,8 @@ def build_plan(gm: fx.GraphModule) -> dict[str, StepPlan]:
         elif (affine := channel_affine_spec(gm, node)) is not None:
             plan[node.name] = _channel_affine_plan(gm, node, affine, node.op == "call_module"
                                                    and users.get(str(node.target), 0) > 1)
+        elif (bilinear := bilinear_spec(gm, node)) is not None:
+            plan[node.name] = _bilinear_plan(gm, node, bilinear)
         elif isinstance(m, QAdd) or ops.is_add(node):
             plan[node.name] = _add_plan(gm, node)
         elif isinstance(m, QAvgPool2d):

@@ -262,6 +262,13 @@ def avgpool_multiplier(s_x: float, s_y: float, hw: int) -> float:
     return kref.float32_value((float(s_x) / float(s_y)) / int(hw))
 
 
+def bilinear_multiplier(s_x: float, s_y: float) -> float:
+    """``float32((s_x / s_y) / 2^(2F))`` (``F =`` :data:`kernels.reference.BILINEAR_FRAC_BITS`): the
+    multiplier of bilinear resampling's accumulator ``sum wh ww (x - z_x)``, whose weights sum to
+    ``2^(2F)``."""
+    return kref.float32_value((float(s_x) / float(s_y)) / (1 << (2 * kref.BILINEAR_FRAC_BITS)))
+
+
 def avgpool_float_scale(s_x: float, hw: int) -> float:
     """``float32(s_x / hw)``: a global average pool whose result is the float network output is
     ``float32(sum_hw (x - z_x)) * this``."""

@@ -47,12 +47,13 @@ from ..graph import ops
 from ..graph.stats import NodeStats
 from ..graph.trace import node_module
 from ..layers import is_layer_module, layer_type
-from ..modules import QUANTIZED_LAYER_TYPES, QUANTIZED_LAYERS, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QLookup, QMul
+from ..modules import (QUANTIZED_LAYER_TYPES, QUANTIZED_LAYERS, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QLookup, QMul,
+                       QUpsampleBilinear)
 from ..nn import FakeQuant
 from ..passes.base import Workspace
 from . import requant
-from .plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, ChannelAffinePlan, LayerPlan, LookupPlan, MulPlan,
-                   StepPlan,
+from .plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, BilinearPlan, ChannelAffinePlan, LayerPlan,
+                   LookupPlan, MulPlan, StepPlan,
                    build_plan, fused_output,
                    global_avgpool_problem, input_quantizer, is_passthrough, module_users, source_quantizer)
 from .quantizer import act_qparams, quantize_weight, weight_qparams, weight_sqnr_db
@@ -307,6 +308,24 @@ def _channel_affine_module(p: ChannelAffinePlan) -> QChannelAffine:
     return QChannelAffine(p.scale, p.shift, *p.x, *p.y)
 
 
+def _computed(value: Any) -> bool:
+    """Whether a call argument holds graph nodes (a value computed at run time, e.g. from a shape)."""
+    found: list[fx.Node] = []
+    fx.node.map_arg(value, found.append)
+    return bool(found)
+
+
+def _bilinear_module(p: BilinearPlan) -> QUpsampleBilinear:
+    """The :class:`QUpsampleBilinear` computing a bilinear resampling's plan (no ``float_reason``);
+    a size computed at run time is the call's argument."""
+    x, y = p.x, p.y
+    assert x is not None and y is not None
+    size = None if _computed(p.size) or p.size is None else (
+        (int(p.size), int(p.size)) if isinstance(p.size, int) else (int(p.size[0]), int(p.size[1])))
+    return QUpsampleBilinear(size, p.scale_factor, p.align_corners, x.scale, (x.qmin - x.zero_point,
+                             x.qmax - x.zero_point), y.scale, y.zero_point, y.qmin, y.qmax)
+
+
 def _avgpool2d_module(p: AvgPool2dPlan) -> QAvgPool2d:
     """The :class:`QAvgPool2d` computing a windowed average pool's plan (no ``float_reason``)."""
     x, y, a = p.x, p.y, p.args
@@ -402,6 +421,16 @@ def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
                     _retarget(gm, node, _mul_module(p), tuple(ops.tensor_inputs(node)), shared=not isinstance(m, QMul))
                 elif isinstance(m, QMul):  # back to the float product
                     _to_function(gm, node, operator.mul, tuple(node.args), {})
+            elif isinstance(p, BilinearPlan):
+                kind = "pools"
+                if why is None:
+                    args = (node.args[0], p.size) if _computed(p.size) else (node.args[0],)
+                    _retarget(gm, node, _bilinear_module(p), args,
+                              node.op != "call_module" or users.get(str(node.target), 0) > 1)
+                elif isinstance(m, QUpsampleBilinear):  # back to the float resampling
+                    _to_function(gm, node, torch.nn.functional.interpolate, (node.args[0],),
+                                 {"size": p.size, "scale_factor": p.scale_factor, "mode": "bilinear",
+                                  "align_corners": p.align_corners})
             elif isinstance(p, ChannelAffinePlan):
                 kind = "lookups"
                 if why is None:
@@ -457,6 +486,8 @@ def stale_integer_steps(gm: fx.GraphModule, plan: Optional[dict[str, StepPlan]] 
             fresh = p.float_reason is None and _mul_module(p).state() == m.state()
         elif isinstance(p, LookupPlan) and isinstance(m, QLookup) and m.integer:
             fresh = p.float_reason is None and _lookup_module(p).state() == m.state()
+        elif isinstance(p, BilinearPlan) and isinstance(m, QUpsampleBilinear):
+            fresh = p.float_reason is None and _bilinear_module(p).state() == m.state()
         elif isinstance(p, ChannelAffinePlan) and isinstance(m, QChannelAffine) and m.integer:
             fresh = p.float_reason is None and _channel_affine_module(p).state() == m.state()
         else:
