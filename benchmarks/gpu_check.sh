@@ -7,12 +7,13 @@
 # (at most 10 minutes in all; STEPS selects steps):
 #   1. the kernel tests on the GPU (bit-exact against the integer reference; every autotune
 #      configuration forced once, otherwise each kernel's default tile: DFQ_KERNELS_AUTOTUNE=0):
-#        python -m pytest tests/test_kernels.py tests/test_kernels_property.py [-n <cores>]
+#        python -m pytest tests/test_kernels.py tests/test_kernels_property.py tests/test_kernels_ops2.py [-n <cores>]
 #   2. the int8 network on the GPU against the integer reference, every activation bit for bit:
 #      pretrained EfficientNet-Lite0 on two ImageNet-sample images at 224x224; the steps' direct
-#      launches from launch plans, and GraphedNetwork with real CUDA graphs:
+#      launches from launch plans, and GraphedNetwork with real CUDA graphs; the small networks of
+#      the mobile ops, per-channel tables and bilinear resampling:
 #        python -m pytest tests/test_int8.py -k "lite0_reference_and_triton or lite0_graph or
-#                                                launch_directly or graphed"
+#                  launch_directly or graphed or mobile_ops or per_channel_maps or bilinear"
 #   3. the kernel benchmark (autotuned):  python benchmarks/kernels.py --out $OUT/kernels_<gpu>.json
 #   4. the end-to-end benchmark:          python benchmarks/e2e.py --out $OUT/e2e_<gpu>.json
 # Logs go to $OUT/<step>_<gpu>.log, a summary to $OUT/gpu_check_<gpu>.log. Needs torch, triton
@@ -83,10 +84,10 @@ fi
 XDIST=()
 if "$PY" -c "import xdist" 2> /dev/null; then XDIST=(-n "$(nproc)"); fi
 step test_kernels "$T_TESTS" env DFQ_KERNELS_AUTOTUNE=0 "$PY" -m pytest tests/test_kernels.py \
-    tests/test_kernels_property.py -v -rfE --tb=short "${XDIST[@]}" --durations=10 -p no:cacheprovider \
+    tests/test_kernels_property.py tests/test_kernels_ops2.py -v -rfE --tb=short "${XDIST[@]}" --durations=10 -p no:cacheprovider \
     -p no:benchmark
 step test_int8 "$T_INT8" env DFQ_KERNELS_AUTOTUNE=0 "$PY" -m pytest tests/test_int8.py -q \
-    -k "lite0_reference_and_triton or lite0_graph or launch_directly or graphed" --durations=5 -p no:cacheprovider
+    -k "lite0_reference_and_triton or lite0_graph or launch_directly or graphed or mobile_ops or per_channel_maps or bilinear" --durations=5 -p no:cacheprovider
 # shellcheck disable=SC2086
 step kernels_bench "$T_KERNELS" "$PY" benchmarks/kernels.py --out "$OUT/kernels_${GPU}.json" --kinds $KERNEL_KINDS
 # e2e.py rewrites its JSON after every measurement and skips what no longer fits in its budget
