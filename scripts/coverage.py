@@ -17,7 +17,9 @@ Columns: regions equalized / found, share of the convolution and linear MACs tha
 ops in int8 / all ops, whether the int8 network equals the simulation bit for bit, and the
 reasons for what runs in float. Segmentation models also get the pixel agreement and the mean IoU
 of the int8 masks (argmax over classes) against the FP32 model's (``mask_agreement``,
-``mask_miou``; random weights, so these say little about trained models).
+``mask_miou``), SSDLite the share of the FP32 model's top-20 boxes per image that the int8
+outputs give too (same label, IoU >= 0.5, ``box_agreement``); random weights, so these say little
+about trained models.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ def measure(name: str) -> dict[str, Any]:
             ious = [float(((pred == c) & (true == c)).sum() / ((pred == c) | (true == c)).sum())
                     for c in range(ref.shape[1]) if bool(((pred == c) | (true == c)).any())]
             rec["mask_miou"] = sum(ious) / len(ious)  # mean IoU of the int8 masks against FP32's
+        if name in DETECTION:  # top-20 boxes per image, decoded in float from the int8 and the FP32 outputs
+            with torch.no_grad():
+                rec["box_agreement"] = suite.box_agreement(m.detections(x, m(x)), m.detections(x, b))
         rec["input"] = size
     except Exception as exc:  # reported, not raised: the table lists what fails and why
         rec["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"

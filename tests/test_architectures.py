@@ -53,6 +53,24 @@ def test_architecture_quantizes_and_runs_in_int8(name: str) -> None:
         a, b = sim(x), net(x)
     pairs = list(zip(a, b)) if isinstance(a, tuple) else [(a, b)]
     assert pairs and all(torch.equal(u, v) for u, v in pairs)
+    if name in suite.DETECTION:  # boxes, scores and labels from the int8 outputs, decoded in float
+        dets = model.detections(x, b)
+        assert len(dets) == 1 and dets[0]["boxes"].shape[1:] == (4,) and len(dets[0]["boxes"]) > 0
+        assert suite.box_agreement(dets, dets) == 1.0
+
+
+def test_box_agreement_matches_by_label_and_iou() -> None:
+    def dets(boxes, scores, labels):
+        return [{"boxes": torch.tensor(boxes, dtype=torch.float32), "scores": torch.tensor(scores),
+                 "labels": torch.tensor(labels)}]
+
+    ref = dets([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 5, 5]], [0.9, 0.8, 0.1], [1, 2, 1])
+    moved = dets([[1, 0, 11, 10], [20, 20, 30, 30]], [0.5, 0.5], [1, 1])  # the second has another label
+    assert suite.box_agreement(ref, moved, top=2) == 0.5
+    assert suite.box_agreement(ref, moved, top=3) == pytest.approx(1 / 3)  # one box matches once only
+    far = dets([[5, 5, 15, 15]], [0.9], [1])  # IoU 25/175
+    assert suite.box_agreement(ref, far, top=1) == 0.0 and suite.box_agreement(ref, far, top=1, iou=0.1) == 1.0
+    assert suite.box_agreement(ref, dets(torch.zeros(0, 4).tolist(), [], []), top=2) == 0.0
 
 
 def test_suite_is_every_model_under_the_limit() -> None:

@@ -7,8 +7,9 @@ What a user quantizes of a segmentation or detection model is its tensor part:
 * :class:`SegmentationOut` returns a segmentation model's ``out`` tensor (the ``dict`` stays
   outside the traced graph);
 * :class:`DetectorCore` returns an SSD's ``(box regression, class logits)``; anchors, box decoding
-  and NMS (``model.anchor_generator``, ``model.postprocess_detections``) run in float on these
-  outputs, outside the quantized part (SSDLite as a whole does not trace with ``torch.fx``).
+  and NMS run in float on these outputs, outside the quantized part
+  (:meth:`DetectorCore.detections`; SSDLite as a whole does not trace with ``torch.fx``), and
+  :func:`box_agreement` compares two sets of detections.
 
 ``scripts/coverage.py`` measures the README's coverage table on this suite and
 ``tests/test_architectures.py`` checks every model of it.
@@ -25,8 +26,8 @@ from unittest import mock
 import torch
 import torch.nn as nn
 
-__all__ = ["SEGMENTATION", "DETECTION", "SegmentationOut", "DetectorCore", "names", "parameter_count", "build",
-           "input_size", "randomize_bn_statistics"]
+__all__ = ["SEGMENTATION", "DETECTION", "SegmentationOut", "DetectorCore", "box_agreement", "names",
+           "parameter_count", "build", "input_size", "randomize_bn_statistics"]
 
 SEGMENTATION = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50")
 DETECTION = ("ssdlite320_mobilenet_v3_large",)
@@ -45,16 +46,54 @@ class SegmentationOut(nn.Module):
 
 class DetectorCore(nn.Module):
     """An SSD's backbone and head: ``(box regression, class logits)``, the part of a detector that
-    is quantized. Anchors, box decoding and NMS run in float on these outputs
-    (``model.anchor_generator``, ``model.postprocess_detections``)."""
+    is quantized. Anchors, box decoding and NMS run in float on these outputs, from the quantized
+    network's or any other's: :meth:`detections`."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.backbone, self.head = model.backbone, model.head
+        object.__setattr__(self, "_detector", model)  # not a submodule: not traced, not quantized
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.head(list(self.backbone(x).values()))
         return out["bbox_regression"], out["cls_logits"]
+
+    @torch.no_grad()
+    def detections(self, x: torch.Tensor, outputs: tuple[torch.Tensor, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """The detector's boxes, scores and labels per image (its anchors for ``x``'s size, box
+        decoding, score threshold and NMS, in float) from ``outputs`` = ``(box regression, class
+        logits)`` for the input ``x`` (already preprocessed: the model's transform is not applied)."""
+        from torchvision.models.detection.image_list import ImageList
+
+        det = self._detector
+        sizes = [(int(x.shape[-2]), int(x.shape[-1]))] * x.shape[0]
+        features = list(self.backbone(x).values())  # only their sizes are read by the anchor generator
+        anchors = det.anchor_generator(ImageList(x, sizes), features)
+        return det.postprocess_detections({"bbox_regression": outputs[0], "cls_logits": outputs[1]}, anchors, sizes)
+
+
+def box_agreement(reference: list[dict[str, torch.Tensor]], other: list[dict[str, torch.Tensor]], top: int = 20,
+                  iou: float = 0.5) -> float:
+    """The share of ``reference``'s ``top`` highest-scoring boxes per image that ``other`` has too:
+    a box of the same label with IoU >= ``iou`` (each of ``other``'s boxes matched once, greedily
+    in ``reference``'s score order)."""
+    from torchvision.ops import box_iou
+
+    hit = total = 0
+    for ref, oth in zip(reference, other):
+        order = ref["scores"].argsort(descending=True)[:top]
+        free = torch.ones(len(oth["boxes"]), dtype=torch.bool)
+        ious = box_iou(ref["boxes"][order], oth["boxes"]) if len(oth["boxes"]) else None
+        for k, i in enumerate(order.tolist()):
+            total += 1
+            if ious is None:
+                continue
+            ok = free & (oth["labels"] == ref["labels"][i]) & (ious[k] >= iou)
+            if bool(ok.any()):
+                j = int(torch.where(ok, ious[k], torch.full_like(ious[k], -1.0)).argmax())
+                free[j] = False
+                hit += 1
+    return hit / total if total else 1.0
 
 
 def _construct(name: str, num_classes: int) -> nn.Module:
