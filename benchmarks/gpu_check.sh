@@ -37,6 +37,9 @@ T_INT8="${T_INT8:-110}"
 T_KERNELS="${T_KERNELS:-150}"
 T_E2E="${T_E2E:-170}"
 STEPS="${STEPS:-test_kernels test_int8 kernels_bench e2e}"
+# the end-to-end models, in order (the step skips what no longer fits in T_E2E); also available:
+# mobilenet_v3_large efficientnet_b0 (hardswish/SiLU tables and SE gates)
+E2E_MODELS="${E2E_MODELS:-efficientnet_lite0 resnet50}"
 KERNEL_KINDS="${KERNEL_KINDS:-gemm conv3x3 depthwise add maxpool avgpool quantize}"
 # Autotuning every layer of a network compiles each of ~12 tiles for each layer's specialization:
 # over 2 minutes per model on an H200. The end-to-end run uses each kernel's default tile unless
@@ -93,8 +96,9 @@ step kernels_bench "$T_KERNELS" "$PY" benchmarks/kernels.py --out "$OUT/kernels_
 # e2e.py rewrites its JSON after every measurement and skips what no longer fits in its budget
 # batch 256 first: the throughput goal is stated there
 # batch 16 for the bit-exact check shares the compiled kernels with batches 32 and 256
+# shellcheck disable=SC2086
 step e2e "$T_E2E" env DFQ_KERNELS_AUTOTUNE="$E2E_AUTOTUNE" "$PY" benchmarks/e2e.py --out "$OUT/e2e_${GPU}.json" \
-    --batches 256 32 1 --check-batch 16 --autotune-ms 5 --budget-s "$((T_E2E - 15))"
+    --models $E2E_MODELS --batches 256 32 1 --check-batch 16 --autotune-ms 5 --budget-s "$((T_E2E - 15))"
 
 log "done in ${SECONDS}s; reports:"
 ls -l "$OUT"/*.json 2>/dev/null | tee -a "$SUMMARY"

@@ -8,8 +8,9 @@ One command::
 (``python benchmarks/e2e.py ...`` in a checkout of the project is the same command; the report
 goes to ``benchmarks/results/e2e.json`` under the working directory unless ``--out`` says otherwise.)
 
-For EfficientNet-Lite0 and ResNet-50 (random weights with randomized batch-norm statistics:
-only the speed matters here), images per second of
+For EfficientNet-Lite0 and ResNet-50 (``--models`` adds MobileNetV3-Large and EfficientNet-B0;
+random weights with randomized batch-norm statistics: only the speed matters here), images per
+second of
 
 * ``int8``: the integer network from ``dfq_gpu.quantize`` + ``dfq_gpu.to_int8`` (float NCHW
   images in, float logits out: input quantization and output dequantization included), Triton
@@ -65,6 +66,9 @@ import torch.nn as nn
 
 SCHEMA = "dfq_int8-e2e-bench/1"
 MODELS = ("efficientnet_lite0", "resnet50")
+#: Also available with ``--models`` (torchvision, random weights): the networks with hardswish,
+#: SiLU and squeeze-excitation gates, whose int8 steps include tables and gating multiplies.
+MORE_MODELS = ("mobilenet_v3_large", "efficientnet_b0")
 FULL_BATCHES = (1, 32, 256)
 QUICK_BATCHES = (1, 2)
 VARIANTS = ("int8", "fp16_eager", "fp16_compile", "fp32_eager")
@@ -160,8 +164,14 @@ def build_model(name: str, image_size: int) -> Tuple[nn.Module, str, Tuple[float
         model = torchvision.models.resnet50(weights=None)
         source = "torchvision.models.resnet50 (random weights)"
         input_range = (-2.1179, 2.64)  # ImageNet mean/std normalization
+    elif name in MORE_MODELS:
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None)
+        source = f"torchvision.models.{name} (random weights)"
+        input_range = (-2.1179, 2.64)  # ImageNet mean/std normalization
     else:
-        raise SystemExit(f"unknown model {name!r}; choose from {MODELS}")
+        raise SystemExit(f"unknown model {name!r}; choose from {MODELS + MORE_MODELS}")
     randomize_bn(model)
     return model.eval(), source, input_range
 
@@ -642,7 +652,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="CPU, integer reference, tiny batches and resolution")
     parser.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "e2e.json",
                         help="where to write the JSON report")
-    parser.add_argument("--models", nargs="+", choices=MODELS, help=f"models to run (default: {' '.join(MODELS)})")
+    parser.add_argument("--models", nargs="+", choices=MODELS + MORE_MODELS,
+                        help=f"models to run (default: {' '.join(MODELS)})")
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: 1 32 256; quick: 1 2)")
     parser.add_argument("--image-size", type=int, default=None, help="resolution (default 224; quick: 32)")
     parser.add_argument("--budget-s", type=float, default=0.0,
