@@ -326,7 +326,7 @@ def _upsample_bilinear_op(
 
 @_upsample_bilinear_op.register_fake
 def _(x, size, scale_factor, align_corners, z_x, multiplier, z_y, lo, hi, backend):
-    oh, ow, _, _ = ref.check_upsample_bilinear_args(x, size, scale_factor, align_corners)
+    oh, ow = ref.check_upsample_bilinear_args(x, size, scale_factor, align_corners, z_x, multiplier, z_y, lo, hi)[:2]
     return x.new_empty((x.shape[0], oh, ow, x.shape[3]), dtype=torch.int8)
 
 

@@ -208,6 +208,13 @@ _int8_avgpool2d_kernel_tuned = triton.autotune(
 
 
 @triton.jit
+def _nhwc_position(offs, C, OH, OW):
+    """``(channel, column, row, image)`` of flat offsets into a contiguous NHWC ``[B, OH, OW, C]``."""
+    pix = offs // C
+    return offs % C, pix % OW, (pix // OW) % OH, pix // (OW * OH)
+
+
+@triton.jit
 def _int8_upsample_nearest_kernel(
     x_ptr, y_ptr,  # int8 NHWC [B, H, W, C], int8 NHWC [B, OH, OW, C]
     n_elements,
@@ -217,11 +224,7 @@ def _int8_upsample_nearest_kernel(
 ):  # fmt: skip
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_elements
-    c = offs % C
-    pix = offs // C
-    ow = pix % OW
-    oh = (pix // OW) % OH
-    img = pix // (OW * OH)
+    c, ow, oh, img = _nhwc_position(offs, C, OH, OW)
     # floor of a non-negative float32 product: the truncating conversion
     ih_f = (oh.to(tl.float32) * scale_h).to(tl.int64)
     iw_f = (ow.to(tl.float32) * scale_w).to(tl.int64)
@@ -243,11 +246,7 @@ def _int8_upsample_bilinear_kernel(
 ):  # fmt: skip
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_elements
-    c = offs % C
-    pix = offs // C
-    ow = pix % OW
-    oh = (pix // OW) % OH
-    img = pix // (OW * OH)
+    c, ow, oh, img = _nhwc_position(offs, C, OH, OW)
     h0 = tl.load(th_ptr + oh * 3, mask=mask, other=0).to(tl.int64)
     h1 = tl.load(th_ptr + oh * 3 + 1, mask=mask, other=0).to(tl.int64)
     wh1 = tl.load(th_ptr + oh * 3 + 2, mask=mask, other=0)
@@ -395,11 +394,8 @@ def int8_upsample_bilinear(
     hi: int = ref.INT8_MAX,
 ) -> Tensor:
     """Triton bilinear resampling; same contract as :func:`kernels.reference.int8_upsample_bilinear`."""
-    OH, OW, sh, sw = ref.check_upsample_bilinear_args(x, size, scale_factor, align_corners)
-    z_x = ref.check_int8_zero_point(z_x, "z_x")
-    z_y = ref.check_int8_zero_point(z_y, "z_y")
-    lo, hi = ref._check_scalar_bounds(lo, hi)
-    m = ref.float32_value(ref._check_scale(multiplier, "multiplier"))
+    OH, OW, sh, sw, z_x, m, z_y, lo, hi = ref.check_upsample_bilinear_args(x, size, scale_factor, align_corners, z_x,
+                                                                          multiplier, z_y, lo, hi)
     B, H, W, C = x.shape
     y = torch.empty((B, OH, OW, C), dtype=torch.int8, device=x.device)
     n = y.numel()

@@ -1390,16 +1390,23 @@ def bilinear_accumulate(xc: Tensor, dims: Tuple[int, int], taps_h: Tuple[Tensor,
     return x
 
 
-def check_upsample_bilinear_args(x: Tensor, size=None, scale_factor=None, align_corners: bool = False):
-    """Validate bilinear-upsampling inputs (as :func:`check_upsample_args`); returns ``(oh, ow,
-    scale_h, scale_w)`` with the scale factors ``None`` when ``size`` was given."""
+def check_upsample_bilinear_args(x: Tensor, size, scale_factor, align_corners: bool, z_x: int, multiplier: float,
+                                 z_y: int, lo: int, hi: int):
+    """Validate bilinear-resampling inputs (sizes as :func:`check_upsample_args`); returns ``(oh,
+    ow, scale_h, scale_w, z_x, m, z_y, lo, hi)``, the scale factors ``None`` when ``size`` was
+    given and ``m`` the multiplier's float32 value."""
     oh, ow, _, _ = check_upsample_args(x, size, scale_factor)
     if not isinstance(align_corners, bool):
         raise ValueError(f"align_corners must be a bool, got {align_corners!r}")
-    if scale_factor is None:
-        return oh, ow, None, None
-    sf = (scale_factor, scale_factor) if isinstance(scale_factor, numbers.Real) else tuple(scale_factor)
-    return oh, ow, float(sf[0]), float(sf[1])
+    z_x = check_int8_zero_point(z_x, "z_x")
+    z_y = check_int8_zero_point(z_y, "z_y")
+    m = float32_value(_check_scale(multiplier, "multiplier"))
+    lo, hi = _check_scalar_bounds(lo, hi)
+    sh = sw = None
+    if scale_factor is not None:
+        sf = (scale_factor, scale_factor) if isinstance(scale_factor, numbers.Real) else tuple(scale_factor)
+        sh, sw = float(sf[0]), float(sf[1])
+    return oh, ow, sh, sw, z_x, m, z_y, lo, hi
 
 
 def int8_upsample_bilinear(
@@ -1421,11 +1428,8 @@ def int8_upsample_bilinear(
     ``clamp(rne(float32(acc) * m) + z_y, lo, hi)`` with ``m = float32((s_x / s_y) / 2^16)``
     computed by the caller. Output size as :func:`check_upsample_args`.
     """
-    oh, ow, sh, sw = check_upsample_bilinear_args(x, size, scale_factor, align_corners)
-    z_x = check_int8_zero_point(z_x, "z_x")
-    z_y = check_int8_zero_point(z_y, "z_y")
-    m = float32_value(_check_scale(multiplier, "multiplier"))
-    lo, hi = _check_scalar_bounds(lo, hi)
+    oh, ow, sh, sw, z_x, m, z_y, lo, hi = check_upsample_bilinear_args(x, size, scale_factor, align_corners, z_x,
+                                                                      multiplier, z_y, lo, hi)
     th = bilinear_taps(x.shape[1], oh, align_corners, sh, x.device)
     tw = bilinear_taps(x.shape[2], ow, align_corners, sw, x.device)
     acc = bilinear_accumulate(x.to(torch.int64) - z_x, (1, 2), th, tw).to(torch.float32)
