@@ -19,6 +19,7 @@ a reference check (``python -m kernels.pool``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Sequence, Union
 
@@ -382,6 +383,14 @@ def int8_upsample_nearest(
     return y
 
 
+@functools.lru_cache(maxsize=256)
+def _bilinear_table(n_in: int, n_out: int, align_corners: bool, scale, device: torch.device) -> Tensor:
+    """int32 ``[n_out, 3]`` rows ``(i0, i1, w1)`` of :func:`kernels.reference.bilinear_taps` on
+    ``device``, built and copied once per axis size (no host-to-device copy per call)."""
+    taps = torch.stack(ref.bilinear_taps(n_in, n_out, align_corners, scale), 1)
+    return taps.to(device=device, dtype=torch.int32).contiguous()
+
+
 def int8_upsample_bilinear(
     x: Tensor,
     size: Union[int, Sequence[int], None],
@@ -401,12 +410,12 @@ def int8_upsample_bilinear(
     n = y.numel()
     if n == 0:
         return y
-    th = torch.stack(ref.bilinear_taps(H, OH, align_corners, sh), 1).to(device=x.device, dtype=torch.int32)
-    tw = torch.stack(ref.bilinear_taps(W, OW, align_corners, sw), 1).to(device=x.device, dtype=torch.int32)
+    th = _bilinear_table(H, OH, align_corners, sh, x.device)
+    tw = _bilinear_table(W, OW, align_corners, sw, x.device)
     block = ELEMENTWISE_INTERPRET_BLOCK if INTERPRETED else ELEMENTWISE_GPU_BLOCK
     opts = {} if INTERPRETED else {"num_warps": ELEMENTWISE_GPU_WARPS}
     _int8_upsample_bilinear_kernel[(cdiv(n, block),)](
-        x, y, th.contiguous(), tw.contiguous(), n, H, W, C, OH, OW, z_x, m, z_y, lo, hi,
+        x, y, th, tw, n, H, W, C, OH, OW, z_x, m, z_y, lo, hi,
         ONE=1 << ref.BILINEAR_FRAC_BITS, USE_RINT=USE_RINT, BLOCK=block, **opts
     )  # fmt: skip
     return y

@@ -23,6 +23,7 @@ sum is an integer far below 2^53), then converted to int64 and wrapped to int32.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -1361,6 +1362,13 @@ def bilinear_taps(n_in: int, n_out: int, align_corners: bool, scale: Optional[fl
     ``n_in / n_out``. ``i0 = min(floor(src), n_in - 1)``, ``i1 = min(i0 + 1, n_in - 1)``,
     ``w1 = rne((src - i0) 2^F)``.
     """
+    i0, i1, w1 = _bilinear_taps_cpu(int(n_in), int(n_out), bool(align_corners), None if scale is None else float(scale))
+    return i0.to(device), i1.to(device), w1.to(device)
+
+
+@functools.lru_cache(maxsize=256)
+def _bilinear_taps_cpu(n_in: int, n_out: int, align_corners: bool, scale: Optional[float]) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`bilinear_taps` on the CPU, computed once per axis size (callers do not modify them)."""
     o = torch.arange(n_out, dtype=torch.float64)
     if align_corners:
         src = o * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
@@ -1371,7 +1379,7 @@ def bilinear_taps(n_in: int, n_out: int, align_corners: bool, scale: Optional[fl
     w1 = torch.round((src - i0) * (1 << BILINEAR_FRAC_BITS)).clamp_(0, 1 << BILINEAR_FRAC_BITS).to(torch.int64)
     i0 = i0.to(torch.int64)
     i1 = (i0 + 1).clamp_(max=n_in - 1)
-    return i0.to(device), i1.to(device), w1.to(device)
+    return i0, i1, w1
 
 
 def bilinear_accumulate(xc: Tensor, dims: Tuple[int, int], taps_h: Tuple[Tensor, Tensor, Tensor],

@@ -406,7 +406,11 @@ def _lookup_plan(gm: fx.GraphModule, node: fx.Node, spec: tuple[str, dict], shar
     return LookupPlan(node, None, fq, fq if fq is not None else node, why, spec[0], spec[1], x, y)
 
 
-_AFFINE_FNS = {"mul": "mul", "mul_": "mul", "add": "add", "add_": "add", "sub": "sub", "sub_": "sub"}
+#: call_function targets and call_method names of the elementwise ops with a constant operand that
+#: can be per-channel affine maps
+_AFFINE_OPS: dict[Any, str] = {operator.mul: "mul", torch.mul: "mul", "mul": "mul", "mul_": "mul",
+                               operator.add: "add", torch.add: "add", "add": "add", "add_": "add",
+                               operator.sub: "sub", torch.sub: "sub", "sub": "sub", "sub_": "sub"}
 
 
 def _constant(gm: fx.GraphModule, node: Any) -> Optional[torch.Tensor]:
@@ -438,13 +442,7 @@ def channel_affine_spec(gm: fx.GraphModule, node: fx.Node) -> Optional[tuple[fx.
         b = m.bias.double() if m.bias is not None else torch.zeros_like(inv)
         scale = w * inv
         return x, scale.float(), (b - m.running_mean.double() * scale).float()
-    if node.op == "call_function":
-        fn = {operator.mul: "mul", torch.mul: "mul", operator.add: "add", torch.add: "add", operator.sub: "sub",
-              torch.sub: "sub"}.get(node.target)
-    elif node.op == "call_method":
-        fn = _AFFINE_FNS.get(str(node.target))
-    else:
-        fn = None
+    fn = _AFFINE_OPS.get(node.target) if node.op in ("call_function", "call_method") else None
     if fn is None or len(node.args) != 2 or node.kwargs:
         return None
     a, b = node.args
