@@ -51,6 +51,8 @@ __all__ = [
     "int8_conv2d",
     "int8_depthwise_conv2d",
     "int8_add",
+    "ResidualAdd",
+    "residual_add",
     "int8_avgpool",
     "int8_maxpool2d",
     "quantize",
@@ -780,6 +782,40 @@ def int8_add(
         torch.tensor([lo], dtype=torch.int32, device=dev),
         torch.tensor([hi], dtype=torch.int32, device=dev),
     )
+
+
+@dataclass(frozen=True)
+class ResidualAdd:
+    """A residual add fused into the epilogue of the layer that produces one of its operands.
+
+    The layer first requantizes its accumulator to its own int8 output ``a`` (zero point ``z_a``,
+    the layer's ``z_y``), exactly as without fusion; the epilogue then loads the other operand
+    ``r`` (zero point ``z_b``, same shape as the layer's output) and applies the add's contract
+    (:func:`int8_add`): ``clamp(rne(float32((a - z_a) ia + (r - z_b) ib) * m) + z_y, lo, hi)``.
+    The fused result equals the separate layer and add bit for bit; only the layer's int8 output
+    is never written to memory. The integer sum is symmetric, so the layer's output may be either
+    operand of the original add: the caller passes that operand's zero point and multiplier as
+    ``z_a``/``ia``.
+    """
+
+    z_a: int
+    z_b: int
+    ia: int
+    ib: int
+    multiplier: float
+    z_y: int
+    lo: int = INT8_MIN
+    hi: int = INT8_MAX
+
+    def swapped(self) -> "ResidualAdd":
+        """The same add with the roles of its two operands exchanged."""
+        return ResidualAdd(self.z_b, self.z_a, self.ib, self.ia, self.multiplier, self.z_y, self.lo, self.hi)
+
+
+def residual_add(a: Tensor, r: Tensor, spec: ResidualAdd) -> Tensor:
+    """Reference of a fused residual add: :func:`int8_add` of the layer's int8 output ``a`` and
+    the residual ``r`` with ``spec``'s parameters (the contract the fused epilogues follow)."""
+    return int8_add(a, r, spec.z_a, spec.z_b, spec.ia, spec.ib, spec.multiplier, spec.z_y, spec.lo, spec.hi)
 
 
 def check_avgpool_args(x: Tensor, z_x, multiplier, z_y, lo, hi, check_values: bool = True):
