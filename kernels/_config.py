@@ -66,11 +66,22 @@ def _cfg(num_warps: int, num_stages: int, **meta: int) -> triton.Config:
 
 # ---------------------------------------------------------------------------------------------
 # GEMM / implicit-GEMM convolution tiles.
-# On Hopper an int8 ``tl.dot`` maps to wgmma when BLOCK_M is a multiple of 64 (128 with 8 warps),
-# BLOCK_N >= 16 and BLOCK_K >= 32; both operands are K-contiguous. Every config compiles for sm_90
-# with wgmma and cp.async pipelining within the shared-memory limit; 128x256 tiles were left out
-# because their int32 accumulator plus the epilogue spills registers (as does 256x128x32 with
-# Triton 3.6).
+# On Hopper an int8 ``tl.dot`` maps to wgmma when BLOCK_M is a multiple of 64, BLOCK_N >= 16 and
+# BLOCK_K >= 32 (with 8 warps and BLOCK_M = 64 the two warp groups split N); both operands are
+# K-contiguous. Every config compiles for sm_90 with wgmma and cp.async pipelining within the
+# shared-memory limit (``benchmarks/kernels.py --compile-only --all-configs``, Triton 3.8 here;
+# the GPU machine has Triton 3.6, whose register allocation differs: check there before relying
+# on a register count). The two 256x128 tiles spill 96-168 bytes with Triton 3.8 in the GEMM and
+# the conv loops (0-16 in the unrolled 3x3 one) and spilled none with 3.6 (checked before the
+# conv loops were rebuilt, not since); they stay. Left out because they spill registers:
+# 128x256 tiles (128-192 bytes with Triton 3.8 for BLOCK_K 32/64/128 with 8 warps: the int32
+# accumulator alone is 128 registers a thread) and 256x128x32 (with Triton 3.6). 64x256 with 4
+# warps compiles without spills but at 238-242 registers; it is left out as too close to the limit.
+# The entries after the first twelve (added with the unrolled-tap conv loop): 64x256 tiles with
+# 8 warps for wide layers (a 256-wide N tile reads the activations once for N <= 256), and thin
+# tiles for narrow or shallow layers (BLOCK_N 16/32/64 with BLOCK_K 32, or 128 for deep K), so
+# that BLOCK_N >= N and the activations are read once. ``prune_by_size`` keeps each where it
+# fits (see GEMM_NARROW_N).
 # ---------------------------------------------------------------------------------------------
 GEMM_GPU_CONFIGS: List[triton.Config] = [
     _cfg(8, 3, BLOCK_M=256, BLOCK_N=128, BLOCK_K=128, GROUP_M=8),
@@ -85,12 +96,45 @@ GEMM_GPU_CONFIGS: List[triton.Config] = [
     _cfg(8, 4, BLOCK_M=256, BLOCK_N=32, BLOCK_K=64, GROUP_M=8),
     _cfg(4, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8),
     _cfg(4, 4, BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, GROUP_M=8),
+    # wide N (N > 128): 64x256, 8 warps (two warp groups side by side in N)
+    _cfg(8, 4, BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, GROUP_M=8),
+    _cfg(8, 3, BLOCK_M=64, BLOCK_N=256, BLOCK_K=128, GROUP_M=8),
+    _cfg(8, 4, BLOCK_M=64, BLOCK_N=256, BLOCK_K=32, GROUP_M=8),  # shallow K (expand 1x1 from 16-32 channels)
+    # thin: narrow N or shallow K, BLOCK_N >= N so the activations are read once
+    _cfg(4, 4, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, GROUP_M=8),
+    _cfg(4, 4, BLOCK_M=128, BLOCK_N=32, BLOCK_K=128, GROUP_M=8),  # narrow N, deep K (projections)
+    _cfg(4, 4, BLOCK_M=128, BLOCK_N=16, BLOCK_K=64, GROUP_M=8),
+    _cfg(4, 4, BLOCK_M=128, BLOCK_N=16, BLOCK_K=32, GROUP_M=8),
+    _cfg(8, 4, BLOCK_M=256, BLOCK_N=16, BLOCK_K=32, GROUP_M=8),
 ]
+
+#: Autotune pruning of the GEMM/conv tiles (:func:`prune_by_size`): a block is at most
+#: ``max(32, next_pow2(size))`` (no 256-wide tile for N <= 128, no BLOCK_K 128 for K <= 64), and a
+#: tile narrower than ``GEMM_NARROW_N`` must cover all of N (the 16-wide tiles only for N <= 16).
+GEMM_NARROW_N: int = 32
+
+#: Tiles of the flat-K convolution loop (fewer than 16 channels: RGB stems). Its input tile is
+#: gathered byte by byte (C is no multiple of 16, so no load vectorizes) with a 64-bit pointer
+#: per element, and on sm_90 (Triton 3.8, compiled with C not divisible by 16 as at run time)
+#: the other entries spill registers in it: 72-2008 bytes for a 7x7x3 stem (the loop before the
+#: row bases were hoisted spilled too, 240 bytes on the default 128x64x64 tile). Autotuning a
+#: flat-K convolution keeps to these; the default tile is one of them.
+CONV_FLAT_K_TILES = {(128, 64, 64, 4), (256, 64, 64, 8), (128, 32, 32, 4), (64, 256, 32, 8), (128, 16, 32, 4),
+                     (256, 16, 32, 8)}  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps)  # fmt: skip
+CONV_FLAT_K_CONFIGS: List[triton.Config] = [
+    c for c in GEMM_GPU_CONFIGS
+    if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps) in CONV_FLAT_K_TILES
+]  # fmt: skip
 
 #: Interpreter tile for GEMM and convolution: large, so few programs and few K steps.
 GEMM_INTERPRET_META: Dict[str, Any] = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=4)
 
 # Depthwise convolution / pooling: (pixels x channels) tiles on CUDA cores, channels contiguous.
+# BLOCK_C is a power of two (Triton's aranges); a channel count it does not divide leaves lanes of
+# the last channel tile idle. The 8- and 16-wide tiles let autotuning waste none on the channel
+# counts of MobileNet/EfficientNet (24, 40, 80, 112, 144, 240: largest power-of-two divisors 8 or
+# 16), the wider ones serve the rest. One stage: these loops have no cp.async to pipeline (more
+# stages compile to the same code). sm_90, Triton 3.8: 70-118 registers, no spills.
 DEPTHWISE_GPU_CONFIGS: List[triton.Config] = [
     _cfg(4, 1, BLOCK_P=64, BLOCK_C=64),
     _cfg(4, 1, BLOCK_P=128, BLOCK_C=32),
@@ -100,6 +144,8 @@ DEPTHWISE_GPU_CONFIGS: List[triton.Config] = [
     _cfg(4, 1, BLOCK_P=128, BLOCK_C=16),
     _cfg(8, 1, BLOCK_P=256, BLOCK_C=32),
     _cfg(4, 1, BLOCK_P=64, BLOCK_C=32),
+    _cfg(4, 1, BLOCK_P=256, BLOCK_C=16),
+    _cfg(4, 1, BLOCK_P=256, BLOCK_C=8),
 ]
 DEPTHWISE_INTERPRET_META: Dict[str, Any] = dict(BLOCK_P=64, BLOCK_C=64)
 
@@ -107,16 +153,20 @@ DEPTHWISE_INTERPRET_META: Dict[str, Any] = dict(BLOCK_P=64, BLOCK_C=64)
 # walks down the rows, each input row loaded once per window column and added into the KH output
 # rows it belongs to.
 DEPTHWISE_ROWS_GPU_CONFIGS: List[triton.Config] = [
-    # sm_90, Triton 3.6: 90 registers for 3x3 windows and 156 for 5x5 with the first four tiles,
-    # 142-146 and 238 with the last three; no spills (BLOCK_C=128 tiles spill on 5x5 windows:
-    # the compiler keeps the KH*KW weight vectors in registers across the row loop)
+    # The float32 path keeps the KH*KW float32 weight vectors in registers across the row loop,
+    # so every tile has at most 4 strip elements per thread: sm_90, Triton 3.8, 95 registers for
+    # 3x3 and 188 for 5x5 windows (8 elements per thread spill on 5x5). The 8- and 16-wide
+    # channel tiles serve channel counts with small power-of-two divisors (see above).
     _cfg(4, 1, BLOCK_W=16, BLOCK_C=32),
     _cfg(4, 1, BLOCK_W=8, BLOCK_C=64),
     _cfg(2, 1, BLOCK_W=8, BLOCK_C=32),
     _cfg(4, 1, BLOCK_W=8, BLOCK_C=32),
-    _cfg(4, 1, BLOCK_W=16, BLOCK_C=64),
-    _cfg(2, 1, BLOCK_W=16, BLOCK_C=32),
-    _cfg(8, 1, BLOCK_W=32, BLOCK_C=64),
+    _cfg(8, 1, BLOCK_W=16, BLOCK_C=64),
+    _cfg(8, 1, BLOCK_W=32, BLOCK_C=32),
+    _cfg(4, 1, BLOCK_W=32, BLOCK_C=16),
+    _cfg(2, 1, BLOCK_W=16, BLOCK_C=16),
+    _cfg(4, 1, BLOCK_W=64, BLOCK_C=8),
+    _cfg(2, 1, BLOCK_W=32, BLOCK_C=8),
 ]
 DEPTHWISE_ROWS_INTERPRET_META: Dict[str, Any] = dict(BLOCK_W=16, BLOCK_C=64)  # few programs, few steps
 #: Largest window height of the rows variant (one register accumulator per window row).
@@ -133,14 +183,20 @@ AVGPOOL_GPU_WARPS: int = 4
 AVGPOOL_INTERPRET_META: Dict[str, Any] = dict(BLOCK_HW=64, BLOCK_C=64)
 
 
-def prune_by_size(size_args: Dict[str, Sequence[str]]) -> Callable[..., List[triton.Config]]:
-    """Make an ``early_config_prune`` hook dropping tiles much larger than the problem.
+def prune_by_size(
+    size_args: Dict[str, Sequence[str]], narrow: Optional[Dict[str, int]] = None
+) -> Callable[..., List[triton.Config]]:
+    """Make an ``early_config_prune`` hook dropping tiles much larger (or much thinner) than the problem.
 
     ``size_args`` maps a meta-parameter (e.g. ``"BLOCK_N"``) to the kernel argument names whose
     value bounds it (e.g. ``("N",)``).  A config survives when each such block is at most
-    ``max(32, next_pow2(size))``, so a 24-channel problem is not tuned over 256-wide tiles.  When
-    nothing survives, the config with the smallest tiles is kept so autotuning always has one.
+    ``max(32, next_pow2(size))``, so a 24-channel problem is not tuned over 256-wide tiles.
+    ``narrow`` maps some of those blocks to a width below which a tile must cover the whole size
+    (``{"BLOCK_N": 32}``: a 16-wide tile only when ``N <= 16``, so that it reads the activations
+    once), so a 1000-channel problem is not tuned over 16-wide tiles.  When nothing survives, the
+    config with the smallest tiles is kept so autotuning always has one.
     """
+    narrow = dict(narrow or {})
 
     def prune(configs: List[triton.Config], named_args: Dict[str, Any], **kwargs: Any) -> List[triton.Config]:
         args = {**named_args, **kwargs}
@@ -156,6 +212,9 @@ def prune_by_size(size_args: Dict[str, Sequence[str]]) -> Callable[..., List[tri
                 if cfg.kwargs[block] > max(32, triton.next_power_of_2(max(size, 1))):
                     ok = False
                     break
+                if block in narrow and cfg.kwargs[block] < min(narrow[block], size):
+                    ok = False
+                    break
             if ok:
                 kept.append(cfg)
         if not kept:
@@ -168,7 +227,9 @@ def prune_by_size(size_args: Dict[str, Sequence[str]]) -> Callable[..., List[tri
 #: Default tile of each family when autotuning is off.
 DEFAULT_GPU_CONFIG: Dict[str, triton.Config] = {
     "gemm": _cfg(4, 4, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8),
-    "depthwise": _cfg(4, 1, BLOCK_P=64, BLOCK_C=64),
+    # 32 channels: no idle lanes on 32, 96, 192, 320, 384, 480, 576, 672, 960, 1152 channels and at
+    # most 10% on 144 (64 channels would idle 25% on 96 and 144, 6% on 240 and 480)
+    "depthwise": _cfg(4, 1, BLOCK_P=128, BLOCK_C=32),
     "depthwise_rows": _cfg(4, 1, BLOCK_W=16, BLOCK_C=32),
 }
 GPU_CONFIGS: Dict[str, List[triton.Config]] = {
@@ -231,31 +292,53 @@ def forced_config(family: str, config: triton.Config) -> Iterator[None]:
         set_settings(current_settings().with_forced(family, previous))
 
 
-def launch_meta(family: str) -> Optional[Dict[str, Any]]:
-    """Meta-parameters for a direct launch of a ``family`` kernel, or None to autotune.
+def launch_meta(
+    family: str, kernel: Any = None, tuned: Any = None, args: Optional[Dict[str, Any]] = None, *,
+    with_source: bool = False, key: Optional[tuple] = None,
+) -> Any:
+    """Meta-parameters for a direct launch of a ``family`` kernel, or None to autotune
+    (``with_source``: ``(source, meta)``, the source one of :data:`kernels.tiles.SOURCES`).
 
-    Interpreter: the family's interpreter tile (or the forced config's tiles). GPU: the forced
-    config, else the default config when autotuning is off, else None."""
+    Interpreter: the family's interpreter tile (or the forced config's tiles). GPU
+    (:func:`kernels.tiles.select_tile`): the forced config, else the tuned tile table's entry for
+    ``kernel`` at the autotune key of ``args`` (when the settings' ``tile_table`` is on and the
+    kernel, its autotuner ``tuned`` and ``args`` are given), else None when autotuning is on,
+    else the family's default config. ``key``: the launch's :func:`kernels.tiles.launch_key`, if
+    already computed."""
+    from . import tiles
+
     settings = current_settings()
     forced = settings.forced_tile(family)
-    if INTERPRETED:
-        return dict(forced.kwargs) if forced is not None else dict(INTERPRET_META[family])
-    cfg = forced if forced is not None else (None if settings.autotune else DEFAULT_GPU_CONFIG[family])
-    if cfg is None:
-        return None
-    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    table = name = None
+    key_names: tuple = ()
+    key_values: tuple = ()
+    if not INTERPRETED and forced is None and kernel is not None and args is not None and settings.tile_table:
+        table = tiles.table_for(settings)
+        if table is not None:
+            name, key_names, key_values = key if key is not None else tiles.launch_key(kernel, tuned, args)
+    source, meta = tiles.select_tile(
+        forced=forced, interpreted=INTERPRETED, interpret_meta=INTERPRET_META[family], table=table, kernel=name,
+        key_names=key_names, key_values=key_values, meta_names=DEFAULT_GPU_CONFIG[family].kwargs,
+        autotune=settings.autotune, default=DEFAULT_GPU_CONFIG[family],
+    )  # fmt: skip
+    return (source, meta) if with_source else meta
 
 
 def launch(
     kernel: Any, tuned: Any, family: str, grid: Callable[[Dict[str, Any]], tuple], args: Dict[str, Any]
 ) -> None:
     """Launch ``kernel`` on ``args``: through its autotuned wrapper ``tuned``, or directly with the
-    meta-parameters of :func:`launch_meta` (interpreter, forced config, autotuning off)."""
-    meta = launch_meta(family)
+    meta-parameters of :func:`launch_meta` (interpreter, forced config, tile table, autotuning
+    off). The tile is noted for :func:`kernels.tiles.launched_tiles` / ``record_launches``."""
+    from . import tiles
+
+    name, key_names, key_values = key = tiles.launch_key(kernel, tuned, args)
+    source, meta = launch_meta(family, kernel, tuned, args, with_source=True, key=key)
     if meta is None:
         tuned[grid](**args)
     else:
         kernel[grid(meta)](**args, **meta)
+    tiles.note_launch(name, family, key_names, key_values, source, meta, tuned)
 
 
 def channel_stride(t: Optional[Any]) -> int:

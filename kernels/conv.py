@@ -18,15 +18,43 @@ signed base-256 digit planes ``S = sum_i 256^i D_i`` (int8, ``[NDIG, N, TP]``, t
 ``TP >= 32``, built once per weight tensor), and the correction is ``NDIG`` small int8 dots in
 Horner form, ``acc = dot(P', D_i, 256 * acc)``, before the main loop starts accumulating into the
 same registers. All of it is exact modulo 2^32, like the int32 accumulator itself. ``PAD_CORR``
-(constexpr) switches it on when there is padding and ``z_x != 0``. The K loop runs in one of two
-orders (constexpr ``FLAT_K``):
+(constexpr) switches it on when there is padding and ``z_x != 0``.
 
-* tap-major (``FLAT_K=False``, channels >= 16): one loop over ``(tap, channel block)`` steps; each
-  step loads ``BLOCK_M`` rows of up to ``BLOCK_K`` contiguous channels of a single tap, so the
-  bounds test is per row and the channel loads vectorize;
+The K loop takes one of three shapes, chosen per launch by the constexprs ``FLAT_K`` (launcher),
+``UNROLL_TAPS`` and ``EVEN_K`` (``triton.heuristics`` on the arguments and the tile in use, so a
+forced, default or autotuned tile gets them alike).
+
+* tap-major (``FLAT_K=False``, channels >= 16): a step loads ``BLOCK_M`` rows of ``BLOCK_K``
+  contiguous channels of one tap (a bounds test per row, vectorized channel loads) and the
+  ``[BLOCK_K, BLOCK_N]`` weight tile of the same tap and channels. The rows' base pointers (image
+  offset in int64) and both pointer tiles of tap ``(0, 0)`` are computed once per program, and
+  nothing is divided in the loop.
+
+  - unrolled (``UNROLL_TAPS=True``): ``tl.static_range`` over ``KH`` and ``KW``. Per tap the row
+    mask and the two pointer tiles are computed once, then the channel loop only advances both
+    tiles by ``BLOCK_K``: the GEMM's loop. Triton software-pipelines each tap's channel loop on its
+    own (a prologue per tap), so a tap with few channel blocks waits for a load latency. Used for
+    one tap (a strided 1x1 convolution), more than 32 taps, or at least
+    :data:`TAP_UNROLL_MIN_STEPS` channel blocks per tap.
+  - stepped (``UNROLL_TAPS=False``, the other tap-major layers): one loop over
+    ``KH*KW*ceil(C/BLOCK_K)`` steps, pipelined as a whole. Each row's tap validity is an int32 bit
+    mask computed once (bit ``t``: tap ``t`` lies inside the input); the tap position and the
+    scalar input and weight offsets are carried from step to step and advanced with selects, so a
+    step adds a shift-and-test per row and a few scalar operations to the GEMM's loop.
+  - ``EVEN_K`` (``C % BLOCK_K == 0``): no channel mask; the input mask is the row mask alone and
+    the weight load is unmasked.
+
+  Compiled for sm_90 (Triton 3.8; 128x128x64 tile, 4 warps, 3x3, per-channel epilogue), one step
+  of the unrolled loop is 75 PTX instructions (82 with the channel mask), of the stepped loop 105
+  (112); the earlier loop, which split the step index into ``(tap, channel block)`` and recomputed
+  the rows' coordinates every step, took 153.
 * flat (``FLAT_K=True``, few channels such as an RGB stem): ``k`` runs over ``KH*KW*C`` and each
-  ``k`` is split into ``(kh, kw, c)``, so a 3-channel 7x7 stem does not pad every tap to a
-  whole ``BLOCK_K``.
+  ``k`` is split into ``(kh, kw, c)`` every step (divisions of ``[BLOCK_K]`` vectors), so a
+  3-channel 7x7 stem does not pad every tap to a whole ``BLOCK_K``. The ``[BLOCK_M, BLOCK_K]`` part of a step is four
+  compares and one pointer add against row bases computed once; the weight tile advances by
+  ``BLOCK_K``. ``EVEN_K`` (``KH*KW*C % BLOCK_K == 0``) drops the ``k`` mask. With ``C`` not a
+  multiple of 16 these loads are byte-wise on a GPU (about 1200 PTX instructions a step for
+  7x7x3 with the tile above, 1630 before the row bases were hoisted).
 
 A 1x1, stride-1, unpadded convolution is routed to :mod:`kernels.gemm`.
 """
@@ -42,8 +70,10 @@ import triton.language as tl
 
 from . import reference as ref
 from ._config import (
+    CONV_FLAT_K_TILES,
     DERIVED,
     GEMM_GPU_CONFIGS,
+    GEMM_NARROW_N,
     USE_RINT,
     cdiv,
     epilogue_args,
@@ -60,6 +90,13 @@ Tensor = torch.Tensor
 
 #: Channel counts below this use the flat-K loop.
 FLAT_K_MAX_CHANNELS = 16
+
+#: Tap-major convolutions with at least this many channel blocks (``ceil(C / BLOCK_K)``) per tap
+#: run the unrolled-tap loop, the others the stepped loop (see the module docstring). Each tap's
+#: channel loop is software-pipelined on its own, so a short one pays a memory latency per tap;
+#: the stepped loop is one pipelined loop. Not measured on a GPU yet: 1 runs every tap-major
+#: layer unrolled, a large value every layer with 2-32 taps stepped.
+TAP_UNROLL_MIN_STEPS = 8
 
 
 # =============================================================================================
@@ -83,7 +120,7 @@ def _int8_conv2d_kernel(
     # Autotune bucket of M (not used in the body)
     M_BUCKET,
     # Meta-parameters
-    KH: tl.constexpr, KW: tl.constexpr, FLAT_K: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, FLAT_K: tl.constexpr, EVEN_K: tl.constexpr, UNROLL_TAPS: tl.constexpr,
     PAD_CORR: tl.constexpr, NDIG: tl.constexpr, TP: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, USE_RINT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -129,40 +166,97 @@ def _int8_conv2d_kernel(
         for i in tl.static_range(NDIG - 2, -1, -1):
             acc = tl.dot(p, tl.load(d_ptrs + i * N * TP), acc * 256, out_dtype=tl.int32)
     if FLAT_K:
-        # -- k = (kh * KW + kw) * C + c, split per element
+        # -- k = (kh * KW + kw) * C + c, split per element; only [BLOCK_K] vectors are divided,
+        #    the [BLOCK_M, BLOCK_K] part is a pointer add and four compares against hoisted rows
+        x_pix = x_img + (ih0 * W + iw0) * C  # [BLOCK_M] pointer to tap (0, 0) of each pixel
+        w_ptrs = w_rows[None, :] + offs_k[:, None]  # [BLOCK_K, BLOCK_N], K-major
         for k0 in range(0, K, BLOCK_K):
             k = k0 + offs_k
-            k_ok = k < K
             tap = k // C
             c = k - tap * C
             kh = tap // KW
             kw = tap - kh * KW
-            ih = ih0[:, None] + kh[None, :]
-            iw = iw0[:, None] + kw[None, :]
-            inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & k_ok[None, :]
-            a = tl.load(x_img[:, None] + (ih * W + iw) * C + c[None, :], mask=inside, other=0)
-            b = tl.load(w_rows[None, :] + k[:, None], mask=k_ok[:, None], other=0)
+            inside = ((ih0[:, None] >= -kh[None, :]) & (ih0[:, None] < (H - kh)[None, :])
+                      & (iw0[:, None] >= -kw[None, :]) & (iw0[:, None] < (W - kw)[None, :]))  # fmt: skip
+            a_ptrs = x_pix[:, None] + ((kh * W + kw) * C + c)[None, :]
+            if EVEN_K:
+                a = tl.load(a_ptrs, mask=inside, other=0)
+                b = tl.load(w_ptrs)
+            else:
+                k_ok = offs_k < K - k0
+                a = tl.load(a_ptrs, mask=inside & k_ok[None, :], other=0)
+                b = tl.load(w_ptrs, mask=k_ok[:, None], other=0)
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
             if HAS_WZP:
                 row_sum += tl.sum(a.to(tl.int32), axis=1)
+            w_ptrs += BLOCK_K
     else:
-        # -- one step = one tap x one block of BLOCK_K channels
-        c_steps = tl.cdiv(C, BLOCK_K)
-        for step in range(0, KH * KW * c_steps):
-            tap = step // c_steps
-            c = (step - tap * c_steps) * BLOCK_K + offs_k
-            c_ok = c < C
-            kh = tap // KW
-            kw = tap - kh * KW
-            ih = ih0 + kh
-            iw = iw0 + kw
-            row_ok = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_ptrs = x_img[:, None] + ((ih * W + iw) * C)[:, None] + c[None, :]
-            a = tl.load(x_ptrs, mask=row_ok[:, None] & c_ok[None, :], other=0)
-            b = tl.load(w_rows[None, :] + (tap * C + c)[:, None], mask=c_ok[:, None], other=0)
-            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
-            if HAS_WZP:
-                row_sum += tl.sum(a.to(tl.int32), axis=1)
+        # -- tap-major: BLOCK_M rows x BLOCK_K contiguous channels of one tap per step, the row
+        #    pointers of tap (0, 0) computed once; no division in the loop
+        x_rows = x_img + (ih0 * W + iw0) * C  # [BLOCK_M] pointer to tap (0, 0) of each pixel
+        if UNROLL_TAPS:
+            # taps unrolled at compile time: per tap one row mask and one pointer tile, then a
+            # channel loop that only advances the pointers, exactly the GEMM's loop (each tap's
+            # loop is software-pipelined on its own)
+            for kh in tl.static_range(KH):
+                h_ok = (ih0 >= -kh) & (ih0 < H - kh)
+                for kw in tl.static_range(KW):
+                    row_ok = (h_ok & (iw0 >= -kw) & (iw0 < W - kw))[:, None]  # [BLOCK_M, 1]
+                    # built from the row vectors, not from a_base/b_base: with those kept live
+                    # across the taps a 128x128x64 tile (4 warps) spilled 8 bytes on sm_90
+                    a_ptrs = (x_rows + (kh * W + kw) * C)[:, None] + offs_k[None, :]
+                    b_ptrs = (w_rows + (kh * KW + kw) * C)[None, :] + offs_k[:, None]
+                    for c0 in range(0, C, BLOCK_K):
+                        if EVEN_K:
+                            a = tl.load(a_ptrs, mask=row_ok, other=0)
+                            b = tl.load(b_ptrs)
+                        else:
+                            c_ok = offs_k < C - c0
+                            a = tl.load(a_ptrs, mask=row_ok & c_ok[None, :], other=0)
+                            b = tl.load(b_ptrs, mask=c_ok[:, None], other=0)
+                        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+                        if HAS_WZP:
+                            row_sum += tl.sum(a.to(tl.int32), axis=1)
+                        a_ptrs += BLOCK_K
+                        b_ptrs += BLOCK_K
+        else:
+            # one pipelined loop over (tap, channel block) steps (KH*KW <= 32): the rows' tap
+            # validity is a bit mask computed once (bit t: tap t inside the input), the tap
+            # position is carried in scalars and the pointers move by a scalar offset
+            a_base = x_rows[:, None] + offs_k[None, :]  # [BLOCK_M, BLOCK_K]
+            b_base = w_rows[None, :] + offs_k[:, None]  # [BLOCK_K, BLOCK_N], K-major
+            tap_bits = tl.zeros((BLOCK_M,), dtype=tl.int32)
+            for kh in tl.static_range(KH):
+                for kw in tl.static_range(KW):
+                    ok = (ih0 >= -kh) & (ih0 < H - kh) & (iw0 >= -kw) & (iw0 < W - kw)
+                    tap_bits |= ok.to(tl.int32) << (kh * KW + kw)  # bit 31 is the sign bit: fine
+            tap = tl.full((), 0, tl.int32)
+            kw = tl.full((), 0, tl.int32)
+            c0 = tl.full((), 0, tl.int32)
+            a_off = tl.full((), 0, tl.int32)  # (kh * W + kw) * C + c0
+            b_off = tl.full((), 0, tl.int32)  # tap * C + c0
+            for _ in range(0, KH * KW * tl.cdiv(C, BLOCK_K)):
+                row_ok = (((tap_bits >> tap) & 1) != 0)[:, None]  # [BLOCK_M, 1]
+                if EVEN_K:
+                    a = tl.load(a_base + a_off, mask=row_ok, other=0)
+                    b = tl.load(b_base + b_off)
+                else:
+                    c_ok = offs_k < C - c0
+                    a = tl.load(a_base + a_off, mask=row_ok & c_ok[None, :], other=0)
+                    b = tl.load(b_base + b_off, mask=c_ok[:, None], other=0)
+                acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+                if HAS_WZP:
+                    row_sum += tl.sum(a.to(tl.int32), axis=1)
+                # next step: the next channel block, or channel 0 of the next tap (next window row)
+                c_next = c0 + BLOCK_K
+                next_tap = c_next >= C
+                kw_next = tl.where(next_tap, kw + 1, kw)
+                next_row = kw_next == KW
+                a_off = tl.where(next_tap, a_off - c0 + tl.where(next_row, (W - KW + 1) * C, C), a_off + BLOCK_K)
+                c0 = tl.where(next_tap, 0, c_next)
+                kw = tl.where(next_row, 0, kw_next)
+                tap = tl.where(next_tap, tap + 1, tap)
+                b_off = tap * C + c0
 
     # -- exact int32 corrections
     mask_n = offs_n < N
@@ -179,17 +273,50 @@ def _int8_conv2d_kernel(
         tl.store(y_ptrs, out, mask=mask)
 
 
-def _prune_conv(configs, named_args, **kwargs):
-    args = {**named_args, **kwargs}
-    k_size = args["C"] * (args["KH"] * args["KW"] if args["FLAT_K"] else 1)
-    return prune_by_size({"BLOCK_N": ("N",), "BLOCK_K": ("K_SIZE",)})(configs, {**args, "K_SIZE": k_size})
+def _tile(cfg) -> Tuple[int, int, int, int]:
+    return cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"], cfg.num_warps
 
+
+def _prune_conv(configs, named_args, **kwargs):
+    """:func:`~kernels._config.prune_by_size` on N and the channel loop's extent; a flat-K
+    convolution keeps to the tiles of :data:`~kernels._config.CONV_FLAT_K_TILES` (the others
+    spill there)."""
+    args = {**named_args, **kwargs}
+    if args["FLAT_K"]:
+        flat = [c for c in configs if _tile(c) in CONV_FLAT_K_TILES]
+        configs = flat or configs
+    k_size = args["C"] * (args["KH"] * args["KW"] if args["FLAT_K"] else 1)
+    return prune_by_size({"BLOCK_N": ("N",), "BLOCK_K": ("K_SIZE",)}, narrow={"BLOCK_N": GEMM_NARROW_N})(
+        configs, {**args, "K_SIZE": k_size}
+    )
+
+
+def _even_k(args) -> bool:
+    """``EVEN_K``: the extent of the channel loop (``C`` tap-major, ``KH*KW*C`` flat) is a multiple
+    of ``BLOCK_K``, so the loads need no channel mask. Computed per launch from the tile in use
+    (forced, default or the autotuner's), hence a heuristic rather than a launcher argument."""
+    return (args["C"] * (args["KH"] * args["KW"] if args["FLAT_K"] else 1)) % args["BLOCK_K"] == 0
+
+
+def _unroll_taps(args) -> bool:
+    """``UNROLL_TAPS``: the tap-major loop with the taps unrolled (one channel loop per tap) rather
+    than one loop over all (tap, channel block) steps. Unrolled when there is one tap (a strided
+    1x1 convolution: the plain GEMM loop), more than 32 taps (the stepped loop's tap bit mask is
+    an int32), or at least :data:`TAP_UNROLL_MIN_STEPS` channel blocks per tap."""
+    taps = args["KH"] * args["KW"]
+    steps = -(-args["C"] // args["BLOCK_K"])
+    return not args["FLAT_K"] and (taps == 1 or taps > 32 or steps >= TAP_UNROLL_MIN_STEPS)
+
+
+#: The kernel as launched directly (interpreter, forced or default tile) and autotuned: the loop
+#: switches ``EVEN_K`` and ``UNROLL_TAPS`` filled in from the arguments and the tile.
+_int8_conv2d_kernel_launch = triton.heuristics({"EVEN_K": _even_k, "UNROLL_TAPS": _unroll_taps})(_int8_conv2d_kernel)
 
 _int8_conv2d_kernel_tuned = triton.autotune(
     configs=GEMM_GPU_CONFIGS,
     key=["M_BUCKET", "N", "C", "H", "W", "KH", "KW", "stride_h", "stride_w", "HAS_WZP", "OUT_INT32"],
     prune_configs_by={"early_config_prune": _prune_conv},
-)(_int8_conv2d_kernel)
+)(_int8_conv2d_kernel_launch)
 
 
 # =============================================================================================
@@ -277,7 +404,7 @@ class ConvPlan:
             return y
         args = dict(self.static, x_ptr=x, y_ptr=y, B=B, H=H, W=W, OH=OH, OW=OW, M_BUCKET=next_pow2_bucket(M))
         grid = lambda META: (cdiv(M, META["BLOCK_M"]) * cdiv(N, META["BLOCK_N"]),)  # noqa: E731
-        launch(_int8_conv2d_kernel, _int8_conv2d_kernel_tuned, "gemm", grid, args)
+        launch(_int8_conv2d_kernel_launch, _int8_conv2d_kernel_tuned, "gemm", grid, args)
         return y
 
 

@@ -8,16 +8,29 @@ contiguous NHWC dimension, so every tap is one vectorized load per pixel row. Th
 ``[KH, KW, C]`` (one contiguous channel vector per tap). There are no tensor cores here: the
 kernel is a memory-bound stencil on CUDA cores (``KH``/``KW`` constexpr; window columns unrolled).
 
-``acc[p, c] = sum_taps (x - z_x)(w - z_w[c]) + bias[c]`` is computed as
-``sum_taps x * w' + (bias - z_x * sum_taps w')`` with ``w' = w - z_w`` (the per-channel correction
-is built in the kernel from the same weight vectors). Padded taps load ``z_x``, so they add
-``z_x * w'`` to the first sum and cancel exactly against the correction.
+``acc[p, c] = sum_taps (x - z_x)(w - z_w[c]) + bias[c]`` is accumulated in one of two exact ways,
+chosen by the launcher (constexpr ``FLOAT_ACC``). The launcher shifts the weights once per weight
+tensor (``w' = w - z_w``, :func:`shifted_weights`, cached in :data:`kernels._config.DERIVED`):
+
+* float32 (``FLOAT_ACC``, float32 ``w'``): each loaded input becomes ``float32(x - z_x)`` exactly
+  (:func:`exact_float`; padded taps load ``z_x`` and become exactly 0) and is added times ``w'``
+  with float32 fused multiply-adds. The sum is exact while every partial sum stays within 2^24
+  in magnitude (``KH * KW * max|x - z_x| * max|w'| <= 2^24``, :func:`float_accumulation_exact`,
+  proof in kernels/README.md); it is then converted to int32 and the bias is added in int32.
+  The rows kernel takes this path wherever it is exact; the tiles kernel only when named in
+  :data:`FLOAT_ACC_KERNELS` (it converts each input for a single multiply-add, which costs more
+  instructions than int32).
+* int32: ``sum_taps x * w' + (bias - z_x * sum_taps w')`` with int32 multiply-adds (the
+  per-channel correction is built in the kernel from the same weight vectors). Padded taps load
+  ``z_x``, so they add ``z_x * w'`` to the first sum and cancel exactly against the correction.
+  Exact modulo 2^32 for every window size. The tiles kernel reads int32 ``w'``; the rows kernel,
+  which takes this path only beyond the float32 bound, reads the int8 ``w`` and shifts it itself.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import triton
@@ -25,6 +38,7 @@ import triton.language as tl
 
 from . import reference as ref
 from ._config import (
+    DERIVED,
     DEPTHWISE_GPU_CONFIGS,
     DEPTHWISE_ROWS_GPU_CONFIGS,
     DEPTHWISE_ROWS_MAX_KH,
@@ -43,14 +57,56 @@ logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
 
+#: Float32 sums of integers are exact while every partial sum stays within this magnitude.
+FLOAT32_EXACT_LIMIT: int = 1 << 24
+
+
+def float_accumulation_exact(taps: int, z_x: int, symmetric: bool) -> bool:
+    """Whether float32 accumulation of a depthwise window is exact: ``taps`` (``KH * KW``)
+    products of ``|x - z_x| <= max(128 + z_x, 127 - z_x)`` and ``|w - z_w| <= 255`` (``<= 128`` for
+    symmetric weights, ``w_zp=None``), so every partial sum is an integer of magnitude at most
+    ``taps * max|x - z_x| * max|w - z_w|``; at most 2^24 is exact (kernels/README.md). Weight zero
+    points are assumed to lie in [-128, 127], as the contract requires."""
+    x_bound = max(128 + int(z_x), 127 - int(z_x))
+    w_bound = 128 if symmetric else 255
+    return int(taps) * x_bound * w_bound <= FLOAT32_EXACT_LIMIT
+
+
+#: The depthwise kernels that accumulate in float32 where that is exact. The rows kernel converts
+#: each loaded input once for ``KH`` multiply-adds and keeps the float32 weights in registers
+#: across its row loop; the tiles kernel would convert each loaded input for a single
+#: multiply-add, which costs more instructions than int32 (kernels/README.md, "Depthwise
+#: accumulation"), so it keeps int32 unless named here.
+FLOAT_ACC_KERNELS: frozenset = frozenset({"rows"})
+
+
+def shifted_weights(w: Tensor, w_zp: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    """``w - z_w`` ``[KH, KW, C]`` as int32 (wrapping modulo 2^32 like the kernels' int32
+    arithmetic) or float32 (exact for the contract's zero points: ``|w - z_w| <= 255``), computed on
+    ``w``'s device without a synchronization."""
+    wc = w.to(torch.int32) if w_zp is None else w.to(torch.int32) - w_zp
+    return wc.to(dtype).contiguous()
+
+
+@triton.jit
+def exact_float(v, offset):
+    """``float32(v - offset)``, exactly, for an int32 tile ``v`` and an int32 scalar ``offset``, both
+    of magnitude below 2^22, without an int -> float conversion instruction per element (those
+    issue at a quarter of the float32 rate on Hopper): the bits ``v + 0x4B400000`` are the float32
+    ``1.5 * 2^23 + v`` (the float32 numbers in [2^23, 2^24) are the integers), and subtracting
+    the float32 integer ``1.5 * 2^23 + offset`` is exact (Sterbenz: both lie in [2^23, 2^24])."""
+    f = (v + 0x4B400000).to(tl.float32, bitcast=True)
+    return f - (offset + 12582912)
+
+
 # =============================================================================================
 # Kernel
 # =============================================================================================
 @triton.jit(do_not_specialize=["z_x", "z_y"])
 def _int8_depthwise_kernel(
     # Pointers: input, weight, per-channel vectors, output
-    x_ptr, w_ptr,  # int8 NHWC [B, H, W, C], int8 [KH, KW, C]
-    bias_ptr, wzp_ptr,  # int32 [C], int32 [1|C] weight zero point
+    x_ptr, w_ptr,  # int8 NHWC [B, H, W, C]; w - z_w [KH, KW, C], int32 (float32 with FLOAT_ACC)
+    bias_ptr, wzp_ptr,  # int32 [C]; weight zero point (unused: the launcher shifts the weights)
     mult_ptr, lo_ptr, hi_ptr,  # float32 [1|C] multiplier, int32 [1|C] bounds
     y_ptr,  # int8 (or int32) NHWC [B, OH, OW, C]
     # Geometry
@@ -65,6 +121,7 @@ def _int8_depthwise_kernel(
     # Meta-parameters
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, USE_RINT: tl.constexpr,
+    FLOAT_ACC: tl.constexpr,  # float32 fused multiply-adds (exact by the launcher's bound), else int32
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     pid_p = tl.program_id(0)
@@ -83,13 +140,14 @@ def _int8_depthwise_kernel(
     iw0 = ow * stride_w - pad_left
     x_img = x_ptr + img.to(tl.int64) * (H * W * C)  # [BLOCK_P] int64 image base
     zx8 = z_x.to(tl.int8)
-    if HAS_WZP:
-        zw = tl.load(wzp_ptr + offs_c * stride_wzp, mask=mask_c, other=0)
 
-    # -- taps: acc += x * (w - z_w); w_sum collects sum_taps (w - z_w). Window rows are a loop and
-    #    columns are unrolled: unrolling both lets the compiler hoist every tap's loads and
-    #    spill registers (measured on sm_90), one row of taps at a time keeps ~110-140 registers.
+    # -- taps, with the weights w' = w - z_w shifted by the launcher (no per-tap widening or zero
+    #    point). float32: accf += (x - z_x) * w', padded taps are exactly 0. int32: acc += x * w'
+    #    and w_sum collects sum_taps w' for the correction below. Window rows are a loop and
+    #    columns are unrolled: unrolling both lets the compiler hoist every tap's loads and spill
+    #    registers (measured on sm_90).
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.int32)
+    accf = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     w_sum = tl.zeros((BLOCK_C,), dtype=tl.int32)
     for kh in range(KH):
         ih = ih0 + kh
@@ -97,16 +155,21 @@ def _int8_depthwise_kernel(
         for kw in tl.static_range(KW):
             iw = iw0 + kw
             ok = row_ok & (iw >= 0) & (iw < W)
-            wv = tl.load(w_ptr + (kh * KW + kw) * C + offs_c, mask=mask_c, other=0).to(tl.int32)
-            if HAS_WZP:
-                wv = tl.where(mask_c, wv - zw, 0)
             x_ptrs = x_img[:, None] + ((ih * W + iw) * C)[:, None] + offs_c[None, :]
             xv = tl.load(x_ptrs, mask=ok[:, None] & mask_c[None, :], other=zx8)
-            acc += xv.to(tl.int32) * wv[None, :]
-            w_sum += wv
+            wv = tl.load(w_ptr + (kh * KW + kw) * C + offs_c, mask=mask_c, other=0)
+            if FLOAT_ACC:
+                accf += exact_float(xv.to(tl.int32), z_x) * wv[None, :]
+            else:
+                acc += xv.to(tl.int32) * wv[None, :]
+                w_sum += wv
 
-    # -- per-channel correction: bias - z_x * sum_taps (w - z_w)
-    corr = -z_x * w_sum
+    # -- per-channel terms in int32: bias (and, on the int32 path, - z_x * sum_taps (w - z_w))
+    if FLOAT_ACC:
+        acc = accf.to(tl.int32)  # an integer of magnitude <= 2^24: converted exactly
+        corr = tl.zeros((BLOCK_C,), dtype=tl.int32)
+    else:
+        corr = -z_x * w_sum
     if HAS_BIAS:
         corr += tl.load(bias_ptr + offs_c, mask=mask_c, other=0)
     acc += corr[None, :]
@@ -122,18 +185,32 @@ def _int8_depthwise_kernel(
         tl.store(y_ptrs, out, mask=mask)
 
 
+def prune_channel_tiles(prune: Callable[..., List[triton.Config]]) -> Callable[..., List[triton.Config]]:
+    """Wrap an ``early_config_prune`` hook: channel tiles narrower than 32 are tuned only where they
+    leave fewer lanes idle than a 32-wide tile (24 channels: 8-wide; 40, 80, 112, 144, 240:
+    8- and 16-wide), not on channel counts that 32 divides."""
+
+    def hook(configs: List[triton.Config], named_args: Dict[str, Any], **kwargs: Any) -> List[triton.Config]:
+        C = int({**named_args, **kwargs}["C"])
+        lanes = lambda bc: cdiv(C, bc) * bc  # noqa: E731
+        kept = [cfg for cfg in configs if cfg.kwargs["BLOCK_C"] >= 32 or lanes(cfg.kwargs["BLOCK_C"]) < lanes(32)]
+        return prune(kept or configs, named_args, **kwargs)
+
+    return hook
+
+
 _int8_depthwise_kernel_tuned = triton.autotune(
     configs=DEPTHWISE_GPU_CONFIGS,
-    key=["P_BUCKET", "C", "KH", "KW", "stride_h", "stride_w", "HAS_WZP", "OUT_INT32"],
-    prune_configs_by={"early_config_prune": prune_by_size({"BLOCK_C": ("C",)})},
+    key=["P_BUCKET", "C", "KH", "KW", "stride_h", "stride_w", "HAS_WZP", "OUT_INT32", "FLOAT_ACC"],
+    prune_configs_by={"early_config_prune": prune_channel_tiles(prune_by_size({"BLOCK_C": ("C",)}))},
 )(_int8_depthwise_kernel)
 
 
 @triton.jit(do_not_specialize=["z_x", "z_y"])
 def _int8_depthwise_rows_kernel(
     # Pointers: input, weight, per-channel vectors, output
-    x_ptr, w_ptr,  # int8 NHWC [B, H, W, C], int8 [KH, KW, C]
-    bias_ptr, wzp_ptr,  # int32 [C], int32 [1|C] weight zero point
+    x_ptr, w_ptr,  # int8 NHWC [B, H, W, C]; int8 w [KH, KW, C] (FLOAT_ACC: float32 w - z_w)
+    bias_ptr, wzp_ptr,  # int32 [C], int32 [1|C] weight zero point (unused with FLOAT_ACC)
     mult_ptr, lo_ptr, hi_ptr,  # float32 [1|C] multiplier, int32 [1|C] bounds
     y_ptr,  # int8 (or int32) NHWC [B, OH, OW, C]
     # Geometry (stride 1)
@@ -148,6 +225,7 @@ def _int8_depthwise_rows_kernel(
     # Meta-parameters
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, USE_RINT: tl.constexpr,
+    FLOAT_ACC: tl.constexpr,  # float32 fused multiply-adds (exact by the launcher's bound), else int32
     BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Stride-1 depthwise convolution, ``KH <= 5``: the program owns ``BLOCK_W`` output columns x
@@ -155,7 +233,8 @@ def _int8_depthwise_rows_kernel(
     loaded once per window column and added into the ``KH`` output rows that use it: ``a_j``
     holds output row ``t - j`` and receives window row ``j``; ``a_{KH-1}`` is then complete and
     stored, and the accumulators shift by one row. Each input element is loaded ``KW`` times
-    instead of ``KH * KW``. Same arithmetic as :func:`_int8_depthwise_kernel`."""
+    instead of ``KH * KW`` (and, on the float32 path, converted once for ``KH`` multiply-adds).
+    Same arithmetic as :func:`_int8_depthwise_kernel`."""
     pid_bw = tl.program_id(0)
     pid_c = tl.program_id(1)
     n_wb = tl.cdiv(OW, BLOCK_W)
@@ -170,13 +249,19 @@ def _int8_depthwise_rows_kernel(
     if HAS_WZP:
         zw = tl.load(wzp_ptr + offs_c * stride_wzp, mask=mask_c, other=0)
 
-    # -- per-channel correction: bias - z_x * sum_taps (w - z_w) (padded taps load z_x and cancel)
+    # -- per-channel terms in int32: bias, and on the int32 path - z_x * sum_taps (w - z_w)
+    #    (padded taps load z_x and cancel against it); the float32 path shifts x by z_x instead
     w_sum = tl.zeros((BLOCK_C,), dtype=tl.int32)
-    for tap in tl.static_range(KH * KW):
-        wv = tl.load(w_ptr + tap * C + offs_c, mask=mask_c, other=0).to(tl.int32)
-        if HAS_WZP:
-            wv = tl.where(mask_c, wv - zw, 0)
-        w_sum += wv
+    if FLOAT_ACC:  # w_ptr holds float32 w - z_w: every tap's vector in registers across the row loop
+        wts = ()
+        for tap in tl.static_range(KH * KW):
+            wts = wts + (tl.load(w_ptr + tap * C + offs_c, mask=mask_c, other=0.0),)
+    else:
+        for tap in tl.static_range(KH * KW):
+            wv = tl.load(w_ptr + tap * C + offs_c, mask=mask_c, other=0).to(tl.int32)
+            if HAS_WZP:
+                wv = tl.where(mask_c, wv - zw, 0)
+            w_sum += wv
     corr = -z_x * w_sum
     if HAS_BIAS:
         corr += tl.load(bias_ptr + offs_c, mask=mask_c, other=0)
@@ -185,11 +270,12 @@ def _int8_depthwise_rows_kernel(
                                            stride_hi)  # fmt: skip
 
     # -- one accumulator per window row (unused ones are compiled out)
-    a0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.int32)
-    a1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.int32)
-    a2 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.int32)
-    a3 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.int32)
-    a4 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.int32)
+    acc_dtype = tl.float32 if FLOAT_ACC else tl.int32
+    a0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=acc_dtype)
+    a1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=acc_dtype)
+    a2 = tl.zeros((BLOCK_W, BLOCK_C), dtype=acc_dtype)
+    a3 = tl.zeros((BLOCK_W, BLOCK_C), dtype=acc_dtype)
+    a4 = tl.zeros((BLOCK_W, BLOCK_C), dtype=acc_dtype)
     for t in range(0, OH + KH - 1):
         ih = t - pad_top
         row_ok = (ih >= 0) & (ih < H)
@@ -198,10 +284,15 @@ def _int8_depthwise_rows_kernel(
             ok = (iw >= 0) & (iw < W) & row_ok
             x_ptrs = x_img + ((ih * W + iw) * C)[:, None] + offs_c[None, :]
             xv = tl.load(x_ptrs, mask=ok[:, None] & mask_c[None, :], other=zx8).to(tl.int32)
+            if FLOAT_ACC:
+                xv = exact_float(xv, z_x)  # x - z_x, converted once for KH multiply-adds
             for j in tl.static_range(KH):
-                wv = tl.load(w_ptr + (j * KW + kw) * C + offs_c, mask=mask_c, other=0).to(tl.int32)
-                if HAS_WZP:
-                    wv = tl.where(mask_c, wv - zw, 0)
+                if FLOAT_ACC:
+                    wv = wts[j * KW + kw]
+                else:
+                    wv = tl.load(w_ptr + (j * KW + kw) * C + offs_c, mask=mask_c, other=0).to(tl.int32)
+                    if HAS_WZP:
+                        wv = tl.where(mask_c, wv - zw, 0)
                 if j == 0:
                     a0 += xv * wv[None, :]
                 elif j == 1:
@@ -224,7 +315,7 @@ def _int8_depthwise_rows_kernel(
         else:
             done = a4
         oh = t - (KH - 1)
-        acc = done + corr[None, :]
+        acc = done.to(tl.int32) + corr[None, :]  # float32 path: an integer <= 2^24, converted exactly
         y_ptrs = y_img + ((oh * OW + offs_w) * C)[:, None] + offs_c[None, :]
         mask = ((oh >= 0) & mask_w)[:, None] & mask_c[None, :]
         if OUT_INT32:
@@ -239,13 +330,15 @@ def _int8_depthwise_rows_kernel(
             a2 = a1
         if KH >= 2:
             a1 = a0
-        a0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.int32)
+        a0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=acc_dtype)
 
 
 _int8_depthwise_rows_kernel_tuned = triton.autotune(
     configs=DEPTHWISE_ROWS_GPU_CONFIGS,
-    key=["P_BUCKET", "C", "OW", "KH", "KW", "HAS_WZP", "OUT_INT32"],
-    prune_configs_by={"early_config_prune": prune_by_size({"BLOCK_C": ("C",), "BLOCK_W": ("OW",)})},
+    key=["P_BUCKET", "C", "OW", "KH", "KW", "HAS_WZP", "OUT_INT32", "FLOAT_ACC"],
+    prune_configs_by={
+        "early_config_prune": prune_channel_tiles(prune_by_size({"BLOCK_C": ("C",), "BLOCK_W": ("OW",)}))
+    },
 )(_int8_depthwise_rows_kernel)
 
 
@@ -280,12 +373,32 @@ class DepthwisePlan:
         self.rows_ok = stride == (1, 1) and KH <= DEPTHWISE_ROWS_MAX_KH  # the rows variant applies
         self.device = w.device
         self.out_dtype = torch.int32 if out_int32 else torch.int8
+        # float32 accumulation where it is exact for every input (the window, z_x and whether the
+        # weights are symmetric bound it) and the kernel gains from it (FLOAT_ACC_KERNELS)
+        exact = float_accumulation_exact(KH * KW, z_x, w_zp is None)
+        self.float_acc = {v: exact and v in FLOAT_ACC_KERNELS for v in ("tiles", "rows")}
         self.static = dict(
-            w_ptr=w, C=C, stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2], z_x=z_x, z_y=z_y,
+            C=C, stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2], z_x=z_x, z_y=z_y,
             KH=KH, KW=KW, OUT_INT32=out_int32, USE_RINT=USE_RINT, **epilogue_args(bias, w_zp, multiplier, lo, hi),
         )  # fmt: skip
         # the rows kernel takes no stride arguments (stride 1)
         self.static_rows = {k: v for k, v in self.static.items() if k not in ("stride_h", "stride_w")}
+        # the weight operand of each kernel, bound here like the other weight-side arguments:
+        # w - z_w as float32 (float32 path) or int32 (tiles kernel, int32 path), computed on the
+        # device once per weight tensor (DERIVED); the int8 w for the rows kernel's int32 path,
+        # which subtracts z_w itself
+        self.static["w_ptr"] = self._weights(w, w_zp, self.float_acc["tiles"], torch.int32)
+        if self.rows_ok:
+            self.static_rows["w_ptr"] = self._weights(w, w_zp, self.float_acc["rows"], None)
+        self.static["FLOAT_ACC"] = self.float_acc["tiles"]
+        self.static_rows["FLOAT_ACC"] = self.float_acc["rows"]
+
+    @staticmethod
+    def _weights(w: Tensor, w_zp: Optional[Tensor], float_acc: bool, int_dtype: Optional[torch.dtype]) -> Tensor:
+        dtype = torch.float32 if float_acc else int_dtype
+        if dtype is None:
+            return w
+        return DERIVED.get("depthwise_shifted_w", (w, w_zp), dtype, lambda: shifted_weights(w, w_zp, dtype))
 
     def __call__(self, x: Tensor) -> Tensor:
         B, H, W, C = ref.check_nhwc_input(x, self.C, self.device)

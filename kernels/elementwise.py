@@ -6,7 +6,8 @@ a reference check (``python -m kernels.elementwise``). Every kernel works on fla
 
 * :func:`int8_add`: ``acc = (a - z_a) * ia + (b - z_b) * ib`` exactly in int32 (integer
   multipliers from :func:`kernels.reference.add_multipliers`, ``|acc| < 2^24``), then the shared
-  epilogue. No float multiply-add is involved, so there is nothing a GPU compiler can contract.
+  epilogue (:func:`kernels.requant.requantize_add`, which the GEMM's fused residual epilogue
+  calls too). No float multiply-add is involved, so there is nothing a GPU compiler can contract.
 * :func:`quantize`: float32 (NCHW with any strides, or a contiguous tensor) -> int8 NHWC,
   ``clamp(rne(x * (1.0f / float32(s))) + z, lo, hi)`` with the shared round-and-clamp.
 * :func:`dequantize`: int8 -> float32, ``float32(q - z) * float32(s)``.
@@ -31,7 +32,7 @@ from ._config import (
     USE_RINT,
     cdiv,
 )
-from .requant import requantize, round_clamp
+from .requant import requantize, requantize_add, round_clamp
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +61,9 @@ def _int8_add_kernel(
 ):  # fmt: skip
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_elements
-    a = tl.load(a_ptr + offs, mask=mask, other=0).to(tl.int32)
-    b = tl.load(b_ptr + offs, mask=mask, other=0).to(tl.int32)
-    acc = (a - z_a) * ia + (b - z_b) * ib
-    tl.store(y_ptr + offs, requantize(acc, m, z_y, lo, hi, USE_RINT), mask=mask)
+    a = tl.load(a_ptr + offs, mask=mask, other=0)
+    b = tl.load(b_ptr + offs, mask=mask, other=0)
+    tl.store(y_ptr + offs, requantize_add(a, b, z_a, z_b, ia, ib, m, z_y, lo, hi, USE_RINT), mask=mask)
 
 
 @triton.jit(do_not_specialize=["z", "lo", "hi"])

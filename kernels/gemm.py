@@ -10,7 +10,12 @@ launcher, and a reference check (``python -m kernels.gemm``).
   the launcher (:func:`kernels.reference.fold_bias`), or passed already folded;
 * ``- z_w[n] * sum_k x[m,k]``: the row sums of ``x`` are accumulated in the K loop only when the
   weights have a zero point (``HAS_WZP`` constexpr);
-* then :func:`kernels.requant.requantize_channels` (the shared epilogue).
+* then :func:`kernels.requant.requantize_channels` (the shared epilogue);
+* with ``RESIDUAL`` (constexpr), a residual add fused after it: the tile of the other operand
+  ``r`` (int8 ``[M, N]``, same offsets) is loaded and :func:`kernels.requant.requantize_add`
+  applies the add's contract to the layer's requantized int8 tile and ``r``
+  (:class:`kernels.reference.ResidualAdd`); only the add's output is stored, so the layer's int8
+  output is never written to memory and read back.
 
 Both operands are K-contiguous: ``x`` is ``[M, K]`` row-major and ``w`` is ``[N, K]`` row-major,
 read as a ``[BLOCK_K, BLOCK_N]`` tile by transposed indexing (the K-major B operand Hopper's int8
@@ -30,6 +35,7 @@ from . import reference as ref
 from ._config import (
     DERIVED,
     GEMM_GPU_CONFIGS,
+    GEMM_NARROW_N,
     USE_RINT,
     cdiv,
     epilogue_args,
@@ -37,7 +43,7 @@ from ._config import (
     next_pow2_bucket,
     prune_by_size,
 )
-from .requant import add_gemm_corrections, requantize_channels
+from .requant import add_gemm_corrections, requantize_add, requantize_channels
 
 logger = logging.getLogger(__name__)
 
@@ -47,25 +53,30 @@ Tensor = torch.Tensor
 # =============================================================================================
 # Kernel
 # =============================================================================================
-@triton.jit(do_not_specialize=["z_y"])
+@triton.jit(do_not_specialize=["z_y", "z_a", "z_r", "ia", "ib", "add_z", "add_lo", "add_hi"])
 def _int8_gemm_kernel(
     # Pointers: operands, per-output-channel vectors, output
     x_ptr, w_ptr,  # int8 [M, K], int8 [N, K]
     bias_ptr, wzp_ptr,  # int32 [N] (folded bias), int32 [1|N] weight zero point
     mult_ptr, lo_ptr, hi_ptr,  # float32 [1|N] multiplier, int32 [1|N] bounds
     y_ptr,  # int8 (or int32) [M, N]
+    r_ptr,  # RESIDUAL only: int8 [M, N], the residual add's other operand (else any pointer)
     # Problem size
     M, N, K,
     # Row strides (the K and N dimensions are contiguous)
-    stride_xm, stride_wn, stride_ym,
+    stride_xm, stride_wn, stride_ym, stride_rm,
     # Per-channel strides: 0 for a per-tensor value, 1 for one value per output channel
     stride_wzp, stride_mult, stride_lo, stride_hi,
     # Output zero point
     z_y,
+    # RESIDUAL only: the add (kernels.reference.ResidualAdd): zero points of the layer's output and
+    # of r, integer multipliers, float32 multiplier, output zero point and bounds
+    z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi,
     # Autotune bucket of M (not used in the body)
     M_BUCKET,
     # Meta-parameters
-    HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, USE_RINT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, RESIDUAL: tl.constexpr,
+    USE_RINT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     # -- grouped ("swizzled") program order: GROUP_M row blocks share the same column blocks in L2
@@ -114,19 +125,48 @@ def _int8_gemm_kernel(
     else:
         out = requantize_channels(acc, offs_n, mask_n, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
                                   USE_RINT, ROWS=True)
+        if RESIDUAL:
+            # the fused residual add: the layer's int8 tile (exactly its unfused output) plus r
+            r_ptrs = r_ptr + offs_m.to(tl.int64)[:, None] * stride_rm + offs_n[None, :]
+            r = tl.load(r_ptrs, mask=mask, other=0)
+            out = requantize_add(out, r, z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi, USE_RINT)
         tl.store(y_ptrs, out, mask=mask)
 
 
 _int8_gemm_kernel_tuned = triton.autotune(
     configs=GEMM_GPU_CONFIGS,
-    key=["M_BUCKET", "N", "K", "HAS_WZP", "OUT_INT32"],
-    prune_configs_by={"early_config_prune": prune_by_size({"BLOCK_N": ("N",), "BLOCK_K": ("K",)})},
+    key=["M_BUCKET", "N", "K", "HAS_WZP", "OUT_INT32", "RESIDUAL"],
+    prune_configs_by={"early_config_prune": prune_by_size({"BLOCK_N": ("N",), "BLOCK_K": ("K",)},
+                                                          narrow={"BLOCK_N": GEMM_NARROW_N})},
 )(_int8_gemm_kernel)
 
 
 # =============================================================================================
 # Launcher
 # =============================================================================================
+#: Kernel arguments of the residual epilogue when there is none (RESIDUAL off: never read).
+_NO_RESIDUAL = dict(z_a=0, z_r=0, ia=0, ib=0, add_m=1.0, add_z=0, add_lo=ref.INT8_MIN, add_hi=ref.INT8_MAX,
+                    RESIDUAL=False)
+
+
+def residual_args(residual: ref.ResidualAdd) -> dict:
+    """The kernel arguments of a fused residual add, validated like :func:`kernels.reference.int8_add`'s
+    (zero points and bounds in [-128, 127], ``lo <= hi``, ``|ia|, |ib| <= 2^15``, a finite multiplier,
+    used as its float32 value)."""
+    if not isinstance(residual, ref.ResidualAdd):
+        raise ValueError(f"residual must be a kernels.reference.ResidualAdd, got {type(residual).__name__}")
+    z_a = ref.check_int8_zero_point(residual.z_a, "residual.z_a")
+    z_r = ref.check_int8_zero_point(residual.z_b, "residual.z_b")
+    z_y = ref.check_int8_zero_point(residual.z_y, "residual.z_y")
+    for v, nm in ((residual.ia, "ia"), (residual.ib, "ib")):
+        if isinstance(v, bool) or not isinstance(v, int) or abs(v) > ref.ADD_MAX_MULTIPLIER:
+            raise ValueError(f"residual.{nm} must be a Python int with |{nm}| <= {ref.ADD_MAX_MULTIPLIER}, got {v!r}")
+    lo, hi = ref._check_scalar_bounds(residual.lo, residual.hi)
+    m = ref._check_scalar_multiplier(residual.multiplier, "residual.multiplier")
+    return dict(z_a=z_a, z_r=z_r, ia=int(residual.ia), ib=int(residual.ib), add_m=m, add_z=z_y, add_lo=lo, add_hi=hi,
+                RESIDUAL=True)
+
+
 class GemmPlan:
     """The GEMM launch with its weight-side arguments bound once; calling it on ``x`` ``[M, K]``
     checks ``x`` (dtype, rank, K, layout, device), sizes the output and launches.
@@ -134,6 +174,11 @@ class GemmPlan:
     The weight-side arguments must already be validated and normalized (as
     :func:`kernels.reference.check_gemm_args` returns them, with ``bias`` folded): a network
     layer builds its plan once and reuses it on every call (see ``dfq_gpu.int8.layers``).
+
+    With ``residual`` (a :class:`kernels.reference.ResidualAdd`) the plan fuses a residual add
+    into the epilogue: ``plan(x, r)`` takes the add's other operand ``r`` (int8 ``[M, N]``,
+    contiguous) and returns ``residual_add(gemm(x), r, residual)`` bit for bit, without writing
+    the GEMM's own int8 output. A residual needs an int8 output (not ``out_int32``).
     """
 
     def __init__(
@@ -146,26 +191,43 @@ class GemmPlan:
         lo: Tensor,
         hi: Tensor,
         out_int32: bool,
+        residual: Optional[ref.ResidualAdd] = None,
     ) -> None:
+        if residual is not None and out_int32:
+            raise ValueError("a residual add needs the int8 output of the GEMM, not its int32 accumulator "
+                             "(out_int32=True)")
         self.N, self.K = w.shape
         self.device = w.device
         self.out_dtype = torch.int32 if out_int32 else torch.int8
+        self.residual = residual
         self.static = dict(
             w_ptr=w, N=self.N, K=self.K, stride_wn=w.stride(0), z_y=z_y, OUT_INT32=out_int32, USE_RINT=USE_RINT,
             **epilogue_args(bias, w_zp, multiplier, lo, hi),
+            **(_NO_RESIDUAL if residual is None else residual_args(residual)),
         )
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, r: Optional[Tensor] = None) -> Tensor:
         ref.check_tensor(x, "x", torch.int8, 2, "[M, K]")
         if x.shape[1] != self.K:
             raise ValueError(f"x is [M, K] = {tuple(x.shape)} but the weight has K = {self.K}")
         if x.device != self.device:
             raise ValueError(f"x is on {x.device} but the weight is on {self.device}")
         M, N = x.shape[0], self.N
+        if self.residual is not None:
+            if r is None:
+                raise ValueError("this GEMM fuses a residual add: pass its other operand r (int8 [M, N])")
+            ref.check_tensor(r, "r", torch.int8, 2, "[M, N]")
+            if tuple(r.shape) != (M, N):
+                raise ValueError(f"r must be [M, N] = {(M, N)}, got {tuple(r.shape)}")
+            if r.device != x.device:
+                raise ValueError(f"r is on {r.device} but x is on {x.device}")
+        elif r is not None:
+            raise ValueError("r is given but this GEMM has no residual add (GemmPlan(..., residual=...))")
         y = torch.empty((M, N), dtype=self.out_dtype, device=x.device)
         if M == 0 or N == 0:
             return y
-        args = dict(self.static, x_ptr=x, y_ptr=y, M=M, stride_xm=x.stride(0), stride_ym=y.stride(0),
+        args = dict(self.static, x_ptr=x, y_ptr=y, r_ptr=y if r is None else r, M=M, stride_xm=x.stride(0),
+                    stride_ym=y.stride(0), stride_rm=y.stride(0) if r is None else r.stride(0),
                     M_BUCKET=next_pow2_bucket(M))
         grid = lambda META: (cdiv(M, META["BLOCK_M"]) * cdiv(N, META["BLOCK_N"]),)  # noqa: E731
         launch(_int8_gemm_kernel, _int8_gemm_kernel_tuned, "gemm", grid, args)
@@ -184,16 +246,20 @@ def int8_gemm(
     hi: ref.IntOrTensor = ref.INT8_MAX,
     out_int32: bool = False,
     bias_folded: bool = False,
+    residual: Optional[ref.ResidualAdd] = None,
+    r: Optional[Tensor] = None,
 ) -> Tensor:
     """Triton int8 GEMM; same contract and arguments as :func:`kernels.reference.int8_gemm`.
 
     ``x`` int8 ``[M, K]`` and ``w`` int8 ``[N, K]`` (both contiguous); returns int8 ``[M, N]`` or
-    the int32 accumulator when ``out_int32``.
+    the int32 accumulator when ``out_int32``. With ``residual`` and ``r`` (int8 ``[M, N]``) the
+    residual add is fused into the epilogue: the result is
+    ``kernels.reference.residual_add(int8_gemm(x, w, ...), r, residual)``, bit for bit.
     """
     bias, w_zp, m, z_x, z_y, lo, hi = ref.check_gemm_args(x, w, bias, w_zp, multiplier, z_x, z_y, lo, hi)
     if not bias_folded:
         bias = DERIVED.get("fold_bias", (w, bias, w_zp), z_x, lambda: ref.fold_bias(w, bias, z_x, w_zp))
-    return GemmPlan(w, bias, w_zp, m, z_y, lo, hi, out_int32)(x)
+    return GemmPlan(w, bias, w_zp, m, z_y, lo, hi, out_int32, residual)(x, r)
 
 
 # =============================================================================================
@@ -210,6 +276,10 @@ def _self_check(device: str = "cuda" if torch.cuda.is_available() else "cpu") ->
     mult = (torch.rand(N, generator=g) * 1e-3).to(device)
     kwargs = dict(z_x=-7, w_zp=w_zp, z_y=3, lo=-100, hi=120)
     ok = torch.equal(int8_gemm(x, w, bias, mult, **kwargs), ref.int8_gemm(x, w, bias, mult, **kwargs))
+    r = torch.randint(-128, 128, (M, N), generator=g, dtype=torch.int8).to(device)
+    spec = ref.ResidualAdd(3, -9, *ref.add_multipliers(0.031, 0.017, 0.04)[:2], 1e-3, 4, -90, 110)
+    ok &= torch.equal(int8_gemm(x, w, bias, mult, residual=spec, r=r, **kwargs),
+                      ref.residual_add(ref.int8_gemm(x, w, bias, mult, **kwargs), r, spec))
     logger.info("int8_gemm reference check on %s: %s", device, "bit-exact" if ok else "MISMATCH")
     return ok
 

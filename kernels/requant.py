@@ -54,6 +54,20 @@ def requantize(acc, m, z_y, lo, hi, USE_RINT: tl.constexpr):
 
 
 @triton.jit
+def requantize_add(a, b, z_a, z_b, ia, ib, m, z_y, lo, hi, USE_RINT: tl.constexpr):
+    """The residual add's contract on two int8 (or int32) tiles ``a``, ``b`` of one shape:
+    ``acc = (a - z_a) * ia + (b - z_b) * ib`` exactly in int32 (``|ia|, |ib| <= 2^15``, so
+    ``|acc| < 2^24`` and ``float32(acc)`` is exact), then :func:`requantize` -> int8.
+
+    The one definition of the rule, used by the elementwise add kernel and by the GEMM's fused
+    residual epilogue (where ``a`` is the layer's own requantized int8 tile), so both agree with
+    :func:`kernels.reference.int8_add` / :func:`kernels.reference.residual_add` bit for bit.
+    """
+    acc = (a.to(tl.int32) - z_a) * ia + (b.to(tl.int32) - z_b) * ib
+    return requantize(acc, m, z_y, lo, hi, USE_RINT)
+
+
+@triton.jit
 def load_channel_params(offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi):
     """The multiplier and bounds of channels ``offs_c``: per tensor (stride 0) or per channel
     (stride 1). Masked-off channels get harmless values (their outputs are never stored); no

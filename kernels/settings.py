@@ -8,14 +8,17 @@ Everything that changes which kernel runs, or with which tile, without changing 
   tile, ``kernels._config.DEFAULT_GPU_CONFIG``);
 * ``forced``: tiles forced per kernel family (``"gemm"``, ``"depthwise"``, ``"depthwise_rows"``),
   bypassing autotuning, as sorted ``(family, Tile)`` pairs;
-* ``depthwise_variant``: the depthwise kernel, ``"tiles"`` or ``"rows"``.
+* ``depthwise_variant``: the depthwise kernel, ``"tiles"`` or ``"rows"``;
+* ``tile_table``: whether GPU launches take their tile from the tuned tile table of the device
+  (:mod:`kernels.tiles`; order: forced tile > table entry > autotuning > default tile);
+* ``tile_table_file``: the table to read (``None``: ``kernels/tiles/<device>.json``).
 
 :func:`current_settings` returns the object in force; :func:`set_settings` and the context
 manager :func:`use_settings` replace it. The older switches (``kernels.set_backend`` /
 ``use_backend``, ``kernels._config.set_autotune`` / ``forced_config`` /
 ``set_depthwise_variant`` / ``use_depthwise_variant``) are thin wrappers of these. The defaults
 are read from the environment once, when this module is imported (:func:`settings_from_env`:
-``DFQ_KERNELS_AUTOTUNE``, ``DFQ_DEPTHWISE_VARIANT``).
+``DFQ_KERNELS_AUTOTUNE``, ``DFQ_DEPTHWISE_VARIANT``, ``DFQ_KERNELS_TILE_TABLE``).
 
 Anything that caches work depending on a setting keys it on the whole object (it is hashable and
 compares by value): ``dfq_gpu.int8.GraphedNetwork`` captures its CUDA graphs again when it
@@ -119,11 +122,16 @@ class KernelSettings:
     autotune: bool = True
     forced: Tuple[Tuple[str, Tile], ...] = ()
     depthwise_variant: str = "tiles"
+    tile_table: bool = True
+    tile_table_file: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check_backend(self.backend)
         _check_variant(self.depthwise_variant)
         object.__setattr__(self, "autotune", bool(self.autotune))
+        object.__setattr__(self, "tile_table", bool(self.tile_table))
+        if self.tile_table_file is not None:
+            object.__setattr__(self, "tile_table_file", os.fspath(self.tile_table_file))
         pairs = self.forced.items() if isinstance(self.forced, Mapping) else self.forced
         tiles: Dict[str, Tile] = {}
         for family, config in pairs:
@@ -160,7 +168,10 @@ def settings_from_env(environ: Optional[Mapping[str, str]] = None) -> KernelSett
 
     * ``DFQ_KERNELS_AUTOTUNE``: ``0``, ``false``, ``no`` or ``off`` switch autotuning off;
     * ``DFQ_DEPTHWISE_VARIANT``: ``tiles`` (default) or ``rows`` (any other value raises
-      ``ValueError``).
+      ``ValueError``);
+    * ``DFQ_KERNELS_TILE_TABLE``: ``0``, ``false``, ``no`` or ``off`` switch the tuned tile table
+      off; ``1``, ``true``, ``yes``, ``on`` or empty keep the device's table
+      (``kernels/tiles/<device>.json``); any other value is the path of the table to read.
 
     The backend always defaults to ``"auto"`` and no tile is forced.
     """
@@ -169,7 +180,17 @@ def settings_from_env(environ: Optional[Mapping[str, str]] = None) -> KernelSett
     variant = env.get("DFQ_DEPTHWISE_VARIANT", "tiles").strip().lower()
     if variant not in DEPTHWISE_VARIANTS:
         raise ValueError(f"DFQ_DEPTHWISE_VARIANT must be one of {DEPTHWISE_VARIANTS}, got {variant!r}")
-    return KernelSettings(autotune=autotune, depthwise_variant=variant)
+    table = env.get("DFQ_KERNELS_TILE_TABLE", "").strip()
+    tile_table, table_file = True, None
+    if table.lower() in _OFF:
+        tile_table = False
+    elif table and table.lower() not in ("1", "true", "yes", "on"):
+        table_file = table
+    return KernelSettings(autotune=autotune, depthwise_variant=variant, tile_table=tile_table,
+                          tile_table_file=table_file)
+
+
+_OFF = ("0", "false", "no", "off")
 
 
 #: The settings read from the environment when ``kernels`` was imported.

@@ -95,15 +95,18 @@ def fingerprint(model: nn.Module, x: torch.Tensor, cfg: Any, triton: bool = Fals
             "biases": _digest(*[m.bias for _, m in layers if m.bias is not None]),
             "simulation": _digest(q(x)),
         }
-        net = dfq_gpu.to_int8(q, backend="reference")
-        y, acts = net.activations(x)
+        # every quantizer's activation: the network without residual fusion (a fused layer's own
+        # output is never materialized); the outputs: the default network, residual adds fused
+        net = dfq_gpu.to_int8(q, backend="reference", fuse_residual=False)
+        fused = dfq_gpu.to_int8(q, backend="reference")
+        _, acts = net.activations(x)
         out["int8_activations"] = _digest(*[acts[k] for k in sorted(acts)])
-        out["int8_output"] = _digest(y)
+        out["int8_output"] = _digest(fused(x))
         if triton:
-            net.backend = "triton"
-            yt, acts_t = net.activations(x)
+            net.backend = fused.backend = "triton"
+            _, acts_t = net.activations(x)
             out["triton_activations"] = _digest(*[acts_t[k] for k in sorted(acts_t)])
-            out["triton_output"] = _digest(yt)
+            out["triton_output"] = _digest(fused(x))
     return out
 
 

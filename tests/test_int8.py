@@ -41,6 +41,9 @@ from dfq_gpu import DFQConfig, quantize, to_int8, zoo
 from dfq_gpu.evaluate import sqnr_per_sample
 from dfq_gpu.int8 import Int8ConversionError, Int8Network, compare_with_simulation
 from dfq_gpu.int8 import layers as L
+from dfq_gpu.graph import ops
+from dfq_gpu.graph.trace import node_module
+from dfq_gpu.modules import QAdd
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,6 +89,8 @@ def check_steps(net: Int8Network, sim, x: torch.Tensor) -> None:
     res = compare_with_simulation(net, sim, x)
     assert res, "no step was compared"
     n_fq = sum(1 for n in sim.graph.nodes if n.op == "call_module" and "act_quant" in str(n.target))
+    # a layer with a residual add fused into it does not materialize its own quantizer
+    n_fq -= sum(1 for m in net.steps().values() if getattr(m, "layer_quantizer", ""))
     assert len(res) == n_fq, (len(res), n_fq)
     for name, r in res.items():
         assert r.mismatches == 0 and r.max_abs_diff == 0, (name, r)
@@ -120,7 +125,11 @@ def lite0():
 def test_lite0_graph_is_integer(lite0):
     _, sim, net, _ = lite0
     kinds = {type(m).__name__ for m in net.steps().values()}
-    assert kinds == {"QuantizeInput", "Int8Conv2d", "Int8DepthwiseConv2d", "Int8Add", "Int8AvgPool", "Int8Linear"}
+    # every residual add of Lite0 follows a 1x1 projection: computed in that convolution's epilogue
+    assert kinds == {"QuantizeInput", "Int8Conv2d", "Int8DepthwiseConv2d", "Int8AvgPool", "Int8Linear"}
+    n_adds = sum(1 for n in sim.graph.nodes if ops.is_add(n) or isinstance(node_module(sim, n), QAdd))
+    assert n_adds > 0 and len(net.coverage.fused) == n_adds
+    assert sum(getattr(m, "residual", None) is not None for m in net.steps().values()) == n_adds
     n_layers = sum(1 for m in sim.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     assert sum(isinstance(m, (L.Int8Conv2d, L.Int8DepthwiseConv2d, L.Int8Linear)) for m in net.steps().values()) \
         == n_layers
@@ -152,7 +161,8 @@ def test_lite0_reference_and_triton_kernels_identical(lite0):
     net.backend = "reference"
     with torch.backends.cudnn.flags(enabled=False):
         out_r, acts_r = net.activations(x)
-    assert acts_t.keys() == acts_r.keys() and len(acts_r) == 60
+    # 60 quantizers, less the outputs of the layers whose residual add is fused into them
+    assert acts_t.keys() == acts_r.keys() and len(acts_r) == 60 - len(net.coverage.fused)
     for k in acts_r:
         assert torch.equal(acts_t[k], acts_r[k]), k
     assert torch.equal(out_t, out_r)
@@ -378,7 +388,8 @@ def test_small_network_variants(cfg):
     model, sim, x = _small_sim(cfg)
     net = to_int8(sim, backend="reference")
     kinds = [type(m).__name__ for m in net.steps().values()]
-    assert {"Int8MaxPool2d", "Int8Pad", "Int8Add", "Int8DepthwiseConv2d"} <= set(kinds), kinds
+    assert {"Int8MaxPool2d", "Int8Pad", "Int8DepthwiseConv2d"} <= set(kinds), kinds
+    assert "Int8Add" not in kinds and len(net.coverage.fused) == 1  # the add is in the epilogue of pw (1x1)
     with torch.no_grad():
         ys, yi = sim(x), net(x)
     assert yi.shape == (4, 10)
@@ -472,7 +483,7 @@ def test_per_channel_clamp_after_add(caplog):
     assert "no longer match" in caplog.text and "add" in caplog.text
     make_integer_exact(sim)
     assert stale_integer_steps(sim) == []
-    net = to_int8(sim, backend="reference")
+    net = to_int8(sim, backend="reference", fuse_residual=False)
     add = next(m for m in net.steps().values() if isinstance(m, L.Int8Add))
     assert add.clamp_lo is not None and add.clamp_lo.dtype == torch.int8 and len(set(add.clamp_lo.tolist())) > 1
     check_steps(net, sim, x)
@@ -811,10 +822,23 @@ def test_e2e_benchmark_quick(tmp_path):
         kind_ms = sum(k["ms"] for k in prof["by_kind"].values())
         assert abs(kind_ms - prof["total_ms"]) < 1e-6 * max(1.0, prof["total_ms"])
         assert sum(k["steps"] for k in prof["by_kind"].values()) == prof["steps"]
-        assert {"QuantizeInput", "Int8Conv2d", "Int8Add"} <= set(prof["by_kind"])
+        # (no Int8Add where every residual add is fused into the convolution producing an operand)
+        assert {"QuantizeInput", "Int8Conv2d"} <= set(prof["by_kind"])
         slow = prof["slowest"]
         assert slow and all(a["ms"] >= b["ms"] for a, b in zip(slow, slow[1:]))
         assert all(r["out"] is not None and r["in"] for r in slow)
+        # the profile's sum against the whole network; the fp16 baseline's folded batch norms
+        assert prof["network_ms"] > 0 and prof["sum_over_network"] > 0 and len(prof["layer_tiles"]) == prof["steps"]
+        assert entry["bn_fold"]["bn_folded"] > 10 and entry["bn_fold"]["max_abs_diff_fp32"] < 1e-2
+        assert entry["results"]["2"]["fp16_eager"]["bn_folded"] == entry["bn_fold"]["bn_folded"]
+    assert rep["int8_kernel_settings"]["autotune"] is False and rep["int8_kernel_settings"]["tile_table"] is True
+    # without --out, a quick run never writes over committed results
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_e2e_bench_out", ROOT / "benchmarks" / "e2e.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    assert not e2e.default_out(True).resolve().is_relative_to(ROOT)
 
 
 # =============================================================================================
@@ -1037,3 +1061,145 @@ def test_graphed_network_recaptures_when_a_kernel_setting_changes():
             assert g.captures == 7
         assert torch.equal(g(x), expected) and g.captures == 8
         assert kernels.current_settings() == start
+
+
+# =============================================================================================
+# Residual adds fused into the 1x1 convolution or linear layer producing an operand
+# =============================================================================================
+class _ResidualNet(nn.Module):
+    """Residual adds that fuse into the layer producing an operand: an inverted bottleneck whose
+    1x1 projection is the add's second operand (a per-channel clamp after the add, swapped in by
+    :func:`_residual_sim`), a block whose 1x1 convolution is the first operand (ReLU after the
+    add), and a linear layer on pooled features; and a 1x1 convolution whose output two adds use
+    (not fused)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b1 = nn.Sequential(nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU6(),
+                                nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6(),
+                                nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8))
+        self.act1 = nn.ReLU()
+        self.b2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1),
+                                nn.BatchNorm2d(8))
+        self.act2 = nn.ReLU()
+        self.pw3 = nn.Conv2d(8, 8, 1)
+        self.fc1 = nn.Linear(8, 8)
+        self.fc2 = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = self.act1(h + self.b1(h))
+        h = self.act2(self.b2(h) + h)
+        p = self.pw3(h)
+        h = (p + h) + p
+        g = h.mean((2, 3))
+        g = g + self.fc1(g)
+        return self.fc2(g)
+
+
+#: The adds of _ResidualNet that fuse, and the layer each fuses into.
+_FUSED = {"add": "b1_6", "add_1": "b2_3", "add_4": "fc1"}
+
+
+@pytest.fixture(scope="module")
+def residual_sim():
+    from dfq_gpu.modules import ChannelClamp
+    from dfq_gpu.quant.simulate import make_integer_exact
+
+    torch.manual_seed(0)
+    model = randomize_bn(_ResidualNet())
+    x = torch.randn(4, 3, 10, 9, generator=torch.Generator().manual_seed(11))
+    sim = quantize(model, (x[:1],), DFQConfig(input_range=(-3.0, 3.0)))
+    assert isinstance(sim.get_submodule("act1"), nn.ReLU)
+    sim.add_submodule("act1", ChannelClamp(torch.linspace(-0.5, 0.1, 8), torch.linspace(0.4, 3.0, 8)))
+    make_integer_exact(sim)
+    return sim, x
+
+
+def test_residual_adds_fuse_into_the_producing_layer(residual_sim):
+    """By default each add that :func:`residual_fusions` selects becomes part of the
+    step of the 1x1 convolution or linear layer producing an operand (a GEMM with the add in its
+    epilogue on the Triton path); a layer output with two users is not fused. The network equals
+    the simulation and the unfused network bit for bit, on the integer reference, step by step,
+    under ``torch.compile`` (custom ops: the layer, then the add) and on the Triton kernels (one
+    fused GEMM launch per step, interpreter or CUDA); the coverage report is unchanged but for
+    the fused adds it lists."""
+    from dfq_gpu.int8 import GraphedNetwork
+    from dfq_gpu.quant.plan import ResidualFusion, build_plan, residual_fusions
+
+    sim, x = residual_sim
+    fusions = residual_fusions(sim, build_plan(sim))
+    assert {a: f.layer for a, f in fusions.items()} == _FUSED
+    assert fusions["add"] == ResidualFusion("add", "b1_6", 1) and fusions["add_1"].operand == 0
+    plain = to_int8(sim, backend="reference", fuse_residual=False)
+    net = to_int8(sim, backend="reference")
+    steps = net.steps()
+    fused = {k: m for k, m in steps.items() if getattr(m, "residual", None) is not None}
+    assert set(fused) == set(_FUSED.values()) and not set(_FUSED) & set(steps)
+    assert isinstance(fused["fc1"], L.Int8Linear) and isinstance(fused["b2_3"], L.Int8Conv2d)
+    assert steps["pw3"].residual is None  # its output is an operand of two adds
+    assert sum(isinstance(m, L.Int8Add) for m in steps.values()) == 2
+    assert sum(isinstance(m, L.Int8Add) for m in plain.steps().values()) == 5
+    assert len(steps) == len(plain.steps()) - 3
+    # the per-channel clamp after the first add follows the fused step
+    assert fused["b1_6"].clamp_lo is not None and fused["b2_3"].clamp_lo is None
+    for add, layer in _FUSED.items():
+        assert fused[layer].sim_quantizer == plain.steps()[add].sim_quantizer
+        assert fused[layer].layer_quantizer == plain.steps()[layer].sim_quantizer
+    cov, cov0 = net.coverage, plain.coverage
+    assert cov.fused == _FUSED and cov0.fused == {} and "3 residual adds fused" in cov.summary()
+    assert cov.placement == cov0.placement and cov.float_nodes == {}
+    assert (cov.macs_int8, cov.macs_total) == (cov0.macs_int8, cov0.macs_total) and cov.int8_mac_fraction == 1.0
+    with torch.no_grad():
+        ref = sim(x)
+        assert torch.equal(plain(x), ref) and torch.equal(net(x), ref)
+        check_steps(net, sim, x)
+        torch._dynamo.reset()
+        assert torch.equal(torch.compile(net, backend="eager", fullgraph=True)(x), ref)
+        g = GraphedNetwork(net, capture=_cpu_capture)
+        assert torch.equal(g(x), ref) and torch.equal(g(x.flip(0)), sim(x.flip(0)))
+        device = interpreter_or_cuda()
+        if device is not None:
+            net_t = to_int8(sim, backend="triton").to(device)
+            with _OpLog() as log:
+                y = net_t(x.to(device))
+            assert not [op for op in log.ops if "dfq_int8" in op]
+            assert torch.equal(y.cpu(), ref)
+            for layer in _FUSED.values():
+                plan = net_t.steps()[layer].__dict__["_plan"][1]
+                assert type(plan).__name__ == "GemmPlan" and plan.residual == fused[layer].residual
+            _, acts = net_t.activations(x.to(device))
+            _, acts_r = net.activations(x)
+            assert acts.keys() == acts_r.keys() and all(torch.equal(acts[k].cpu(), acts_r[k]) for k in acts)
+
+
+def test_fused_residual_network_saves_loads_and_falls_back(residual_sim, tmp_path, monkeypatch):
+    """A saved and loaded simulation converts to the same fused network (same outputs); a fused
+    add that cannot be converted after all runs in float behind its layer's own step, still
+    equal to the simulation."""
+    from dfq_gpu import load, save
+    from dfq_gpu.int8 import convert
+
+    sim, x = residual_sim
+    save(sim, tmp_path / "r.safetensors")
+    loaded = load(tmp_path / "r.safetensors")
+    net = to_int8(loaded, backend="reference")
+    assert net.coverage.fused == _FUSED
+    with torch.no_grad():
+        ref = sim(x)
+        assert torch.equal(loaded(x), ref) and torch.equal(net(x), ref)
+    real = convert._Converter.add_epilogue
+
+    def refuse(self, p):
+        if p.name == "add_1":
+            raise self.err(p.node, "refused for the test")
+        return real(self, p)
+
+    monkeypatch.setattr(convert._Converter, "add_epilogue", refuse)
+    net = to_int8(sim, backend="reference")
+    assert net.coverage.float_nodes == {"add_1": "refused for the test", "act2": "its input is computed in float"}
+    assert net.coverage.fused == {k: v for k, v in _FUSED.items() if k != "add_1"}
+    assert net.steps()["b2_3"].residual is None  # the layer's own step, emitted when the add needed it
+    with torch.no_grad():
+        assert torch.equal(net(x), ref)

@@ -158,7 +158,7 @@ def test_context_managers_restore_on_exit_and_on_errors():
 
 
 def test_environment_sets_the_defaults(monkeypatch):
-    for name in ("DFQ_KERNELS_AUTOTUNE", "DFQ_DEPTHWISE_VARIANT"):
+    for name in ("DFQ_KERNELS_AUTOTUNE", "DFQ_DEPTHWISE_VARIANT", "DFQ_KERNELS_TILE_TABLE"):
         monkeypatch.delenv(name, raising=False)
     assert ks.settings_from_env() == KernelSettings()
     for value, on in (("0", False), ("false", False), (" No ", False), ("OFF", False), ("1", True), ("yes", True)):
@@ -241,3 +241,204 @@ def test_launch_plans_follow_later_setting_changes(monkeypatch):
         assert torch.equal(gplan(a), expected)
     assert metas[1] is not None and {k: metas[1][k] for k in GEMM_TILE.kwargs} == GEMM_TILE.kwargs
     assert metas[0] != metas[1]
+
+
+# =============================================================================================
+# Tuned tile tables (kernels.tiles): lookup order, switch, loader edge cases, the sweep's writer
+# =============================================================================================
+H200 = "NVIDIA H200"
+GEMM_KEYS = ("M_BUCKET", "N", "K", "HAS_WZP", "OUT_INT32")
+TABLE_TILE = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 2, "num_stages": 3}
+
+
+def _gemm_table(tmp_path, device=H200, entries=None, name="table.json"):
+    from kernels import tiles
+
+    key = {"M_BUCKET": 64, "N": 16, "K": 32, "HAS_WZP": False, "OUT_INT32": False}
+    data = {"schema": tiles.SCHEMA, "device": device, "triton": "3.6.0",
+            "kernels": {"int8_gemm_kernel": entries if entries is not None else [{"key": key, "config": TABLE_TILE}]}}
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+class _FakeAutotuner:
+    """What the table code reads of a ``triton.autotune`` object (named like Triton's class)."""
+
+    def __init__(self, fn, keys, cache=None):
+        self.fn, self.keys, self.cache = fn, list(keys), dict(cache or {})
+
+
+_FakeAutotuner.__name__ = "Autotuner"
+
+
+def _fake_kernel():
+    def _int8_gemm_kernel():  # noqa: ANN202 - only its name matters
+        pass
+
+    return _int8_gemm_kernel
+
+
+def test_tile_selection_order_and_switch(tmp_path, monkeypatch, caplog):
+    """forced > table entry > autotune > default on the GPU path; the interpreter tile under the
+    interpreter; ``tile_table=False`` (or DFQ_KERNELS_TILE_TABLE=0) skips the table."""
+    from kernels import tiles
+
+    default = _config.DEFAULT_GPU_CONFIG["gemm"]
+    table = tiles.load_table(_gemm_table(tmp_path), H200)
+    key_vals = (64, 16, 32, False, False)
+    common = dict(interpret_meta=_config.INTERPRET_META["gemm"], kernel="int8_gemm_kernel", key_names=GEMM_KEYS,
+                  meta_names=default.kwargs, default=default)
+    sel = lambda **kw: tiles.select_tile(**{**common, **kw})  # noqa: E731
+    forced = Tile.of(GEMM_TILE)
+    assert sel(forced=forced, interpreted=False, table=table, key_values=key_vals, autotune=True) == (
+        "forced", {**GEMM_TILE.kwargs, "num_warps": 4, "num_stages": 2})
+    assert sel(forced=None, interpreted=False, table=table, key_values=key_vals, autotune=True) == ("table", TABLE_TILE)
+    assert sel(forced=None, interpreted=False, table=table, key_values=key_vals, autotune=False) == (
+        "table", TABLE_TILE)
+    other_key = (128, 16, 32, False, False)
+    assert sel(forced=None, interpreted=False, table=table, key_values=other_key, autotune=True) == ("autotune", None)
+    assert sel(forced=None, interpreted=False, table=None, key_values=key_vals, autotune=False) == (
+        "default", {**default.kwargs, "num_warps": default.num_warps, "num_stages": default.num_stages})
+    assert sel(forced=None, interpreted=True, table=table, key_values=key_vals, autotune=True) == (
+        "interpreter", dict(_config.INTERPRET_META["gemm"]))
+    assert sel(forced=forced, interpreted=True, table=table, key_values=key_vals, autotune=True) == (
+        "forced", dict(GEMM_TILE.kwargs))
+    # through kernels._config.launch_meta, as a GPU launch reads the settings and the table
+    monkeypatch.setattr(_config, "INTERPRETED", False)
+    monkeypatch.setattr(tiles, "current_device_name", lambda: H200)
+    tiles.reset()
+    kernel = _fake_kernel()
+    tuned = _FakeAutotuner(kernel, GEMM_KEYS)
+    args = dict(M_BUCKET=64, N=16, K=32, HAS_WZP=False, OUT_INT32=False, M=50, x_ptr=None)
+    meta = lambda **kw: _config.launch_meta("gemm", kernel, tuned, args, with_source=True)  # noqa: E731
+    try:
+        with ks.use_settings(autotune=True, forced=(), tile_table=True, tile_table_file=str(_gemm_table(tmp_path))):
+            assert meta() == ("table", TABLE_TILE)
+            assert _config.launch_meta("gemm") is None  # without the kernel and its key: no table
+            with _config.forced_config("gemm", GEMM_TILE):
+                assert meta()[0] == "forced"
+            with ks.use_settings(tile_table=False):
+                assert meta() == ("autotune", None)
+                with ks.use_settings(autotune=False):
+                    assert meta()[0] == "default"
+            args["N"] = 24  # a key the table does not hold
+            assert meta() == ("autotune", None)
+        # a table for another device is not used
+        with ks.use_settings(autotune=False, tile_table_file=str(_gemm_table(tmp_path, device="NVIDIA H100",
+                                                                                      name="h100.json"))):
+            args["N"] = 16
+            with caplog.at_level("WARNING", logger="kernels.tiles"):
+                assert meta()[0] == "default"
+            assert "written for 'NVIDIA H100'" in caplog.text
+    finally:
+        tiles.reset()
+    # the environment switch
+    assert ks.settings_from_env({"DFQ_KERNELS_TILE_TABLE": "0"}).tile_table is False
+    assert ks.settings_from_env({"DFQ_KERNELS_TILE_TABLE": "on"}) == KernelSettings()
+    custom = ks.settings_from_env({"DFQ_KERNELS_TILE_TABLE": "/x/h200.json"})
+    assert custom.tile_table is True and custom.tile_table_file == "/x/h200.json"
+    assert KernelSettings().tile_table is True and KernelSettings().tile_table_file is None
+
+
+def test_tile_table_loader_ignores_what_it_cannot_use(tmp_path, caplog):
+    from kernels import tiles
+
+    meta_names = _config.DEFAULT_GPU_CONFIG["gemm"].kwargs
+    assert tiles.load_table(tmp_path / "missing.json", H200) is None  # no file: nothing used
+    (tmp_path / "bad.json").write_text("{not json")
+    assert tiles.load_table(tmp_path / "bad.json", H200) is None
+    (tmp_path / "schema.json").write_text(json.dumps({"schema": "other/1", "device": H200, "kernels": {}}))
+    assert tiles.load_table(tmp_path / "schema.json", H200) is None
+    good = {"M_BUCKET": 64, "N": 16, "K": 32, "HAS_WZP": False, "OUT_INT32": False}
+    entries = [
+        {"key": {**good, "N": 8}, "config": TABLE_TILE},
+        {"key": {"M_BUCKET": 64, "N": 16, "K": 32}, "config": TABLE_TILE},  # stale key (fields changed)
+        {"key": {**good, "N": 24}, "config": {**TABLE_TILE, "BLOCK_Q": 16}},  # unknown meta-parameter
+        {"key": {**good, "N": 40}, "config": {"BLOCK_M": 64, "num_warps": 4}},  # missing meta-parameters
+        {"key": {**good, "N": 48}, "config": {**TABLE_TILE, "BLOCK_M": "64"}},  # not an int
+        "not an entry",
+    ]
+    with caplog.at_level("WARNING", logger="kernels.tiles"):
+        table = tiles.load_table(_gemm_table(tmp_path, entries=entries), H200)
+        assert table is not None and len(table) == 6
+        ix = table.index("int8_gemm_kernel", GEMM_KEYS, meta_names)
+    assert list(ix) == [(64, 8, 32, False, False)] and ix[(64, 8, 32, False, False)] == TABLE_TILE
+    assert len(table.warnings) == 5 and "stale" in caplog.text and "BLOCK_Q" in caplog.text
+    assert table.lookup("int8_gemm_kernel", GEMM_KEYS, (64, 24, 32, False, False), meta_names) is None
+    assert table.lookup("int8_conv2d_kernel", ("N",), (8,), meta_names) is None  # no entries for that kernel
+    # the whole table for this device; without a device name any table is accepted
+    assert tiles.load_table(_gemm_table(tmp_path), None) is not None
+    assert table.summary()["entries"] == {"int8_gemm_kernel": 6}
+    assert tiles.device_tag(H200) == "h200" and tiles.device_tag("NVIDIA H100 80GB HBM3") == "h100"
+    assert tiles.default_table_path(H200) == tiles.TILES_DIR / "h200.json"
+
+
+def test_tile_table_written_from_an_autotune_cache_round_trips(tmp_path):
+    """The sweep's writer: autotuner caches (key tuple + tensor dtypes -> triton.Config) to a
+    table, merged with an older one, written, loaded and looked up; launch bookkeeping resolves
+    autotuned launches from the same cache."""
+    import types
+
+    from kernels import tiles
+
+    cfg = _config.GEMM_GPU_CONFIGS[3]
+    other = _config.GEMM_GPU_CONFIGS[5]
+    tuned = _FakeAutotuner(_fake_kernel(), GEMM_KEYS, {
+        (1048576, 144, 24, False, False, "torch.int8", "torch.int8", "torch.int32"): cfg,
+        (65536, 576, 96, True, False, "torch.int8", "torch.int8"): other,
+    })
+    module = types.SimpleNamespace(_int8_gemm_kernel_tuned=tuned, something_else=3)
+    caches = tiles.autotuner_caches([module])
+    assert [(n, list(k)) for n, k, _ in caches] == [("int8_gemm_kernel", list(GEMM_KEYS))]
+    data = tiles.table_from_caches(caches, H200, "3.6.0", source="test")
+    assert data["schema"] == tiles.SCHEMA and data["device"] == H200 and data["source"] == "test"
+    (e1, e2) = sorted(data["kernels"]["int8_gemm_kernel"], key=lambda e: e["key"]["N"])
+    assert e1["key"] == {"M_BUCKET": 1048576, "N": 144, "K": 24, "HAS_WZP": False, "OUT_INT32": False}
+    assert e1["config"] == {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    assert e2["key"]["HAS_WZP"] is True
+    # merging keeps an older entry that was not re-tuned, and the new one where both have the key
+    old = tiles.table_from_caches([("int8_gemm_kernel", GEMM_KEYS, {(8, 8, 8, False, False): other,
+                                                                   (1048576, 144, 24, False, False): other})],
+                                  H200, "3.6.0")  # fmt: skip
+    merged = tiles.merge_tables(old, data)
+    by_n = {e["key"]["N"]: e for e in merged["kernels"]["int8_gemm_kernel"]}
+    assert set(by_n) == {8, 144, 576} and by_n[144]["config"]["BLOCK_N"] == cfg.kwargs["BLOCK_N"]
+    assert tiles.merge_tables({**old, "device": "NVIDIA H100"}, data) == data  # another device: not merged
+    path = tiles.write_table(tmp_path / "tiles" / "h200.json", merged)
+    table = tiles.load_table(path, H200)
+    meta_names = _config.DEFAULT_GPU_CONFIG["gemm"].kwargs
+    assert table.lookup("int8_gemm_kernel", GEMM_KEYS, (1048576, 144, 24, False, False), meta_names) == e1["config"]
+    assert table.lookup("int8_gemm_kernel", GEMM_KEYS, (8, 8, 8, False, False), meta_names) is not None
+    assert not table.warnings
+    # an autotuned launch is described with the config the autotuner's cache chose
+    args = dict(M_BUCKET=65536, N=576, K=96, HAS_WZP=True, OUT_INT32=False)
+    name, names, values = tiles.launch_key(tuned.fn, tuned, args)
+    with tiles.record_launches() as rec:
+        tiles.note_launch(name, "gemm", names, values, "autotune", None, tuned)
+    (d,) = [tiles.describe(r) for r in rec]
+    assert d == {"kernel": "int8_gemm_kernel", "family": "gemm", "key": args, "source": "autotune",
+                 "config": {**other.kwargs, "num_warps": other.num_warps, "num_stages": other.num_stages}}
+    assert d in tiles.launched_tiles()
+
+
+def test_tile_sweep_quick(tmp_path):
+    """``python -m dfq_gpu.bench.tiles --quick``: a tiny network through the interpreter, its
+    launched keys written as a table that no GPU would load (named after the CPU)."""
+    if not _config.INTERPRETED:
+        pytest.skip("the quick sweep runs under Triton's interpreter")
+    from dfq_gpu.bench import tiles as sweep
+    from kernels import tiles
+
+    out = tmp_path / "tiles.json"
+    data = sweep.main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == data
+    assert data["schema"] == tiles.SCHEMA and data["sweep"]["mode"] == "quick" and data["sweep"]["complete"]
+    assert {"int8_gemm_kernel", "int8_conv2d_kernel", "int8_depthwise_kernel"} <= set(data["kernels"])
+    assert tiles.load_table(out, H200) is None  # written for the CPU: never used on a GPU
+    table = tiles.load_table(out)
+    for name, entries in data["kernels"].items():
+        for e in entries:
+            assert set(e["config"]) >= {"num_warps", "num_stages"}
+    assert len(table) == sum(len(v) for v in data["kernels"].values())
+    assert sweep.main.__module__ == "dfq_gpu.bench.tiles"

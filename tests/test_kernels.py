@@ -302,6 +302,9 @@ CONV_CASES = [
     (2, 8, 7, 20, 12, 1, 1, (2, 2), (0, 0, 0, 0)),  # ResNet downsample
     (1, 6, 8, 64, 18, 3, 3, (1, 1), (0, 1, 0, 1)),
     (1, 5, 7, 17, 9, 1, 3, (1, 2), (0, 0, 1, 1)),
+    # channel extent a multiple of the interpreter's BLOCK_K = 64 (EVEN_K: no channel mask)
+    (1, 9, 7, 128, 20, 5, 3, (2, 1), (2, 1, 1, 1)),  # tap-major, C = 2 * BLOCK_K, non-square
+    (2, 9, 8, 8, 21, 4, 4, (2, 2), (1, 2, 1, 2)),  # flat K, K = 4*4*8 = 128
 ]
 
 
@@ -337,23 +340,89 @@ def _autotune_configs(family: str):
     return [pytest.param(c, id=_config_id(c)) for c in _config.GPU_CONFIGS[family]]
 
 
+#: Kernel shapes of the per-tile conv check with C = BLOCK_K, one per autotune entry in turn.
+_EVEN_CONV_KERNELS = [(3, 3), (5, 5), (7, 7), (1, 1), (1, 3), (5, 3)]
+
+
 @pytest.mark.parametrize("cfg", _autotune_configs("gemm"))
-def test_every_gemm_autotune_config_is_bit_exact(cfg):
+def test_every_gemm_autotune_config_is_bit_exact(cfg, monkeypatch):
     """Each entry of the GEMM/conv autotune list, forced, on shapes no tile divides (autotuning
-    may pick any of them on a GPU, so each must be exact, not only the default)."""
-    from kernels._config import forced_config
+    may pick any of them on a GPU, so each must be exact, not only the default). The convolutions
+    take every loop of each tile: tap-major with C = 19 (channel mask) and C = BLOCK_K (EVEN_K, no
+    channel mask; a kernel shape per entry in turn, stride 2, padding with z_x != 0), each with
+    the taps unrolled and stepped (UNROLL_TAPS), and the flat-K loop with K = 147 (RGB 7x7 stem)
+    and K = 128 (EVEN_K); N = 21 is no tile's multiple."""
+    from kernels import conv
+    from kernels._config import GEMM_GPU_CONFIGS, forced_config
 
     g = _gen(21)
     x, w = rand_i8((131, 161), g).to(DEVICE), rand_i8((37, 161), g).to(DEVICE)
     p = to_dev(make_params("perchannel", 37, 161, g))
-    xc, wc = rand_i8((2, 9, 7, 19), g).to(DEVICE), rand_i8((21, 3, 3, 19), g).to(DEVICE)
-    pc = to_dev(make_params("perchannel", 21, 9 * 19, g))
-    conv_kw = dict(stride=(2, 1), padding=(0, 1, 1, 1), **pc)
+    bk = cfg.kwargs["BLOCK_K"]
+    kh, kw = _EVEN_CONV_KERNELS[GEMM_GPU_CONFIGS.index(cfg) % len(_EVEN_CONV_KERNELS)]
+    convs = [  # (x shape, w shape, stride, padding, EVEN_K)
+        ((2, 9, 7, 19), (21, 3, 3, 19), (2, 1), (0, 1, 1, 1), False),
+        ((1, 8, 7, bk), (21, kh, kw, bk), 2, (kh // 2, (kh - 1) // 2, kw // 2, (kw - 1) // 2), True),
+        ((1, 9, 8, 3), (21, 7, 7, 3), 2, 3, False),
+        ((1, 7, 6, 8), (21, 4, 4, 8), 2, (1, 2, 2, 1), True),
+    ]
     with forced_config("gemm", cfg):
         y = kernels.int8_gemm(x, w, backend="triton", **p)
-        yc = kernels.int8_conv2d(xc, wc, backend="triton", **conv_kw)
+        for xs, ws, stride, pad, even in convs:
+            n, khh, kww, c = ws
+            meta = dict(C=c, KH=khh, KW=kww, FLAT_K=c < conv.FLAT_K_MAX_CHANNELS, BLOCK_K=bk)
+            assert conv._even_k(meta) == even
+            xc, wc = rand_i8(xs, g).to(DEVICE), rand_i8(ws, g).to(DEVICE)
+            pc = to_dev(make_params("perchannel", n, khh * kww * c, g))
+            conv_kw = dict(stride=stride, padding=pad, **pc)
+            expect = ref.int8_conv2d(xc, wc, **conv_kw)
+            for min_steps in (1, 10**9) if not meta["FLAT_K"] else (1,):  # unrolled, stepped
+                monkeypatch.setattr(conv, "TAP_UNROLL_MIN_STEPS", min_steps)
+                unrolled = conv._unroll_taps(meta)
+                assert unrolled == (not meta["FLAT_K"] and (min_steps == 1 or khh * kww in (1, 49)))
+                yc = kernels.int8_conv2d(xc, wc, backend="triton", **conv_kw)
+                assert torch.equal(yc, expect), (xs, ws, unrolled)
     assert torch.equal(y, ref.int8_gemm(x, w, **p))
-    assert torch.equal(yc, ref.int8_conv2d(xc, wc, **conv_kw))
+
+
+def test_conv_loop_heuristics():
+    """EVEN_K and UNROLL_TAPS as the launcher's heuristics set them."""
+    from kernels import conv
+
+    def meta(C, k=3, bk=64):
+        return dict(C=C, KH=k, KW=k, FLAT_K=C < conv.FLAT_K_MAX_CHANNELS, BLOCK_K=bk)
+
+    assert conv._even_k(meta(128)) and not conv._even_k(meta(120)) and conv._even_k(meta(32, bk=32))
+    assert conv._even_k(meta(8, k=4, bk=128)) and not conv._even_k(meta(3, k=7, bk=32))  # flat: K = KH*KW*C
+    steps = conv.TAP_UNROLL_MIN_STEPS
+    assert conv._unroll_taps(meta(64 * steps)) and not conv._unroll_taps(meta(64 * steps - 64))
+    assert conv._unroll_taps(meta(64 * steps - 63))  # a partial channel block is a step too
+    assert conv._unroll_taps(meta(64, k=1)) and conv._unroll_taps(meta(64, k=7))  # one tap; 49 > 32 taps
+    assert not conv._unroll_taps(meta(64, k=5)) and not conv._unroll_taps(meta(3, k=7))  # 25 taps; flat K
+
+
+def test_gemm_tile_pruning_keeps_wide_and_thin_tiles_where_they_fit():
+    """256-wide tiles only for N > 128, 16-wide tiles only when they cover N, BLOCK_K within K."""
+    from kernels import _config, conv, gemm
+
+    prune = gemm._int8_gemm_kernel_tuned.early_config_prune
+
+    def tiles(kept):
+        return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in kept}
+
+    cfgs = _config.GEMM_GPU_CONFIGS
+    narrow = tiles(prune(cfgs, dict(N=16, K=32)))
+    assert (128, 16, 32) in narrow and all(bk == 32 for _, _, bk in narrow)
+    wide = tiles(prune(cfgs, dict(N=144, K=24)))
+    assert (64, 256, 32) in wide and all(bn >= 32 and bk == 32 for _, bn, bk in wide)
+    big = tiles(prune(cfgs, dict(N=1000, K=1280)))
+    assert {(64, 256, 64), (64, 256, 128)} <= big and all(bn >= 32 for _, bn, _ in big)
+    assert all(bn <= 128 for _, bn, _ in tiles(prune(cfgs, dict(N=96, K=512))))
+    stem = tiles(conv._prune_conv(cfgs, dict(N=16, C=3, KH=7, KW=7, FLAT_K=True)))  # K = 147
+    assert (128, 16, 32) in stem and all(bn <= 32 for _, bn, _ in stem)
+    assert stem <= {t[:3] for t in _config.CONV_FLAT_K_TILES}  # the flat-K loop's own tiles
+    stem = tiles(conv._prune_conv(cfgs, dict(N=64, C=3, KH=7, KW=7, FLAT_K=True)))
+    assert _config.DEFAULT_GPU_CONFIG["gemm"] in _config.CONV_FLAT_K_CONFIGS and (128, 64, 64) in stem
 
 
 @pytest.mark.parametrize("cfg", _autotune_configs("depthwise_rows"))
@@ -369,10 +438,14 @@ def test_every_depthwise_rows_autotune_config_is_bit_exact(cfg):
     assert torch.equal(y, ref.int8_depthwise_conv2d(x, w, **kw))
 
 
+@pytest.mark.parametrize("acc", ["int32", "float32"])
 @pytest.mark.parametrize("cfg", _autotune_configs("depthwise"))
-def test_every_depthwise_autotune_config_is_bit_exact(cfg):
+def test_every_depthwise_autotune_config_is_bit_exact(cfg, acc, monkeypatch):
+    """Each tile of the tiles kernel, on its int32 path (its default) and its float32 path."""
+    from kernels import depthwise
     from kernels._config import forced_config
 
+    monkeypatch.setattr(depthwise, "FLOAT_ACC_KERNELS", frozenset({"tiles"} if acc == "float32" else ()))
     g = _gen(22)
     x, w = rand_i8((2, 11, 9, 37), g).to(DEVICE), rand_i8((5, 5, 37), g).to(DEVICE)
     p = to_dev(make_params("perchannel", 37, 25, g))
@@ -492,9 +565,10 @@ DW_ROWS_CASES = [
 
 
 @pytest.mark.parametrize("B,H,W,C,KH,KW,pad", DW_ROWS_CASES)
-def test_depthwise_rows_kernel_window_sizes(B, H, W, C, KH, KW, pad):
+def test_depthwise_rows_kernel_window_sizes(B, H, W, C, KH, KW, pad, monkeypatch):
     """The rows kernel keeps one accumulator per window row (up to 5) and shifts them down the
-    image: every window height, output rows fewer than the window, int32 and int8 outputs."""
+    image: every window height, output rows fewer than the window, int32 and int8 outputs, float32
+    accumulation (its default) and int32 (its path beyond the float32 bound)."""
     from kernels import depthwise
     from kernels._config import use_depthwise_variant
 
@@ -505,19 +579,21 @@ def test_depthwise_rows_kernel_window_sizes(B, H, W, C, KH, KW, pad):
     launch = depthwise.launch
 
     def spy(kernel, tuned, family, grid, args):
-        families.append(family)
+        families.append((family, args["FLOAT_ACC"]))
         return launch(kernel, tuned, family, grid, args)
 
     depthwise.launch = spy
     try:
         with use_depthwise_variant("rows"):
-            for out_int32 in (False, True):
-                kw = dict(padding=pad, out_int32=out_int32, **p)
-                y = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw)
-                assert torch.equal(y, ref.int8_depthwise_conv2d(x, w, **kw)), out_int32
+            for policy in ({"rows"}, set()):
+                monkeypatch.setattr(depthwise, "FLOAT_ACC_KERNELS", frozenset(policy))
+                for out_int32 in (False, True):
+                    kw = dict(padding=pad, out_int32=out_int32, **p)
+                    y = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw)
+                    assert torch.equal(y, ref.int8_depthwise_conv2d(x, w, **kw)), (policy, out_int32)
     finally:
         depthwise.launch = launch
-    assert families == ["depthwise_rows"] * 2
+    assert families == [("depthwise_rows", True)] * 2 + [("depthwise_rows", False)] * 2
 
 
 def test_depthwise_variant_switch():
@@ -528,6 +604,121 @@ def test_depthwise_variant_switch():
         assert _config.depthwise_variant() == "rows"
     with pytest.raises(ValueError, match="depthwise variant"):
         _config.set_depthwise_variant("winograd")
+
+
+# ---------------------------------------------------------------------------------------------
+# Depthwise float32 accumulation: exact up to 2^24, the int32 path beyond (kernels/README.md)
+# ---------------------------------------------------------------------------------------------
+def test_depthwise_float_accumulation_bound():
+    """The launcher's bound, and a float32 sum just beyond it that is inexact (so the switch matters)."""
+    from kernels.depthwise import FLOAT32_EXACT_LIMIT, float_accumulation_exact
+
+    assert FLOAT32_EXACT_LIMIT == 2**24
+    # |x - z_x| = 255 (z_x = 127 or -128) and |w - z_w| = 255: 258 taps, every window up to 16x16
+    for z_x in (127, -128):
+        assert float_accumulation_exact(16 * 16, z_x, symmetric=False)
+        assert float_accumulation_exact(258, z_x, symmetric=False) and 258 * 255 * 255 < 2**24
+        assert not float_accumulation_exact(259, z_x, symmetric=False) and 259 * 255 * 255 > 2**24
+        # symmetric weights: |w| <= 128, 514 taps
+        assert float_accumulation_exact(514, z_x, symmetric=True)
+        assert not float_accumulation_exact(515, z_x, symmetric=True)
+    assert float_accumulation_exact(514, 0, symmetric=False)  # |x - 0| <= 128
+    assert not float_accumulation_exact(515, 0, symmetric=False)
+    # float32 adds products of 65025 exactly up to 258 of them, not 259 (16841475 is odd, > 2^24)
+    acc = np.float32(0)
+    for _ in range(258):
+        acc = np.float32(acc + np.float32(65025))
+    assert int(acc) == 258 * 65025
+    assert int(np.float32(acc + np.float32(65025))) != 259 * 65025
+
+
+def _extreme_depthwise_case(KH: int, KW: int, z_x: int):
+    """Every |x - z_x| = 255 and |w - z_w| = 255 (per-channel zero points at -128 and 127), one sign
+    per channel, so each channel's partial sums grow to KH * KW * 65025 in magnitude; padded
+    columns (z_x) contribute 0."""
+    C = 6
+    x = torch.full((1, KH, KW + 2, C), -128 if z_x == 127 else 127, dtype=torch.int8)
+    w = torch.tensor([-128, 127] * (C // 2), dtype=torch.int8).expand(KH, KW, C).contiguous()
+    w_zp = torch.tensor([127, -128] * (C // 2), dtype=torch.int32)
+    bias = torch.tensor([5, -7, 0, 2**20, -(2**20), 3], dtype=torch.int32)
+    kw = dict(bias=bias, z_x=z_x, w_zp=w_zp.to(DEVICE), padding=(0, 0, 1, 1), out_int32=True)
+    kw["bias"] = bias.to(DEVICE)
+    return x.to(DEVICE), w.to(DEVICE), kw
+
+
+def _run_depthwise_spied(variant: str, x, w, kw):
+    """Run the Triton depthwise kernel of ``variant``; returns (output, FLOAT_ACC of the launch)."""
+    from kernels import depthwise
+    from kernels._config import use_depthwise_variant
+
+    seen = []
+    launch = depthwise.launch
+
+    def spy(kernel, tuned, family, grid, args):
+        seen.append((family, args["FLOAT_ACC"]))
+        return launch(kernel, tuned, family, grid, args)
+
+    depthwise.launch = spy
+    try:
+        with use_depthwise_variant(variant):
+            y = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw)
+    finally:
+        depthwise.launch = launch
+    assert [f for f, _ in seen] == ["depthwise_rows" if variant == "rows" else "depthwise"]
+    return y, seen[0][1]
+
+
+@pytest.mark.parametrize(
+    "variant,KH,KW,z_x,float_acc",
+    [("tiles", 5, 5, 127, True), ("rows", 5, 5, 127, True),  # 5x5 windows at the extremes:
+     ("tiles", 5, 5, -128, True), ("rows", 5, 5, -128, True),  # x - z_x = -255 and +255
+     ("tiles", 6, 43, 127, True), ("rows", 3, 86, -128, True),  # 258 taps: the largest windows within the bound
+     ("tiles", 7, 37, -128, False), ("rows", 1, 259, 127, False)],  # 259 taps: the int32 path
+)  # fmt: skip
+def test_depthwise_float_accumulation_at_the_exactness_limit(variant, KH, KW, z_x, float_acc, monkeypatch):
+    from kernels import depthwise
+
+    monkeypatch.setattr(depthwise, "FLOAT_ACC_KERNELS", frozenset({"tiles", "rows"}))
+    x, w, kw = _extreme_depthwise_case(KH, KW, z_x)
+    y, used_float = _run_depthwise_spied(variant, x, w, kw)
+    assert used_float == float_acc
+    expect = ref.int8_depthwise_conv2d(x, w, **kw)
+    assert torch.equal(y, expect)
+    sums = (expect - kw["bias"]).abs().max()
+    assert int(sums) == KH * KW * 65025  # the interior window reaches the bound
+    assert int((expect - kw["bias"]).abs().min()) == KH * (KW - 1) * 65025  # a padded column adds 0
+
+
+@pytest.mark.parametrize("variant", ["tiles", "rows"])
+def test_depthwise_float_accumulation_beyond_the_bound_is_inexact(variant, monkeypatch):
+    """Forcing float32 on a 259-tap window at the extremes loses the last unit: the switch matters."""
+    from kernels import depthwise
+
+    monkeypatch.setattr(depthwise, "FLOAT_ACC_KERNELS", frozenset({"tiles", "rows"}))
+    monkeypatch.setattr(depthwise, "float_accumulation_exact", lambda taps, z_x, symmetric: True)
+    KH, KW = (7, 37) if variant == "tiles" else (1, 259)
+    x, w, kw = _extreme_depthwise_case(KH, KW, 127)
+    y, used_float = _run_depthwise_spied(variant, x, w, kw)
+    assert used_float
+    diff = (y.to(torch.int64) - ref.int8_depthwise_conv2d(x, w, **kw).to(torch.int64)).abs()
+    assert int(diff.max()) == 1  # 259 * 65025 = 16841475 is odd: float32 rounds it to 16841476
+
+
+def test_depthwise_shifted_weights_follow_in_place_updates():
+    """The launcher's w - z_w tensors (float32 or int32) are cached per weight tensor and redone
+    after an in-place update of the weights or of their zero points."""
+    g = _gen(31)
+    x, w = rand_i8((1, 6, 7, 24), g).to(DEVICE), rand_i8((3, 3, 24), g).to(DEVICE)
+    w_zp = torch.randint(-128, 128, (24,), generator=g, dtype=torch.int32).to(DEVICE)
+    kw = dict(z_x=-3, w_zp=w_zp, padding=1, out_int32=True)
+    for variant in ("tiles", "rows"):
+        y1, _ = _run_depthwise_spied(variant, x, w, kw)
+        assert torch.equal(y1, ref.int8_depthwise_conv2d(x, w, **kw))
+    w.mul_(-1).sub_(1)
+    w_zp.add_(1).clamp_(max=127)
+    for variant in ("tiles", "rows"):
+        y2, _ = _run_depthwise_spied(variant, x, w, kw)
+        assert torch.equal(y2, ref.int8_depthwise_conv2d(x, w, **kw))
 
 
 @pytest.mark.parametrize(
@@ -839,8 +1030,26 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
             expected = {"tiles", "rows"} if r["shape"]["stride"] == 1 else {"tiles"}
             assert set(r["variants"]) == expected, r["variants"]
             assert all(v["bit_exact"] is True and v["ms"] > 0 for v in r["variants"].values())
-    assert report["copy_bandwidth_gbps"] > 0
+            assert all(v["tiles"] and v["tiles"][0]["family"].startswith("depthwise") for v in r["variants"].values())
+        # the timer (CUDA-graph replay on a GPU, no fallback), the L2 rotation (a stand-in L2 on
+        # the CPU), the copy references, the tiles
+        cuda = torch.cuda.is_available()
+        assert r["timer"]["method"] == ("cuda_graph" if cuda else "wall_clock"), r["timer"]
+        assert r["timer"]["fallback"] is None and r["timer_fallbacks"] == []
+        assert r["l2"]["method"] == "rotate" and 1 <= r["l2"]["buffer_sets"] <= (bench.MAX_SETS if cuda else 2)
+        assert r["bandwidth"]["triton_copy_gbps"] > 0 and r["bandwidth"]["torch_copy_gbps"] > 0
+        if not cuda:
+            assert r["bandwidth"]["spec_gbps"] is None and r["pct_of_peak_tops"] is None  # no card on a CPU
+        sources = ("default", "table", "autotune", "forced") if cuda else ("interpreter",)
+        assert all(t["source"] in sources and t["config"] for t in r["tiles"]), r["tiles"]
+        assert bool(r["tiles"]) == (r["kind"] in ("gemm", "conv3x3", "depthwise", "maxpool"))  # tiled families
+    assert report["copy_bandwidth_gbps"] > 0 and report["copy_bandwidth"]["triton_copy_gbps"] > 0
+    assert report["timer_fallback_count"] == 0
+    assert report["l2"]["bytes"] > 0 and (torch.cuda.is_available() or report["l2"]["bytes"] == bench.QUICK_L2_BYTES)
     assert "all bit-exact: True" in capsys.readouterr().out
+    # without --out, a quick run never writes over committed results; the GPU tables of rooflines
+    assert not bench.default_out(True, "kernels").resolve().is_relative_to(ROOT)
+    assert bench.spec_hbm_gbps("NVIDIA H200") == 4800.0 and bench.spec_hbm_gbps("NVIDIA H100 80GB HBM3") == 3350.0
 
 
 def test_benchmark_records_a_failing_case_and_goes_on(tmp_path, monkeypatch):
@@ -878,13 +1087,101 @@ def test_benchmark_compile_only_for_hopper(tmp_path):
     report = json.loads(out.read_text())
     assert report["all_ok"] and report["target"] == "cuda:90"
     by_kernel = {r["kernel"]: r for r in report["results"]}
+    assert {"depthwise 5x5 float32 acc", "depthwise rows 5x5", "depthwise rows 3x3 int32 acc"} <= set(by_kernel)
     assert {"gemm wzp=False", "conv 3x3 flat=False", "depthwise 3x3", "add", "quantize nchw", "lut into slice",
             "lut per channel", "mul gate", "upsample bilinear", "avgpool2d 3x3", "maxpool dilated 3x3", "upsample nearest"} <= set(by_kernel)
     for name, r in by_kernel.items():
         assert r["wgmma"] == name.startswith(("gemm", "conv")), name
         assert r["shared_bytes"] <= 227 * 1024, name
         assert r["spill_bytes"] in (0, None), (name, r["spill_bytes"])
-        assert not r["fp32_fma"], name  # a fused multiply-add would change requantization results
+        # a fused multiply-add reaching the rounding would change requantization results; the
+        # depthwise float32 accumulations are made of them (exact by their bound)
+        assert not r["fma_into_rounding"], name
+        float_acc = name in ("depthwise rows 3x3", "depthwise rows 5x5", "depthwise 5x5 float32 acc")
+        assert r["fp32_fma"] == float_acc, name
         assert r["rint"] == (name not in ("dequantize", "maxpool 3x3", "maxpool dilated 3x3", "lut into slice",
                                           "lut per channel", "upsample nearest")), name
         assert not r["sign_extended_load_other"], name  # see kernels/pool.py's max pool
+
+
+# =============================================================================================
+# GEMM with a fused residual add (kernels.gemm.GemmPlan(..., residual=...))
+# =============================================================================================
+def _residual_case(M: int, K: int, N: int, per_channel: bool, seed: int):
+    """A GEMM with asymmetric zero points, a bias and clamp bounds (per channel or per tensor),
+    its residual operand ``r`` and the add (bounds of its own, the layer's output as operand a)."""
+    g = _gen(seed)
+    x, w, r = rand_i8((M, K), g), rand_i8((N, K), g), rand_i8((M, N), g)
+    scale = 6.0 / (128.0 * 40.0 * math.sqrt(K))
+    if per_channel:
+        mult = (torch.rand(N, generator=g) + 0.5) * scale
+        lo = torch.randint(-128, -20, (N,), generator=g, dtype=torch.int32)
+        hi = torch.randint(20, 128, (N,), generator=g, dtype=torch.int32)
+        w_zp = torch.randint(-4, 5, (N,), generator=g, dtype=torch.int32)
+    else:
+        mult, lo, hi, w_zp = scale, -100, 110, torch.tensor([3], dtype=torch.int32)
+    p = dict(bias=torch.randint(-30000, 30000, (N,), generator=g, dtype=torch.int32), multiplier=mult, z_x=-17,
+             w_zp=w_zp, z_y=5, lo=lo, hi=hi)
+    ia, ib, m = ref.add_multipliers(0.021, 0.034, 0.05)
+    spec = ref.ResidualAdd(z_a=5, z_b=-11, ia=ia, ib=ib, multiplier=m, z_y=-3, lo=-60, hi=60)
+    return x.to(DEVICE), w.to(DEVICE), r.to(DEVICE), to_dev(p), spec
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
+@pytest.mark.parametrize("M,K,N", [(67, 93, 45), (1, 40, 24), (130, 150, 66)])
+def test_gemm_residual_epilogue_bit_exact(M, K, N, per_channel):
+    """The GEMM with the residual add fused into its epilogue equals the reference GEMM followed
+    by the reference add (``kernels.reference.residual_add``), also with the operands' roles
+    exchanged (``ResidualAdd.swapped`` of the add ``r + gemm``)."""
+    import dataclasses
+
+    from kernels import gemm
+
+    x, w, r, p, spec = _residual_case(M, K, N, per_channel, seed=M + K + N)
+    layer = ref.int8_gemm(x, w, **p)
+    expect = ref.residual_add(layer, r, spec)
+    y = gemm.int8_gemm(x, w, residual=spec, r=r, **p)
+    assert y.dtype == torch.int8 and y.shape == (M, N)
+    assert torch.equal(y, expect)
+    assert torch.equal(expect, ref.int8_add(r, layer, *dataclasses.astuple(spec.swapped())))
+    if M > 1:  # not a saturated, trivial case; both bounds of the add are reached
+        assert len(torch.unique(y)) > 50 and int(y.min()) == -60 and int(y.max()) == 60
+    # a plan bound once, called on other rows
+    plan = gemm.GemmPlan(w, ref.fold_bias(w, p["bias"], p["z_x"], p["w_zp"]), p["w_zp"],
+                         *ref.check_epilogue(p["multiplier"], p["z_y"], p["lo"], p["hi"], N, x.device), False,
+                         residual=spec)
+    assert torch.equal(plan(x[: M // 2 + 1], r[: M // 2 + 1]), expect[: M // 2 + 1])
+
+
+def test_gemm_residual_epilogue_every_autotune_tile():
+    """Each GEMM autotune tile, forced, with the residual epilogue (shapes no tile divides)."""
+    from kernels import _config, gemm
+
+    x, w, r, p, spec = _residual_case(37, 70, 45, True, seed=3)
+    expect = ref.residual_add(ref.int8_gemm(x, w, **p), r, spec)
+    for cfg in _config.GPU_CONFIGS["gemm"]:
+        with _config.forced_config("gemm", cfg):
+            assert torch.equal(gemm.int8_gemm(x, w, residual=spec, r=r, **p), expect), _config_id(cfg)
+
+
+def test_gemm_residual_epilogue_checks_its_arguments():
+    import dataclasses
+
+    from kernels import gemm
+
+    x, w, r, p, spec = _residual_case(9, 20, 7, False, seed=4)
+    with pytest.raises(ValueError, match="out_int32"):
+        gemm.int8_gemm(x, w, out_int32=True, residual=spec, r=r, **p)
+    with pytest.raises(ValueError, match="pass its other operand r"):
+        gemm.int8_gemm(x, w, residual=spec, **p)
+    with pytest.raises(ValueError, match="no residual add"):
+        gemm.int8_gemm(x, w, r=r, **p)
+    with pytest.raises(ValueError, match=r"r must be \[M, N\]"):
+        gemm.int8_gemm(x, w, residual=spec, r=r[:, :5].contiguous(), **p)
+    with pytest.raises(ValueError, match="contiguous"):
+        gemm.int8_gemm(x, w, residual=spec, r=r.t().contiguous().t(), **p)
+    with pytest.raises(ValueError, match=r"\|ia\|"):
+        gemm.int8_gemm(x, w, residual=dataclasses.replace(spec, ia=1 << 16), r=r, **p)
+    with pytest.raises(ValueError, match="lo"):
+        gemm.int8_gemm(x, w, residual=dataclasses.replace(spec, lo=10, hi=0), r=r, **p)
+    assert gemm.int8_gemm(x[:0], w, residual=spec, r=r[:0], **p).shape == (0, 7)

@@ -75,7 +75,7 @@ def test_simulation_and_int8_network_built_from_the_same_plan(monkeypatch):
     monkeypatch.setattr(convert, "build_plan", recording("int8"))
     res = simulate.make_integer_exact(sim)
     assert (res["layers"], res["adds"], res["pools"], res["float"]) == (4, 1, 1, {})
-    net = to_int8(sim, backend="reference")
+    net = to_int8(sim, backend="reference", fuse_residual=False)  # a step per add
     (sim_plan,), (int8_plan,) = plans["sim"], plans["int8"]
     steps = net.steps()
     for name in ("conv", "dw", "pw", "fc"):
@@ -115,3 +115,41 @@ def test_plan_records_why_the_simulation_stays_in_float():
     assert plan["add"].requant is None
     assert plan["pool"].float_reason == "its input is not quantized"
     assert plan["conv"].float_reason is None
+
+
+class _NotGemm(nn.Module):
+    """Adds whose layer operand does not run on the GEMM kernel: a 3x3 convolution, a depthwise
+    and a grouped 1x1 convolution; then one that does (a 1x1 convolution)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dense = nn.Conv2d(8, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.grouped = nn.Conv2d(8, 8, 1, groups=2)
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = h + self.dense(h)
+        h = self.dw(h) + h
+        h = h + self.grouped(h)
+        h = self.pw(h) + h
+        return self.fc(h.mean((2, 3)))
+
+
+def test_residual_fusions_take_an_int8_gemm_layer_output_with_one_user():
+    from dfq_gpu.quant.plan import ResidualFusion, residual_fusions
+
+    sim, _ = _sim()
+    plan = build_plan(sim)
+    assert residual_fusions(sim, plan) == {"add": ResidualFusion("add", "pw", 1)}
+    sim.get_submodule(str(plan["add"].quantizer.target)).enabled = False  # the add stays in float
+    assert residual_fusions(sim, build_plan(sim)) == {}
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(2))
+    q = quantize(_NotGemm().eval(), (x,), DFQConfig(input_range=(-3.0, 3.0)))
+    plan = build_plan(q)
+    adds = [n for n, p in plan.items() if isinstance(p, AddPlan)]
+    assert len(adds) == 4 and all(plan[n].float_reason is None for n in adds)
+    assert residual_fusions(q, plan) == {adds[3]: ResidualFusion(adds[3], "pw", 0)}

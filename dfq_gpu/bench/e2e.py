@@ -6,7 +6,8 @@ One command::
     python -m dfq_gpu.bench.e2e --quick [--out PATH]    # CPU: tiny batches and resolution, reference backend
 
 (``python benchmarks/e2e.py ...`` in a checkout of the project is the same command; the report
-goes to ``benchmarks/results/e2e.json`` under the working directory unless ``--out`` says otherwise.)
+goes to ``benchmarks/results/e2e.json`` under the working directory unless ``--out`` says otherwise;
+with ``--quick``, to a temporary file, never over committed results.)
 
 For EfficientNet-Lite0 and ResNet-50 (``--models`` adds MobileNetV3-Large and EfficientNet-B0;
 random weights with randomized batch-norm statistics: only the speed matters here), images per
@@ -14,11 +15,18 @@ second of
 
 * ``int8``: the integer network from ``dfq_gpu.quantize`` + ``dfq_gpu.to_int8`` (float NCHW
   images in, float logits out: input quantization and output dequantization included), Triton
-  kernels on CUDA;
-* ``fp16_eager``: the float model in half precision, channels_last, cuDNN (``cudnn.benchmark``);
-* ``fp16_compile``: the same through ``torch.compile`` (default mode; the batch dimension is
-  marked dynamic, so batch sizes above 1 share one compiled graph);
-* ``fp32_eager``: the float model in float32, channels_last (TF32 off).
+  kernels on CUDA, each launch with its tile from the device's tuned tile table
+  (``kernels/tiles/<gpu>.json``, :mod:`kernels.tiles`) or else the family's default tile:
+  autotuning is off unless ``--autotune`` (``int8_kernel_settings`` records what was in force,
+  ``layer_tiles`` the tile every step's launches ran with, and where it came from);
+* ``fp16_eager``: the float model in half precision with its batch norms folded into the
+  convolutions (``fold_batch_norms``: an FX pass, ``fp16_eager.bn_folded`` counts them, checked
+  against the unfolded model in float32), channels_last, cuDNN (``cudnn.benchmark`` on);
+* ``fp16_compile``: the same folded model through ``torch.compile(mode=--compile-mode)``
+  (default ``max-autotune`` on a GPU) with Inductor's freezing on (``torch._inductor.config.freezing``,
+  under ``torch.no_grad``), one static-shape compilation per batch; ``max-autotune`` and
+  ``reduce-overhead`` replay through Inductor's own CUDA graphs (``cudagraphs`` in the entry);
+* ``fp32_eager``: the float model in float32 (batch norms not folded), channels_last (TF32 off).
 
 Each variant is timed as is (``eager_ms``) and, on CUDA, replayed from a CUDA graph captured at
 the fixed batch size (``cudagraph_ms``), which removes Python and launch overhead; ``ms`` is the
@@ -28,9 +36,11 @@ timed loops. Reported per model and batch: ``speedup_vs_fp16_eager`` and
 without CUDA graphs on either side (``speedup_vs_fp16_eager_no_graphs``).
 
 At the largest batch the int8 network is also timed with the other depthwise kernel variant
-(``int8_dw_rows``: output compared bit for bit with the default's), and step by step (``step_profile``: CUDA events
-around each step of one eager call; time per step type and the slowest steps with their shapes),
-to show where the time goes.
+(``int8_dw_rows``: output compared bit for bit with the default's), and step by step
+(``step_profile``: each step replayed alone from a CUDA graph on the input the network gave it;
+time per step type, the slowest steps with their shapes and tiles), to show where the time goes.
+The profile's sum is compared with the network's own CUDA-graph replay time
+(``sum_over_network``; the goal is within 5%: ``within_5pct``).
 
 Before timing, the int8 network's Triton output is compared bit for bit with the integer
 reference on the same device (every int8 activation and the logits). Autotuning of the int8
@@ -38,7 +48,9 @@ kernels happens on each new shape; ``--autotune-ms`` shortens Triton's per-confi
 that the whole run fits in a few minutes (0 keeps Triton's default), and the time of the first
 (autotuning) call is reported. The JSON report (``--out``) is rewritten after every measurement,
 so a run cut short by a time limit still leaves what it measured; ``--budget-s`` skips what no
-longer fits (``torch.compile`` last).
+longer fits (``torch.compile`` last: a compilation is only started with at least
+``COMPILE_MIN_S[mode]`` seconds left, and its entry says "started" until it finishes, so a
+compilation cut off by the step's time limit is visible as such).
 
 Only torch, torchvision, triton and this repository are needed: EfficientNet-Lite0 comes from
 ``efficientnet_lite_pytorch`` when it is installed and is otherwise built here with the same
@@ -72,6 +84,15 @@ MORE_MODELS = ("mobilenet_v3_large", "efficientnet_b0")
 FULL_BATCHES = (1, 32, 256)
 QUICK_BATCHES = (1, 2)
 VARIANTS = ("int8", "fp16_eager", "fp16_compile", "fp32_eager")
+#: ``torch.compile`` modes of ``--compile-mode``.
+COMPILE_MODES = ("max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead", "default")
+#: Seconds that must be left in the budget to start a compilation of each mode (an estimate:
+#: max-autotune benchmarks Triton templates against cuDNN/cuBLAS for every convolution shape).
+COMPILE_MIN_S = {"max-autotune": 75.0, "max-autotune-no-cudagraphs": 75.0, "reduce-overhead": 40.0, "default": 40.0}
+#: Modes whose compiled model replays through Inductor's own CUDA graphs.
+INDUCTOR_CUDAGRAPH_MODES = ("max-autotune", "reduce-overhead")
+#: Calls per CUDA graph when a step of the int8 network is timed alone.
+STEP_GRAPH_CALLS = 10
 
 
 # =============================================================================================
@@ -174,6 +195,50 @@ def build_model(name: str, image_size: int) -> Tuple[nn.Module, str, Tuple[float
         raise SystemExit(f"unknown model {name!r}; choose from {MODELS + MORE_MODELS}")
     randomize_bn(model)
     return model.eval(), source, input_range
+
+
+def fold_batch_norms(model: nn.Module) -> Tuple[nn.Module, int]:
+    """A copy of ``model`` with every BatchNorm2d that directly follows a convolution folded into
+    it (``torch.nn.utils.fusion.fuse_conv_bn_weights``), as an FX GraphModule; returns ``(model,
+    folded)``. Convolutions (subclasses too, such as a static-"same"-padding convolution) are
+    traced as leaves; a batch norm is folded only when it is its convolution's single user and
+    the convolution is called once."""
+    import copy
+
+    import torch.fx as fx
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, qualname)
+
+    model = copy.deepcopy(model).eval()
+    gm = fx.GraphModule(model, _Tracer().trace(model))
+    modules = dict(gm.named_modules())
+    calls: Dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    folded = 0
+    for node in list(gm.graph.nodes):
+        bn = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats:
+            continue
+        prev = node.args[0] if node.args else None
+        conv = modules.get(str(prev.target)) if isinstance(prev, fx.Node) and prev.op == "call_module" else None
+        if not isinstance(conv, nn.Conv2d) or len(prev.users) != 1 or calls.get(str(prev.target)) != 1:
+            continue
+        with torch.no_grad():
+            w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                                        bn.bias)  # fmt: skip
+        conv.weight, conv.bias = w, b
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+        folded += 1
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm.eval(), folded
 
 
 # =============================================================================================
@@ -364,52 +429,115 @@ def check_bit_exact(net: Any, x: torch.Tensor) -> Dict[str, Any]:
             "logits_equal": logits_equal, "bit_exact": not differing and logits_equal}
 
 
-def profile_steps(net: Any, x: torch.Tensor, cuda: bool, top: int = 15) -> Dict[str, Any]:
-    """Time every step of the int8 network in one eager call: CUDA events around each step on a
-    GPU (the stream runs the steps one after the other, so each pair brackets that step's
-    kernels), the wall clock on a CPU. Returns the total, the time per step type and the
-    slowest steps with their input and output shapes."""
+def _step_ms(fn: Callable[[], Any], cuda: bool) -> Tuple[float, str]:
+    """Milliseconds per call of one step: CUDA-graph replay of ``STEP_GRAPH_CALLS`` calls (median
+    of 5 replays) on a GPU, falling back to CUDA events around eager calls; wall clock on a CPU."""
+    if not cuda:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3, "wall_clock"
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            keep = [fn() for _ in range(STEP_GRAPH_CALLS)]
+            del keep
+        graph.replay()
+        times = []
+        for _ in range(5):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / STEP_GRAPH_CALLS)
+        del graph
+        return statistics.median(times), "cuda_graph"
+    except Exception:  # noqa: BLE001 - a step that cannot be captured alone: events around eager calls
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(STEP_GRAPH_CALLS):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / STEP_GRAPH_CALLS, "cuda_events (fallback)"
+
+
+def profile_steps(net: Any, x: torch.Tensor, cuda: bool, top: int = 15,
+                  network_ms: Optional[float] = None) -> Dict[str, Any]:  # fmt: skip
+    """Time every step of the int8 network alone: one eager call records each step's inputs (and
+    the tile of each of its kernel launches, :mod:`kernels.tiles`), then each step is replayed
+    from its own CUDA graph on those inputs (wall clock on a CPU). Returns the total, the time per
+    step type, the slowest steps with their shapes and tiles, every step's tiles
+    (``layer_tiles``), and the total against ``network_ms`` (the whole network's CUDA-graph replay
+    time; measured here when not given): ``sum_over_network``, goal within 5%."""
+    from kernels import tiles
+
     steps = net.steps()
-    marks: Dict[str, List[Any]] = {}
-
-    def stamp() -> Any:
-        if cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return time.perf_counter()
-
+    inputs: Dict[str, Any] = {}
     shapes: Dict[str, Any] = {}
+    launch_at: Dict[str, List[int]] = {}
+    order: List[str] = []
 
-    def pre(name: str) -> Callable[..., None]:
+    def pre(name: str, rec: List[Any]) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any) -> None:
-            marks[name] = [stamp()]
+            inputs[name] = args
+            launch_at[name] = [len(rec)]
             shapes[name] = [list(a.shape) for a in args if isinstance(a, torch.Tensor)]
+            order.append(name)
         return hook
 
-    def post(name: str) -> Callable[..., None]:
+    def post(name: str, rec: List[Any]) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, out: Any) -> None:
-            marks[name].append(stamp())
+            launch_at[name].append(len(rec))
             shapes[name] = (shapes[name], list(out.shape) if isinstance(out, torch.Tensor) else None)
         return hook
 
     handles = []
-    for name, m in steps.items():
-        handles += [m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name))]
-    try:
+    with tiles.record_launches() as rec:
+        for name, m in steps.items():
+            handles += [m.register_forward_pre_hook(pre(name, rec)), m.register_forward_hook(post(name, rec))]
+        try:
+            with torch.no_grad():
+                net(x)
+            if cuda:
+                torch.cuda.synchronize()
+        finally:
+            for h in handles:
+                h.remove()
+    network_timer = "given (the int8 entry's cudagraph_ms)"
+    if network_ms is None:
         with torch.no_grad():
-            net(x)
-        if cuda:
-            torch.cuda.synchronize()
-    finally:
-        for h in handles:
-            h.remove()
+            if cuda:
+                try:
+                    replay, graph = cuda_graph(lambda: net(x))
+                    network_ms, network_timer = Clock(True, False)(replay), "cuda_graph"
+                    del graph
+                except Exception as exc:  # noqa: BLE001 - compare with the eager time instead, say so
+                    torch.cuda.synchronize()
+                    network_ms = Clock(True, False)(lambda: net(x))
+                    network_timer = f"eager CUDA events (graph capture failed: {_err(exc)})"
+            else:
+                t0 = time.perf_counter()
+                net(x)
+                network_ms, network_timer = (time.perf_counter() - t0) * 1e3, "wall_clock (eager)"
     rows = []
-    for name, (t0, t1) in marks.items():
-        ms = t0.elapsed_time(t1) if cuda else (t1 - t0) * 1e3
-        ins, out = shapes[name]
-        rows.append({"step": name, "kind": type(steps[name]).__name__, "ms": ms, "in": ins, "out": out,
-                     "detail": steps[name].extra_repr()})
+    methods: Dict[str, int] = {}
+    with torch.no_grad():
+        for name in order:
+            module, args = steps[name], inputs[name]
+            ms, method = _step_ms(lambda: module(*args), cuda)
+            methods[method] = methods.get(method, 0) + 1
+            ins, out = shapes[name]
+            a, b = launch_at[name]
+            rows.append({"step": name, "kind": type(module).__name__, "ms": ms, "in": ins, "out": out,
+                         "detail": module.extra_repr(), "tiles": [tiles.describe(r) for r in rec[a:b]]})
+    inputs.clear()
     total = sum(r["ms"] for r in rows)
     by_kind: Dict[str, Dict[str, Any]] = {}
     for r in rows:
@@ -418,17 +546,62 @@ def profile_steps(net: Any, x: torch.Tensor, cuda: bool, top: int = 15) -> Dict[
         k["steps"] += 1
     for k in by_kind.values():
         k["share"] = k["ms"] / total if total else None
+    sources: Dict[str, int] = {}
+    for r in rows:
+        for t in r["tiles"]:
+            sources[t["source"]] = sources.get(t["source"], 0) + 1
+    ratio = total / network_ms if network_ms else None
     return {
         "batch": int(x.shape[0]),
-        "timer": "CUDA events around each step (one eager call)" if cuda else "wall clock around each step",
+        "timer": (f"each step alone, CUDA-graph replay of {STEP_GRAPH_CALLS} calls on the inputs the network "
+                  "gave it (median of 5)") if cuda else "wall clock around each step (one call)",
+        "step_timers": methods,
         "total_ms": total,
+        "network_ms": network_ms,
+        "network_timer": network_timer,
+        "sum_over_network": ratio,
+        "within_5pct": None if ratio is None else abs(ratio - 1.0) <= 0.05,
         "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1]["ms"])),
         "slowest": sorted(rows, key=lambda r: -r["ms"])[:top],
         "steps": len(rows),
+        "tile_sources": sources,
+        "layer_tiles": [{"step": r["step"], "kind": r["kind"], "tiles": r["tiles"]} for r in rows],
     }
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
+    """Run the benchmark with the int8 kernel settings of ``args`` (autotuning off unless
+    ``--autotune``; the tile table on unless ``--no-tile-table``) and return the report."""
+    from kernels import settings as ks
+
+    changes: Dict[str, Any] = {"autotune": bool(getattr(args, "autotune", False)),
+                               "tile_table": not getattr(args, "no_tile_table", False)}
+    if getattr(args, "tile_table", None):
+        changes["tile_table_file"] = str(args.tile_table)
+    with ks.use_settings(**changes):
+        return _run(args)
+
+
+def _kernel_settings_record(cuda: bool) -> Dict[str, Any]:
+    from kernels import settings as ks
+
+    s = ks.current_settings()
+    out: Dict[str, Any] = {"autotune": s.autotune, "tile_table": s.tile_table, "tile_table_file": s.tile_table_file,
+                           "depthwise_variant": s.depthwise_variant, "forced": [f for f, _ in s.forced],
+                           "table": None}
+    if cuda and s.tile_table:
+        from kernels import tiles
+
+        table = tiles.table_for(s)
+        out["table"] = None if table is None else table.summary()
+        if table is None:
+            where = s.tile_table_file or tiles.default_table_path(tiles.current_device_name())
+            out["table_note"] = (f"no usable table at {where}: every launch ran with its family's default tile"
+                                 + (" or autotuned" if s.autotune else ""))
+    return out
+
+
+def _run(args: argparse.Namespace) -> Dict[str, Any]:
     quick = args.quick
     cuda = torch.cuda.is_available() and not quick
     if not cuda and not quick:
@@ -458,11 +631,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         triton_version: Optional[str] = triton.__version__
     except ImportError:
         triton_version = None
-    int8_autotune: Optional[bool] = None
-    if cuda:
-        from kernels._config import autotune_enabled
-
-        int8_autotune = autotune_enabled()
+    settings_record = _kernel_settings_record(cuda)
+    int8_autotune: Optional[bool] = settings_record["autotune"] if cuda else None
+    compile_mode = args.compile_mode or ("max-autotune" if cuda else "default")
     report = Report(args.out, {
         "schema": SCHEMA,
         "mode": "quick" if quick else "full",
@@ -475,7 +646,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "timer": clock.name,
         "autotune_bench_ms": args.autotune_ms if patched else None,
         "int8_autotune": int8_autotune,
+        "int8_kernel_settings": settings_record,
         "autotuners_patched": patched,
+        "compile_mode": compile_mode if do_compile else None,
+        "compile_freezing": True if do_compile else None,
         "budget_s": args.budget_s,
         "note": None if cuda else "CPU timings with the integer reference: plumbing only, not performance",
         "models": {},
@@ -512,91 +686,137 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             except Exception as exc:
                 entry["triton_vs_reference"] = {"bit_exact": False, "error": _err(exc)}
                 traceback.print_exc()
-        fp16 = _copy(model).to(device=device, dtype=torch.float16, memory_format=torch.channels_last)
+        fold = {"bn_folded": 0, "error": None, "max_abs_diff_fp32": None}
+        try:
+            folded, fold["bn_folded"] = fold_batch_norms(model)
+            with torch.no_grad():
+                xf = torch.empty(2, 3, size, size).uniform_(*input_range)
+                fold["max_abs_diff_fp32"] = float((folded(xf) - model(xf)).abs().max())
+        except Exception as exc:  # an untraceable model: fp16 without folding, recorded
+            folded, fold["error"] = _copy(model), _err(exc)
+        entry["bn_fold"] = fold
+        fp16 = folded.to(device=device, dtype=torch.float16, memory_format=torch.channels_last)
         fp32 = _copy(model).to(device=device, memory_format=torch.channels_last)
-        prepared[name] = {"net": net, "fp16": fp16, "fp32": fp32, "input_range": input_range}
+        prepared[name] = {"net": net, "fp16": fp16, "fp32": fp32, "input_range": input_range, "fold": fold}
         report.save()
         del q
 
-        for batch in batches:
-            res = entry["results"].setdefault(str(batch), {})
-            if left() < 20:
-                report.data["skipped"].append(f"{name} batch {batch}: time budget")
-                continue
-            x = torch.empty(batch, 3, size, size, device=device).uniform_(*input_range)
-            x16 = x.to(torch.float16).contiguous(memory_format=torch.channels_last)
-            x32 = x.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad():
-                t0 = time.perf_counter()
-                try:
-                    net(x)
-                    if cuda:
-                        torch.cuda.synchronize()
-                    first = time.perf_counter() - t0
-                    res["int8"] = measure(clock, lambda: net(x), cuda, True)
-                    res["int8"]["first_call_s"] = first
-                    if cuda:
-                        res["int8"].update(time_graphed_network(clock, net, x))
-                    if cuda and batch == max(batches):
-                        res.update(time_other_depthwise_variant(clock, net, x))
-                except Exception as exc:
-                    res["int8"] = {"error": _err(exc), "ms": None}
-                    traceback.print_exc()
-                res["fp16_eager"] = measure(clock, lambda: fp16(x16), cuda, True)
-                res["fp32_eager"] = measure(clock, lambda: fp32(x32), cuda, True)
-            _summarize(res, batch)
-            if batch == max(batches) and (res.get("int8") or {}).get("ms") is not None:
-                try:
-                    prof = entry["step_profile"] = profile_steps(net, x, cuda)
-                    print(f"{name} batch {batch} int8 step profile: " + ", ".join(
-                        f"{k} {v['share']:.0%}" for k, v in prof["by_kind"].items() if v["share"] is not None),
-                        flush=True)
-                except Exception as exc:
-                    entry["step_profile"] = {"error": _err(exc)}
-                    traceback.print_exc()
-            report.save()
-            print(_line(name, batch, res), flush=True)
-            if cuda:
-                torch.cuda.empty_cache()
 
-    # torch.compile last: the most expensive to prepare
-    compile_order = sorted(batches, key=lambda b: (b == 1, -b))  # largest batch first (the goal), batch 1 last
-    for name in models:
-        entry = report.data["models"][name]
-        p = prepared[name]
+    def measure_batch(name: str, batch: int) -> None:
+        entry, p = report.data["models"][name], prepared[name]
+        net, fp16, fp32, fold = p["net"], p["fp16"], p["fp32"], p["fold"]
+        res = entry["results"].setdefault(str(batch), {})
+        if left() < 20:
+            report.data["skipped"].append(f"{name} batch {batch}: time budget")
+            return
+        x = torch.empty(batch, 3, size, size, device=device).uniform_(*p["input_range"])
+        x16 = x.to(torch.float16).contiguous(memory_format=torch.channels_last)
+        x32 = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            try:
+                net(x)
+                if cuda:
+                    torch.cuda.synchronize()
+                first = time.perf_counter() - t0
+                res["int8"] = measure(clock, lambda: net(x), cuda, True)
+                res["int8"]["first_call_s"] = first
+                if cuda:
+                    res["int8"].update(time_graphed_network(clock, net, x))
+                if cuda and batch == max(batches):
+                    res.update(time_other_depthwise_variant(clock, net, x))
+            except Exception as exc:
+                res["int8"] = {"error": _err(exc), "ms": None}
+                traceback.print_exc()
+            res["fp16_eager"] = measure(clock, lambda: fp16(x16), cuda, True)
+            res["fp16_eager"].update(bn_folded=fold["bn_folded"], channels_last=True, cudnn_benchmark=True)
+            res["fp32_eager"] = measure(clock, lambda: fp32(x32), cuda, True)
+        _summarize(res, batch)
+        if batch == max(batches) and (res.get("int8") or {}).get("ms") is not None:
+            try:
+                prof = entry["step_profile"] = profile_steps(
+                    net, x, cuda, network_ms=res["int8"].get("cudagraph_ms") if cuda else None)
+                entry["tile_sources"] = prof["tile_sources"]
+                ratio = prof["sum_over_network"]
+                print(f"{name} batch {batch} int8 step profile (sum/network "
+                      f"{'-' if ratio is None else f'{ratio:.3f}'}; tiles {prof['tile_sources']}): " + ", ".join(
+                    f"{k} {v['share']:.0%}" for k, v in prof["by_kind"].items() if v["share"] is not None),
+                    flush=True)  # fmt: skip
+            except Exception as exc:
+                entry["step_profile"] = {"error": _err(exc)}
+                traceback.print_exc()
+        report.save()
+        print(_line(name, batch, res), flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
+
+    inductor_graphs = compile_mode in INDUCTOR_CUDAGRAPH_MODES
+
+    def compile_batch(name: str, batch: int) -> None:
+        entry, p = report.data["models"][name], prepared[name]
+        res = entry["results"].setdefault(str(batch), {})
         if not do_compile:
-            for batch in batches:
-                entry["results"].setdefault(str(batch), {})["fp16_compile"] = {
-                    "ms": None, "error": "skipped (quick mode; pass --compile)" if quick else "skipped (--no-compile)"}
-            continue
-        compiled = torch.compile(p["fp16"])
-        for batch in compile_order:
-            res = entry["results"].setdefault(str(batch), {})
-            if left() < 45:
-                res["fp16_compile"] = {"ms": None, "error": "skipped (time budget)"}
-                report.data["skipped"].append(f"{name} batch {batch} fp16_compile: time budget")
-                continue
-            x16 = torch.empty(batch, 3, size, size, device=device).uniform_(*p["input_range"]).to(
-                torch.float16).contiguous(memory_format=torch.channels_last)
-            if batch > 1:  # one compiled graph for every batch size > 1 (batch 1 is specialized anyway)
-                torch._dynamo.mark_dynamic(x16, 0)
+            res["fp16_compile"] = {
+                "ms": None, "error": "skipped (quick mode; pass --compile)" if quick else "skipped (--no-compile)"}
+            return
+        need = COMPILE_MIN_S.get(compile_mode, 40.0) if cuda else 0.0
+        if left() < need:
+            res["fp16_compile"] = {"ms": None, "mode": compile_mode,
+                                   "error": f"skipped (time budget: {left():.0f} s left, a {compile_mode} "
+                                            f"compilation needs about {need:.0f} s)"}  # fmt: skip
+            report.data["skipped"].append(f"{name} batch {batch} fp16_compile ({compile_mode}): time budget")
+            report.save()
+            return
+        res["fp16_compile"] = {"ms": None, "mode": compile_mode, "freezing": True, "bn_folded": True,
+                               "error": "started: the compilation did not finish (cut off by a time limit?)"}
+        report.save()
+        x16 = torch.empty(batch, 3, size, size, device=device).uniform_(*p["input_range"]).to(
+            torch.float16).contiguous(memory_format=torch.channels_last)
+        try:
+            import torch._dynamo as dynamo
+            import torch._inductor.config as inductor_config
+
+            dynamo.reset()  # one static-shape compilation per batch, nothing reused
             with torch.no_grad():
-                t0 = time.perf_counter()
+                old_freezing = inductor_config.freezing
+                inductor_config.freezing = True
                 try:
+                    compiled = torch.compile(p["fp16"], mode=None if compile_mode == "default" else compile_mode,
+                                             dynamic=False)  # fmt: skip
+                    t0 = time.perf_counter()
                     compiled(x16)
+                    compiled(x16)  # Inductor's CUDA graphs record on a later call
                     if cuda:
                         torch.cuda.synchronize()
                     first = time.perf_counter() - t0
-                    res["fp16_compile"] = measure(clock, lambda: compiled(x16), cuda, True)
-                    res["fp16_compile"]["first_call_s"] = first
-                except Exception as exc:
-                    res["fp16_compile"] = {"ms": None, "error": _err(exc)}
-                    traceback.print_exc()
-            _summarize(res, batch)
-            report.save()
-            print(_line(name, batch, res), flush=True)
-            if cuda:
-                torch.cuda.empty_cache()
+                finally:
+                    inductor_config.freezing = old_freezing
+                r = measure(clock, lambda: compiled(x16), cuda, not inductor_graphs)
+            r.update(mode=compile_mode, freezing=True, bn_folded=True, first_call_s=first,
+                     cudagraphs=("inductor (mode " + compile_mode + ")") if inductor_graphs and cuda else
+                     ("captured by this benchmark" if cuda else None))
+            res["fp16_compile"] = r
+        except Exception as exc:
+            res["fp16_compile"] = {"ms": None, "mode": compile_mode, "error": _err(exc)}
+            traceback.print_exc()
+        _summarize(res, batch)
+        report.save()
+        print(_line(name, batch, res), flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
+
+    # the largest batch first (the throughput goal is stated there): every model's eager
+    # variants and profile, then its compiled baselines (the most expensive to prepare); then the
+    # other batches the same way, batch 1 last
+    largest = max(batches)
+    rest = sorted((b for b in batches if b != largest), key=lambda b: (b == 1, -b))
+    for phase in ([largest], rest):
+        for name in models:
+            for batch in phase:
+                measure_batch(name, batch)
+        for name in models:
+            for batch in phase:
+                compile_batch(name, batch)
 
     report.data["summary"] = {
         name: {b: {"int8_images_per_s": (r.get("int8") or {}).get("images_per_s"),
@@ -646,12 +866,23 @@ def _line(name: str, batch: int, res: Dict[str, Any]) -> str:
             + f" int8/fp16_compile={'-' if s2 is None else f'{s2:.2f}'}")
 
 
+def default_out(quick: bool) -> Path:
+    """Where the report goes without ``--out``: ``benchmarks/results/e2e.json`` for a GPU run, a
+    temporary file for ``--quick`` (never over committed results)."""
+    if quick:
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / "dfq_gpu_bench" / "e2e_quick.json"
+    return Path("benchmarks") / "results" / "e2e.json"
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Command-line entry point; returns the report that was written."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CPU, integer reference, tiny batches and resolution")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "e2e.json",
-                        help="where to write the JSON report")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the JSON report (default: benchmarks/results/e2e.json; --quick: a "
+                             "temporary file)")
     parser.add_argument("--models", nargs="+", choices=MODELS + MORE_MODELS,
                         help=f"models to run (default: {' '.join(MODELS)})")
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: 1 32 256; quick: 1 2)")
@@ -661,11 +892,20 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--autotune-ms", type=float, default=10.0,
                         help="milliseconds Triton's autotuner benchmarks each config (0: Triton's default)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                        help="torch.compile mode of fp16_compile (default: max-autotune on a GPU, default on a CPU)")
+    parser.add_argument("--autotune", action="store_true",
+                        help="autotune the int8 kernels (default: off; tiles from the tile table or the defaults)")
+    parser.add_argument("--no-tile-table", action="store_true", help="do not use the tuned tile table")
+    parser.add_argument("--tile-table", type=Path, default=None,
+                        help="the tile table to use (default: kernels/tiles/<device>.json)")
     parser.add_argument("--compile", action="store_true", help="with --quick: also time torch.compile")
     parser.add_argument("--check-batch", type=int, default=2,
                         help="batch of the Triton-vs-reference check (a multiple of 16 shares the kernels' "
                              "compiled specializations with batch 32 and 256)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = default_out(args.quick)
     report = run(args)
     print(f"wrote {args.out}")
     return report

@@ -9,27 +9,41 @@ One command::
 (``python benchmarks/kernels.py ...`` in a checkout of the project is the same command.)
 
 Every kernel output is first compared bit for bit with the integer reference
-(``kernels.reference``), then timed (median) next to its baselines:
+(``kernels.reference``), then timed next to its baselines:
 
 * GEMM: ``torch._int_mm`` alone, ``torch._int_mm`` + a separate eager requantization pass
   (bias add, float multiply, round, zero point, clamp, cast), and fp16 ``torch.matmul``;
 * 3x3 convolution (implicit GEMM): cuDNN fp16 ``F.conv2d`` with channels_last tensors;
-* depthwise convolution: cuDNN fp16 depthwise ``F.conv2d`` (channels_last), and the copy bandwidth;
-* residual add: the copy bandwidth.
+* depthwise convolution (both kernel variants where both apply): cuDNN fp16 depthwise ``F.conv2d``;
+* residual add, max and average pool, input quantization: copies of the same bytes.
 
-Times are device times of CUDA-graph replays (``do_bench_cudagraph``), so Python and launch
-overhead are excluded for kernels and baselines alike; ``ms_with_launch`` adds a plain
-``do_bench`` time of the kernel, launch overhead included.
+**Timing.** The kernels are launched through their launch plans (``kernels.gemm.GemmPlan``,
+``kernels.conv.ConvPlan``, ``kernels.depthwise.DepthwisePlan``; the elementwise and pool
+launchers take Python scalars), with every argument bound once, and timed by CUDA-graph replay:
+one graph holds many calls, replayed a few times between CUDA events; ``ms`` is the median
+replay time per call. A case whose capture fails falls back to ``triton.testing.do_bench``
+(launch overhead included): the case's ``timer.fallback`` says why, and the report counts them
+(``timer_fallback_count``; the goal is zero). ``ms_with_launch`` adds a plain ``do_bench`` time of
+one call, launch overhead included.
 
-Reported per case: milliseconds, TOPS (2 ops per multiply-accumulate), GB/s of compulsory
-traffic, speedups, and the roofline floor ``max(ops / peak_int8, bytes / copy_bandwidth)`` with
-the fraction of it reached. The int8 peak is a constant (dense int8 tensor-core rate of an
-H100/H200 SXM, 1979 TOPS), not a measurement; the copy bandwidth is measured with a large
-``copy_``. Results go to a JSON file (``--out``, default ``benchmarks/results/kernels.json`` under
-the working directory).
+**L2.** Every case is timed with the L2 cold by rotation: the graph cycles over enough distinct
+buffer sets (inputs, weights, outputs; copies of the first set) that together they exceed
+``L2_ROTATE_FACTOR`` times the L2 size (read from ``torch.cuda.get_device_properties``; 50-60 MB
+on an H100/H200), so a call never finds its operands in L2 from an earlier call. A case that is
+larger than that alone uses one set. Each case's ``l2`` records the sets, bytes and L2 size.
+
+**Rooflines.** Bandwidth is reported against a vectorized Triton copy and torch's ``copy_`` of
+the same bytes (timed the same way, L2 cold) and against the card's spec (``SPEC_HBM_GBPS``:
+H100 SXM 3.35 TB/s, H200 4.8 TB/s); TOPS (2 ops per multiply-accumulate) against the dense int8
+tensor-core peak (1979 TOPS on an H100/H200 SXM, a constant, not measured). The roofline floor is
+``max(ops / peak, bytes / best measured copy bandwidth)``. Each case also records the tile every
+launch ran with (``tiles``: forced / table / autotune / default / interpreter; see
+:mod:`kernels.tiles`). Results go to a JSON file (``--out``; default
+``benchmarks/results/kernels.json`` on a GPU, a temporary file with ``--quick``).
 
 In ``--quick`` mode without a GPU the timings are those of Triton's interpreter (a wall-clock
-median of a few runs) and only show that the pipeline runs end to end.
+median of a few runs over the rotated sets, with a stand-in L2 of ``QUICK_L2_BYTES`` so the
+rotation runs) and only show that the pipeline runs end to end.
 
 ``--compile-only`` needs no GPU either: it compiles the kernels ahead of time for an H100/H200
 (``cuda:90``) with Triton's own compiler and ptxas, one representative configuration per kernel
@@ -48,6 +62,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -61,8 +76,9 @@ if __name__ == "__main__" and not torch.cuda.is_available() and "--compile-only"
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
-import kernels  # noqa: E402
+import kernels  # noqa: E402,F401
 from kernels import _config  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 
@@ -70,6 +86,22 @@ SCHEMA = "dfq_int8-kernel-bench/1"
 COMPILE_SCHEMA = "dfq_int8-kernel-compile/1"
 PEAK_INT8_TOPS = {"H100": 1979.0, "H200": 1979.0}
 PEAK_NOTE = "assumed dense int8 tensor-core peak of an H100/H200 SXM (1979 TOPS); not measured"
+#: HBM bandwidth of the card's spec sheet (GB/s), by a substring of the device name, first match wins.
+SPEC_HBM_GBPS = (("H200", 4800.0), ("H100 NVL", 3900.0), ("H100 PCIe", 2000.0), ("H100", 3350.0))
+#: The rotated buffers of a case exceed this many times the L2 size.
+L2_ROTATE_FACTOR = 3.0
+#: L2 size assumed when the device does not report one.
+DEFAULT_L2_BYTES = 50 * 2**20
+#: Stand-in L2 of the quick (CPU) run: small, so that the rotation code runs (on at most
+#: ``QUICK_MAX_SETS`` sets).
+QUICK_L2_BYTES = 64 * 2**10
+QUICK_MAX_SETS = 2
+MAX_SETS = 64
+MAX_ROTATED_BYTES = 8 * 2**30
+#: CUDA-graph timing: about this many milliseconds of work per replay, this many timed replays.
+GRAPH_TARGET_MS = 10.0
+GRAPH_REPLAYS = 7
+GRAPH_MAX_CALLS = 1000
 
 FULL_GEMM = [(8192, 8192, 8192), (802816, 24, 144), (802816, 144, 24), (50176, 96, 576), (12544, 320, 1280),
              (50176, 1024, 256), (50176, 2304, 256)]  # fmt: skip
@@ -88,67 +120,221 @@ QUICK_AVGPOOL = [(2, 7, 7, 40)]
 FULL_QUANTIZE = [(256, 224, 224, 3)]
 QUICK_QUANTIZE = [(2, 16, 16, 3)]
 
+Call = Callable[[], Any]
+
 
 # =============================================================================================
 # Timing
 # =============================================================================================
 class Timer:
-    """Median time of a callable in milliseconds.
+    """Median time per call, in milliseconds, of a list of calls (one per rotated buffer set).
 
-    On CUDA, device time from ``triton.testing.do_bench_cudagraph`` (the callable is captured in
-    a CUDA graph, so Python and launch overhead do not count; this is what every "ms" and every
-    baseline reports), falling back to ``do_bench`` if a capture fails. :meth:`with_launch`
-    times plain ``do_bench`` calls, launch overhead included. Without CUDA: a wall clock.
-    """
+    On CUDA: CUDA-graph replay (one graph cycling over the calls many times; see the module
+    docstring), falling back to ``triton.testing.do_bench`` when capturing fails (recorded in
+    :attr:`fallbacks`). Without CUDA: a wall clock over the calls (median of 2 passes)."""
 
     def __init__(self, cuda: bool, quick: bool):
         self.cuda = cuda
         self.quick = quick
         self.name = (
-            "triton.testing.do_bench_cudagraph (median; do_bench if capture fails)"
+            "CUDA-graph replay over rotated buffer sets (median of replays; do_bench if capture fails)"
             if cuda
-            else "time.perf_counter (median of 2, no warm-up)"
+            else "time.perf_counter over the rotated sets (" + ("one pass" if quick else "median of 2 passes")
+            + ", no warm-up)"
         )
         self.fallbacks: List[str] = []
 
-    def __call__(self, fn: Callable[[], Any]) -> float:
-        if self.cuda:
-            try:
-                return float(triton.testing.do_bench_cudagraph(fn, rep=20 if self.quick else 100, return_mode="median"))
-            except Exception as exc:  # capture unsupported for this callable: time it with launches
-                self.fallbacks.append(f"{getattr(fn, '__name__', 'fn')}: {type(exc).__name__}")
-                torch.cuda.synchronize()
-                return self.with_launch(fn)
-        times = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
+    def measure(self, calls: Sequence[Call], label: str = "fn") -> Dict[str, Any]:
+        """``{"ms", "method", "calls_per_replay", "fallback"}`` for ``calls`` (each already run once)."""
+        calls = list(calls)
+        if not self.cuda:
+            times = []
+            for _ in range(1 if self.quick else 2):
+                t0 = time.perf_counter()
+                for f in calls:
+                    f()
+                times.append((time.perf_counter() - t0) * 1e3 / len(calls))
+            return {"ms": statistics.median(times), "method": "wall_clock", "calls_per_replay": None, "fallback": None}
+        try:
+            ms, n = self._graph(calls)
+            return {"ms": ms, "method": "cuda_graph", "calls_per_replay": n, "fallback": None}
+        except Exception as exc:  # noqa: BLE001 - capture unsupported for these calls: time them with launches
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+            self.fallbacks.append(f"{label}: {reason}")
+            torch.cuda.synchronize()
+            kw = dict(warmup=5, rep=20) if self.quick else dict(warmup=25, rep=100)
+            ms = float(triton.testing.do_bench(lambda: [f() for f in calls], return_mode="median", **kw)) / len(calls)
+            return {"ms": ms, "method": "do_bench (fallback)", "calls_per_replay": None, "fallback": reason}
 
-    def with_launch(self, fn: Callable[[], Any]) -> Optional[float]:
-        """``do_bench`` median including Python/launch overhead (CUDA only)."""
+    def __call__(self, fn: Call) -> float:
+        """Median ms of one call (one set)."""
+        return self.measure([fn])["ms"]
+
+    def _graph(self, calls: List[Call]):
+        cur = torch.cuda.current_stream()
+        side = torch.cuda.Stream()
+        side.wait_stream(cur)
+        with torch.cuda.stream(side):
+            for f in calls:
+                f()
+        cur.wait_stream(side)
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for f in calls:
+            f()
+        end.record()
+        end.synchronize()
+        per_pass = max(start.elapsed_time(end), 1e-3)
+        target = GRAPH_TARGET_MS / (3.0 if self.quick else 1.0)
+        cycles = int(max(1, min(target / per_pass, GRAPH_MAX_CALLS // len(calls))))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            keep = None
+            for _ in range(cycles):
+                keep = [f() for f in calls]  # outputs of the previous cycle stay distinct buffers
+            del keep
+        graph.replay()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(3 if self.quick else GRAPH_REPLAYS):
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        del graph
+        n = cycles * len(calls)
+        return statistics.median(times) / n, n
+
+    def with_launch(self, fn: Call) -> Optional[float]:
+        """``do_bench`` median including Python/launch overhead (CUDA only; L2 as it comes)."""
         if not self.cuda:
             return None
         kw = dict(warmup=5, rep=20) if self.quick else dict(warmup=25, rep=100)
         return float(triton.testing.do_bench(fn, return_mode="median", **kw))
 
 
-def _try_time(timer: Timer, fn: Callable[[], Any]) -> Optional[float]:
-    """Time a baseline; ``None`` when PyTorch does not support it on this device/dtype."""
+def _try_time(timer: Timer, calls: Sequence[Call], label: str) -> Optional[Dict[str, Any]]:
+    """Time a baseline (each call run once first); ``None`` when PyTorch does not support it here."""
     try:
-        return timer(fn)
+        for f in calls:
+            f()
+        return timer.measure(calls, label)
     except (RuntimeError, NotImplementedError, TypeError):
         return None
 
 
-def copy_bandwidth_gbps(timer: Timer, device: str, quick: bool) -> float:
-    """Read+write bandwidth of a large ``copy_`` (GB/s)."""
-    n = (1 << 22) if quick else (1 << 30)
-    src = torch.empty(n, dtype=torch.uint8, device=device).random_(0, 255)
-    dst = torch.empty_like(src)
-    ms = timer(lambda: dst.copy_(src))
-    return 2 * n / (ms * 1e-3) / 1e9
+def _ms(t: Optional[Dict[str, Any]]) -> Optional[float]:
+    return None if t is None else t["ms"]
+
+
+# =============================================================================================
+# L2 rotation and copy references
+# =============================================================================================
+def l2_bytes(cuda: bool, quick: bool) -> Dict[str, Any]:
+    """The L2 size in bytes and where it came from."""
+    if not cuda:
+        return {"bytes": QUICK_L2_BYTES, "source": "quick-mode stand-in (CPU: no meaning)"}
+    try:
+        size = int(getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0))
+    except Exception:  # pragma: no cover
+        size = 0
+    if size > 0:
+        return {"bytes": size, "source": "torch.cuda.get_device_properties().L2_cache_size"}
+    return {"bytes": DEFAULT_L2_BYTES, "source": "assumed (the device reported none)"}
+
+
+def n_sets(ctx: Dict[str, Any], bytes_per_set: int) -> int:
+    """Buffer sets a case cycles over so that together they exceed ``L2_ROTATE_FACTOR`` x L2."""
+    need = math.ceil(L2_ROTATE_FACTOR * ctx["l2_bytes"] / max(bytes_per_set, 1))
+    cap = QUICK_MAX_SETS if not ctx["cuda"] else MAX_SETS
+    return int(max(1, min(cap, need, MAX_ROTATED_BYTES // max(bytes_per_set, 1))))
+
+
+def l2_info(ctx: Dict[str, Any], sets: int, bytes_per_set: int) -> Dict[str, Any]:
+    rotated = sets * bytes_per_set
+    return {"method": "rotate", "buffer_sets": sets, "bytes_per_set": bytes_per_set, "rotated_bytes": rotated,
+            "l2_bytes": ctx["l2_bytes"], "cold": rotated >= L2_ROTATE_FACTOR * ctx["l2_bytes"]}
+
+
+def clone_sets(first: Dict[str, Any], sets: int) -> List[Dict[str, Any]]:
+    """``first`` and ``sets - 1`` copies of it with every tensor cloned (distinct memory)."""
+    out = [first]
+    for _ in range(sets - 1):
+        out.append({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in first.items()})
+    return out
+
+
+def _copy_kernel(src, dst, n, BLOCK: tl.constexpr):  # pragma: no cover - jitted by _triton_copy_kernel
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(dst + offs, tl.load(src + offs, mask=mask), mask=mask)
+
+
+_COPY_KERNEL: List[Any] = []
+
+
+def _triton_copy_kernel() -> Any:
+    """The vectorized copy kernel (int32 elements, 16 per thread with 8 warps: 16-byte loads and
+    stores), decorated on first use (after the interpreter switch of :func:`run`)."""
+    if not _COPY_KERNEL:
+        _COPY_KERNEL.append(triton.jit(_copy_kernel))
+    return _COPY_KERNEL[0]
+
+
+def triton_copy(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Copy int32 ``src`` into ``dst`` with the vectorized Triton copy kernel."""
+    n = src.numel()
+    block = 4096
+    opts = {} if _config.INTERPRETED else {"num_warps": 8}
+    _triton_copy_kernel()[(triton.cdiv(n, block),)](src, dst, n, BLOCK=block, **opts)
+    return dst
+
+
+def copy_refs(ctx: Dict[str, Any], nbytes: int) -> Dict[str, Any]:
+    """Triton copy and torch ``copy_`` moving ``nbytes`` in all (half read, half written), timed
+    like the kernels (same rotation rule); cached per byte count."""
+    cache = ctx.setdefault("_copy_cache", {})
+    if nbytes in cache:
+        return cache[nbytes]
+    timer, dev = ctx["timer"], ctx["device"]
+    n = max(4, (nbytes // 2 + 15) // 16 * 4)  # int32 elements, a multiple of 16 bytes
+    per_set = 8 * n
+    sets = n_sets(ctx, per_set)
+    bufs = [(torch.zeros(n, dtype=torch.int32, device=dev), torch.empty(n, dtype=torch.int32, device=dev))
+            for _ in range(sets)]  # fmt: skip
+    tri = [lambda s=s, d=d: triton_copy(s, d) for s, d in bufs]
+    tor = [lambda s=s, d=d: d.copy_(s) for s, d in bufs]
+    t_tri = _try_time(timer, tri, f"triton copy {nbytes} B")
+    t_tor = _try_time(timer, tor, f"torch copy_ {nbytes} B")
+    moved = 2 * 4 * n
+    res = {
+        "bytes": moved,
+        "triton_copy_ms": _ms(t_tri),
+        "torch_copy_ms": _ms(t_tor),
+        "triton_copy_gbps": None if not _ms(t_tri) else moved / (t_tri["ms"] * 1e-3) / 1e9,
+        "torch_copy_gbps": None if not _ms(t_tor) else moved / (t_tor["ms"] * 1e-3) / 1e9,
+        "timer": {"triton": None if t_tri is None else t_tri["method"],
+                  "torch": None if t_tor is None else t_tor["method"]},
+        "l2": l2_info(ctx, sets, per_set),
+    }
+    del bufs
+    cache[nbytes] = res
+    return res
+
+
+def copy_bandwidth(timer: Timer, ctx: Dict[str, Any], quick: bool) -> Dict[str, Any]:
+    """Read+write bandwidth of a large copy (1 GiB moved on a GPU): torch ``copy_`` and the Triton copy."""
+    n = (1 << 14) if quick else (1 << 30)
+    return copy_refs(ctx, n)
+
+
+def spec_hbm_gbps(device_name: str) -> Optional[float]:
+    for key, gbps in SPEC_HBM_GBPS:
+        if key in device_name:
+            return gbps
+    return None
 
 
 # =============================================================================================
@@ -158,13 +344,36 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if a is None or b is None or b == 0 else a / b
 
 
-def _entry(kind, name, shape, exact, ms, ops, nbytes, ctx, baselines, speedup, goal, goal_met,
-           ms_launch: Optional[float] = None) -> Dict[str, Any]:  # fmt: skip
+def _pct(ms_ref: Optional[float], ms: Optional[float]) -> Optional[float]:
+    return None if ms_ref is None or not ms else 100.0 * ms_ref / ms
+
+
+def _calls(sets: Sequence[Dict[str, Any]], fn: Callable[[Dict[str, Any]], Any]) -> List[Call]:
+    return [lambda s=s: fn(s) for s in sets]
+
+
+def _first_call(calls: Sequence[Call]) -> Any:
+    """Run the first call, recording the tile of every launch (``kernels.tiles``)."""
+    from kernels import tiles
+
+    with tiles.record_launches() as rec:
+        y = calls[0]()
+    return y, [tiles.describe(r) for r in rec]
+
+
+def _entry(kind, name, shape, exact, t, ops, nbytes, ctx, baselines, speedup, goal, goal_met,
+           ms_launch=None, l2=None, launched=None) -> Dict[str, Any]:  # fmt: skip
+    ms = t["ms"]
+    cp = copy_refs(ctx, nbytes)
+    copies = [g for g in (cp["triton_copy_gbps"], cp["torch_copy_gbps"]) if g]
+    best_copy = max(copies) if copies else None
     floor = None
-    if ctx["copy_gbps"]:
-        floor = nbytes / (ctx["copy_gbps"] * 1e9) * 1e3
+    if best_copy:
+        floor = nbytes / (best_copy * 1e9) * 1e3
         if ops and ctx["peak_tops"]:
             floor = max(floor, ops / (ctx["peak_tops"] * 1e12) * 1e3)
+    gbps = nbytes / (ms * 1e-3) / 1e9
+    tops = ops / (ms * 1e-3) / 1e12 if ops else None
     return {
         "kind": kind,
         "name": name,
@@ -172,18 +381,40 @@ def _entry(kind, name, shape, exact, ms, ops, nbytes, ctx, baselines, speedup, g
         "bit_exact": bool(exact),
         "ms": ms,
         "ms_with_launch": ms_launch,
-        "tops": ops / (ms * 1e-3) / 1e12 if ops else None,
-        "gbps": nbytes / (ms * 1e-3) / 1e9,
+        "timer": {k: t.get(k) for k in ("method", "calls_per_replay", "fallback")},
+        "l2": l2,
+        "tops": tops,
+        "pct_of_peak_tops": None if tops is None or not ctx["peak_tops"] else 100.0 * tops / ctx["peak_tops"],
+        "bytes": nbytes,
+        "gbps": gbps,
+        "bandwidth": {
+            "triton_copy_gbps": cp["triton_copy_gbps"],
+            "torch_copy_gbps": cp["torch_copy_gbps"],
+            "spec_gbps": ctx["spec_gbps"],
+            "pct_of_triton_copy": None if not cp["triton_copy_gbps"] else 100.0 * gbps / cp["triton_copy_gbps"],
+            "pct_of_torch_copy": None if not cp["torch_copy_gbps"] else 100.0 * gbps / cp["torch_copy_gbps"],
+            "pct_of_spec": None if not ctx["spec_gbps"] else 100.0 * gbps / ctx["spec_gbps"],
+        },
         "roofline_floor_ms": floor,
         "pct_of_roofline": None if floor is None else 100.0 * floor / ms,
         "baselines": baselines,
         "speedup": speedup,
         "goal": goal,
         "goal_met": goal_met if ctx["cuda"] else None,
+        "tiles": launched,
     }
 
 
+def _copy_ms(ctx: Dict[str, Any], nbytes: int) -> Optional[float]:
+    """The faster measured copy of ``nbytes`` (ms)."""
+    cp = copy_refs(ctx, nbytes)
+    vals = [v for v in (cp["triton_copy_ms"], cp["torch_copy_ms"]) if v]
+    return min(vals) if vals else None
+
+
 def bench_gemm(M: int, K: int, N: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
+    from kernels.gemm import GemmPlan
+
     dev, timer, g = ctx["device"], ctx["timer"], ctx["gen"]
     x = torch.randint(-128, 128, (M, K), dtype=torch.int8, generator=g).to(dev)
     w = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g).to(dev)
@@ -192,41 +423,45 @@ def bench_gemm(M: int, K: int, N: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
     z_x, z_y = -128, 5  # post-ReLU activations (uint8 zero point 0), symmetric weights
     lo = torch.full((1,), -128, dtype=torch.int32, device=dev)
     hi = torch.full((1,), 127, dtype=torch.int32, device=dev)
-    folded = ref.fold_bias(w, bias, z_x, None)
-
-    def ours():
-        return kernels.int8_gemm(x, w, folded, m, z_x, None, z_y, lo, hi, bias_folded=True, backend="triton")
-
-    exact = torch.equal(ours(), ref.int8_gemm(x, w, bias, m, z_x, None, z_y, lo, hi))
-    ms = timer(ours)
-    ms_launch = timer.with_launch(ours)
-    wt = w.t()
+    b_n, w_zp, m_n, z_x, z_y, lo_n, hi_n = ref.check_gemm_args(x, w, bias, None, m, z_x, z_y, lo, hi)
+    folded = ref.fold_bias(w, b_n, z_x, w_zp)
+    nbytes = M * K + N * K + M * N + 12 * N
+    sets = clone_sets(dict(x=x, w=w, folded=folded, m=m_n, lo=lo_n, hi=hi_n), n_sets(ctx, nbytes))
+    for s in sets:
+        s["plan"] = GemmPlan(s["w"], s["folded"], w_zp, s["m"], z_y, s["lo"], s["hi"], False)
+    ours = _calls(sets, lambda s: s["plan"](s["x"]))
+    y, launched = _first_call(ours)
+    exact = torch.equal(y, ref.int8_gemm(x, w, bias, m, z_x, None, z_y, lo, hi))
+    t = timer.measure(ours, f"gemm {M}x{K}x{N}")
+    ms_launch = timer.with_launch(ours[0])
     int_mm_ok = M > 16 and K % 8 == 0 and N % 8 == 0 and K >= 16
 
-    def int_mm_requant():
-        acc = torch._int_mm(x, wt)
-        y = (acc + folded).to(torch.float32).mul_(m).round_().add_(z_y).clamp_(-128, 127)
-        return y.to(torch.int8)
+    def int_mm_requant(s):
+        acc = torch._int_mm(s["x"], s["w"].t())
+        yy = (acc + s["folded"]).to(torch.float32).mul_(s["m"]).round_().add_(z_y).clamp_(-128, 127)
+        return yy.to(torch.int8)
 
     base: Dict[str, Optional[float]] = {"int_mm_ms": None, "int_mm_requant_ms": None}
     if int_mm_ok:
-        base["int_mm_ms"] = _try_time(timer, lambda: torch._int_mm(x, wt))
-        base["int_mm_requant_ms"] = _try_time(timer, int_mm_requant)
-    xh, wh = x.to(torch.float16), w.to(torch.float16)
-    base["fp16_matmul_ms"] = _try_time(timer, lambda: torch.matmul(xh, wh.t()))
-    del xh, wh
+        base["int_mm_ms"] = _ms(_try_time(timer, _calls(sets, lambda s: torch._int_mm(s["x"], s["w"].t())), "int_mm"))
+        base["int_mm_requant_ms"] = _ms(_try_time(timer, _calls(sets, int_mm_requant), "int_mm_requant"))
+    for s in sets:
+        s["xh"], s["wh"] = s["x"].to(torch.float16), s["w"].to(torch.float16)
+    base["fp16_matmul_ms"] = _ms(_try_time(timer, _calls(sets, lambda s: torch.matmul(s["xh"], s["wh"].t())),
+                                           "fp16 matmul"))  # fmt: skip
+    l2 = l2_info(ctx, len(sets), nbytes)
+    del sets
     speed = {
-        "vs_int_mm": _ratio(base["int_mm_ms"], ms),
-        "vs_int_mm_requant": _ratio(base["int_mm_requant_ms"], ms),
-        "vs_fp16_matmul": _ratio(base["fp16_matmul_ms"], ms),
+        "vs_int_mm": _ratio(base["int_mm_ms"], t["ms"]),
+        "vs_int_mm_requant": _ratio(base["int_mm_requant_ms"], t["ms"]),
+        "vs_fp16_matmul": _ratio(base["fp16_matmul_ms"], t["ms"]),
     }
     big = M == N == K == 8192
     goal = ">= 0.8x torch._int_mm" if big else ">= 1.2x torch._int_mm + requant"
     ref_speed = speed["vs_int_mm"] if big else speed["vs_int_mm_requant"]
     met = None if ref_speed is None else ref_speed >= (0.8 if big else 1.2)
-    nbytes = M * K + N * K + M * N + 12 * N
-    return _entry("gemm", f"gemm M={M} K={K} N={N}", {"M": M, "K": K, "N": N}, exact, ms, 2.0 * M * N * K,
-                  nbytes, ctx, base, speed, goal, met, ms_launch)  # fmt: skip
+    return _entry("gemm", f"gemm M={M} K={K} N={N}", {"M": M, "K": K, "N": N}, exact, t, 2.0 * M * N * K,
+                  nbytes, ctx, base, speed, goal, met, ms_launch, l2, launched)  # fmt: skip
 
 
 def _slices(b: int) -> List[slice]:
@@ -234,39 +469,46 @@ def _slices(b: int) -> List[slice]:
 
 
 def bench_conv(B: int, H: int, W: int, C: int, N: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
+    from kernels.conv import ConvPlan
+
     dev, timer, g = ctx["device"], ctx["timer"], ctx["gen"]
     x = torch.randint(-128, 128, (B, H, W, C), dtype=torch.int8, generator=g).to(dev)
     w = torch.randint(-128, 128, (N, 3, 3, C), dtype=torch.int8, generator=g).to(dev)
     bias = torch.randint(-20000, 20000, (N,), dtype=torch.int32, generator=g).to(dev)
     m = (torch.rand(N, generator=g) * 4.0 / (128.0 * 128.0 * math.sqrt(9 * C))).to(dev)
     z_x, z_y = -128, 0
-    folded = ref.fold_bias(w, bias, z_x, None)
-    # bounds as device tensors: a Python int would become a new tensor on every call (a host-to-
-    # device copy, which cannot be captured in the CUDA graph the timer uses)
     lo = torch.full((1,), -128, dtype=torch.int32, device=dev)
     hi = torch.full((1,), 127, dtype=torch.int32, device=dev)
     kw = dict(z_x=z_x, z_y=z_y, lo=lo, hi=hi, stride=1, padding=1)
-
-    def ours():
-        return kernels.int8_conv2d(x, w, folded, m, bias_folded=True, backend="triton", **kw)
-
-    y = ours()
-    exact = all(torch.equal(y[s], ref.int8_conv2d(x[s], w, bias, m, **kw)) for s in _slices(B))
-    ms = timer(ours)
-    ms_launch = timer.with_launch(ours)
-    xh = x.permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
-    wh = w.permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
-    base = {"cudnn_fp16_channels_last_ms": _try_time(timer, lambda: torch.nn.functional.conv2d(xh, wh, padding=1))}
-    del xh, wh
-    speed = {"vs_cudnn_fp16": _ratio(base["cudnn_fp16_channels_last_ms"], ms)}
+    b_n, w_zp, m_n, z_x, z_y, lo_n, hi_n, stride, pad = ref.check_conv_args(x, w, bias, None, m, z_x, z_y, lo, hi, 1, 1)
+    folded = ref.fold_bias(w, b_n, z_x, w_zp)
+    nbytes = B * H * W * (C + N) + N * 9 * C + 12 * N
+    sets = clone_sets(dict(x=x, w=w, folded=folded, m=m_n, lo=lo_n, hi=hi_n), n_sets(ctx, nbytes))
+    for s in sets:
+        s["plan"] = ConvPlan(s["w"], s["folded"], w_zp, s["m"], z_x, z_y, s["lo"], s["hi"], stride, pad, False)
+    ours = _calls(sets, lambda s: s["plan"](s["x"]))
+    y, launched = _first_call(ours)
+    exact = all(torch.equal(y[sl], ref.int8_conv2d(x[sl], w, bias, m, **kw)) for sl in _slices(B))
+    t = timer.measure(ours, f"conv3x3 {B}x{H}x{W}x{C}->{N}")
+    ms_launch = timer.with_launch(ours[0])
+    for s in sets:
+        s["xh"] = s["x"].permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
+        s["wh"] = s["w"].permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
+    base = {"cudnn_fp16_channels_last_ms": _ms(_try_time(
+        timer, _calls(sets, lambda s: torch.nn.functional.conv2d(s["xh"], s["wh"], padding=1)), "cudnn conv"))}
+    l2 = l2_info(ctx, len(sets), nbytes)
+    del sets
+    speed = {"vs_cudnn_fp16": _ratio(base["cudnn_fp16_channels_last_ms"], t["ms"])}
     met = None if speed["vs_cudnn_fp16"] is None else speed["vs_cudnn_fp16"] > 1.0
     ops = 2.0 * B * H * W * N * 9 * C
-    nbytes = B * H * W * (C + N) + N * 9 * C + 12 * N
-    return _entry("conv3x3", f"conv3x3 {B}x{H}x{W}x{C}->{N}", {"B": B, "H": H, "W": W, "C": C, "N": N}, exact, ms,
-                  ops, nbytes, ctx, base, speed, "faster than cuDNN fp16 channels_last", met, ms_launch)  # fmt: skip
+    return _entry("conv3x3", f"conv3x3 {B}x{H}x{W}x{C}->{N}", {"B": B, "H": H, "W": W, "C": C, "N": N}, exact, t,
+                  ops, nbytes, ctx, base, speed, "faster than cuDNN fp16 channels_last", met, ms_launch, l2,
+                  launched)  # fmt: skip
 
 
 def bench_depthwise(B: int, H: int, W: int, C: int, stride: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
+    from kernels.depthwise import DepthwisePlan
+
     dev, timer, g = ctx["device"], ctx["timer"], ctx["gen"]
     x = torch.randint(-128, 128, (B, H, W, C), dtype=torch.int8, generator=g).to(dev)
     w = torch.randint(-128, 128, (3, 3, C), dtype=torch.int8, generator=g).to(dev)
@@ -275,62 +517,83 @@ def bench_depthwise(B: int, H: int, W: int, C: int, stride: int, ctx: Dict[str, 
     lo = torch.full((1,), -128, dtype=torch.int32, device=dev)
     hi = torch.full((1,), 127, dtype=torch.int32, device=dev)
     kw = dict(z_x=-128, z_y=-128, lo=lo, hi=hi, stride=stride, padding=1)
-
-    def ours():
-        return kernels.int8_depthwise_conv2d(x, w, bias, m, backend="triton", **kw)
-
-    y = ours()
-    exact = all(torch.equal(y[s], ref.int8_depthwise_conv2d(x[s], w, bias, m, **kw)) for s in _slices(B))
-    ms = timer(ours)
-    ms_launch = timer.with_launch(ours)
+    b_n, w_zp, m_n, z_x, z_y, lo_n, hi_n, st, pad = ref.check_depthwise_args(x, w, bias, None, m, -128, -128, lo, hi,
+                                                                           stride, 1)  # fmt: skip
+    OH, OW = ref.conv_output_size(H, W, 3, 3, st, pad)
+    nbytes = x.numel() + B * OH * OW * C + w.numel() + 12 * C
+    sets = clone_sets(dict(x=x, w=w, bias=b_n, m=m_n, lo=lo_n, hi=hi_n), n_sets(ctx, nbytes))
+    for s in sets:
+        s["plan"] = DepthwisePlan(s["w"], s["bias"], w_zp, s["m"], z_x, z_y, s["lo"], s["hi"], st, pad, False)
+    ours = _calls(sets, lambda s: s["plan"](s["x"]))
+    y, launched = _first_call(ours)
+    exact = all(torch.equal(y[sl], ref.int8_depthwise_conv2d(x[sl], w, bias, m, **kw)) for sl in _slices(B))
+    label = f"depthwise3x3 s{stride} {B}x{H}x{W}x{C}"
+    t = timer.measure(ours, label)
+    ms_launch = timer.with_launch(ours[0])
     # the other kernel variant (stride 1 only): checked and timed the same way
-    variants: Dict[str, Any] = {_config.depthwise_variant(): {"ms": ms, "bit_exact": exact}}
+    variants: Dict[str, Any] = {_config.depthwise_variant(): {"ms": t["ms"], "bit_exact": exact, "timer": t,
+                                                              "tiles": launched}}  # fmt: skip
     if stride == 1:
         other = "rows" if _config.depthwise_variant() == "tiles" else "tiles"
         with _config.use_depthwise_variant(other):
-            y_other = ours()
-            variants[other] = {"bit_exact": bool(torch.equal(y_other, y)) and exact, "ms": _try_time(timer, ours)}
+            y_other, launched_other = _first_call(ours)
+            t_other = _try_time(timer, ours, f"{label} {other}")
+            variants[other] = {"bit_exact": bool(torch.equal(y_other, y)) and exact, "ms": _ms(t_other),
+                               "timer": t_other, "tiles": launched_other}  # fmt: skip
         del y_other
         exact = exact and variants[other]["bit_exact"]  # the case is exact only if both variants are
-    xh = x.permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
-    wh = w.permute(2, 0, 1).unsqueeze(1).to(torch.float16).contiguous(memory_format=torch.channels_last)
-    base = {
-        "cudnn_fp16_channels_last_ms": _try_time(
-            timer, lambda: torch.nn.functional.conv2d(xh, wh, stride=stride, padding=1, groups=C)
-        )
-    }
-    del xh, wh
-    nbytes = x.numel() + y.numel() + w.numel() + 12 * C
-    copy_ms = nbytes / (ctx["copy_gbps"] * 1e9) * 1e3
-    speed = {"vs_cudnn_fp16": _ratio(base["cudnn_fp16_channels_last_ms"], ms), "vs_copy": copy_ms / ms}
+    for s in sets:
+        s["xh"] = s["x"].permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
+        s["wh"] = s["w"].permute(2, 0, 1).unsqueeze(1).to(torch.float16).contiguous(memory_format=torch.channels_last)
+    base = {"cudnn_fp16_channels_last_ms": _ms(_try_time(timer, _calls(
+        sets, lambda s: torch.nn.functional.conv2d(s["xh"], s["wh"], stride=stride, padding=1, groups=C)),
+        "cudnn depthwise"))}  # fmt: skip
+    l2 = l2_info(ctx, len(sets), nbytes)
+    del sets
+    copy_ms = _copy_ms(ctx, nbytes)
+    speed = {"vs_cudnn_fp16": _ratio(base["cudnn_fp16_channels_last_ms"], t["ms"]), "vs_copy": _ratio(copy_ms, t["ms"])}
     ops = 2.0 * y.numel() * 9
     for v in variants.values():
-        v["pct_of_copy"] = None if not v.get("ms") else 100.0 * copy_ms / v["ms"]
-    entry = _entry("depthwise", f"depthwise3x3 s{stride} {B}x{H}x{W}x{C}",
-                  {"B": B, "H": H, "W": W, "C": C, "stride": stride}, exact, ms, ops, nbytes, ctx, base, speed,
-                  ">= 60% of copy bandwidth", speed["vs_copy"] >= 0.6, ms_launch)  # fmt: skip
+        v["pct_of_copy"] = _pct(copy_ms, v.get("ms"))
+    met = None if speed["vs_copy"] is None else speed["vs_copy"] >= 0.6
+    entry = _entry("depthwise", label, {"B": B, "H": H, "W": W, "C": C, "stride": stride}, exact, t, ops, nbytes, ctx,
+                   base, speed, ">= 60% of copy bandwidth", met, ms_launch, l2, launched)  # fmt: skip
     entry["variants"] = variants
     return entry
 
 
+def _memory_case(kind: str, name: str, shape: Dict[str, Any], ctx: Dict[str, Any], sets: List[Dict[str, Any]],
+                 fn: Callable[[Dict[str, Any]], Any], expected: Callable[[], torch.Tensor], nbytes: int,
+                 base: Optional[Dict[str, Any]] = None,
+                 base_speed: Optional[Dict[str, str]] = None) -> Dict[str, Any]:  # fmt: skip
+    """A memory-bound case: check, time (rotated sets), baselines, and the copy reference."""
+    timer = ctx["timer"]
+    ours = _calls(sets, fn)
+    y, launched = _first_call(ours)
+    exact = torch.equal(y, expected())
+    t = timer.measure(ours, name)
+    ms_launch = timer.with_launch(ours[0])
+    baselines = {k: _ms(_try_time(timer, _calls(sets, b), f"{name} {k}")) for k, b in (base or {}).items()}
+    copy_ms = _copy_ms(ctx, nbytes)
+    speed = {sk: _ratio(baselines[bk], t["ms"]) for sk, bk in (base_speed or {}).items()}
+    speed["vs_copy"] = _ratio(copy_ms, t["ms"])
+    met = None if speed["vs_copy"] is None else speed["vs_copy"] >= 0.6
+    return _entry(kind, name, shape, exact, t, 0.0, nbytes, ctx, baselines, speed, ">= 60% of copy bandwidth",
+                  met, ms_launch, l2_info(ctx, len(sets), nbytes), launched)  # fmt: skip
+
+
 def bench_add(B: int, H: int, W: int, C: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
-    dev, timer, g = ctx["device"], ctx["timer"], ctx["gen"]
+    from kernels import elementwise
+
+    dev, g = ctx["device"], ctx["gen"]
     a = torch.randint(-128, 128, (B, H, W, C), dtype=torch.int8, generator=g).to(dev)
     b = torch.randint(-128, 128, (B, H, W, C), dtype=torch.int8, generator=g).to(dev)
     ia, ib, m = ref.add_multipliers(0.031, 0.017, 0.045)
-    args = (a, b, 3, -7, ia, ib, m, 2)
-
-    def ours():
-        return kernels.int8_add(*args, backend="triton")
-
-    exact = torch.equal(ours(), ref.int8_add(*args))
-    ms = timer(ours)
-    ms_launch = timer.with_launch(ours)
     nbytes = 3 * a.numel()
-    copy_ms = nbytes / (ctx["copy_gbps"] * 1e9) * 1e3
-    speed = {"vs_copy": copy_ms / ms}
-    return _entry("add", f"add {B}x{H}x{W}x{C}", {"B": B, "H": H, "W": W, "C": C}, exact, ms, 0.0, nbytes, ctx,
-                  {}, speed, ">= 60% of copy bandwidth", speed["vs_copy"] >= 0.6, ms_launch)  # fmt: skip
+    sets = clone_sets(dict(a=a, b=b), n_sets(ctx, nbytes))
+    return _memory_case("add", f"add {B}x{H}x{W}x{C}", {"B": B, "H": H, "W": W, "C": C}, ctx, sets,
+                        lambda s: elementwise.int8_add(s["a"], s["b"], 3, -7, ia, ib, m, 2),
+                        lambda: ref.int8_add(a, b, 3, -7, ia, ib, m, 2), nbytes)  # fmt: skip
 
 
 def _post_relu_int8(shape, g: torch.Generator, density: float = 0.4) -> torch.Tensor:
@@ -342,73 +605,77 @@ def _post_relu_int8(shape, g: torch.Generator, density: float = 0.4) -> torch.Te
 
 def bench_maxpool(B: int, H: int, W: int, C: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
     """ResNet's 3x3/2 max pool (padding 1) on post-ReLU activations."""
-    dev, timer, g = ctx["device"], ctx["timer"], ctx["gen"]
+    from kernels import pool
+
+    dev, g = ctx["device"], ctx["gen"]
     x = _post_relu_int8((B, H, W, C), g).to(dev)
-
-    def ours():
-        return kernels.int8_maxpool2d(x, 3, 2, 1, backend="triton")
-
-    y = ours()
-    exact = torch.equal(y, ref.int8_maxpool2d(x, 3, 2, 1))
-    ms = timer(ours)
-    ms_launch = timer.with_launch(ours)
-    xh = x.permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
-    base = {"cudnn_fp16_channels_last_ms": _try_time(timer, lambda: torch.nn.functional.max_pool2d(xh, 3, 2, 1))}
-    del xh
-    nbytes = x.numel() + y.numel()
-    copy_ms = nbytes / (ctx["copy_gbps"] * 1e9) * 1e3
-    speed = {"vs_fp16_max_pool2d": _ratio(base["cudnn_fp16_channels_last_ms"], ms), "vs_copy": copy_ms / ms}
-    return _entry("maxpool", f"maxpool3x3 s2 {B}x{H}x{W}x{C}", {"B": B, "H": H, "W": W, "C": C}, exact, ms, 0.0,
-                  nbytes, ctx, base, speed, ">= 60% of copy bandwidth", speed["vs_copy"] >= 0.6, ms_launch)  # fmt: skip
+    OH, OW = (H + 2 - 3) // 2 + 1, (W + 2 - 3) // 2 + 1
+    nbytes = x.numel() + B * OH * OW * C
+    sets = clone_sets(dict(x=x), n_sets(ctx, nbytes))
+    for s in sets:
+        s["xh"] = s["x"].permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
+    return _memory_case("maxpool", f"maxpool3x3 s2 {B}x{H}x{W}x{C}", {"B": B, "H": H, "W": W, "C": C}, ctx, sets,
+                        lambda s: pool.int8_maxpool2d(s["x"], 3, 2, 1), lambda: ref.int8_maxpool2d(x, 3, 2, 1), nbytes,
+                        {"cudnn_fp16_channels_last_ms": lambda s: torch.nn.functional.max_pool2d(s["xh"], 3, 2, 1)},
+                        {"vs_fp16_max_pool2d": "cudnn_fp16_channels_last_ms"})  # fmt: skip
 
 
 def bench_avgpool(B: int, H: int, W: int, C: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
     """Global average pool with requantization (the classifier head of MobileNet/EfficientNet/ResNet)."""
-    dev, timer, g = ctx["device"], ctx["timer"], ctx["gen"]
+    from kernels import pool
+
+    dev, g = ctx["device"], ctx["gen"]
     x = _post_relu_int8((B, H, W, C), g).to(dev)
     m = (torch.rand(C, generator=g) * 0.02 + 0.01).to(dev) / (H * W)
     lo = torch.full((1,), -128, dtype=torch.int32, device=dev)
     hi = torch.full((1,), 127, dtype=torch.int32, device=dev)
-
-    def ours():
-        return kernels.int8_avgpool(x, -128, m, -128, lo, hi, backend="triton")
-
-    y = ours()
-    exact = torch.equal(y, ref.int8_avgpool(x, -128, m, -128, lo, hi))
-    ms = timer(ours)
-    ms_launch = timer.with_launch(ours)
-    nbytes = x.numel() + y.numel() + 12 * C
-    copy_ms = nbytes / (ctx["copy_gbps"] * 1e9) * 1e3
-    speed = {"vs_copy": copy_ms / ms}
-    return _entry("avgpool", f"avgpool global {B}x{H}x{W}x{C}", {"B": B, "H": H, "W": W, "C": C}, exact, ms, 0.0,
-                  nbytes, ctx, {}, speed, ">= 60% of copy bandwidth", speed["vs_copy"] >= 0.6, ms_launch)  # fmt: skip
+    nbytes = x.numel() + B * C + 12 * C
+    sets = clone_sets(dict(x=x, m=m, lo=lo, hi=hi), n_sets(ctx, nbytes))
+    return _memory_case("avgpool", f"avgpool global {B}x{H}x{W}x{C}", {"B": B, "H": H, "W": W, "C": C}, ctx, sets,
+                        lambda s: pool.int8_avgpool(s["x"], -128, s["m"], -128, s["lo"], s["hi"]),
+                        lambda: ref.int8_avgpool(x, -128, m, -128, lo, hi), nbytes)  # fmt: skip
 
 
 def bench_quantize(B: int, H: int, W: int, C: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
     """Input quantization: float32 NCHW images to int8 NHWC (the first step of the int8 network)."""
-    dev, timer, g = ctx["device"], ctx["timer"], ctx["gen"]
+    from kernels import elementwise
+
+    dev, g = ctx["device"], ctx["gen"]
     x = (torch.rand((B, C, H, W), generator=g) * 2 - 1).to(dev)
     scale, zp = 2.0 / 255.0, 0
-
-    def ours():
-        return kernels.quantize(x, scale, zp, layout="nchw", backend="triton")
-
-    y = ours()
-    exact = torch.equal(y, ref.quantize(x, scale, zp, layout="nchw"))
-    ms = timer(ours)
-    ms_launch = timer.with_launch(ours)
-    nbytes = 4 * x.numel() + y.numel()
-    copy_ms = nbytes / (ctx["copy_gbps"] * 1e9) * 1e3
-    speed = {"vs_copy": copy_ms / ms}
-    return _entry("quantize", f"quantize nchw->nhwc {B}x{C}x{H}x{W}", {"B": B, "H": H, "W": W, "C": C}, exact, ms,
-                  0.0, nbytes, ctx, {}, speed, ">= 60% of copy bandwidth", speed["vs_copy"] >= 0.6,
-                  ms_launch)  # fmt: skip
-
+    nbytes = 4 * x.numel() + x.numel()
+    sets = clone_sets(dict(x=x), n_sets(ctx, nbytes))
+    return _memory_case("quantize", f"quantize nchw->nhwc {B}x{C}x{H}x{W}", {"B": B, "H": H, "W": W, "C": C}, ctx,
+                        sets, lambda s: elementwise.quantize(s["x"], scale, zp, layout="nchw"),
+                        lambda: ref.quantize(x, scale, zp, layout="nchw"), nbytes)  # fmt: skip
 
 # =============================================================================================
 # Ahead-of-time compilation for sm_90 (no GPU needed)
 # =============================================================================================
 _PTR = {torch.int8: "*i8", torch.int32: "*i32", torch.float32: "*fp32"}
+
+
+def _fma_into_rounding(ptx: str) -> bool:
+    """Whether a float32 fused multiply-add produces a value that ``cvt.rni`` rounds, following the
+    PTX's virtual registers back through clamps, moves and selects."""
+    import re
+
+    defs: Dict[str, List[Any]] = {}
+    for op, dst, srcs in re.findall(r"^\s*(?:@!?%p\d+\s+)?([a-z][\w.]*)\s+(%\w+),\s*([^;]*);", ptx, re.M):
+        defs.setdefault(dst, []).append((op, re.findall(r"%\w+", srcs)))
+    todo = [src for src in re.findall(r"cvt\.rni\.f32\.f32\s+%\w+,\s*(%\w+);", ptx)]
+    seen = set()
+    while todo:
+        reg = todo.pop()
+        if reg in seen:
+            continue
+        seen.add(reg)
+        for op, srcs in defs.get(reg, []):
+            if op.startswith("fma"):
+                return True
+            if op.split(".")[0] in ("min", "max", "mov", "selp", "neg", "abs"):
+                todo += srcs
+    return False
 
 
 def _compile_sm90(fn, runtime: Dict[str, Any], constexprs: Dict[str, Any], div16: List[str], num_warps: int,
@@ -441,7 +708,11 @@ def _compile_sm90(fn, runtime: Dict[str, Any], constexprs: Dict[str, Any], div16
         "wgmma": "wgmma.mma_async" in ptx,
         "cp_async": "cp.async" in ptx,
         "shared_bytes": int(cc.metadata.shared),
-        "fp32_fma": bool(re.search(r"\bfma\.rn(\.ftz)?\.f32", ptx)),  # would break bit-exact requantization
+        # float32 fused multiply-adds anywhere (the depthwise float32 accumulation is made of them,
+        # exact by its bound) and, what would break bit-exact requantization, one whose result
+        # reaches the rounding (the epilogue's `acc * m` contracted with an add)
+        "fp32_fma": bool(re.search(r"\bfma\.rn(\.ftz)?\.f32", ptx)),
+        "fma_into_rounding": _fma_into_rounding(ptx),
         "rint": "cvt.rni.f32.f32" in ptx,  # round half to even
         # a negative constant `other` of a masked load: for int8 vector loads Triton packs it as
         # one sign-extended 32-bit word (bytes -128, -1, -1, -1 instead of four -128s), which gave
@@ -481,26 +752,45 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
     dw_rt = dict(x_ptr=i8, w_ptr=i8, bias_ptr=i32, wzp_ptr=i32, y_ptr=i8, B=0, H=0, W=0, C=0, OH=0, OW=0,
                  stride_h=0, stride_w=0, pad_top=0, pad_left=0, stride_wzp=0, z_x=0, P_BUCKET=0, **epi)  # fmt: skip
     flags = dict(HAS_BIAS=True, OUT_INT32=False, USE_RINT=True)
+    gemm_flags = dict(flags)
+    if "r_ptr" in gemm._int8_gemm_kernel.arg_names:  # the GEMM's fused residual add, off here
+        gemm_rt.update(r_ptr=i8, stride_rm=0, z_a=0, z_r=0, ia=0, ib=0, add_m=1.0, add_z=0, add_lo=0, add_hi=0)
+        gemm_flags.update(RESIDUAL=False)
     gemm_cfgs = _config.GEMM_GPU_CONFIGS if all_configs else [_config.GEMM_GPU_CONFIGS[4]]
     dw_cfgs = _config.DEPTHWISE_GPU_CONFIGS if all_configs else [_config.DEPTHWISE_GPU_CONFIGS[0]]
     jobs = []
     for cfg in gemm_cfgs:
         for wzp in (False, True):
-            jobs.append((f"gemm wzp={wzp}", gemm._int8_gemm_kernel, gemm_rt, dict(HAS_WZP=wzp, **flags), ["N", "K",
-                         "stride_xm", "stride_wn", "stride_ym"], cfg))  # fmt: skip
-        for k, flat, pad_corr in ((3, False, True), (7, True, True), (1, False, False)):
-            consts = dict(KH=k, KW=k, FLAT_K=flat, PAD_CORR=pad_corr, NDIG=2, TP=32 if k < 7 else 64,
+            jobs.append((f"gemm wzp={wzp}", gemm._int8_gemm_kernel, gemm_rt, dict(HAS_WZP=wzp, **gemm_flags),
+                         ["N", "K", "stride_xm", "stride_wn", "stride_ym"], cfg))  # fmt: skip
+        # the loop switches conv.py's heuristics set: EVEN_K (no channel mask: C a multiple of BLOCK_K)
+        # and UNROLL_TAPS (taps unrolled, one channel loop each; else one stepped loop)
+        for k, unroll, even in ((3, False, False), (3, False, True), (3, True, False), (3, True, True),
+                                (1, True, True)):
+            consts = dict(KH=k, KW=k, FLAT_K=False, EVEN_K=even, UNROLL_TAPS=unroll, PAD_CORR=k > 1, NDIG=2, TP=32,
                           HAS_WZP=False, **flags)  # fmt: skip
-            jobs.append((f"conv {k}x{k} flat={flat}", conv._int8_conv2d_kernel, conv_rt, consts, ["C", "N"], cfg))
+            name = f"conv {k}x{k} flat=False" + (" unrolled" if unroll and k > 1 else "") + (" even_k" if even else "")
+            jobs.append((name, conv._int8_conv2d_kernel, conv_rt, consts, ["C", "N"], cfg))
+    # the flat-K loop (C < 16: no divisibility-by-16 hint on C, as at run time) with its own tiles
+    for cfg in _config.CONV_FLAT_K_CONFIGS if all_configs else [_config.DEFAULT_GPU_CONFIG["gemm"]]:
+        consts = dict(KH=7, KW=7, FLAT_K=True, EVEN_K=False, UNROLL_TAPS=False, PAD_CORR=True, NDIG=2, TP=64,
+                      HAS_WZP=False, **flags)  # fmt: skip
+        jobs.append(("conv 7x7 flat=True", conv._int8_conv2d_kernel, conv_rt, consts, ["N"], cfg))
+    # depthwise: the accumulation each kernel launches with for 3x3/5x5 windows (rows: float32,
+    # whose weights are float32 w - z_w; tiles: int32 on int32 w - z_w), and the other one
     rows_rt = {k: v for k, v in dw_rt.items() if k in depthwise._int8_depthwise_rows_kernel.arg_names}
     rows_cfgs = _config.DEPTHWISE_ROWS_GPU_CONFIGS if all_configs else [_config.DEFAULT_GPU_CONFIG["depthwise_rows"]]
     for cfg in rows_cfgs:
         for k in (3, 5):
-            jobs.append((f"depthwise rows {k}x{k}", depthwise._int8_depthwise_rows_kernel, rows_rt,
-                         dict(KH=k, KW=k, HAS_WZP=True, **flags), ["C"], cfg))  # fmt: skip
+            jobs.append((f"depthwise rows {k}x{k}", depthwise._int8_depthwise_rows_kernel, {**rows_rt, "w_ptr": f32},
+                         dict(KH=k, KW=k, HAS_WZP=True, FLOAT_ACC=True, **flags), ["C"], cfg))  # fmt: skip
+        jobs.append(("depthwise rows 3x3 int32 acc", depthwise._int8_depthwise_rows_kernel, rows_rt,
+                     dict(KH=3, KW=3, HAS_WZP=True, FLOAT_ACC=False, **flags), ["C"], cfg))  # fmt: skip
     for cfg in dw_cfgs:
-        jobs.append(("depthwise 3x3", depthwise._int8_depthwise_kernel, dw_rt,
-                     dict(KH=3, KW=3, HAS_WZP=True, **flags), ["C"], cfg))  # fmt: skip
+        jobs.append(("depthwise 3x3", depthwise._int8_depthwise_kernel, {**dw_rt, "w_ptr": i32},
+                     dict(KH=3, KW=3, HAS_WZP=True, FLOAT_ACC=False, **flags), ["C"], cfg))  # fmt: skip
+        jobs.append(("depthwise 5x5 float32 acc", depthwise._int8_depthwise_kernel, {**dw_rt, "w_ptr": f32},
+                     dict(KH=5, KW=5, HAS_WZP=True, FLOAT_ACC=True, **flags), ["C"], cfg))  # fmt: skip
         mp_rt = {k: v for k, v in dw_rt.items() if k in pool._int8_maxpool_kernel.arg_names}
         jobs.append(("maxpool 3x3", pool._int8_maxpool_kernel, mp_rt, dict(KH=3, KW=3), ["C"], cfg))
         mpd_rt = {**mp_rt, "dil_h": 0, "dil_w": 0}
@@ -569,12 +859,15 @@ def _peak_tops(device_name: str) -> Optional[float]:
 def _case_error(kind: str, name: str, shape: Dict[str, Any], exc: BaseException) -> Dict[str, Any]:
     """A case that raised: recorded as not bit-exact with the error, so the run goes on."""
     return {"kind": kind, "name": name, "shape": shape, "bit_exact": False, "ms": None, "ms_with_launch": None,
-            "tops": None, "gbps": None, "roofline_floor_ms": None, "pct_of_roofline": None, "baselines": {},
-            "speedup": {}, "goal": None, "goal_met": None,
+            "timer": None, "l2": None, "tops": None, "pct_of_peak_tops": None, "bytes": None, "gbps": None,
+            "bandwidth": None, "roofline_floor_ms": None, "pct_of_roofline": None, "baselines": {}, "speedup": {},
+            "goal": None, "goal_met": None, "tiles": None,
             "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}  # fmt: skip
 
 
 KINDS = ("gemm", "conv3x3", "depthwise", "add", "maxpool", "avgpool", "quantize")
+#: Memory-bound kinds (their goal is a fraction of the copy bandwidth).
+MEMORY_BOUND = ("depthwise", "add", "maxpool", "avgpool", "quantize")
 
 
 def run(quick: bool, save: Optional[Callable[[Dict[str, Any]], None]] = None,
@@ -589,19 +882,27 @@ def run(quick: bool, save: Optional[Callable[[Dict[str, Any]], None]] = None,
         raise SystemExit("the full benchmark needs a CUDA device; use --quick for the CPU/interpreter run")
     if not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel modules are imported
+    from kernels import settings as ks
+    from kernels import tiles
     from kernels._config import INTERPRETED
 
     device = "cuda" if cuda else "cpu"
     device_name = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()})"
     timer = Timer(cuda, quick)
+    l2 = l2_bytes(cuda, quick)
     ctx: Dict[str, Any] = {
         "device": device,
         "cuda": cuda,
         "timer": timer,
         "gen": torch.Generator().manual_seed(0),
         "peak_tops": _peak_tops(device_name) if cuda else None,
+        "spec_gbps": spec_hbm_gbps(device_name) if cuda else None,
+        "l2_bytes": l2["bytes"],
     }
-    ctx["copy_gbps"] = copy_bandwidth_gbps(timer, device, quick)
+    big_copy = copy_bandwidth(timer, ctx, quick)
+    ctx["copy_gbps"] = big_copy["torch_copy_gbps"]
+    settings = ks.current_settings()
+    table = tiles.table_for(settings) if cuda else None
     results: List[Dict[str, Any]] = []
     report: Dict[str, Any] = {
         "schema": SCHEMA,
@@ -612,14 +913,22 @@ def run(quick: bool, save: Optional[Callable[[Dict[str, Any]], None]] = None,
         "triton": triton.__version__,
         "timer": timer.name,
         "timer_fallbacks": timer.fallbacks,
+        "timer_fallback_count": 0,
+        "l2": {**l2, "handling": f"rotate over distinct buffer sets totalling >= {L2_ROTATE_FACTOR:g}x L2 per case "
+                                 "(not flushed); see each case's l2"},
         "copy_bandwidth_gbps": ctx["copy_gbps"],
+        "copy_bandwidth": big_copy,
+        "spec_hbm_gbps": ctx["spec_gbps"],
         "peak_int8_tops": ctx["peak_tops"],
         "peak_int8_note": PEAK_NOTE,
+        "kernel_settings": {"autotune": settings.autotune, "tile_table": settings.tile_table,
+                            "depthwise_variant": settings.depthwise_variant, "forced": [f for f, _ in settings.forced]},
+        "tile_table": None if table is None else table.summary(),
         "all_bit_exact": False,
         "complete": False,
         "note": None if cuda else "interpreter timings: correctness and plumbing only, not performance",
         "results": results,
-    }
+    }  # fmt: skip
     cases: List[Any] = []
     cases += [("gemm", f"gemm M={M} K={K} N={N}", dict(M=M, K=K, N=N), bench_gemm, (M, K, N))
               for M, K, N in (QUICK_GEMM if quick else FULL_GEMM)]  # fmt: skip
@@ -640,6 +949,7 @@ def run(quick: bool, save: Optional[Callable[[Dict[str, Any]], None]] = None,
     if save is not None:
         save(report)
     for kind, name, shape, fn, args in cases:
+        n_fallbacks = len(timer.fallbacks)
         try:
             r = fn(*args, ctx)
         except Exception as exc:  # noqa: BLE001 - recorded in the report, the run goes on
@@ -647,11 +957,16 @@ def run(quick: bool, save: Optional[Callable[[Dict[str, Any]], None]] = None,
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.empty_cache()
+        r["timer_fallbacks"] = timer.fallbacks[n_fallbacks:]  # this case's (kernel and baselines)
         results.append(r)
+        if cuda:
+            torch.cuda.empty_cache()
         print_row(r)
         report["all_bit_exact"] = all(x["bit_exact"] for x in results)
+        report["timer_fallback_count"] = len(timer.fallbacks)
         if save is not None:
             save(report)
+    report["timer_fallback_count"] = len(timer.fallbacks)
     report["complete"] = True
     if save is not None:
         save(report)
@@ -668,16 +983,31 @@ def print_row(r: Dict[str, Any]) -> None:
         print(f"{r['name']:44s} ERROR {r['error']}", flush=True)
         return
     sp = " ".join(f"{k}={_fmt(v, '.2f')}" for k, v in r["speedup"].items())
+    bw = r.get("bandwidth") or {}
+    timer = (r.get("timer") or {}).get("method", "-")
     print(f"{r['name']:44s} {str(r['bit_exact']):>5s} {_fmt(r['ms']):>9s} {_fmt(r['tops'], '.1f'):>8s} "
-          f"{_fmt(r['gbps'], '.1f'):>8s} {_fmt(r['pct_of_roofline'], '.0f'):>6s}  {sp}  [{r['goal']}: "
-          f"{r['goal_met']}]", flush=True)  # fmt: skip
+          f"{_fmt(r['gbps'], '.1f'):>8s} {_fmt(bw.get('pct_of_spec'), '.0f'):>5s} "
+          f"{_fmt(r['pct_of_roofline'], '.0f'):>6s}"
+          f"  {sp}  [{r['goal']}: {r['goal_met']}] ({timer}, {(r.get('l2') or {}).get('buffer_sets')} sets)",
+          flush=True)  # fmt: skip
 
 
 def print_header(report: Dict[str, Any]) -> None:
+    cb = report["copy_bandwidth"]
     print(f"{report['device']} | {report['backend']} | timer: {report['timer']}")
-    print(f"copy bandwidth {report['copy_bandwidth_gbps']:.1f} GB/s; peak int8 {report['peak_int8_tops']} TOPS "
-          f"({report['peak_int8_note']})")  # fmt: skip
-    print(f"{'case':44s} {'exact':>5s} {'ms':>9s} {'TOPS':>8s} {'GB/s':>8s} {'%roof':>6s}  speedups", flush=True)
+    print(f"L2 {report['l2']['bytes']} B ({report['l2']['source']}); copy of {cb['bytes']} B: torch "
+          f"{_fmt(cb['torch_copy_gbps'], '.1f')} GB/s, Triton {_fmt(cb['triton_copy_gbps'], '.1f')} GB/s; spec "
+          f"{report['spec_hbm_gbps']} GB/s; peak int8 {report['peak_int8_tops']} TOPS ({report['peak_int8_note']})")
+    print(f"{'case':44s} {'exact':>5s} {'ms':>9s} {'TOPS':>8s} {'GB/s':>8s} {'%spec':>5s} {'%roof':>6s}  speedups",
+          flush=True)  # fmt: skip
+
+
+def default_out(quick: bool, name: str) -> Path:
+    """Where a report goes without ``--out``: ``benchmarks/results/<name>.json`` for a GPU run; a
+    temporary file for ``--quick`` (never over committed results)."""
+    if quick:
+        return Path(tempfile.gettempdir()) / "dfq_gpu_bench" / f"{name}_quick.json"
+    return Path("benchmarks") / "results" / f"{name}.json"
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -688,31 +1018,34 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                         help="compile the kernels for cuda:90 without a GPU and report wgmma/shared memory/spills")
     parser.add_argument("--all-configs", action="store_true", help="with --compile-only: every autotune config")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which cases to run")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "kernels.json",
-                        help="where to write the JSON report")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the JSON report (default: benchmarks/results/kernels.json; "
+                             "--quick: a temporary file)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.compile_only:
+        out = args.out or Path("benchmarks") / "results" / "kernels_compile.json"
         report = compile_only(args.all_configs)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {out}")
         if not report["all_ok"]:
             raise SystemExit("some kernel failed to compile for cuda:90")
         return report
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out or default_out(args.quick, "kernels")
+    out.parent.mkdir(parents=True, exist_ok=True)
     header_printed = []
 
     def save(report: Dict[str, Any]) -> None:
         if not header_printed:
             print_header(report)
             header_printed.append(True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+        tmp = out.with_suffix(out.suffix + ".tmp")
         tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, args.out)
+        os.replace(tmp, out)
 
     report = run(args.quick, save, args.kinds)
-    print("all bit-exact:", report["all_bit_exact"])
-    print(f"wrote {args.out}")
+    print(f"all bit-exact: {report['all_bit_exact']}; timer fallbacks: {report['timer_fallback_count']}")
+    print(f"wrote {out}")
     if not report["all_bit_exact"]:
         raise SystemExit("some kernel is not bit-exact against the reference")
     return report

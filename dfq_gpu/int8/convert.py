@@ -28,6 +28,17 @@ How each node of the simulation is mapped
   approximation of ``s_a / s_b`` (:func:`dfq_gpu.quant.requant.add_multipliers`); per-tensor
   bounds are fused, per-channel ones that differ between channels follow as an exact integer
   clamp. An add whose result is the float network output adds the two dequantized tensors.
+* by default (``to_int8(..., fuse_residual=False)`` turns it off): a residual add whose operand
+  is the int8 output of a 1x1 stride-1 unpadded convolution or a linear layer with no other user (the one decision,
+  :func:`dfq_gpu.quant.plan.residual_fusions`) is computed by that layer's step
+  (``Int8Conv2d``/``Int8Linear`` with ``residual``, called on the layer's input and the add's
+  other operand, named after the layer): on the Triton path one GEMM launch with the add in its
+  epilogue (``kernels.gemm.GemmPlan(..., residual=...)``), so the layer's int8 output is never
+  written to memory; otherwise the layer then ``int8_add``. The per-channel clamp follows either
+  way. The result is the separate steps' bit for bit; the step's ``sim_quantizer`` is the add's
+  quantizer, the layer's own (``layer_quantizer``) is not materialized, so
+  ``Int8Network.activations`` and ``compare_with_simulation`` have no entry for it, and
+  ``Int8Network.coverage.fused`` lists the fused adds.
 * global average pooling (``QAvgPool``, ``AdaptiveAvgPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``,
   ``x.mean((2, 3))``, an ``AvgPool2d`` covering the whole input) + ``FakeQuant``: ``int8_avgpool``
   with ``m = float32((s_x / s_y) / (H W))``; as the float network output,
@@ -116,9 +127,9 @@ from ..nn import FakeQuant, grid_values
 from ..quant import requant
 from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
 from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, BilinearPlan, ChannelAffinePlan, LayerPlan,
-                          LookupPlan, MulPlan, StepPlan,
+                          LookupPlan, MulPlan, ResidualFusion, StepPlan,
                           build_plan,
-                          global_avgpool_problem, is_passthrough)
+                          global_avgpool_problem, is_passthrough, residual_fusions)
 from ..quant.simulate import stale_integer_steps
 from . import layers as L
 from .coverage import Coverage, measure_coverage
@@ -210,6 +221,23 @@ class _Val:
     pad: Optional[tuple[int, int, int, int]] = None
 
 
+@dataclass
+class _DeferredLayer:
+    """A layer whose residual add fuses into it (:func:`dfq_gpu.quant.plan.residual_fusions`): its
+    step is built when the add is reached (the add's other operand may be computed after the
+    layer), or, if anything reads the layer's own output first, emitted unfused then.
+
+    ``build(sim_quantizer, epilogue)`` builds the layer's step (``(module, rank)``)."""
+
+    node: fx.Node
+    act: Optional[fx.Node]
+    fq: fx.Node
+    x: "_Val"
+    qp: "_QParams"
+    epi: dict
+    build: Any
+
+
 def _act_offset(symmetric: bool) -> int:
     """Shift from the simulation's grid to int8: asymmetric grids start at 0, int8 at -128."""
     return 0 if symmetric else 128
@@ -248,7 +276,7 @@ def requant_table(src: _QParams, fq: FakeQuant, fn: Any, out: _QParams) -> torch
 # =============================================================================================
 class _Converter:
     def __init__(self, gm: fx.GraphModule, backend: Optional[str], plan: dict[str, StepPlan],
-                 fallback: bool = True) -> None:
+                 fallback: bool = True, fusions: Optional[dict[str, ResidualFusion]] = None) -> None:
         self.gm = gm
         self.backend = backend
         self.fallback = fallback  # run what has no int8 step in float instead of raising
@@ -260,6 +288,11 @@ class _Converter:
         self.env: dict[fx.Node, _Val] = {}
         self.done: set[fx.Node] = set()
         self.names: set[str] = set()
+        # residual adds fused into the layer producing one operand (dfq_gpu.quant.plan.residual_fusions)
+        self.fusions: dict[str, ResidualFusion] = dict(fusions or {})  # by add name
+        self.fused_layers: set[str] = {f.layer for f in self.fusions.values()}
+        self.deferred: dict[fx.Node, _DeferredLayer] = {}  # a fused layer's output quantizer -> its step
+        self.fused: dict[str, str] = {}  # add -> the layer whose step computes it (Coverage.fused)
 
     # ---------------------------------------------------------------------------------------
     # helpers
@@ -277,6 +310,8 @@ class _Converter:
         return self.graph.call_function(f, tuple(args))
 
     def val(self, node: fx.Node, user: fx.Node) -> _Val:
+        if node in self.deferred:  # read by something else than its fused add: the layer step after all
+            self.emit_deferred(node)
         v = self.env.get(node)
         if v is None:
             raise self.err(user, f"its input {ops.describe(self.gm, node)} has no integer counterpart")
@@ -592,8 +627,20 @@ class _Converter:
             epi = dict(multiplier=torch.ones(1), z_y=0, lo=torch.tensor([INT8_MIN]), hi=torch.tensor([INT8_MAX]),
                        out_scale=rq.float_scale)
             sim_q = ""
-        mod, rank = getattr(self, how.method)(node, m, p, x, w8, wzp, rq, sim_q, epi)
-        if how.method == "linear_step" and rank == 4:  # the last dimension of the NCHW order
+        build = lambda sim_quantizer, epilogue: getattr(self, how.method)(  # noqa: E731
+            node, m, p, x, w8, wzp, rq, sim_quantizer, epilogue)
+        if node.name in self.fused_layers and qp is not None and fq is not None and tail is fq and x.pad is None \
+                and (how.method == "conv_step" or x.rank != 4):
+            # its residual add computes it: the step is built when the add is reached (add_fused)
+            self.deferred[tail] = _DeferredLayer(node, act, fq, x, qp, epi, build)
+            self.done.update(n for n in (node, act, fq) if n is not None)
+            return
+        mod, rank = build(sim_q, epi)
+        self.emit_layer(node, act, fq, tail, mod, rank, x, qp, how.method, n_out)
+
+    def emit_layer(self, node: fx.Node, act: Optional[fx.Node], fq: Optional[fx.Node], tail: fx.Node,
+                   mod: "L.Int8Step", rank: int, x: "_Val", qp: Optional[_QParams], method: str, n_out: int) -> None:
+        if method == "linear_step" and rank == 4:  # the last dimension of the NCHW order
             out = self.fn(L.nhwc_to_nchw_of_last if qp is None else L.int8_to_nhwc,
                           self.step(node.name, mod, self.fn(L.int8_to_nchw, x.node)))
         else:
@@ -603,6 +650,12 @@ class _Converter:
         else:
             v = _Val(self.float_act(act, out, n_out), "float", rank=rank)
         self.finish(node, act, fq, tail, v)
+
+    def emit_deferred(self, tail: fx.Node) -> None:
+        """The unfused step of a deferred layer (its output is needed on its own after all)."""
+        d = self.deferred.pop(tail)
+        mod, rank = d.build(d.fq.name, d.epi)
+        self.emit_layer(d.node, d.act, d.fq, tail, mod, rank, d.x, d.qp, "", 0)
 
     def conv_step(self, node: fx.Node, m: QConv2d, p: LayerPlan, x: "_Val", w8: torch.Tensor,
                   wzp: Optional[torch.Tensor], rq: Any, sim_q: str, epi: dict[str, Any]) -> tuple["L.Int8Step", int]:
@@ -655,6 +708,10 @@ class _Converter:
     def add(self, node: fx.Node) -> None:
         p: AddPlan = self.step_plan(node, AddPlan)
         ins = ops.tensor_inputs(node)
+        f = self.fusions.get(node.name)
+        if f is not None and len(ins) == 2 and ins[f.operand] in self.deferred:
+            self.add_fused(node, p, ins, f)
+            return
         a = self.int8_input(node, ins[0])
         b = self.int8_input(node, ins[1])
         assert a.q is not None and b.q is not None and a.q.grid == p.a and b.q.grid == p.b
@@ -668,21 +725,51 @@ class _Converter:
             v = _Val(self.float_act(act, out, p.channels), "float", rank=a.rank)
             self.finish(node, act, fq, tail, v)
             return
-        qp = self.out_quantizer(fq)
-        self.act_module(act, p.channels)  # raises for an activation that cannot be fused
+        qp, lo_s, hi_s, clamp_lo, clamp_hi = self.add_epilogue(p)
         rq = p.requant
         assert rq is not None
-        lo, hi = rq.lo - qp.offset, rq.hi - qp.offset
-        clamp_lo = clamp_hi = None
-        if lo.numel() > 1 and (bool((lo != lo[0]).any()) or bool((hi != hi[0]).any())):
-            clamp_lo, clamp_hi = lo, hi
-            lo_s, hi_s = qp.lo, qp.hi
-        else:
-            lo_s, hi_s = int(lo.reshape(-1)[0]), int(hi.reshape(-1)[0])
         mod = L.Int8Add(a.q.zero_point, b.q.zero_point, rq.ia, rq.ib, rq.multiplier, qp.zero_point, lo_s, hi_s,
                         clamp_lo, clamp_hi, sim_quantizer=fq.name)
         out = self.step(node.name, mod, a.node, b.node)
         self.finish(node, act, fq, tail, _Val(out, "int8", qp, rank=a.rank))
+
+    def add_epilogue(self, p: AddPlan) -> tuple[_QParams, int, int, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """The output quantization of an integer add and its bounds in int8 storage: per-tensor
+        ``lo``/``hi`` for the kernel, and the per-channel clamp that follows it (``None`` unless
+        the bounds differ between channels)."""
+        assert p.quantizer is not None
+        qp = self.out_quantizer(p.quantizer)
+        self.act_module(p.act, p.channels)  # raises for an activation that cannot be fused
+        rq = p.requant
+        assert rq is not None
+        lo, hi = rq.lo - qp.offset, rq.hi - qp.offset
+        if lo.numel() > 1 and (bool((lo != lo[0]).any()) or bool((hi != hi[0]).any())):
+            return qp, qp.lo, qp.hi, lo, hi
+        return qp, int(lo.reshape(-1)[0]), int(hi.reshape(-1)[0]), None, None
+
+    def add_fused(self, node: fx.Node, p: AddPlan, ins: list[fx.Node], f: ResidualFusion) -> None:
+        """A residual add computed by the step of the layer producing operand ``f.operand``
+        (deferred until now): one step on the layer's input and the add's other operand, whose
+        int8 output stands for the add's quantizer (the layer's own is not materialized)."""
+        tail = ins[f.operand]
+        d = self.deferred[tail]
+        r = self.int8_input(node, ins[1 - f.operand])
+        assert r.q is not None and p.quantizer is not None and p.requant is not None
+        sa, sb = ops.tensor_shape(ins[0]), ops.tensor_shape(ins[1])
+        if sa != sb or r.rank != d.x.rank:
+            raise self.err(node, f"an add of tensors of different shapes {sa} and {sb} (broadcasting)")
+        qp, lo_s, hi_s, clamp_lo, clamp_hi = self.add_epilogue(p)
+        rq = p.requant
+        ia, ib = (rq.ia, rq.ib) if f.operand == 0 else (rq.ib, rq.ia)  # the layer's output is operand a
+        spec = kernels.reference.ResidualAdd(d.qp.zero_point, r.q.zero_point, ia, ib, rq.multiplier, qp.zero_point,
+                                             lo_s, hi_s)
+        epi = dict(d.epi, residual=spec, clamp_lo=clamp_lo, clamp_hi=clamp_hi, layer_quantizer=d.fq.name)
+        mod, rank = d.build(p.quantizer.name, epi)
+        del self.deferred[tail]
+        out = self.step(d.node.name, mod, d.x.node, r.node)
+        self.done.update(n for n in (d.node, d.act, d.fq) if n is not None)
+        self.fused[node.name] = d.node.name
+        self.finish(node, p.act, p.quantizer, p.tail, _Val(out, "int8", qp, rank=rank))
 
     def lookup(self, node: fx.Node, m: QLookup) -> None:
         """An activation between two quantizers: the simulation's table (:class:`QLookup`) on
@@ -1035,7 +1122,8 @@ class Int8Network(nn.Module):
         return f"backend={self.backend!r}"
 
 
-def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True) -> Int8Network:
+def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True,
+            fuse_residual: bool = True) -> Int8Network:
     """The integer network of a simulated quantized model.
 
     Args:
@@ -1050,6 +1138,16 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True
             and the quantize of the simulation's next quantizer, exactly as the simulation
             computes it (the same module on the same values); ``False`` raises instead.
             ``net.coverage`` says what runs where and why.
+        fuse_residual: compute each residual add that
+            :func:`dfq_gpu.quant.plan.residual_fusions` selects (an operand produced by a 1x1
+            convolution or linear layer with no other user) in the step of that layer: one GEMM
+            launch with the add in its epilogue on the Triton path, so the layer's int8 output is
+            never written and read back. The outputs are the same bit for bit; the layer's own
+            quantizer is then not materialized (``net.activations`` and
+            :func:`dfq_gpu.int8.compare_with_simulation` have no entry for it; the fused step's
+            ``layer_quantizer`` names it). ``net.coverage.fused`` lists the fused adds.
+            ``False`` keeps every add a step of its own and every quantizer's activation
+            (what :func:`dfq_gpu.export.golden_activations` uses).
 
     Returns:
         An :class:`Int8Network` on the CPU (``.to("cuda")`` moves its integer parameters) that
@@ -1085,10 +1183,11 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True
                     "(changed after quantize?); the integer network follows those, so its outputs can differ from "
                     "the simulation's until dfq_gpu.quant.simulate.make_integer_exact(q) updates it",
                     ", ".join(stale))
-    conv = _Converter(q, backend, plan, fallback=fallback)
+    fusions = residual_fusions(q, plan) if fuse_residual else {}
+    conv = _Converter(q, backend, plan, fallback=fallback, fusions=fusions)
     with torch.inference_mode(False), torch.no_grad():
         net = conv.run()
-    coverage = measure_coverage(q, conv.float_nodes, conv.is_bookkeeping)
+    coverage = measure_coverage(q, conv.float_nodes, conv.is_bookkeeping, fused=conv.fused)
     n_steps = sum(1 for n in net.graph.nodes if n.op == "call_module")
     log.info("built an int8 network with %d steps: %s", n_steps, coverage.summary())
     if coverage.float_nodes:

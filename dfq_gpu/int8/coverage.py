@@ -5,7 +5,7 @@ reason, and the share of the convolution and linear multiply-accumulates in int8
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch.fx as fx
@@ -23,11 +23,14 @@ class Coverage:
     simulation (layers, activations, adds, pools, multiplies, concatenations, ...) to ``"int8"``
     or to the reason it runs in float (fp32, between a dequantize and a quantize);
     ``macs_int8`` / ``macs_total``: multiply-accumulates per image of the convolutions and linear
-    layers (from the shapes recorded at quantization)."""
+    layers (from the shapes recorded at quantization); ``fused``: the residual adds computed in the
+    epilogue of the layer producing one operand (add node -> layer node; both are placed in
+    int8, and the layer's MACs count as int8)."""
 
     placement: dict[str, str]
     macs_int8: int
     macs_total: int
+    fused: dict[str, str] = field(default_factory=dict)
 
     @property
     def float_nodes(self) -> dict[str, str]:
@@ -44,6 +47,9 @@ class Coverage:
         fl = self.float_nodes
         text = (f"{len(self.placement) - len(fl)} of {len(self.placement)} ops in int8, "
                 f"{100 * self.int8_mac_fraction:.1f}% of MACs")
+        if self.fused:
+            n = len(self.fused)
+            text += f"; {n} residual add{'s' if n > 1 else ''} fused into the layer producing an operand"
         if fl:
             by: dict[str, list[str]] = {}
             for k, v in fl.items():
@@ -68,10 +74,10 @@ def layer_macs(m: Optional[nn.Module], node: fx.Node) -> int:
 
 
 def measure_coverage(sim: fx.GraphModule, float_nodes: dict[str, str],
-                     skip: Callable[[fx.Node], bool]) -> Coverage:
+                     skip: Callable[[fx.Node], bool], fused: Optional[dict[str, str]] = None) -> Coverage:
     """The :class:`Coverage` of the integer network of ``sim`` whose float parts are
-    ``float_nodes`` (node name -> reason); nodes for which ``skip`` holds (quantizers, sizes,
-    constants) are not listed."""
+    ``float_nodes`` (node name -> reason) and whose fused residual adds are ``fused`` (add ->
+    layer); nodes for which ``skip`` holds (quantizers, sizes, constants) are not listed."""
     placement: dict[str, str] = {}
     macs_int8 = macs_total = 0
     for node in sim.graph.nodes:
@@ -82,4 +88,4 @@ def measure_coverage(sim: fx.GraphModule, float_nodes: dict[str, str],
         macs = layer_macs(node_module(sim, node), node)
         macs_total += macs
         macs_int8 += macs if where == "int8" else 0
-    return Coverage(placement, macs_int8, macs_total)
+    return Coverage(placement, macs_int8, macs_total, dict(fused or {}))

@@ -213,6 +213,66 @@ class _Requant(Int8Step):
         assert self.out_scale is not None
         return acc.to(torch.float32) * self.out_scale
 
+    # -- a residual add fused into the step (Int8Conv2d, Int8Linear) -------------------------
+    def _init_residual(self, residual: Optional["kernels.reference.ResidualAdd"], clamp_lo: Optional[Tensor],
+                       clamp_hi: Optional[Tensor], layer_quantizer: str) -> None:
+        """``residual``: the add computed on the step's int8 output and a second input ``r``
+        (``forward(x, r)``), ``None`` for a plain layer; ``clamp_lo``/``clamp_hi``: the add's
+        per-channel clamp (int8 ``[N]``, bounds that differ between channels), applied after it
+        as :class:`Int8Add` does; ``layer_quantizer``: the simulation's quantizer of the layer's
+        own output, which a fused step does not materialize (``sim_quantizer`` names the add's)."""
+        if residual is not None and not isinstance(residual, kernels.reference.ResidualAdd):
+            raise ValueError(f"residual must be a kernels.reference.ResidualAdd, got {type(residual).__name__}")
+        if residual is not None and self.float_output:
+            raise ValueError("a residual add needs the layer's int8 output, not a float output")
+        self.residual = residual
+        self.layer_quantizer = str(layer_quantizer) if residual is not None else ""
+        self.register_buffer("clamp_lo", None if clamp_lo is None else clamp_lo.to(torch.int8).reshape(-1).clone())
+        self.register_buffer("clamp_hi", None if clamp_hi is None else clamp_hi.to(torch.int8).reshape(-1).clone())
+
+    def _check_residual_input(self, r: Optional[Tensor]) -> Tensor:
+        if self.residual is None:
+            if r is not None:
+                raise ValueError(f"{type(self).__name__} has no residual add: it takes one input")
+            return r  # type: ignore[return-value]
+        if not isinstance(r, Tensor):
+            raise ValueError(f"{type(self).__name__} with a fused residual add takes its second operand r")
+        return r
+
+    def _residual_gemm(self, x2d: Tensor, r: Tensor, weight2d: Tensor, ndim: int, layout: str) -> Optional[Tensor]:
+        """The fused GEMM (``kernels.gemm.GemmPlan`` with the residual epilogue) on ``x2d``
+        ``[M, K]`` and ``r`` ``[M, N]`` on the direct Triton path, else None."""
+        mod = self._triton(x2d, "gemm")
+        if mod is None:
+            return None
+
+        def build() -> Any:
+            bias, w_zp, m, z_y, lo, hi = self._plan_params(weight2d.shape[0], ndim, layout)
+            return mod.GemmPlan(weight2d, bias, w_zp, m, z_y, lo, hi, False, residual=self.residual)
+
+        return self._cached_plan(build)(x2d, r)
+
+    def _add_residual(self, y: Tensor, r: Tensor) -> Tensor:
+        """The add after the layer's own int8 output ``y`` (reference backend, custom ops):
+        ``kernels.int8_add`` with the fused step's parameters."""
+        spec = self.residual
+        assert spec is not None
+        return kernels.int8_add(y, r.contiguous(), spec.z_a, spec.z_b, spec.ia, spec.ib, spec.multiplier, spec.z_y,
+                                spec.lo, spec.hi, backend=self.backend)
+
+    def _clamp_residual(self, y: Tensor) -> Tensor:
+        if self.clamp_lo is not None and self.clamp_hi is not None:
+            y = torch.minimum(torch.maximum(y, self.clamp_lo), self.clamp_hi)
+        return y
+
+    def _residual_repr(self) -> str:
+        spec = self.residual
+        if spec is None:
+            return ""
+        return (f", residual=(z_a={spec.z_a}, z_r={spec.z_b}, ia={spec.ia}, ib={spec.ib}, "
+                f"multiplier={spec.multiplier:.6g}, z_y={spec.z_y}, lo={spec.lo}, hi={spec.hi}, "
+                f"per_channel_clamp={self.clamp_lo is not None})")
+
 
 class Int8Conv2d(_Requant):
     """Dense convolution (groups 1) on NHWC int8: ``kernels.int8_conv2d`` with a folded bias.
@@ -220,11 +280,21 @@ class Int8Conv2d(_Requant):
     A 1x1, stride-1, unpadded convolution is a GEMM over the ``B*H*W`` pixels and runs as
     ``kernels.int8_gemm`` (what the Triton convolution launcher does internally too; on the CPU
     the reference GEMM is much faster than the reference convolution).
+
+    With ``residual`` (a :class:`kernels.reference.ResidualAdd`; 1x1 stride-1 unpadded only) the
+    step also computes the residual add of its int8 output and a second input:
+    ``forward(x, r)`` with ``r`` NHWC of the output's shape. On the direct Triton path one GEMM
+    launch does both (the add in the epilogue, ``kernels.gemm.GemmPlan(..., residual=...)``: the
+    layer's int8 output is never written); otherwise (reference backend, ``torch.compile``) the
+    layer then ``kernels.int8_add``. The add's per-channel clamp (``clamp_lo``/``clamp_hi``)
+    follows in both cases; the result is the separate layer and :class:`Int8Add`'s bit for bit.
     """
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], w_zp: Optional[Tensor], z_x: int,
                  multiplier: Tensor, z_y: int, lo: Tensor, hi: Tensor, stride: Sequence[int],
-                 padding: Sequence[int], out_scale: Optional[Tensor] = None, **kw) -> None:
+                 padding: Sequence[int], out_scale: Optional[Tensor] = None,
+                 residual: Optional["kernels.reference.ResidualAdd"] = None, clamp_lo: Optional[Tensor] = None,
+                 clamp_hi: Optional[Tensor] = None, layer_quantizer: str = "", **kw) -> None:
         super().__init__(**kw)
         self.register_buffer("weight", weight.to(torch.int8).contiguous())  # [N, KH, KW, C]
         self.register_buffer("w_zp", None if w_zp is None else _i32(w_zp))
@@ -235,13 +305,29 @@ class Int8Conv2d(_Requant):
         self.padding = tuple(int(p) for p in padding)  # (top, bottom, left, right)
         self.pointwise = self.weight.shape[1:3] == (1, 1) and self.stride == (1, 1) and not any(self.padding)
         self._init_epilogue(multiplier, z_y, lo, hi, out_scale)
+        if residual is not None and not self.pointwise:
+            raise ValueError("a residual add fuses into a 1x1, stride-1, unpadded convolution only (the GEMM)")
+        self._init_residual(residual, clamp_lo, clamp_hi, layer_quantizer)
 
     def _conv_plan(self, mod: ModuleType) -> Any:
         bias, w_zp, m, z_y, lo, hi = self._plan_params(self.weight.shape[0], 4, "[N, KH, KW, C]")
         return mod.ConvPlan(self.weight, bias, w_zp, m, self.z_x, z_y, lo, hi, self.stride, self.padding,
                             self.float_output)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, r: Optional[Tensor] = None) -> Tensor:
+        r = self._check_residual_input(r)
+        if r is not None:
+            n, c = self.weight.shape[0], self.weight.shape[3]
+            b, h, w, _ = kernels.reference.check_nhwc_input(x, c, self.weight.device)
+            if tuple(r.shape) != (b, h, w, n):
+                raise ValueError(f"r must have the output's shape {(b, h, w, n)}, got {tuple(r.shape)}")
+            y = self._residual_gemm(x.view(b * h * w, c), r.reshape(b * h * w, n).contiguous(),
+                                    self.weight.view(n, c), 4, "[N, KH, KW, C]")
+            y = self._add_residual(self._layer(x), r) if y is None else y.view(b, h, w, n)
+            return self._clamp_residual(y)
+        return self._layer(x)
+
+    def _layer(self, x: Tensor) -> Tensor:
         y = self._launch(x, "conv", self._conv_plan)
         if y is not None:
             return y
@@ -261,7 +347,8 @@ class Int8Conv2d(_Requant):
     def extra_repr(self) -> str:
         n, kh, kw, c = self.weight.shape
         return (f"{c}, {n}, kernel=({kh}, {kw}), stride={self.stride}, padding={self.padding}, z_x={self.z_x}, "
-                f"z_y={self.z_y}, per_channel={self.multiplier.numel() > 1}, float_output={self.float_output}")
+                f"z_y={self.z_y}, per_channel={self.multiplier.numel() > 1}, float_output={self.float_output}"
+                + self._residual_repr())
 
 
 class Int8GroupedConv2d(Int8Step):
@@ -374,11 +461,15 @@ class Int8DepthwiseConv2d(_Requant):
 
 class Int8Linear(_Requant):
     """Fully connected layer on int8 ``[..., K]`` (rows of any leading shape, e.g. ``[B, K]`` or
-    the tokens ``[B, T, K]``): ``kernels.int8_gemm`` with a folded bias."""
+    the tokens ``[B, T, K]``): ``kernels.int8_gemm`` with a folded bias.
+
+    With ``residual``, ``forward(x, r)`` also computes the residual add of the output and ``r``
+    (``[..., N]``), in the GEMM's epilogue on the direct Triton path, as :class:`Int8Conv2d`."""
 
     def __init__(self, weight: Tensor, bias: Optional[Tensor], w_zp: Optional[Tensor], z_x: int,
                  multiplier: Tensor, z_y: int, lo: Tensor, hi: Tensor, out_scale: Optional[Tensor] = None,
-                 **kw) -> None:
+                 residual: Optional["kernels.reference.ResidualAdd"] = None, clamp_lo: Optional[Tensor] = None,
+                 clamp_hi: Optional[Tensor] = None, layer_quantizer: str = "", **kw) -> None:
         super().__init__(**kw)
         self.register_buffer("weight", weight.to(torch.int8).contiguous())  # [N, K]
         self.register_buffer("w_zp", None if w_zp is None else _i32(w_zp))
@@ -386,26 +477,41 @@ class Int8Linear(_Requant):
         folded = kernels.fold_bias(self.weight, None if bias is None else _i32(bias), self.z_x, self.w_zp)
         self.register_buffer("bias", folded)
         self._init_epilogue(multiplier, z_y, lo, hi, out_scale)
+        self._init_residual(residual, clamp_lo, clamp_hi, layer_quantizer)
 
     def _gemm_plan(self, mod: ModuleType) -> Any:
         bias, w_zp, m, z_y, lo, hi = self._plan_params(self.weight.shape[0], 2, "[N, K]")
         return mod.GemmPlan(self.weight, bias, w_zp, m, z_y, lo, hi, self.float_output)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, r: Optional[Tensor] = None) -> Tensor:
+        r = self._check_residual_input(r)
         lead = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1]).contiguous()
+        if r is not None:
+            n = self.weight.shape[0]
+            if tuple(r.shape) != (*lead, n):
+                raise ValueError(f"r must have the output's shape {(*lead, n)}, got {tuple(r.shape)}")
+            r2 = r.reshape(-1, n).contiguous()
+            y = self._residual_gemm(x, r2, self.weight, 2, "[N, K]")
+            if y is None:
+                y = self._add_residual(self._gemm(x), r2)
+            return self._clamp_residual(y).reshape(*lead, n)
+        return self._gemm(x).reshape(*lead, self.weight.shape[0])
+
+    def _gemm(self, x: Tensor) -> Tensor:
+        """The layer on ``x`` ``[M, K]`` (contiguous) -> ``[M, N]``."""
         y = self._launch(x, "gemm", self._gemm_plan)
         if y is None:
             y = kernels.int8_gemm(x, self.weight, self.bias, self.multiplier, self.z_x, self.w_zp, self.z_y,
                                   self.lo, self.hi, out_int32=self.float_output, bias_folded=self.bias is not None,
                                   backend=self.backend)
             y = self._to_float(y) if self.float_output else y
-        return y.reshape(*lead, y.shape[-1])
+        return y
 
     def extra_repr(self) -> str:
         n, k = self.weight.shape
         return (f"{k}, {n}, z_x={self.z_x}, z_y={self.z_y}, per_channel={self.multiplier.numel() > 1}, "
-                f"float_output={self.float_output}")
+                f"float_output={self.float_output}" + self._residual_repr())
 
 
 class Int8Add(Int8Step):

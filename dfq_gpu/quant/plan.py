@@ -15,6 +15,9 @@ node's name, in graph order. Both executors of the integer contract read it:
   ``float_reason``: e.g. a layer whose module is called twice is converted twice, an
   accumulator bound above int32 is the kernels' concern).
 
+:func:`residual_fusions` reads the plan to say which residual adds the int8 network may compute in
+the epilogue of the layer producing one operand (``dfq_gpu.to_int8`` does it by default).
+
 Plans hold the quantizers' own grids (:class:`~dfq_gpu.quant.requant.Grid`); the int8 storage
 offset (``-128`` for asymmetric grids) is the converter's business.
 """
@@ -42,7 +45,7 @@ __all__ = ["FUSABLE_ACTS", "LayerPlan", "AddPlan", "AvgPoolPlan", "AvgPool2dPlan
            "MulPlan", "BilinearPlan", "StepPlan", "build_plan",
            "is_passthrough", "lookup_spec", "channel_affine_spec",
            "input_quantizer", "source_quantizer", "fused_output", "global_avgpool_problem", "module_users",
-           "EXCEEDS_INT32"]
+           "EXCEEDS_INT32", "ResidualFusion", "residual_fusions"]
 
 FUSABLE_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, ChannelClamp)
 
@@ -596,3 +599,68 @@ def build_plan(gm: fx.GraphModule) -> dict[str, StepPlan]:
         if p is not None and p.act is not None:
             fused.add(p.act)
     return plan
+
+
+# =============================================================================================
+# Residual adds fused into the layer that produces one operand
+# =============================================================================================
+@dataclass(frozen=True)
+class ResidualFusion:
+    """A residual add computed in the epilogue of the layer that produces one of its operands
+    (``kernels.reference.ResidualAdd``): ``add`` and ``layer`` are node names, ``operand`` (0 or
+    1) the position of the layer's output among the add's tensor inputs."""
+
+    add: str
+    layer: str
+    operand: int
+
+
+def _gemm_shaped(gm: fx.GraphModule, lp: LayerPlan) -> bool:
+    """The layer runs on the GEMM kernel with an output the residual tile can follow row for row:
+    a linear layer (not on a 4-D tensor, which it takes in NCHW order), or a dense 1x1, stride-1,
+    unpadded, undilated convolution whose input is no zero padding (which the int8 network would
+    merge into the convolution's padding)."""
+    m = node_module(gm, lp.node)
+    if lp.kind == "linear":
+        shape = ops.tensor_shape(lp.node)
+        return isinstance(m, QLinear) and shape is not None and len(shape) != 4
+    if lp.kind != "conv" or not isinstance(m, QConv2d):
+        return False
+    if isinstance(m.padding, str):
+        unpadded = True  # "valid", or "same" with a 1x1 kernel
+    else:
+        unpadded = ops.pair(m.padding) == (0, 0)
+    x = lp.node.args[0] if lp.node.args else None
+    return (tuple(m.kernel_size) == (1, 1) and ops.pair(m.stride) == (1, 1) and tuple(m.dilation) == (1, 1)
+            and m.groups == 1 and unpadded and m.padding_mode == "zeros"
+            and not (isinstance(x, fx.Node) and ops.is_zero_pad(gm, x)))
+
+
+def residual_fusions(gm: fx.GraphModule, plan: dict[str, StepPlan]) -> dict[str, ResidualFusion]:
+    """Which residual adds the int8 network computes in the epilogue of the layer producing one
+    of their operands, by add name (the one place that decides it; :func:`dfq_gpu.to_int8`
+    follows it unless ``fuse_residual=False``).
+
+    An add fuses when it computes in integers with an int8 output (its plan has no
+    ``float_reason``: two quantized operands of one shape, an output quantizer, i.e. not the
+    float network output) and one operand is the output quantizer (the ``tail``) of an integer
+    convolution or linear layer whose int8 output has no other user, running on the GEMM kernel
+    (a linear layer, or a dense 1x1 stride-1 unpadded convolution: not grouped, dilated or
+    depthwise). When both operands qualify, the first one is taken. The fused step computes the
+    layer's int8 output exactly as without fusion and applies the add's integer contract to it in
+    the same epilogue, so the result is the separate layer and add's, bit for bit."""
+    producers = {p.tail: p for p in plan.values() if isinstance(p, LayerPlan) and p.quantizer is not None}
+    out: dict[str, ResidualFusion] = {}
+    for name, p in plan.items():
+        if not isinstance(p, AddPlan) or p.float_reason is not None or p.quantizer is None or p.requant is None:
+            continue
+        ins = ops.tensor_inputs(p.node)
+        if len(ins) != 2 or ins[0] is ins[1]:
+            continue
+        for i, src in enumerate(ins):
+            lp = producers.get(src)
+            if (lp is not None and lp.tail is lp.quantizer and lp.float_reason is None and lp.requant is not None
+                    and len(src.users) == 1 and _gemm_shaped(gm, lp)):
+                out[name] = ResidualFusion(name, lp.name, i)
+                break
+    return out

@@ -1,0 +1,21 @@
+"""Tile sweep: autotune the int8 benchmark networks' kernels and write the tuned tile table.
+
+    python benchmarks/tiles.py --out kernels/tiles/h200.json [--models ...] [--budget-s S]
+    python benchmarks/tiles.py --quick [--out PATH]   # CPU: plumbing only
+
+The code is :mod:`dfq_gpu.bench.tiles` (``python -m dfq_gpu.bench.tiles`` is the same command);
+this script runs it with this checkout first on ``sys.path``. Its options and output are
+documented there.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# this checkout first, and not this folder (its kernels.py would shadow the kernels package)
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, HERE)]
+
+from dfq_gpu.bench import run_as_script  # noqa: E402
+
+run_as_script("tiles", globals())
