@@ -13,9 +13,10 @@
 #   2. test_int8 (T_INT8=80 s; ~45 s): the int8 network on the GPU against the integer reference,
 #      every activation bit for bit: pretrained EfficientNet-Lite0 on two ImageNet-sample images
 #      at 224x224; the steps' direct launches from launch plans, and GraphedNetwork with real CUDA
-#      graphs; the small networks of the mobile ops, per-channel tables and bilinear resampling:
+#      graphs; the small networks of the mobile ops, per-channel tables, bilinear resampling and
+#      residual adds fused into the producing layer (the Lite0 network fuses its adds too):
 #        python -m pytest tests/test_int8.py -k "lite0_reference_and_triton or lite0_graph or
-#                  launch_directly or graphed or mobile_ops or per_channel_maps or bilinear"
+#                  launch_directly or graphed or mobile_ops or per_channel_maps or bilinear or residual"
 #   3. tiles (T_TILES=100 s; uses all of its budget): the tile sweep, autotuning the end-to-end
 #      networks' kernels at batch 256, then 32 and 1, as far as its budget goes, and writing the
 #      tuned tile table (the committed kernels/tiles/<gpu>.json's entries kept unless re-tuned):
@@ -111,7 +112,7 @@ step test_kernels "$T_TESTS" env DFQ_KERNELS_AUTOTUNE=0 DFQ_KERNELS_TILE_TABLE=0
     tests/test_kernels_property.py tests/test_kernels_ops2.py -v -rfE --tb=short "${XDIST[@]}" --durations=10 -p no:cacheprovider \
     -p no:benchmark
 step test_int8 "$T_INT8" env DFQ_KERNELS_AUTOTUNE=0 DFQ_KERNELS_TILE_TABLE=0 "$PY" -m pytest tests/test_int8.py -q \
-    -k "lite0_reference_and_triton or lite0_graph or launch_directly or graphed or mobile_ops or per_channel_maps or bilinear" --durations=5 -p no:cacheprovider
+    -k "lite0_reference_and_triton or lite0_graph or launch_directly or graphed or mobile_ops or per_channel_maps or bilinear or residual" --durations=5 -p no:cacheprovider
 # the sweep stops itself (and writes its table) 15 s before its limit; it rewrites the table after
 # every network run and every 10 s, so a kill still leaves one
 TABLE="$OUT/tiles_${GPU}.json"
