@@ -56,7 +56,13 @@ forced, default or autotuned tile gets them alike).
   multiple of 16 these loads are byte-wise on a GPU (about 1200 PTX instructions a step for
   7x7x3 with the tile above, 1630 before the row bases were hoisted).
 
-A 1x1, stride-1, unpadded convolution is routed to :mod:`kernels.gemm`.
+With ``RESIDUAL`` (constexpr) a residual add is fused after the requantization, as in
+:mod:`kernels.gemm`: the NHWC output is the ``[M, N]`` row-major matrix, so the tile of the add's
+other operand ``r`` (contiguous NHWC ``[B, OH, OW, N]``) has the output tile's offsets, and
+:func:`kernels.requant.requantize_add` combines the layer's int8 tile with it; only the add's
+output is stored. The epilogue is shared by all three loop shapes.
+
+A 1x1, stride-1, unpadded convolution is routed to :mod:`kernels.gemm` (with its residual).
 """
 
 from __future__ import annotations
@@ -81,8 +87,8 @@ from ._config import (
     next_pow2_bucket,
     prune_by_size,
 )
-from .gemm import GemmPlan
-from .requant import add_gemm_corrections, requantize_channels
+from .gemm import _NO_RESIDUAL, GemmPlan, residual_args
+from .requant import add_gemm_corrections, requantize_add, requantize_channels
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +108,7 @@ TAP_UNROLL_MIN_STEPS = 8
 # =============================================================================================
 # Kernel
 # =============================================================================================
-@triton.jit(do_not_specialize=["z_x", "z_y"])
+@triton.jit(do_not_specialize=["z_x", "z_y", "z_a", "z_r", "ia", "ib", "add_z", "add_lo", "add_hi"])
 def _int8_conv2d_kernel(
     # Pointers: input, weight, per-output-channel vectors, output
     x_ptr, w_ptr,  # int8 NHWC [B, H, W, C], int8 [N, KH, KW, C]
@@ -110,6 +116,7 @@ def _int8_conv2d_kernel(
     dig_ptr,  # int8 [NDIG, N, TP] base-256 digits of sum_c (w - z_w) per tap (PAD_CORR only)
     mult_ptr, lo_ptr, hi_ptr,  # float32 [1|N] multiplier, int32 [1|N] bounds
     y_ptr,  # int8 (or int32) NHWC [B, OH, OW, N]
+    r_ptr,  # RESIDUAL only: int8 NHWC [B, OH, OW, N], the residual add's other operand (else any pointer)
     # Geometry
     B, H, W, C, OH, OW, N,
     stride_h, stride_w, pad_top, pad_left,
@@ -117,12 +124,15 @@ def _int8_conv2d_kernel(
     stride_wzp, stride_mult, stride_lo, stride_hi,
     # Zero points
     z_x, z_y,
+    # RESIDUAL only: the add (kernels.reference.ResidualAdd), as in kernels.gemm
+    z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi,
     # Autotune bucket of M (not used in the body)
     M_BUCKET,
     # Meta-parameters
     KH: tl.constexpr, KW: tl.constexpr, FLAT_K: tl.constexpr, EVEN_K: tl.constexpr, UNROLL_TAPS: tl.constexpr,
     PAD_CORR: tl.constexpr, NDIG: tl.constexpr, TP: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, USE_RINT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, RESIDUAL: tl.constexpr,
+    USE_RINT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     M = B * OH * OW
@@ -270,6 +280,12 @@ def _int8_conv2d_kernel(
     else:
         out = requantize_channels(acc, offs_n, mask_n, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
                                   USE_RINT, ROWS=True)
+        if RESIDUAL:
+            # the fused residual add (as in kernels.gemm): the layer's int8 tile, exactly its unfused
+            # output, plus the tile of r at the same [M, N] offsets (r is contiguous NHWC too)
+            r_ptrs = r_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+            r = tl.load(r_ptrs, mask=mask, other=0)
+            out = requantize_add(out, r, z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi, USE_RINT)
         tl.store(y_ptrs, out, mask=mask)
 
 
@@ -314,7 +330,8 @@ _int8_conv2d_kernel_launch = triton.heuristics({"EVEN_K": _even_k, "UNROLL_TAPS"
 
 _int8_conv2d_kernel_tuned = triton.autotune(
     configs=GEMM_GPU_CONFIGS,
-    key=["M_BUCKET", "N", "C", "H", "W", "KH", "KW", "stride_h", "stride_w", "HAS_WZP", "OUT_INT32"],
+    key=["M_BUCKET", "N", "C", "H", "W", "KH", "KW", "stride_h", "stride_w", "HAS_WZP", "OUT_INT32",
+         "RESIDUAL"],
     prune_configs_by={"early_config_prune": _prune_conv},
 )(_int8_conv2d_kernel_launch)
 
@@ -356,6 +373,12 @@ class ConvPlan:
     :func:`kernels.reference.check_conv_args` returns them, with ``bias`` folded); the padding
     digit planes are derived here, once. A 1x1, stride-1, unpadded convolution runs as a
     :class:`~kernels.gemm.GemmPlan` over the ``B*H*W`` pixels.
+
+    With ``residual`` (a :class:`kernels.reference.ResidualAdd`) the plan fuses a residual add
+    into the epilogue, for any kernel size, stride and padding (and in the GEMM delegation):
+    ``plan(x, r)`` takes the add's other operand ``r`` (int8 NHWC ``[B, OH, OW, N]``, contiguous)
+    and returns ``residual_add(conv(x), r, residual)`` bit for bit, without writing the
+    convolution's own int8 output. A residual needs an int8 output (not ``out_int32``).
     """
 
     def __init__(
@@ -371,15 +394,20 @@ class ConvPlan:
         stride: Tuple[int, int],
         pad: Tuple[int, int, int, int],
         out_int32: bool,
+        residual: Optional[ref.ResidualAdd] = None,
     ) -> None:
+        if residual is not None and out_int32:
+            raise ValueError("a residual add needs the int8 output of the convolution, not its int32 accumulator "
+                             "(out_int32=True)")
         N, KH, KW, C = w.shape
         self.N, self.KH, self.KW, self.C = N, KH, KW, C
         self.stride, self.pad = stride, pad
         self.device = w.device
         self.out_dtype = torch.int32 if out_int32 else torch.int8
+        self.residual = residual
         self.gemm: Optional[GemmPlan] = None
         if KH == 1 and KW == 1 and stride == (1, 1) and pad == (0, 0, 0, 0):
-            self.gemm = GemmPlan(w.view(N, C), bias, w_zp, multiplier, z_y, lo, hi, out_int32)
+            self.gemm = GemmPlan(w.view(N, C), bias, w_zp, multiplier, z_y, lo, hi, out_int32, residual)
             return
         pad_corr = z_x != 0 and any(pad)
         digits, ndig, tp = (
@@ -390,19 +418,33 @@ class ConvPlan:
             C=C, N=N, stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2], z_x=z_x, z_y=z_y,
             KH=KH, KW=KW, FLAT_K=C < FLAT_K_MAX_CHANNELS, PAD_CORR=pad_corr, NDIG=ndig, TP=tp,
             OUT_INT32=out_int32, USE_RINT=USE_RINT, **epilogue_args(bias, w_zp, multiplier, lo, hi),
+            **(_NO_RESIDUAL if residual is None else residual_args(residual)),
         )  # fmt: skip
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, r: Optional[Tensor] = None) -> Tensor:
         B, H, W, C = ref.check_nhwc_input(x, self.C, self.device)
         N = self.N
-        if self.gemm is not None:
-            return self.gemm(x.view(B * H * W, C)).view(B, H, W, N)
         OH, OW = ref.conv_output_size(H, W, self.KH, self.KW, self.stride, self.pad)
+        if self.residual is not None:
+            if r is None:
+                raise ValueError("this convolution fuses a residual add: pass its other operand r "
+                                 "(int8 NHWC [B, OH, OW, N])")
+            ref.check_tensor(r, "r", torch.int8, 4, "NHWC [B, OH, OW, N]")
+            if tuple(r.shape) != (B, OH, OW, N):
+                raise ValueError(f"r must be [B, OH, OW, N] = {(B, OH, OW, N)}, got {tuple(r.shape)}")
+            if r.device != x.device:
+                raise ValueError(f"r is on {r.device} but x is on {x.device}")
+        elif r is not None:
+            raise ValueError("r is given but this convolution has no residual add (ConvPlan(..., residual=...))")
+        if self.gemm is not None:
+            r2 = None if r is None else r.view(B * H * W, N)
+            return self.gemm(x.view(B * H * W, C), r2).view(B, H, W, N)
         y = torch.empty((B, OH, OW, N), dtype=self.out_dtype, device=x.device)
         M = B * OH * OW
         if M == 0 or N == 0:
             return y
-        args = dict(self.static, x_ptr=x, y_ptr=y, B=B, H=H, W=W, OH=OH, OW=OW, M_BUCKET=next_pow2_bucket(M))
+        args = dict(self.static, x_ptr=x, y_ptr=y, r_ptr=y if r is None else r, B=B, H=H, W=W, OH=OH, OW=OW,
+                    M_BUCKET=next_pow2_bucket(M))
         grid = lambda META: (cdiv(M, META["BLOCK_M"]) * cdiv(N, META["BLOCK_N"]),)  # noqa: E731
         launch(_int8_conv2d_kernel_launch, _int8_conv2d_kernel_tuned, "gemm", grid, args)
         return y
@@ -422,18 +464,23 @@ def int8_conv2d(
     padding: ref.Padding = 0,
     out_int32: bool = False,
     bias_folded: bool = False,
+    residual: Optional[ref.ResidualAdd] = None,
+    r: Optional[Tensor] = None,
 ) -> Tensor:
     """Triton implicit-GEMM convolution; same contract as :func:`kernels.reference.int8_conv2d`.
 
     ``x`` int8 NHWC ``[B, H, W, C]``, ``w`` int8 ``[N, KH, KW, C]`` (both contiguous); ``padding``
     ``(top, bottom, left, right)``; returns int8 NHWC ``[B, OH, OW, N]`` (int32 if ``out_int32``).
+    With ``residual`` and ``r`` (int8 NHWC ``[B, OH, OW, N]``) the residual add is fused into the
+    epilogue: the result is ``kernels.reference.residual_add(int8_conv2d(x, w, ...), r, residual)``,
+    bit for bit.
     """
     bias, w_zp, m, z_x, z_y, lo, hi, stride, pad = ref.check_conv_args(
         x, w, bias, w_zp, multiplier, z_x, z_y, lo, hi, stride, padding
     )
     if not bias_folded:
         bias = DERIVED.get("fold_bias", (w, bias, w_zp), z_x, lambda: ref.fold_bias(w, bias, z_x, w_zp))
-    return ConvPlan(w, bias, w_zp, m, z_x, z_y, lo, hi, stride, pad, out_int32)(x)
+    return ConvPlan(w, bias, w_zp, m, z_x, z_y, lo, hi, stride, pad, out_int32, residual)(x, r)
 
 
 # =============================================================================================

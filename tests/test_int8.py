@@ -1168,7 +1168,10 @@ def test_residual_adds_fuse_into_the_producing_layer(residual_sim):
             assert torch.equal(y.cpu(), ref)
             for layer in _FUSED.values():
                 plan = net_t.steps()[layer].__dict__["_plan"][1]
-                assert type(plan).__name__ == "GemmPlan" and plan.residual == fused[layer].residual
+                kind = "GemmPlan" if layer == "fc1" else "ConvPlan"  # a 1x1 ConvPlan hands it to its GemmPlan
+                assert type(plan).__name__ == kind and plan.residual == fused[layer].residual
+                if kind == "ConvPlan":
+                    assert plan.gemm is not None and plan.gemm.residual == plan.residual
             _, acts = net_t.activations(x.to(device))
             _, acts_r = net.activations(x)
             assert acts.keys() == acts_r.keys() and all(torch.equal(acts[k].cpu(), acts_r[k]) for k in acts)
@@ -1203,3 +1206,65 @@ def test_fused_residual_network_saves_loads_and_falls_back(residual_sim, tmp_pat
     assert net.steps()["b2_3"].residual is None  # the layer's own step, emitted when the add needed it
     with torch.no_grad():
         assert torch.equal(net(x), ref)
+
+
+class _BasicBlocks(nn.Module):
+    """ResNet-18/34 basic blocks, whose add follows a 3x3 convolution: one with the identity
+    (the stepped tap-major loop, padding with z_x != 0), one downsampling (a stride-2 3x3
+    convolution, the add's first operand, and a stride-2 1x1 one as the other), and a 3x3
+    convolution behind a ``ZeroPad2d`` (merged into its padding) on 8 channels (flat K)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                               nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.b = nn.Sequential(nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
+                               nn.Conv2d(24, 24, 3, padding=1), nn.BatchNorm2d(24))
+        self.down = nn.Sequential(nn.Conv2d(16, 24, 1, stride=2), nn.BatchNorm2d(24))
+        self.narrow = nn.Conv2d(24, 8, 1)
+        self.c = nn.Sequential(nn.ZeroPad2d((1, 0, 1, 0)), nn.Conv2d(8, 8, 2))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = torch.relu(self.a(h) + h)
+        h = torch.relu(self.b(h) + self.down(h))
+        h = torch.relu(self.narrow(h))
+        h = self.c(h) + h
+        return self.fc(h.mean((2, 3)))
+
+
+def test_residual_adds_fuse_into_a_3x3_convolution():
+    """The adds of basic blocks fuse into the 3x3 convolution producing an operand (any stride,
+    padding, a merged ``ZeroPad2d``): equal to the simulation and the unfused network on the
+    integer reference and on the Triton kernels (one fused ``ConvPlan`` launch per step, each
+    loop of the convolution kernel: stepped, and flat K for 8 channels)."""
+    from dfq_gpu.quant.plan import build_plan, residual_fusions
+
+    torch.manual_seed(1)
+    model = randomize_bn(_BasicBlocks())
+    x = torch.randn(2, 3, 9, 8, generator=torch.Generator().manual_seed(5))
+    sim = quantize(model, (x[:1],), DFQConfig(input_range=(-3.0, 3.0)))
+    fusions = residual_fusions(sim, build_plan(sim))
+    assert sorted((f.layer, f.operand) for f in fusions.values()) == [("a_3", 0), ("b_3", 0), ("c_1", 0)]
+    plain = to_int8(sim, backend="reference", fuse_residual=False)
+    net = to_int8(sim, backend="reference")
+    steps = net.steps()
+    fused = {k: m for k, m in steps.items() if getattr(m, "residual", None) is not None}
+    assert set(fused) == {"a_3", "b_3", "c_1"} and all(isinstance(m, L.Int8Conv2d) for m in fused.values())
+    assert fused["c_1"].padding == (1, 0, 1, 0) and fused["b_3"].weight.shape[1:3] == (3, 3)
+    assert not any(isinstance(m, L.Int8Add) for m in steps.values()) and len(net.coverage.fused) == 3
+    with torch.no_grad():
+        ref = sim(x)
+        assert torch.equal(plain(x), ref) and torch.equal(net(x), ref)
+        device = interpreter_or_cuda()
+        if device is not None:
+            net_t = to_int8(sim, backend="triton").to(device)
+            with _OpLog() as log:
+                y = net_t(x.to(device))
+            assert not [op for op in log.ops if "dfq_int8" in op]
+            assert torch.equal(y.cpu(), ref)
+            for layer, m in fused.items():
+                plan = net_t.steps()[layer].__dict__["_plan"][1]
+                assert type(plan).__name__ == "ConvPlan" and plan.gemm is None and plan.residual == m.residual

@@ -1185,3 +1185,82 @@ def test_gemm_residual_epilogue_checks_its_arguments():
     with pytest.raises(ValueError, match="lo"):
         gemm.int8_gemm(x, w, residual=dataclasses.replace(spec, lo=10, hi=0), r=r, **p)
     assert gemm.int8_gemm(x[:0], w, residual=spec, r=r[:0], **p).shape == (0, 7)
+
+
+# =============================================================================================
+# Convolution with a fused residual add (kernels.conv.ConvPlan(..., residual=...))
+# =============================================================================================
+#: One convolution per loop of the kernel (the epilogue is shared): (x shape, w shape, stride,
+#: padding, loop). Unrolled: a strided 1x1 (one tap); stepped: a 3x3 basic-block convolution with
+#: padding (z_x != 0: the padding correction too); flat K: an RGB stem; gemm: the 1x1 delegation.
+_CONV_RESIDUAL_CASES = {
+    "unrolled": ((2, 9, 7, 20), (24, 1, 1, 20), 2, 0),
+    "stepped": ((2, 7, 6, 19), (21, 3, 3, 19), 1, 1),
+    "flat": ((1, 11, 9, 3), (18, 5, 5, 3), 2, (2, 1, 2, 1)),
+    "gemm": ((2, 6, 5, 33), (22, 1, 1, 33), 1, 0),
+}
+
+
+@pytest.mark.parametrize("loop", list(_CONV_RESIDUAL_CASES))
+def test_conv_residual_epilogue_bit_exact(loop):
+    """The convolution with the residual add fused into its epilogue equals the reference
+    convolution followed by the reference add, once per loop shape of the kernel (and the 1x1
+    GEMM delegation); a plan bound once, called on fewer images, too."""
+    import dataclasses
+
+    from kernels import conv
+
+    xs, ws, stride, pad = _CONV_RESIDUAL_CASES[loop]
+    n, kh, kw, c = ws
+    g = _gen(sum(xs) + sum(ws))
+    x, w = rand_i8(xs, g).to(DEVICE), rand_i8(ws, g).to(DEVICE)
+    p = to_dev(make_params("perchannel", n, kh * kw * c, g))
+    kwargs = dict(stride=stride, padding=pad, **p)
+    layer = ref.int8_conv2d(x, w, **kwargs)
+    r = rand_i8(tuple(layer.shape), g).to(DEVICE)
+    ia, ib, m = ref.add_multipliers(0.021, 0.034, 0.05)
+    spec = ref.ResidualAdd(z_a=p["z_y"], z_b=-11, ia=ia, ib=ib, multiplier=m, z_y=-3, lo=-60, hi=60)
+    expect = ref.residual_add(layer, r, spec)
+    assert torch.equal(expect, ref.int8_add(r, layer, *dataclasses.astuple(spec.swapped())))
+    assert len(torch.unique(expect)) > 50 and int(expect.min()) == -60 and int(expect.max()) == 60
+    meta = dict(C=c, KH=kh, KW=kw, FLAT_K=c < conv.FLAT_K_MAX_CHANNELS, BLOCK_K=64)  # the interpreter's tile
+    if loop != "gemm":
+        assert (meta["FLAT_K"], conv._unroll_taps(meta)) == {"unrolled": (False, True), "stepped": (False, False),
+                                                              "flat": (True, False)}[loop]
+    y = conv.int8_conv2d(x, w, residual=spec, r=r, **kwargs)
+    assert y.dtype == torch.int8 and torch.equal(y, expect)
+    args = ref.check_conv_args(x, w, p["bias"], p["w_zp"], p["multiplier"], p["z_x"], p["z_y"], p["lo"], p["hi"],
+                               stride, pad)
+    bias, w_zp, mult, z_x, z_y, lo, hi, st, pd = args
+    plan = conv.ConvPlan(w, ref.fold_bias(w, bias, z_x, w_zp), w_zp, mult, z_x, z_y, lo, hi, st, pd, False,
+                         residual=spec)
+    assert (plan.gemm is not None) == (loop == "gemm") and plan.residual == spec
+    assert torch.equal(plan(x[:1], r[:1]), expect[:1])
+
+
+def test_conv_residual_epilogue_checks_its_arguments():
+    from kernels import conv
+
+    g = _gen(5)
+    x, w = rand_i8((1, 6, 5, 16), g).to(DEVICE), rand_i8((8, 3, 3, 16), g).to(DEVICE)
+    p = to_dev(make_params("sym", 8, 9 * 16, g))
+    r = rand_i8((1, 3, 3, 8), g).to(DEVICE)  # stride 2, padding 1
+    spec = ref.ResidualAdd(0, 4, 3, 5, 0.01, -2)
+    kw = dict(stride=2, padding=1, **p)
+    with pytest.raises(ValueError, match="out_int32"):
+        conv.int8_conv2d(x, w, out_int32=True, residual=spec, r=r, **kw)
+    with pytest.raises(ValueError, match="pass its other operand r"):
+        conv.int8_conv2d(x, w, residual=spec, **kw)
+    with pytest.raises(ValueError, match="no residual add"):
+        conv.int8_conv2d(x, w, r=r, **kw)
+    with pytest.raises(ValueError, match=r"r must be \[B, OH, OW, N\]"):
+        conv.int8_conv2d(x, w, residual=spec, r=rand_i8((1, 6, 5, 8), g).to(DEVICE), **kw)
+    with pytest.raises(ValueError, match="contiguous"):
+        conv.int8_conv2d(x, w, residual=spec, r=r.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3), **kw)
+    with pytest.raises(ValueError, match=r"\|ia\|"):
+        conv.int8_conv2d(x, w, residual=ref.ResidualAdd(0, 4, 1 << 16, 5, 0.01, -2), r=r, **kw)
+    assert conv.int8_conv2d(x[:0], w, residual=spec, r=r[:0], **kw).shape == (0, 3, 3, 8)
+    # the 1x1 delegation checks r in NHWC terms before the GEMM sees it
+    w1 = rand_i8((8, 1, 1, 16), g).to(DEVICE)
+    with pytest.raises(ValueError, match=r"r must be \[B, OH, OW, N\]"):
+        conv.int8_conv2d(x, w1, residual=spec, r=r, **p)

@@ -117,9 +117,11 @@ def test_plan_records_why_the_simulation_stays_in_float():
     assert plan["conv"].float_reason is None
 
 
-class _NotGemm(nn.Module):
-    """Adds whose layer operand does not run on the GEMM kernel: a 3x3 convolution, a depthwise
-    and a grouped 1x1 convolution; then one that does (a 1x1 convolution)."""
+class _Fusable(nn.Module):
+    """Adds whose layer operand fuses: a dense 3x3 convolution (the convolution kernel's
+    epilogue), then ones that do not: a depthwise, a grouped 1x1 and a dilated 3x3 convolution;
+    then a 1x1 convolution (the GEMM's), and a strided 3x3 one behind a zero padding (merged into
+    its padding) with a strided 1x1 downsampling as the other operand."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -127,7 +129,11 @@ class _NotGemm(nn.Module):
         self.dense = nn.Conv2d(8, 8, 3, padding=1)
         self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.grouped = nn.Conv2d(8, 8, 1, groups=2)
+        self.dilated = nn.Conv2d(8, 8, 3, padding=2, dilation=2)
         self.pw = nn.Conv2d(8, 8, 1)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.strided = nn.Conv2d(8, 8, 3, stride=2)
+        self.down = nn.Conv2d(8, 8, 1, stride=2)
         self.fc = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,11 +141,13 @@ class _NotGemm(nn.Module):
         h = h + self.dense(h)
         h = self.dw(h) + h
         h = h + self.grouped(h)
+        h = self.dilated(h) + h
         h = self.pw(h) + h
+        h = self.strided(self.pad(h)) + self.down(h)
         return self.fc(h.mean((2, 3)))
 
 
-def test_residual_fusions_take_an_int8_gemm_layer_output_with_one_user():
+def test_residual_fusions_take_a_dense_conv_or_linear_output_with_one_user():
     from dfq_gpu.quant.plan import ResidualFusion, residual_fusions
 
     sim, _ = _sim()
@@ -148,8 +156,10 @@ def test_residual_fusions_take_an_int8_gemm_layer_output_with_one_user():
     sim.get_submodule(str(plan["add"].quantizer.target)).enabled = False  # the add stays in float
     assert residual_fusions(sim, build_plan(sim)) == {}
     x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(2))
-    q = quantize(_NotGemm().eval(), (x,), DFQConfig(input_range=(-3.0, 3.0)))
+    q = quantize(_Fusable().eval(), (x,), DFQConfig(input_range=(-3.0, 3.0)))
     plan = build_plan(q)
     adds = [n for n, p in plan.items() if isinstance(p, AddPlan)]
-    assert len(adds) == 4 and all(plan[n].float_reason is None for n in adds)
-    assert residual_fusions(q, plan) == {adds[3]: ResidualFusion(adds[3], "pw", 0)}
+    assert len(adds) == 6 and all(plan[n].float_reason is None for n in adds)
+    assert residual_fusions(q, plan) == {adds[0]: ResidualFusion(adds[0], "dense", 1),
+                                         adds[4]: ResidualFusion(adds[4], "pw", 0),
+                                         adds[5]: ResidualFusion(adds[5], "strided", 0)}

@@ -752,10 +752,12 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
     dw_rt = dict(x_ptr=i8, w_ptr=i8, bias_ptr=i32, wzp_ptr=i32, y_ptr=i8, B=0, H=0, W=0, C=0, OH=0, OW=0,
                  stride_h=0, stride_w=0, pad_top=0, pad_left=0, stride_wzp=0, z_x=0, P_BUCKET=0, **epi)  # fmt: skip
     flags = dict(HAS_BIAS=True, OUT_INT32=False, USE_RINT=True)
-    gemm_flags = dict(flags)
-    if "r_ptr" in gemm._int8_gemm_kernel.arg_names:  # the GEMM's fused residual add, off here
-        gemm_rt.update(r_ptr=i8, stride_rm=0, z_a=0, z_r=0, ia=0, ib=0, add_m=1.0, add_z=0, add_lo=0, add_hi=0)
-        gemm_flags.update(RESIDUAL=False)
+    # the fused residual add (kernels.reference.ResidualAdd) of the GEMM and the convolution: off
+    # but in the jobs marked "residual"
+    res_rt = dict(r_ptr=i8, z_a=0, z_r=0, ia=0, ib=0, add_m=1.0, add_z=0, add_lo=0, add_hi=0)
+    gemm_rt.update(res_rt, stride_rm=0)
+    conv_rt.update(res_rt)
+    gemm_flags = conv_flags = dict(flags, RESIDUAL=False)
     gemm_cfgs = _config.GEMM_GPU_CONFIGS if all_configs else [_config.GEMM_GPU_CONFIGS[4]]
     dw_cfgs = _config.DEPTHWISE_GPU_CONFIGS if all_configs else [_config.DEPTHWISE_GPU_CONFIGS[0]]
     jobs = []
@@ -763,18 +765,26 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
         for wzp in (False, True):
             jobs.append((f"gemm wzp={wzp}", gemm._int8_gemm_kernel, gemm_rt, dict(HAS_WZP=wzp, **gemm_flags),
                          ["N", "K", "stride_xm", "stride_wn", "stride_ym"], cfg))  # fmt: skip
+        # the residual epilogue: a GEMM (ResNet-50's 1x1 projections) and a stepped 3x3 convolution
+        # with the padding correction (ResNet-18/34 basic blocks)
+        jobs.append(("gemm wzp=False residual", gemm._int8_gemm_kernel, gemm_rt,
+                     dict(gemm_flags, HAS_WZP=False, RESIDUAL=True), ["N", "K", "stride_xm", "stride_wn", "stride_ym",
+                                                                       "stride_rm"], cfg))  # fmt: skip
+        jobs.append(("conv 3x3 flat=False even_k residual", conv._int8_conv2d_kernel, conv_rt,
+                     dict(conv_flags, KH=3, KW=3, FLAT_K=False, EVEN_K=True, UNROLL_TAPS=False, PAD_CORR=True, NDIG=2,
+                          TP=32, HAS_WZP=False, RESIDUAL=True), ["C", "N"], cfg))  # fmt: skip
         # the loop switches conv.py's heuristics set: EVEN_K (no channel mask: C a multiple of BLOCK_K)
         # and UNROLL_TAPS (taps unrolled, one channel loop each; else one stepped loop)
         for k, unroll, even in ((3, False, False), (3, False, True), (3, True, False), (3, True, True),
                                 (1, True, True)):
             consts = dict(KH=k, KW=k, FLAT_K=False, EVEN_K=even, UNROLL_TAPS=unroll, PAD_CORR=k > 1, NDIG=2, TP=32,
-                          HAS_WZP=False, **flags)  # fmt: skip
+                          HAS_WZP=False, **conv_flags)  # fmt: skip
             name = f"conv {k}x{k} flat=False" + (" unrolled" if unroll and k > 1 else "") + (" even_k" if even else "")
             jobs.append((name, conv._int8_conv2d_kernel, conv_rt, consts, ["C", "N"], cfg))
     # the flat-K loop (C < 16: no divisibility-by-16 hint on C, as at run time) with its own tiles
     for cfg in _config.CONV_FLAT_K_CONFIGS if all_configs else [_config.DEFAULT_GPU_CONFIG["gemm"]]:
         consts = dict(KH=7, KW=7, FLAT_K=True, EVEN_K=False, UNROLL_TAPS=False, PAD_CORR=True, NDIG=2, TP=64,
-                      HAS_WZP=False, **flags)  # fmt: skip
+                      HAS_WZP=False, **conv_flags)  # fmt: skip
         jobs.append(("conv 7x7 flat=True", conv._int8_conv2d_kernel, conv_rt, consts, ["N"], cfg))
     # depthwise: the accumulation each kernel launches with for 3x3/5x5 windows (rows: float32,
     # whose weights are float32 w - z_w; tiles: int32 on int32 w - z_w), and the other one

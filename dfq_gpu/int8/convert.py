@@ -29,16 +29,17 @@ How each node of the simulation is mapped
   bounds are fused, per-channel ones that differ between channels follow as an exact integer
   clamp. An add whose result is the float network output adds the two dequantized tensors.
 * by default (``to_int8(..., fuse_residual=False)`` turns it off): a residual add whose operand
-  is the int8 output of a 1x1 stride-1 unpadded convolution or a linear layer with no other user (the one decision,
-  :func:`dfq_gpu.quant.plan.residual_fusions`) is computed by that layer's step
+  is the int8 output of a dense convolution (groups 1, undilated; any kernel size, stride and
+  padding, e.g. the 3x3 convolution of a ResNet basic block) or a linear layer with no other user
+  (the one decision, :func:`dfq_gpu.quant.plan.residual_fusions`) is computed by that layer's step
   (``Int8Conv2d``/``Int8Linear`` with ``residual``, called on the layer's input and the add's
-  other operand, named after the layer): on the Triton path one GEMM launch with the add in its
-  epilogue (``kernels.gemm.GemmPlan(..., residual=...)``), so the layer's int8 output is never
-  written to memory; otherwise the layer then ``int8_add``. The per-channel clamp follows either
-  way. The result is the separate steps' bit for bit; the step's ``sim_quantizer`` is the add's
-  quantizer, the layer's own (``layer_quantizer``) is not materialized, so
-  ``Int8Network.activations`` and ``compare_with_simulation`` have no entry for it, and
-  ``Int8Network.coverage.fused`` lists the fused adds.
+  other operand, named after the layer): on the Triton path one convolution or GEMM launch with
+  the add in its epilogue (``kernels.conv.ConvPlan``/``kernels.gemm.GemmPlan(..., residual=...)``),
+  so the layer's int8 output is never written to memory; otherwise the layer then ``int8_add``.
+  The per-channel clamp follows either way. The result is the separate steps' bit for bit; the
+  step's ``sim_quantizer`` is the add's quantizer, the layer's own (``layer_quantizer``) is not
+  materialized, so ``Int8Network.activations`` and ``compare_with_simulation`` have no entry for
+  it, and ``Int8Network.coverage.fused`` lists the fused adds.
 * global average pooling (``QAvgPool``, ``AdaptiveAvgPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``,
   ``x.mean((2, 3))``, an ``AvgPool2d`` covering the whole input) + ``FakeQuant``: ``int8_avgpool``
   with ``m = float32((s_x / s_y) / (H W))``; as the float network output,
@@ -629,7 +630,7 @@ class _Converter:
             sim_q = ""
         build = lambda sim_quantizer, epilogue: getattr(self, how.method)(  # noqa: E731
             node, m, p, x, w8, wzp, rq, sim_quantizer, epilogue)
-        if node.name in self.fused_layers and qp is not None and fq is not None and tail is fq and x.pad is None \
+        if node.name in self.fused_layers and qp is not None and fq is not None and tail is fq \
                 and (how.method == "conv_step" or x.rank != 4):
             # its residual add computes it: the step is built when the add is reached (add_fused)
             self.deferred[tail] = _DeferredLayer(node, act, fq, x, qp, epi, build)
@@ -1139,11 +1140,11 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True
             computes it (the same module on the same values); ``False`` raises instead.
             ``net.coverage`` says what runs where and why.
         fuse_residual: compute each residual add that
-            :func:`dfq_gpu.quant.plan.residual_fusions` selects (an operand produced by a 1x1
-            convolution or linear layer with no other user) in the step of that layer: one GEMM
-            launch with the add in its epilogue on the Triton path, so the layer's int8 output is
-            never written and read back. The outputs are the same bit for bit; the layer's own
-            quantizer is then not materialized (``net.activations`` and
+            :func:`dfq_gpu.quant.plan.residual_fusions` selects (an operand produced by a dense,
+            undilated convolution or a linear layer with no other user) in the step of that layer:
+            one convolution or GEMM launch with the add in its epilogue on the Triton path, so
+            the layer's int8 output is never written and read back. The outputs are the same bit
+            for bit; the layer's own quantizer is then not materialized (``net.activations`` and
             :func:`dfq_gpu.int8.compare_with_simulation` have no entry for it; the fused step's
             ``layer_quantizer`` names it). ``net.coverage.fused`` lists the fused adds.
             ``False`` keeps every add a step of its own and every quantizer's activation

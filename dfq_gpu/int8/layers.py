@@ -200,13 +200,16 @@ class _Requant(Int8Step):
         m, z_y, lo, hi = ref.check_epilogue(self.multiplier, self.z_y, self.lo, self.hi, n, self.multiplier.device)
         return bias, w_zp, m, z_y, lo, hi
 
-    def _launch(self, x: Tensor, module: str, build: Callable[[ModuleType], Any]) -> Optional[Tensor]:
-        """``x`` through the step's launch plan (``build(triton_module)`` makes it), or None when
-        the op must go through the ``dfq_int8`` custom op instead."""
+    def _launch(self, x: Tensor, module: str, build: Callable[[ModuleType], Any],
+                r: Optional[Tensor] = None) -> Optional[Tensor]:
+        """``x`` (and a fused residual add's other operand ``r``) through the step's launch plan
+        (``build(triton_module)`` makes it), or None when the op must go through the ``dfq_int8``
+        custom op instead."""
         mod = self._triton(x, module)
         if mod is None:
             return None
-        y = self._cached_plan(lambda: build(mod))(x)
+        plan = self._cached_plan(lambda: build(mod))
+        y = plan(x) if r is None else plan(x, r)
         return self._to_float(y) if self.float_output else y
 
     def _to_float(self, acc: Tensor) -> Tensor:
@@ -239,19 +242,6 @@ class _Requant(Int8Step):
             raise ValueError(f"{type(self).__name__} with a fused residual add takes its second operand r")
         return r
 
-    def _residual_gemm(self, x2d: Tensor, r: Tensor, weight2d: Tensor, ndim: int, layout: str) -> Optional[Tensor]:
-        """The fused GEMM (``kernels.gemm.GemmPlan`` with the residual epilogue) on ``x2d``
-        ``[M, K]`` and ``r`` ``[M, N]`` on the direct Triton path, else None."""
-        mod = self._triton(x2d, "gemm")
-        if mod is None:
-            return None
-
-        def build() -> Any:
-            bias, w_zp, m, z_y, lo, hi = self._plan_params(weight2d.shape[0], ndim, layout)
-            return mod.GemmPlan(weight2d, bias, w_zp, m, z_y, lo, hi, False, residual=self.residual)
-
-        return self._cached_plan(build)(x2d, r)
-
     def _add_residual(self, y: Tensor, r: Tensor) -> Tensor:
         """The add after the layer's own int8 output ``y`` (reference backend, custom ops):
         ``kernels.int8_add`` with the fused step's parameters."""
@@ -281,12 +271,13 @@ class Int8Conv2d(_Requant):
     ``kernels.int8_gemm`` (what the Triton convolution launcher does internally too; on the CPU
     the reference GEMM is much faster than the reference convolution).
 
-    With ``residual`` (a :class:`kernels.reference.ResidualAdd`; 1x1 stride-1 unpadded only) the
-    step also computes the residual add of its int8 output and a second input:
-    ``forward(x, r)`` with ``r`` NHWC of the output's shape. On the direct Triton path one GEMM
-    launch does both (the add in the epilogue, ``kernels.gemm.GemmPlan(..., residual=...)``: the
-    layer's int8 output is never written); otherwise (reference backend, ``torch.compile``) the
-    layer then ``kernels.int8_add``. The add's per-channel clamp (``clamp_lo``/``clamp_hi``)
+    With ``residual`` (a :class:`kernels.reference.ResidualAdd`; any kernel size, stride and
+    padding) the step also computes the residual add of its int8 output and a second input:
+    ``forward(x, r)`` with ``r`` NHWC of the output's shape. On the direct Triton path one launch
+    does both (the add in the epilogue, ``kernels.conv.ConvPlan(..., residual=...)``, which hands
+    a 1x1 stride-1 unpadded convolution and its residual to the GEMM: the layer's int8 output is
+    never written); otherwise (reference backend, ``torch.compile``) the layer then
+    ``kernels.int8_add``. The add's per-channel clamp (``clamp_lo``/``clamp_hi``)
     follows in both cases; the result is the separate layer and :class:`Int8Add`'s bit for bit.
     """
 
@@ -305,25 +296,24 @@ class Int8Conv2d(_Requant):
         self.padding = tuple(int(p) for p in padding)  # (top, bottom, left, right)
         self.pointwise = self.weight.shape[1:3] == (1, 1) and self.stride == (1, 1) and not any(self.padding)
         self._init_epilogue(multiplier, z_y, lo, hi, out_scale)
-        if residual is not None and not self.pointwise:
-            raise ValueError("a residual add fuses into a 1x1, stride-1, unpadded convolution only (the GEMM)")
         self._init_residual(residual, clamp_lo, clamp_hi, layer_quantizer)
 
     def _conv_plan(self, mod: ModuleType) -> Any:
         bias, w_zp, m, z_y, lo, hi = self._plan_params(self.weight.shape[0], 4, "[N, KH, KW, C]")
         return mod.ConvPlan(self.weight, bias, w_zp, m, self.z_x, z_y, lo, hi, self.stride, self.padding,
-                            self.float_output)
+                            self.float_output, residual=self.residual)
 
     def forward(self, x: Tensor, r: Optional[Tensor] = None) -> Tensor:
         r = self._check_residual_input(r)
         if r is not None:
-            n, c = self.weight.shape[0], self.weight.shape[3]
+            n, kh, kw, c = self.weight.shape
             b, h, w, _ = kernels.reference.check_nhwc_input(x, c, self.weight.device)
-            if tuple(r.shape) != (b, h, w, n):
-                raise ValueError(f"r must have the output's shape {(b, h, w, n)}, got {tuple(r.shape)}")
-            y = self._residual_gemm(x.view(b * h * w, c), r.reshape(b * h * w, n).contiguous(),
-                                    self.weight.view(n, c), 4, "[N, KH, KW, C]")
-            y = self._add_residual(self._layer(x), r) if y is None else y.view(b, h, w, n)
+            oh, ow = kernels.reference.conv_output_size(h, w, kh, kw, self.stride, self.padding)
+            if tuple(r.shape) != (b, oh, ow, n):
+                raise ValueError(f"r must have the output's shape {(b, oh, ow, n)}, got {tuple(r.shape)}")
+            r = r.contiguous()
+            y = self._launch(x, "conv", self._conv_plan, r)
+            y = self._add_residual(self._layer(x), r) if y is None else y
             return self._clamp_residual(y)
         return self._layer(x)
 
@@ -481,7 +471,7 @@ class Int8Linear(_Requant):
 
     def _gemm_plan(self, mod: ModuleType) -> Any:
         bias, w_zp, m, z_y, lo, hi = self._plan_params(self.weight.shape[0], 2, "[N, K]")
-        return mod.GemmPlan(self.weight, bias, w_zp, m, z_y, lo, hi, self.float_output)
+        return mod.GemmPlan(self.weight, bias, w_zp, m, z_y, lo, hi, self.float_output, residual=self.residual)
 
     def forward(self, x: Tensor, r: Optional[Tensor] = None) -> Tensor:
         r = self._check_residual_input(r)
@@ -492,7 +482,7 @@ class Int8Linear(_Requant):
             if tuple(r.shape) != (*lead, n):
                 raise ValueError(f"r must have the output's shape {(*lead, n)}, got {tuple(r.shape)}")
             r2 = r.reshape(-1, n).contiguous()
-            y = self._residual_gemm(x, r2, self.weight, 2, "[N, K]")
+            y = self._launch(x, "gemm", self._gemm_plan, r2)
             if y is None:
                 y = self._add_residual(self._gemm(x), r2)
             return self._clamp_residual(y).reshape(*lead, n)

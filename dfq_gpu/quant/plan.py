@@ -615,25 +615,19 @@ class ResidualFusion:
     operand: int
 
 
-def _gemm_shaped(gm: fx.GraphModule, lp: LayerPlan) -> bool:
-    """The layer runs on the GEMM kernel with an output the residual tile can follow row for row:
-    a linear layer (not on a 4-D tensor, which it takes in NCHW order), or a dense 1x1, stride-1,
-    unpadded, undilated convolution whose input is no zero padding (which the int8 network would
-    merge into the convolution's padding)."""
+def _epilogue_fusable(gm: fx.GraphModule, lp: LayerPlan) -> bool:
+    """The layer runs on the GEMM or implicit-GEMM convolution kernel, whose ``[M, N]`` output
+    the residual tile follows row for row: a linear layer (not on a 4-D tensor, which it takes in
+    NCHW order), or a dense (groups 1), undilated, zero-padded convolution of any kernel size,
+    stride and padding (a zero padding in front merges into the convolution's own). Depthwise,
+    grouped and dilated convolutions run on other kernels (or in pieces) and do not fuse."""
     m = node_module(gm, lp.node)
     if lp.kind == "linear":
         shape = ops.tensor_shape(lp.node)
         return isinstance(m, QLinear) and shape is not None and len(shape) != 4
     if lp.kind != "conv" or not isinstance(m, QConv2d):
         return False
-    if isinstance(m.padding, str):
-        unpadded = True  # "valid", or "same" with a 1x1 kernel
-    else:
-        unpadded = ops.pair(m.padding) == (0, 0)
-    x = lp.node.args[0] if lp.node.args else None
-    return (tuple(m.kernel_size) == (1, 1) and ops.pair(m.stride) == (1, 1) and tuple(m.dilation) == (1, 1)
-            and m.groups == 1 and unpadded and m.padding_mode == "zeros"
-            and not (isinstance(x, fx.Node) and ops.is_zero_pad(gm, x)))
+    return tuple(m.dilation) == (1, 1) and m.groups == 1 and m.padding_mode == "zeros"
 
 
 def residual_fusions(gm: fx.GraphModule, plan: dict[str, StepPlan]) -> dict[str, ResidualFusion]:
@@ -644,11 +638,12 @@ def residual_fusions(gm: fx.GraphModule, plan: dict[str, StepPlan]) -> dict[str,
     An add fuses when it computes in integers with an int8 output (its plan has no
     ``float_reason``: two quantized operands of one shape, an output quantizer, i.e. not the
     float network output) and one operand is the output quantizer (the ``tail``) of an integer
-    convolution or linear layer whose int8 output has no other user, running on the GEMM kernel
-    (a linear layer, or a dense 1x1 stride-1 unpadded convolution: not grouped, dilated or
-    depthwise). When both operands qualify, the first one is taken. The fused step computes the
-    layer's int8 output exactly as without fusion and applies the add's integer contract to it in
-    the same epilogue, so the result is the separate layer and add's, bit for bit."""
+    convolution or linear layer whose int8 output has no other user, running on the GEMM or the
+    convolution kernel (a linear layer, or a dense convolution of any kernel size, stride and
+    padding: not grouped, dilated or depthwise). When both operands qualify, the first one is
+    taken. The fused step computes the layer's int8 output exactly as without fusion and applies
+    the add's integer contract to it in the same epilogue, so the result is the separate layer
+    and add's, bit for bit."""
     producers = {p.tail: p for p in plan.values() if isinstance(p, LayerPlan) and p.quantizer is not None}
     out: dict[str, ResidualFusion] = {}
     for name, p in plan.items():
@@ -660,7 +655,7 @@ def residual_fusions(gm: fx.GraphModule, plan: dict[str, StepPlan]) -> dict[str,
         for i, src in enumerate(ins):
             lp = producers.get(src)
             if (lp is not None and lp.tail is lp.quantizer and lp.float_reason is None and lp.requant is not None
-                    and len(src.users) == 1 and _gemm_shaped(gm, lp)):
+                    and len(src.users) == 1 and _epilogue_fusable(gm, lp)):
                 out[name] = ResidualFusion(name, lp.name, i)
                 break
     return out
