@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import triton
 import triton.language as tl
 
+from . import tiles
 from .settings import (  # noqa: F401  (DEPTHWISE_VARIANTS is re-exported)
     DEPTHWISE_VARIANTS,
     KERNEL_FAMILIES,
@@ -305,8 +306,6 @@ def launch_meta(
     kernel, its autotuner ``tuned`` and ``args`` are given), else None when autotuning is on,
     else the family's default config. ``key``: the launch's :func:`kernels.tiles.launch_key`, if
     already computed."""
-    from . import tiles
-
     settings = current_settings()
     forced = settings.forced_tile(family)
     table = name = None
@@ -330,10 +329,16 @@ def launch(
     """Launch ``kernel`` on ``args``: through its autotuned wrapper ``tuned``, or directly with the
     meta-parameters of :func:`launch_meta` (interpreter, forced config, tile table, autotuning
     off). The tile is noted for :func:`kernels.tiles.launched_tiles` / ``record_launches``."""
-    from . import tiles
-
     name, key_names, key_values = key = tiles.launch_key(kernel, tuned, args)
-    source, meta = launch_meta(family, kernel, tuned, args, with_source=True, key=key)
+    # the decision depends only on the settings object, the kernel and its key (and the loaded
+    # tables, which tiles.reset() forgets with the decisions): made once, then a dict lookup
+    settings = current_settings()
+    memo = (id(tuned), key_values, id(settings))
+    hit = tiles.DECISIONS.get(memo)
+    if hit is None or hit[0] is not settings:
+        hit = (settings, launch_meta(family, kernel, tuned, args, with_source=True, key=key))
+        tiles.remember_decision(memo, hit)
+    source, meta = hit[1]
     if meta is None:
         tuned[grid](**args)
     else:

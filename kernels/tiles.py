@@ -235,9 +235,24 @@ def table_for(settings: Any) -> Optional[TileTable]:
 
 
 def reset() -> None:
-    """Forget the loaded tables and the device name (tests; a table rewritten in place)."""
+    """Forget the loaded tables, the device name and the launch decisions made from them (tests;
+    a table rewritten in place)."""
     _TABLES.clear()
     _DEVICE_NAME.clear()
+    DECISIONS.clear()
+
+
+#: The tile decisions of :func:`kernels._config.launch`, by ``(id(autotuner), key values,
+#: id(settings))``, each holding its settings object (so that no id is reused while it is here).
+DECISIONS: Dict[Tuple[Any, ...], Tuple[Any, Any]] = {}
+_MAX_DECISIONS = 4096
+
+
+def remember_decision(memo: Tuple[Any, ...], decision: Tuple[Any, Any]) -> None:
+    """Store one launch decision (bounded: the store is emptied when full)."""
+    if len(DECISIONS) >= _MAX_DECISIONS:
+        DECISIONS.clear()
+    DECISIONS[memo] = decision
 
 
 # =============================================================================================
