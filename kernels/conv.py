@@ -108,6 +108,24 @@ TAP_UNROLL_MIN_STEPS = 8
 # =============================================================================================
 # Kernel
 # =============================================================================================
+@triton.jit
+def _dot_step(a_ptrs, b_ptrs, a_mask, k_ok, acc, row_sum, EVEN_K: tl.constexpr, HAS_WZP: tl.constexpr):
+    """One step of every K loop below: the ``[BLOCK_M, BLOCK_K]`` input tile (rows outside the
+    input masked by ``a_mask``, zero-filled) and the K-major ``[BLOCK_K, BLOCK_N]`` weight tile,
+    both also masked by ``k_ok`` (``[BLOCK_K]``) unless ``EVEN_K``, one int8 dot into the int32
+    ``acc``, and the input's row sums when the weights have a zero point."""
+    if EVEN_K:
+        a = tl.load(a_ptrs, mask=a_mask, other=0)
+        b = tl.load(b_ptrs)
+    else:
+        a = tl.load(a_ptrs, mask=a_mask & k_ok[None, :], other=0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None], other=0)
+    acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+    if HAS_WZP:
+        row_sum += tl.sum(a.to(tl.int32), axis=1)
+    return acc, row_sum
+
+
 @triton.jit(do_not_specialize=["z_x", "z_y", "z_a", "z_r", "ia", "ib", "add_z", "add_lo", "add_hi"])
 def _int8_conv2d_kernel(
     # Pointers: input, weight, per-output-channel vectors, output
@@ -189,16 +207,7 @@ def _int8_conv2d_kernel(
             inside = ((ih0[:, None] >= -kh[None, :]) & (ih0[:, None] < (H - kh)[None, :])
                       & (iw0[:, None] >= -kw[None, :]) & (iw0[:, None] < (W - kw)[None, :]))  # fmt: skip
             a_ptrs = x_pix[:, None] + ((kh * W + kw) * C + c)[None, :]
-            if EVEN_K:
-                a = tl.load(a_ptrs, mask=inside, other=0)
-                b = tl.load(w_ptrs)
-            else:
-                k_ok = offs_k < K - k0
-                a = tl.load(a_ptrs, mask=inside & k_ok[None, :], other=0)
-                b = tl.load(w_ptrs, mask=k_ok[:, None], other=0)
-            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
-            if HAS_WZP:
-                row_sum += tl.sum(a.to(tl.int32), axis=1)
+            acc, row_sum = _dot_step(a_ptrs, w_ptrs, inside, offs_k < K - k0, acc, row_sum, EVEN_K, HAS_WZP)
             w_ptrs += BLOCK_K
     else:
         # -- tap-major: BLOCK_M rows x BLOCK_K contiguous channels of one tap per step, the row
@@ -217,16 +226,8 @@ def _int8_conv2d_kernel(
                     a_ptrs = (x_rows + (kh * W + kw) * C)[:, None] + offs_k[None, :]
                     b_ptrs = (w_rows + (kh * KW + kw) * C)[None, :] + offs_k[:, None]
                     for c0 in range(0, C, BLOCK_K):
-                        if EVEN_K:
-                            a = tl.load(a_ptrs, mask=row_ok, other=0)
-                            b = tl.load(b_ptrs)
-                        else:
-                            c_ok = offs_k < C - c0
-                            a = tl.load(a_ptrs, mask=row_ok & c_ok[None, :], other=0)
-                            b = tl.load(b_ptrs, mask=c_ok[:, None], other=0)
-                        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
-                        if HAS_WZP:
-                            row_sum += tl.sum(a.to(tl.int32), axis=1)
+                        acc, row_sum = _dot_step(a_ptrs, b_ptrs, row_ok, offs_k < C - c0, acc, row_sum, EVEN_K,
+                                                 HAS_WZP)
                         a_ptrs += BLOCK_K
                         b_ptrs += BLOCK_K
         else:
@@ -247,16 +248,8 @@ def _int8_conv2d_kernel(
             b_off = tl.full((), 0, tl.int32)  # tap * C + c0
             for _ in range(0, KH * KW * tl.cdiv(C, BLOCK_K)):
                 row_ok = (((tap_bits >> tap) & 1) != 0)[:, None]  # [BLOCK_M, 1]
-                if EVEN_K:
-                    a = tl.load(a_base + a_off, mask=row_ok, other=0)
-                    b = tl.load(b_base + b_off)
-                else:
-                    c_ok = offs_k < C - c0
-                    a = tl.load(a_base + a_off, mask=row_ok & c_ok[None, :], other=0)
-                    b = tl.load(b_base + b_off, mask=c_ok[:, None], other=0)
-                acc = tl.dot(a, b, acc, out_dtype=tl.int32)
-                if HAS_WZP:
-                    row_sum += tl.sum(a.to(tl.int32), axis=1)
+                acc, row_sum = _dot_step(a_base + a_off, b_base + b_off, row_ok, offs_k < C - c0, acc, row_sum,
+                                         EVEN_K, HAS_WZP)
                 # next step: the next channel block, or channel 0 of the next tap (next window row)
                 c_next = c0 + BLOCK_K
                 next_tap = c_next >= C
