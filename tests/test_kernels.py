@@ -1031,6 +1031,11 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
             assert set(r["variants"]) == expected, r["variants"]
             assert all(v["bit_exact"] is True and v["ms"] > 0 for v in r["variants"].values())
             assert all(v["tiles"] and v["tiles"][0]["family"].startswith("depthwise") for v in r["variants"].values())
+        if r["kind"] == "conv3x3":  # both tap-major loops forced, and the equivalent GEMM timed
+            assert {k: v["bit_exact"] for k, v in r["loops"].items() if k != "threshold"} == {"unrolled": True,
+                                                                                             "stepped": True}
+            assert all(r["loops"][k]["ms"] > 0 for k in ("unrolled", "stepped"))
+            assert r["baselines"]["equivalent_gemm_ms"] > 0 and r["speedup"]["vs_equivalent_gemm"] > 0
         # the timer (CUDA-graph replay on a GPU, no fallback), the L2 rotation (a stand-in L2 on
         # the CPU), the copy references, the tiles
         cuda = torch.cuda.is_available()
