@@ -333,7 +333,7 @@ def launch(
     # the decision depends only on the settings object, the kernel and its key (and the loaded
     # tables, which tiles.reset() forgets with the decisions): made once, then a dict lookup
     settings = current_settings()
-    memo = (id(tuned), key_values, id(settings))
+    memo = (id(tuned), family, key_values, id(settings))
     hit = tiles.DECISIONS.get(memo)
     if hit is None or hit[0] is not settings:
         hit = (settings, launch_meta(family, kernel, tuned, args, with_source=True, key=key))

@@ -242,7 +242,7 @@ def reset() -> None:
     DECISIONS.clear()
 
 
-#: The tile decisions of :func:`kernels._config.launch`, by ``(id(autotuner), key values,
+#: The tile decisions of :func:`kernels._config.launch`, by ``(id(autotuner), family, key values,
 #: id(settings))``, each holding its settings object (so that no id is reused while it is here).
 DECISIONS: Dict[Tuple[Any, ...], Tuple[Any, Any]] = {}
 _MAX_DECISIONS = 4096
