@@ -305,17 +305,16 @@ class Int8Conv2d(_Requant):
 
     def forward(self, x: Tensor, r: Optional[Tensor] = None) -> Tensor:
         r = self._check_residual_input(r)
-        if r is not None:
-            n, kh, kw, c = self.weight.shape
-            b, h, w, _ = kernels.reference.check_nhwc_input(x, c, self.weight.device)
-            oh, ow = kernels.reference.conv_output_size(h, w, kh, kw, self.stride, self.padding)
-            if tuple(r.shape) != (b, oh, ow, n):
-                raise ValueError(f"r must have the output's shape {(b, oh, ow, n)}, got {tuple(r.shape)}")
-            r = r.contiguous()
-            y = self._launch(x, "conv", self._conv_plan, r)
-            y = self._add_residual(self._layer(x), r) if y is None else y
-            return self._clamp_residual(y)
-        return self._layer(x)
+        if r is None:
+            return self._layer(x)
+        r = r.contiguous()
+        y = self._launch(x, "conv", self._conv_plan, r)  # the launch plan checks r against the output
+        if y is None:
+            y = self._layer(x)
+            if r.shape != y.shape:
+                raise ValueError(f"r must have the output's shape {tuple(y.shape)}, got {tuple(r.shape)}")
+            y = self._add_residual(y, r)
+        return self._clamp_residual(y)
 
     def _layer(self, x: Tensor) -> Tensor:
         y = self._launch(x, "conv", self._conv_plan)
