@@ -107,6 +107,20 @@ def _f32(values: Sequence[float] | Tensor) -> Tensor:
     return torch.as_tensor(values, dtype=torch.float32).reshape(-1).clone()
 
 
+def _register_channel_clamp(step: nn.Module, clamp_lo: Optional[Tensor], clamp_hi: Optional[Tensor]) -> None:
+    """The per-channel clamp after an add (int8 ``[C]`` buffers ``clamp_lo``/``clamp_hi``, or None):
+    bounds that differ between channels, which the add kernel's per-tensor bounds cannot hold."""
+    step.register_buffer("clamp_lo", None if clamp_lo is None else clamp_lo.to(torch.int8).reshape(-1).clone())
+    step.register_buffer("clamp_hi", None if clamp_hi is None else clamp_hi.to(torch.int8).reshape(-1).clone())
+
+
+def _channel_clamp(step: nn.Module, y: Tensor) -> Tensor:
+    """``y`` clamped by the step's per-channel clamp (an exact integer clamp), if it has one."""
+    if step.clamp_lo is not None and step.clamp_hi is not None:
+        y = torch.minimum(torch.maximum(y, step.clamp_lo), step.clamp_hi)
+    return y
+
+
 class QuantizeInput(Int8Step):
     """Float network input -> int8: NCHW images become NHWC, other ranks keep their shape.
 
@@ -230,8 +244,7 @@ class _Requant(Int8Step):
             raise ValueError("a residual add needs the layer's int8 output, not a float output")
         self.residual = residual
         self.layer_quantizer = str(layer_quantizer) if residual is not None else ""
-        self.register_buffer("clamp_lo", None if clamp_lo is None else clamp_lo.to(torch.int8).reshape(-1).clone())
-        self.register_buffer("clamp_hi", None if clamp_hi is None else clamp_hi.to(torch.int8).reshape(-1).clone())
+        _register_channel_clamp(self, clamp_lo, clamp_hi)
 
     def _check_residual_input(self, r: Optional[Tensor]) -> Tensor:
         if self.residual is None:
@@ -249,11 +262,6 @@ class _Requant(Int8Step):
         assert spec is not None
         return kernels.int8_add(y, r.contiguous(), spec.z_a, spec.z_b, spec.ia, spec.ib, spec.multiplier, spec.z_y,
                                 spec.lo, spec.hi, backend=self.backend)
-
-    def _clamp_residual(self, y: Tensor) -> Tensor:
-        if self.clamp_lo is not None and self.clamp_hi is not None:
-            y = torch.minimum(torch.maximum(y, self.clamp_lo), self.clamp_hi)
-        return y
 
     def _residual_repr(self) -> str:
         spec = self.residual
@@ -314,7 +322,7 @@ class Int8Conv2d(_Requant):
             if r.shape != y.shape:
                 raise ValueError(f"r must have the output's shape {tuple(y.shape)}, got {tuple(r.shape)}")
             y = self._add_residual(y, r)
-        return self._clamp_residual(y)
+        return _channel_clamp(self, y)
 
     def _layer(self, x: Tensor) -> Tensor:
         y = self._launch(x, "conv", self._conv_plan)
@@ -484,7 +492,7 @@ class Int8Linear(_Requant):
             y = self._launch(x, "gemm", self._gemm_plan, r2)
             if y is None:
                 y = self._add_residual(self._gemm(x), r2)
-            return self._clamp_residual(y).reshape(*lead, n)
+            return _channel_clamp(self, y).reshape(*lead, n)
         return self._gemm(x).reshape(*lead, self.weight.shape[0])
 
     def _gemm(self, x: Tensor) -> Tensor:
@@ -517,8 +525,7 @@ class Int8Add(Int8Step):
         super().__init__(**kw)
         self.z_a, self.z_b, self.ia, self.ib = int(z_a), int(z_b), int(ia), int(ib)
         self.multiplier, self.z_y, self.lo, self.hi = float(multiplier), int(z_y), int(lo), int(hi)
-        self.register_buffer("clamp_lo", None if clamp_lo is None else clamp_lo.to(torch.int8).reshape(-1).clone())
-        self.register_buffer("clamp_hi", None if clamp_hi is None else clamp_hi.to(torch.int8).reshape(-1).clone())
+        _register_channel_clamp(self, clamp_lo, clamp_hi)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         a, b = a.contiguous(), b.contiguous()
@@ -528,9 +535,7 @@ class Int8Add(Int8Step):
         else:
             y = kernels.int8_add(a, b, self.z_a, self.z_b, self.ia, self.ib, self.multiplier, self.z_y, self.lo,
                                  self.hi, backend=self.backend)
-        if self.clamp_lo is not None and self.clamp_hi is not None:
-            y = torch.minimum(torch.maximum(y, self.clamp_lo), self.clamp_hi)
-        return y
+        return _channel_clamp(self, y)
 
     def extra_repr(self) -> str:
         return (f"z_a={self.z_a}, z_b={self.z_b}, ia={self.ia}, ib={self.ib}, multiplier={self.multiplier:.6g}, "
