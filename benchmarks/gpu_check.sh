@@ -56,7 +56,7 @@ STEPS="${STEPS:-test_kernels test_int8 tiles kernels_bench e2e}"
 # the end-to-end models, in order (the step skips what no longer fits in T_E2E); also available:
 # mobilenet_v3_large efficientnet_b0 (hardswish/SiLU tables and SE gates)
 E2E_MODELS="${E2E_MODELS:-efficientnet_lite0 resnet50}"
-KERNEL_KINDS="${KERNEL_KINDS:-gemm conv3x3 depthwise add maxpool avgpool quantize}"
+KERNEL_KINDS="${KERNEL_KINDS:-gemm conv3x3 depthwise stem add maxpool avgpool quantize}"
 # Autotuning every layer of a network compiles each of ~12 tiles for each layer's specialization:
 # over 2 minutes per model on an H200, which is what the tiles step spends its budget on. The
 # benchmarks then take each launch's tile from the table it wrote (else the family's default)

@@ -95,7 +95,7 @@ logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
 #: Channel counts below this use the flat-K loop.
-FLAT_K_MAX_CHANNELS = 16
+FLAT_K_MAX_CHANNELS = ref.IM2COL_MAX_CHANNELS
 
 #: Tap-major convolutions with at least this many channel blocks (``ceil(C / BLOCK_K)``) per tap
 #: run the unrolled-tap loop, the others the stepped loop (see the module docstring). Each tap's

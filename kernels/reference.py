@@ -56,6 +56,9 @@ __all__ = [
     "int8_avgpool",
     "int8_maxpool2d",
     "quantize",
+    "quantize_im2col",
+    "im2col_width",
+    "IM2COL_MAX_CHANNELS",
     "dequantize",
     "int8_lut",
     "lut_from_function",
@@ -852,6 +855,11 @@ def check_quantize_args(x: Tensor, scale: float, zero_point: int, lo: int, hi: i
         raise ValueError(f"layout must be 'nchw', 'nhwc' or 'flat', got {layout!r}")
     if layout != "flat" and x.dim() != 4:
         raise ValueError(f"layout {layout!r} needs a 4-D input, got shape {tuple(x.shape)}")
+    return check_quantizer(scale, zero_point, lo, hi)
+
+
+def check_quantizer(scale: float, zero_point: int, lo: int, hi: int) -> Tuple[float, int, int, int]:
+    """Validate an int8 quantizer; returns ``(inv_scale float32 value, z, lo, hi)``."""
     if not (isinstance(scale, numbers.Real) and math.isfinite(float(scale)) and float(scale) > 0):
         raise ValueError(f"scale must be a positive finite float, got {scale}")
     inv = float32_reciprocal(float(scale))
@@ -886,6 +894,65 @@ def quantize(
     y = torch.clamp(y, min=float(lo - z - 1), max=float(hi - z + 1))
     q = torch.round(y).to(torch.int32) + z
     return torch.clamp(q, lo, hi).to(torch.int8)
+
+
+#: Inputs with fewer channels than this (an RGB stem) are read through an im2col matrix: the
+#: convolution kernel's flat-K loop (``kernels.conv``) gathers them that way, and the network's
+#: first convolution fuses the input quantization into one (``dfq_gpu.quant.plan.stem_fusions``).
+IM2COL_MAX_CHANNELS = 16
+
+#: Rows of the stem's im2col matrix are padded to a multiple of this many bytes (aligned rows,
+#: whole ``BLOCK_K`` steps of the GEMM that reads them).
+IM2COL_ROW_ALIGN = 32
+
+
+def im2col_width(k: int) -> int:
+    """The row length of the im2col matrix of a reduction over ``k = KH*KW*C``: ``k`` rounded up to
+    a multiple of :data:`IM2COL_ROW_ALIGN`."""
+    return -(-int(k) // IM2COL_ROW_ALIGN) * IM2COL_ROW_ALIGN
+
+
+def check_quantize_im2col_args(x: Tensor, scale: float, zero_point: int, lo: int, hi: int,
+                               kernel: Tuple[int, int], stride: Union[int, Sequence[int]], padding: Padding):
+    """Validate :func:`quantize_im2col`'s inputs; returns ``(inv, z, lo, hi, (KH, KW), stride, pad, (OH, OW))``."""
+    inv, z, lo, hi = check_quantize_args(x, scale, zero_point, lo, hi, "nchw")
+    kh, kw = (int(k) for k in kernel)
+    if kh < 1 or kw < 1:
+        raise ValueError(f"kernel must be two positive ints, got {tuple(kernel)}")
+    stride, pad = normalize_stride(stride), normalize_padding(padding)
+    oh, ow = conv_output_size(x.shape[2], x.shape[3], kh, kw, stride, pad)
+    return inv, z, lo, hi, (kh, kw), stride, pad, (oh, ow)
+
+
+def quantize_im2col(
+    x: Tensor,
+    scale: float,
+    zero_point: int,
+    lo: int,
+    hi: int,
+    kernel: Tuple[int, int],
+    stride: Union[int, Sequence[int]] = 1,
+    padding: Padding = 0,
+) -> Tensor:
+    """The float NCHW network input quantized (:func:`quantize`) and unfolded for a convolution:
+    int8 ``[B*OH*OW, im2col_width(KH*KW*C)]``, row ``(b, oh, ow)``, column ``(kh*KW + kw)*C + c``
+    (the order of a ``[N, KH, KW, C]`` weight flattened to ``[N, KH*KW*C]``).
+
+    A tap outside the input holds the zero point (real zero, as :func:`int8_conv2d` pads); the
+    columns past ``KH*KW*C`` hold 0. With the weight padded by zero columns to the same width, the
+    GEMM of this matrix (:func:`int8_gemm`, the convolution's folded bias unchanged: the padded
+    columns add nothing to ``sum x w``, ``sum x`` nor ``sum w``) is the convolution of the
+    quantized input, bit for bit.
+    """
+    inv, z, lo, hi, (kh, kw), (sh, sw), (t, b, left, r), (oh, ow) = check_quantize_im2col_args(
+        x, scale, zero_point, lo, hi, kernel, stride, padding)
+    q = quantize(x, scale, zero_point, lo, hi, layout="nchw")  # NHWC
+    bsz, c = q.shape[0], q.shape[3]
+    q = F.pad(q, (0, 0, left, r, t, b), value=z)
+    cols = q.unfold(1, kh, sh).unfold(2, kw, sw)  # [B, OH, OW, C, KH, KW]
+    cols = cols[:, :oh, :ow].permute(0, 1, 2, 4, 5, 3).reshape(bsz * oh * ow, kh * kw * c)
+    k = kh * kw * c
+    return F.pad(cols, (0, im2col_width(k) - k), value=0).contiguous()
 
 
 def check_dequantize_args(q: Tensor, scale: float, zero_point: int):

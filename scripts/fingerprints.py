@@ -95,9 +95,10 @@ def fingerprint(model: nn.Module, x: torch.Tensor, cfg: Any, triton: bool = Fals
             "biases": _digest(*[m.bias for _, m in layers if m.bias is not None]),
             "simulation": _digest(q(x)),
         }
-        # every quantizer's activation: the network without residual fusion (a fused layer's own
-        # output is never materialized); the outputs: the default network, residual adds fused
-        net = dfq_gpu.to_int8(q, backend="reference", fuse_residual=False)
+        # every quantizer's activation: the network without fusions (a fused layer's own output and
+        # a fused stem's quantized input are never materialized); the outputs: the default network,
+        # residual adds and the stem's input quantization fused
+        net = dfq_gpu.to_int8(q, backend="reference", fuse_residual=False, fuse_stem=False)
         fused = dfq_gpu.to_int8(q, backend="reference")
         _, acts = net.activations(x)
         out["int8_activations"] = _digest(*[acts[k] for k in sorted(acts)])

@@ -91,6 +91,8 @@ def check_steps(net: Int8Network, sim, x: torch.Tensor) -> None:
     n_fq = sum(1 for n in sim.graph.nodes if n.op == "call_module" and "act_quant" in str(n.target))
     # a layer with a residual add fused into it does not materialize its own quantizer
     n_fq -= sum(1 for m in net.steps().values() if getattr(m, "layer_quantizer", ""))
+    # nor does a stem convolution that quantizes the network input itself
+    n_fq -= sum(1 for m in net.steps().values() if isinstance(m, L.Int8StemConv2d))
     assert len(res) == n_fq, (len(res), n_fq)
     for name, r in res.items():
         assert r.mismatches == 0 and r.max_abs_diff == 0, (name, r)
@@ -125,8 +127,11 @@ def lite0():
 def test_lite0_graph_is_integer(lite0):
     _, sim, net, _ = lite0
     kinds = {type(m).__name__ for m in net.steps().values()}
-    # every residual add of Lite0 follows a 1x1 projection: computed in that convolution's epilogue
-    assert kinds == {"QuantizeInput", "Int8Conv2d", "Int8DepthwiseConv2d", "Int8AvgPool", "Int8Linear"}
+    # every residual add of Lite0 follows a 1x1 projection: computed in that convolution's epilogue;
+    # the stem (behind its ZeroPad2d) quantizes the input itself
+    assert kinds == {"Int8StemConv2d", "Int8Conv2d", "Int8DepthwiseConv2d", "Int8AvgPool", "Int8Linear"}
+    assert list(net.coverage.stem) == [n.name for n in sim.graph.nodes if n.op == "placeholder"
+                                       for n in n.users][:1]
     n_adds = sum(1 for n in sim.graph.nodes if ops.is_add(n) or isinstance(node_module(sim, n), QAdd))
     assert n_adds > 0 and len(net.coverage.fused) == n_adds
     assert sum(getattr(m, "residual", None) is not None for m in net.steps().values()) == n_adds
@@ -161,8 +166,9 @@ def test_lite0_reference_and_triton_kernels_identical(lite0):
     net.backend = "reference"
     with torch.backends.cudnn.flags(enabled=False):
         out_r, acts_r = net.activations(x)
-    # 60 quantizers, less the outputs of the layers whose residual add is fused into them
-    assert acts_t.keys() == acts_r.keys() and len(acts_r) == 60 - len(net.coverage.fused)
+    # 60 quantizers, less the outputs of the layers whose residual add is fused into them and the
+    # input quantizer (computed by the stem)
+    assert acts_t.keys() == acts_r.keys() and len(acts_r) == 60 - len(net.coverage.fused) - len(net.coverage.stem)
     for k in acts_r:
         assert torch.equal(acts_t[k], acts_r[k]), k
     assert torch.equal(out_t, out_r)
@@ -505,7 +511,10 @@ def test_input_zero_point_and_clamp_bounds_follow_the_quantizers():
     _, sim, _ = _small_sim(DFQConfig())
     net = to_int8(sim)
     fq = sim.get_submodule("act_quant_x")
-    qin = net.steps()["act_quant_x"]
+    stem = net.steps()["conv1_0"]  # the input quantization fused into the first convolution
+    assert isinstance(stem, L.Int8StemConv2d) and net.coverage.stem == {"act_quant_x": "conv1_0"}
+    qin = stem.quantize
+    assert stem.z_x == qin.zero_point
     assert qin.zero_point == int(fq.zero_point) - 128 and qin.scale == float(fq.scale)
     # ReLU after conv1: lower bound = output zero point; nothing clipped above
     conv = net.steps()["conv1_0"]
@@ -823,7 +832,7 @@ def test_e2e_benchmark_quick(tmp_path):
         assert abs(kind_ms - prof["total_ms"]) < 1e-6 * max(1.0, prof["total_ms"])
         assert sum(k["steps"] for k in prof["by_kind"].values()) == prof["steps"]
         # (no Int8Add where every residual add is fused into the convolution producing an operand)
-        assert {"QuantizeInput", "Int8Conv2d"} <= set(prof["by_kind"])
+        assert {"Int8StemConv2d", "Int8Conv2d"} <= set(prof["by_kind"])
         slow = prof["slowest"]
         assert slow and all(a["ms"] >= b["ms"] for a, b in zip(slow, slow[1:]))
         assert all(r["out"] is not None and r["in"] for r in slow)
@@ -1268,3 +1277,31 @@ def test_residual_adds_fuse_into_a_3x3_convolution():
             for layer, m in fused.items():
                 plan = net_t.steps()[layer].__dict__["_plan"][1]
                 assert type(plan).__name__ == "ConvPlan" and plan.gemm is None and plan.residual == m.residual
+
+
+def test_whole_network_survives_torch_save_and_load(tmp_path):
+    """``torch.save(net)`` / ``torch.load``: the GraphModule is stored as code and traced again on
+    loading; the layout helpers it calls (which branch on shapes) stay calls, the fused steps
+    (stem, residual) keep their inputs, and the loaded network computes the same integers."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU())
+            self.conv = nn.Conv2d(8, 8, 3, 1, 1)
+            self.fc = nn.Linear(8 * 4 * 4, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.stem(x)
+            y = torch.relu(y + self.conv(y))
+            return self.fc(torch.flatten(y, 1).reshape(x.size(0), -1))
+
+    x = torch.randn(2, 3, 8, 8)
+    net = to_int8(quantize(Net().eval(), (x[:1],)), backend="reference")
+    assert net.coverage.stem and net.coverage.fused
+    torch.save(net, tmp_path / "net.pt")
+    loaded = torch.load(tmp_path / "net.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    assert [type(m).__name__ for m in loaded.steps().values()] == [type(m).__name__ for m in net.steps().values()]

@@ -665,7 +665,7 @@ def test_grid_of_a_quantizer():
 # =============================================================================================
 @pytest.fixture(scope="module")
 def nets(sims):
-    return {k: to_int8(sims[k], backend="reference", fuse_residual=False) for k in ("tensor", "gap")}
+    return {k: to_int8(sims[k], backend="reference", fuse_residual=False, fuse_stem=False) for k in ("tensor", "gap")}
 
 
 def _int8_offset(fq: FakeQuant) -> int:

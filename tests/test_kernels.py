@@ -1022,7 +1022,7 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
     assert report["schema"] == bench.SCHEMA and report["mode"] == "quick"
     assert report["all_bit_exact"] is True
     kinds = {r["kind"] for r in report["results"]}
-    assert kinds == {"gemm", "conv3x3", "depthwise", "add", "maxpool", "avgpool", "quantize"} == set(bench.KINDS)
+    assert kinds == {"gemm", "conv3x3", "depthwise", "add", "maxpool", "avgpool", "quantize", "stem"} == set(bench.KINDS)
     for r in report["results"]:
         assert r["bit_exact"] is True and r["ms"] > 0 and r["gbps"] > 0
         assert set(r) >= {"name", "shape", "tops", "baselines", "speedup", "roofline_floor_ms", "pct_of_roofline"}
@@ -1036,6 +1036,8 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
                                                                                              "stepped": True}
             assert all(r["loops"][k]["ms"] > 0 for k in ("unrolled", "stepped"))
             assert r["baselines"]["equivalent_gemm_ms"] > 0 and r["speedup"]["vs_equivalent_gemm"] > 0
+        if r["kind"] == "stem":  # the fused stem against quantize then the flat-K convolution (checked equal)
+            assert r["baselines"]["quantize_then_conv_ms"] > 0 and r["speedup"]["vs_quantize_then_conv"] > 0
         # the timer (CUDA-graph replay on a GPU, no fallback), the L2 rotation (a stand-in L2 on
         # the CPU), the copy references, the tiles
         cuda = torch.cuda.is_available()
@@ -1047,7 +1049,7 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
             assert r["bandwidth"]["spec_gbps"] is None and r["pct_of_peak_tops"] is None  # no card on a CPU
         sources = ("default", "table", "autotune", "forced") if cuda else ("interpreter",)
         assert all(t["source"] in sources and t["config"] for t in r["tiles"]), r["tiles"]
-        assert bool(r["tiles"]) == (r["kind"] in ("gemm", "conv3x3", "depthwise", "maxpool"))  # tiled families
+        assert bool(r["tiles"]) == (r["kind"] in ("gemm", "conv3x3", "depthwise", "maxpool", "stem"))  # tiled families
     assert report["copy_bandwidth_gbps"] > 0 and report["copy_bandwidth"]["triton_copy_gbps"] > 0
     assert report["timer_fallback_count"] == 0
     assert report["l2"]["bytes"] > 0 and (torch.cuda.is_available() or report["l2"]["bytes"] == bench.QUICK_L2_BYTES)
@@ -1093,7 +1095,8 @@ def test_benchmark_compile_only_for_hopper(tmp_path):
     assert report["all_ok"] and report["target"] == "cuda:90"
     by_kernel = {r["kernel"]: r for r in report["results"]}
     assert {"depthwise 5x5 float32 acc", "depthwise rows 5x5", "depthwise rows 3x3 int32 acc"} <= set(by_kernel)
-    assert {"gemm wzp=False", "conv 3x3 flat=False", "depthwise 3x3", "add", "quantize nchw", "lut into slice",
+    assert {"gemm wzp=False", "conv 3x3 flat=False", "depthwise 3x3", "add", "quantize nchw", "quantize im2col 7x7 rgb",
+            "lut into slice",
             "lut per channel", "mul gate", "upsample bilinear", "avgpool2d 3x3", "maxpool dilated 3x3", "upsample nearest"} <= set(by_kernel)
     for name, r in by_kernel.items():
         assert r["wgmma"] == name.startswith(("gemm", "conv")), name

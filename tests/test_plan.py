@@ -75,7 +75,7 @@ def test_simulation_and_int8_network_built_from_the_same_plan(monkeypatch):
     monkeypatch.setattr(convert, "build_plan", recording("int8"))
     res = simulate.make_integer_exact(sim)
     assert (res["layers"], res["adds"], res["pools"], res["float"]) == (4, 1, 1, {})
-    net = to_int8(sim, backend="reference", fuse_residual=False)  # a step per add
+    net = to_int8(sim, backend="reference", fuse_residual=False, fuse_stem=False)  # a step per add and quantizer
     (sim_plan,), (int8_plan,) = plans["sim"], plans["int8"]
     steps = net.steps()
     for name in ("conv", "dw", "pw", "fc"):

@@ -65,7 +65,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -119,6 +119,10 @@ FULL_AVGPOOL = [(256, 7, 7, 1280), (256, 7, 7, 2048)]  # EfficientNet-Lite0/Mobi
 QUICK_AVGPOOL = [(2, 7, 7, 40)]
 FULL_QUANTIZE = [(256, 224, 224, 3)]
 QUICK_QUANTIZE = [(2, 16, 16, 3)]
+#: Stems on the float input (B, H, W, C, N, kernel, stride, padding): ResNet-50's 7x7/2, EfficientNet's
+#: 3x3/2 with TF "same" padding.
+FULL_STEM = [(256, 224, 224, 3, 64, 7, 2, (3, 3, 3, 3)), (256, 224, 224, 3, 32, 3, 2, (0, 1, 0, 1))]
+QUICK_STEM = [(1, 16, 16, 3, 16, 7, 2, (3, 3, 3, 3)), (1, 15, 15, 3, 8, 3, 2, (0, 1, 0, 1))]
 
 Call = Callable[[], Any]
 
@@ -707,6 +711,68 @@ def bench_quantize(B: int, H: int, W: int, C: int, ctx: Dict[str, Any]) -> Dict[
                         sets, lambda s: elementwise.quantize(s["x"], scale, zp, layout="nchw"),
                         lambda: ref.quantize(x, scale, zp, layout="nchw"), nbytes)  # fmt: skip
 
+def bench_stem(B: int, H: int, W: int, C: int, N: int, k: int, stride: int, pad: Tuple[int, int, int, int],
+               ctx: Dict[str, Any]) -> Dict[str, Any]:
+    """The first convolution on the float images: quantize-and-im2col then the GEMM
+    (``kernels.stem.StemPlan``, what the int8 network runs by default) against the unfused path
+    (quantize to NHWC, then the flat-K convolution) and cuDNN fp16 on the same convolution."""
+    from kernels import elementwise
+    from kernels.conv import ConvPlan
+    from kernels.stem import StemPlan, quantize_im2col
+
+    dev, timer, g = ctx["device"], ctx["timer"], ctx["gen"]
+    name = f"stem {k}x{k} s{stride} {B}x{C}x{H}x{W}->{N}"
+    x = (torch.rand((B, C, H, W), generator=g) * 2 - 1).to(dev)
+    scale, z_x = 2.0 / 255.0, 0
+    w = torch.randint(-128, 128, (N, k, k, C), dtype=torch.int8, generator=g).to(dev)
+    bias = torch.randint(-20000, 20000, (N,), dtype=torch.int32, generator=g).to(dev)
+    m = (torch.rand(N, generator=g) * 4.0 / (128.0 * 128.0 * math.sqrt(k * k * C))).to(dev)
+    lo = torch.full((1,), -128, dtype=torch.int32, device=dev)
+    hi = torch.full((1,), 127, dtype=torch.int32, device=dev)
+    b_n, w_zp, m_n, z_x, z_y, lo_n, hi_n, st, pd = ref.check_conv_args(
+        torch.zeros((1, H, W, C), dtype=torch.int8, device=dev), w, bias, None, m, z_x, 0, lo, hi, stride, pad)
+    folded = ref.fold_bias(w, b_n, z_x, w_zp)
+    OH, OW = ref.conv_output_size(H, W, k, k, st, pd)
+    M, K = B * OH * OW, k * k * C
+    nbytes = 4 * x.numel() + M * N + w.numel() + 12 * N
+    sets = clone_sets(dict(x=x), n_sets(ctx, nbytes))
+    plan = StemPlan(w, folded, w_zp, m_n, z_y, lo_n, hi_n, st, pd, False, scale, z_x, -128, 127)
+    conv = ConvPlan(w, folded, w_zp, m_n, z_x, z_y, lo_n, hi_n, st, pd, False)
+    ours = _calls(sets, lambda s: plan(s["x"]))
+    y, launched = _first_call(ours)
+    exact = all(torch.equal(y[sl], ref.int8_conv2d(ref.quantize(x[sl], scale, z_x), w, bias, m, z_x, None, z_y, lo,
+                                                   hi, st, pd)) for sl in _slices(B))
+    unfused = _calls(sets, lambda s: conv(elementwise.quantize(s["x"], scale, z_x, layout="nchw")))
+    exact = exact and torch.equal(unfused[0](), y)
+    t = timer.measure(ours, name)
+    ms_launch = timer.with_launch(ours[0])
+    for s in sets:
+        s["xh"] = s["x"].to(torch.float16).contiguous(memory_format=torch.channels_last)
+    wh = w.permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
+    symmetric = pd[0] == pd[1] and pd[2] == pd[3]
+
+    def cudnn(s: Dict[str, Any]) -> torch.Tensor:
+        if symmetric:
+            return torch.nn.functional.conv2d(s["xh"], wh, stride=st, padding=(pd[0], pd[2]))
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(s["xh"], (pd[2], pd[3], pd[0], pd[1])), wh, stride=st)
+
+    base = {
+        "quantize_then_conv_ms": _ms(_try_time(timer, unfused, f"{name} quantize + flat-K conv")),
+        "im2col_only_ms": _ms(_try_time(timer, _calls(sets, lambda s: quantize_im2col(
+            s["x"], scale, z_x, -128, 127, (k, k), st, pd)), f"{name} im2col")),
+        "cudnn_fp16_channels_last_ms": _ms(_try_time(timer, _calls(sets, cudnn), f"{name} cudnn")),
+    }
+    l2 = l2_info(ctx, len(sets), nbytes)
+    del sets
+    speed = {"vs_quantize_then_conv": _ratio(base["quantize_then_conv_ms"], t["ms"]),
+             "vs_cudnn_fp16": _ratio(base["cudnn_fp16_channels_last_ms"], t["ms"])}
+    met = None if speed["vs_quantize_then_conv"] is None else speed["vs_quantize_then_conv"] >= 1.0
+    return _entry("stem", name, {"B": B, "H": H, "W": W, "C": C, "N": N, "kernel": k, "stride": stride,
+                                 "padding": list(pd)}, exact, t, 2.0 * M * N * K, nbytes, ctx, base, speed,
+                  "faster than quantize then the flat-K convolution (the fusion's reason)", met, ms_launch, l2,
+                  launched)  # fmt: skip
+
+
 # =============================================================================================
 # Ahead-of-time compilation for sm_90 (no GPU needed)
 # =============================================================================================
@@ -795,7 +861,7 @@ def _compile_sm90(fn, runtime: Dict[str, Any], constexprs: Dict[str, Any], div16
 
 def compile_only(all_configs: bool) -> Dict[str, Any]:
     """Compile every kernel for cuda:90 (one config each, or every autotune config)."""
-    from kernels import conv, depthwise, elementwise, gemm, lut, pool
+    from kernels import conv, depthwise, elementwise, gemm, lut, pool, stem
 
     if _config.INTERPRETED:
         raise SystemExit("--compile-only must run without TRITON_INTERPRET (in a fresh process)")
@@ -875,6 +941,10 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
         ("quantize nchw", elementwise._quantize_kernel, dict(x_ptr=f32, y_ptr=i8, n_elements=0, C=0, H=0, W=0,
          stride_b=0, stride_c=0, stride_h=0, stride_w=0, inv_scale=1.0, z=0, lo=0, hi=0),
          dict(GATHER=True, USE_RINT=True, **block), [], single),
+        ("quantize im2col 7x7 rgb", stem._quantize_im2col_kernel, dict(x_ptr=f32, a_ptr=i8, M=0, H=0, W=0, OH=0,
+         OW=0, stride_b=0, stride_c=0, stride_h=0, stride_w=0, conv_sh=0, conv_sw=0, pad_top=0, pad_left=0,
+         inv_scale=1.0, z=0, lo=0, hi=0), dict(C=3, KH=7, KW=7, KP=160, USE_RINT=True, **stem.IM2COL_GPU_META), [],
+         triton.Config({}, num_warps=stem.IM2COL_GPU_WARPS, num_stages=1)),
         ("dequantize", elementwise._dequantize_kernel, dict(q_ptr=i8, y_ptr=f32, n_elements=0, scale=1.0, z=0),
          block, [], single),
         ("lut into slice", lut._int8_lut_kernel, dict(x_ptr=i8, table_ptr=i8, y_ptr=i8, n_elements=0, C=0, C_out=0,
@@ -933,7 +1003,7 @@ def _case_error(kind: str, name: str, shape: Dict[str, Any], exc: BaseException)
             "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}  # fmt: skip
 
 
-KINDS = ("gemm", "conv3x3", "depthwise", "add", "maxpool", "avgpool", "quantize")
+KINDS = ("gemm", "conv3x3", "depthwise", "stem", "add", "maxpool", "avgpool", "quantize")
 #: Memory-bound kinds (their goal is a fraction of the copy bandwidth).
 MEMORY_BOUND = ("depthwise", "add", "maxpool", "avgpool", "quantize")
 
@@ -1004,6 +1074,9 @@ def run(quick: bool, save: Optional[Callable[[Dict[str, Any]], None]] = None,
               for B, H, W, C, N in (QUICK_CONV if quick else FULL_CONV)]  # fmt: skip
     cases += [("depthwise", f"depthwise3x3 s{st} {B}x{H}x{W}x{C}", dict(B=B, H=H, W=W, C=C, stride=st),
                bench_depthwise, (B, H, W, C, st)) for B, H, W, C, st in (QUICK_DW if quick else FULL_DW)]  # fmt: skip
+    cases += [("stem", f"stem {k}x{k} s{st} {B}x{C}x{H}x{W}->{N}", dict(B=B, H=H, W=W, C=C, N=N, kernel=k, stride=st),
+               bench_stem, (B, H, W, C, N, k, st, pd))
+              for B, H, W, C, N, k, st, pd in (QUICK_STEM if quick else FULL_STEM)]  # fmt: skip
     cases += [("add", f"add {B}x{H}x{W}x{C}", dict(B=B, H=H, W=W, C=C), bench_add, (B, H, W, C))
               for B, H, W, C in (QUICK_ADD if quick else FULL_ADD)]  # fmt: skip
     cases += [("maxpool", f"maxpool3x3 s2 {B}x{H}x{W}x{C}", dict(B=B, H=H, W=W, C=C), bench_maxpool, (B, H, W, C))

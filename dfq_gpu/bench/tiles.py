@@ -62,7 +62,8 @@ class _OutOfBudget(Exception):
 
 
 def tiny_model(image_size: int = 16) -> torch.nn.Module:
-    """A stem, one inverted-residual block with a skip add, a 1x1 head, pool and classifier."""
+    """A stem (which quantizes the input itself: a GEMM on its im2col matrix), one inverted-residual
+    block with a skip add, a 3x3 head (the convolution kernel), pool and classifier."""
     import torch.nn as nn
 
     from dfq_gpu.bench import e2e
@@ -72,7 +73,7 @@ def tiny_model(image_size: int = 16) -> torch.nn.Module:
             super().__init__()
             self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
             self.block = e2e._MBConv(16, 16, 4, 3, 1, image_size)
-            self.head = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
+            self.head = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(32, 10)
 

@@ -123,8 +123,9 @@ def golden_activations(q: fx.GraphModule, *inputs: Any, net: Any = None) -> dict
         q: the simulated network of :func:`dfq_gpu.quantize`.
         inputs: its inputs (float NCHW).
         net: its integer network (default: ``dfq_gpu.to_int8(q, backend="reference",
-            fuse_residual=False)``, which materializes every quantizer's activation; a network
-            with fused residual adds has no entry for a fused layer's own quantizer).
+            fuse_residual=False, fuse_stem=False)``, which materializes every quantizer's
+            activation; a network with fused residual adds has no entry for a fused layer's own
+            quantizer, one with a fused stem none for the input quantizer).
 
     Returns:
         ``{FakeQuant node name: int32 array}`` (NCHW for 4-D tensors) in execution order.
@@ -132,7 +133,7 @@ def golden_activations(q: fx.GraphModule, *inputs: Any, net: Any = None) -> dict
     from ..int8 import to_int8
 
     if net is None:
-        net = to_int8(q, backend="reference", fuse_residual=False)
+        net = to_int8(q, backend="reference", fuse_residual=False, fuse_stem=False)
     _, acts = net.activations(*inputs)
     steps = net.steps()
     fqs = {n.name: node_module(q, n) for n in q.graph.nodes if isinstance(node_module(q, n), FakeQuant)}

@@ -40,6 +40,13 @@ How each node of the simulation is mapped
   step's ``sim_quantizer`` is the add's quantizer, the layer's own (``layer_quantizer``) is not
   materialized, so ``Int8Network.activations`` and ``compare_with_simulation`` have no entry for
   it, and ``Int8Network.coverage.fused`` lists the fused adds.
+* by default (``to_int8(..., fuse_stem=False)`` turns it off): the first convolution, when it
+  reads the quantized network input (through a zero padding at most) and nothing else does, on
+  fewer than 16 channels (the one decision, :func:`dfq_gpu.quant.plan.stem_fusions`), quantizes
+  the float input itself (:class:`~dfq_gpu.int8.layers.Int8StemConv2d`): on the Triton path one
+  quantize-and-im2col launch and a GEMM (``kernels.stem``); otherwise ``QuantizeInput`` then the
+  convolution. The same integers; the input quantizer's activation is not materialized
+  (``Int8Network.coverage.stem`` names the convolution).
 * global average pooling (``QAvgPool``, ``AdaptiveAvgPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``,
   ``x.mean((2, 3))``, an ``AvgPool2d`` covering the whole input) + ``FakeQuant``: ``int8_avgpool``
   with ``m = float32((s_x / s_y) / (H W))``; as the float network output,
@@ -128,9 +135,9 @@ from ..nn import FakeQuant, grid_values
 from ..quant import requant
 from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
 from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, BilinearPlan, ChannelAffinePlan, LayerPlan,
-                          LookupPlan, MulPlan, ResidualFusion, StepPlan,
+                          LookupPlan, MulPlan, ResidualFusion, StemFusion, StepPlan,
                           build_plan,
-                          global_avgpool_problem, is_passthrough, residual_fusions)
+                          global_avgpool_problem, is_passthrough, residual_fusions, stem_fusions)
 from ..quant.simulate import stale_integer_steps
 from . import layers as L
 from .coverage import Coverage, measure_coverage
@@ -272,19 +279,31 @@ def requant_table(src: _QParams, fq: FakeQuant, fn: Any, out: _QParams) -> torch
     return (rel + out.zero_point).clamp(out.lo, out.hi).to(torch.int8)
 
 
+class Int8Tracer(fx.Tracer):
+    """The tracer a pickled integer network is rebuilt with (``torch.save(net)`` then
+    ``torch.load``: a ``GraphModule`` is stored as its generated code and traced again on
+    loading, with every module a leaf): the layout helpers the graph calls
+    (:data:`~dfq_gpu.int8.layers.GRAPH_FUNCTIONS`, which branch on shapes) stay single calls."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("autowrap_functions", L.GRAPH_FUNCTIONS)
+        super().__init__(*args, **kwargs)
+
+
 # =============================================================================================
 # The converter
 # =============================================================================================
 class _Converter:
     def __init__(self, gm: fx.GraphModule, backend: Optional[str], plan: dict[str, StepPlan],
-                 fallback: bool = True, fusions: Optional[dict[str, ResidualFusion]] = None) -> None:
+                 fallback: bool = True, fusions: Optional[dict[str, ResidualFusion]] = None,
+                 stems: Optional[dict[str, StemFusion]] = None) -> None:
         self.gm = gm
         self.backend = backend
         self.fallback = fallback  # run what has no int8 step in float instead of raising
         self.float_nodes: dict[str, str] = {}  # simulation node -> why it runs in float
         self.dequantized: dict[fx.Node, fx.Node] = {}  # int8 value -> its float NCHW tensor
         self.plan = plan  # the fusion plan (dfq_gpu.quant.plan): what each step fuses, its integer parameters
-        self.graph = fx.Graph()
+        self.graph = fx.Graph(tracer_cls=Int8Tracer)
         self.root = nn.Module()
         self.env: dict[fx.Node, _Val] = {}
         self.done: set[fx.Node] = set()
@@ -294,6 +313,10 @@ class _Converter:
         self.fused_layers: set[str] = {f.layer for f in self.fusions.values()}
         self.deferred: dict[fx.Node, _DeferredLayer] = {}  # a fused layer's output quantizer -> its step
         self.fused: dict[str, str] = {}  # add -> the layer whose step computes it (Coverage.fused)
+        # convolutions that quantize the network input themselves (dfq_gpu.quant.plan.stem_fusions)
+        self.stems: dict[str, StemFusion] = dict(stems or {})  # by layer name
+        self.input_steps: dict[fx.Node, tuple[fx.Node, L.QuantizeInput]] = {}  # its output -> (float input, step)
+        self.stem_fused: dict[str, str] = {}  # input quantizer -> the convolution computing it (Coverage.stem)
 
     # ---------------------------------------------------------------------------------------
     # helpers
@@ -566,8 +589,11 @@ class _Converter:
             raise self.err(node, f"the network input has rank {v.rank}; NCHW images (4-D) or [B, K] (2-D) are "
                                  "supported")
         x = v.node if v.kind == "input" else self.sim_value(node, src)
-        out = self.step(node.name, L.QuantizeInput(qp.scale, qp.zero_point, qp.lo, qp.hi, check_finite=v.kind == "input",
-                                                   sim_quantizer=node.name), x)
+        quant = L.QuantizeInput(qp.scale, qp.zero_point, qp.lo, qp.hi, check_finite=v.kind == "input",
+                                sim_quantizer=node.name)
+        out = self.step(node.name, quant, x)
+        if v.kind == "input":
+            self.input_steps[out] = (x, quant)
         self.env[node] = _Val(out, "int8", qp, rank=v.rank)
 
     def step_plan(self, node: fx.Node, kind: type) -> Any:
@@ -637,6 +663,10 @@ class _Converter:
             self.done.update(n for n in (node, act, fq) if n is not None)
             return
         mod, rank = build(sim_q, epi)
+        if isinstance(mod, L.Int8StemConv2d):
+            # it quantizes the network input itself; the QuantizeInput step is left without users
+            x = replace(x, node=self.input_steps[x.node][0])
+            self.stem_fused[self.stems[node.name].quantizer] = node.name
         self.emit_layer(node, act, fq, tail, mod, rank, x, qp, how.method, n_out)
 
     def emit_layer(self, node: fx.Node, act: Optional[fx.Node], fq: Optional[fx.Node], tail: fx.Node,
@@ -688,7 +718,10 @@ class _Converter:
             raise self.err(node, f"a grouped convolution (groups={m.groups}, {m.in_channels} -> "
                                  f"{m.out_channels} channels) that is not depthwise")
         step_cls, layout = CONV_KERNELS[p.kind]
-        extra = {"groups": m.groups} if p.kind == "grouped" else {}
+        extra: dict[str, Any] = {"groups": m.groups} if p.kind == "grouped" else {}
+        if node.name in self.stems and x.node in self.input_steps and step_cls is L.Int8Conv2d \
+                and dilation == (1, 1):  # the stem fusion (dfq_gpu.quant.plan.stem_fusions)
+            step_cls, extra = L.Int8StemConv2d, {"quantize": self.input_steps[x.node][1]}
         if dilation != (1, 1):
             inner = step_cls(layout(w8), rq.bias, wzp, x.q.zero_point, stride=(1, 1), padding=(0, 0, 0, 0),
                              sim_quantizer=sim_q, **epi)
@@ -1015,6 +1048,8 @@ class _Converter:
     def shape_query(self, node: fx.Node) -> None:
         src = node.args[0]
         v = self.val(src, node)
+        if v.node in self.input_steps:  # the quantized network input: the float input has its NCHW shape
+            v = _Val(self.input_steps[v.node][0], "input", rank=v.rank)
         if node.op == "call_method" and node.target == "size":
             dim = ops.node_arg(node, 1, "dim", None)
             if v.kind in ("input", "sim"):
@@ -1124,7 +1159,7 @@ class Int8Network(nn.Module):
 
 
 def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True,
-            fuse_residual: bool = True) -> Int8Network:
+            fuse_residual: bool = True, fuse_stem: bool = True) -> Int8Network:
     """The integer network of a simulated quantized model.
 
     Args:
@@ -1149,6 +1184,13 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True
             ``layer_quantizer`` names it). ``net.coverage.fused`` lists the fused adds.
             ``False`` keeps every add a step of its own and every quantizer's activation
             (what :func:`dfq_gpu.export.golden_activations` uses).
+        fuse_stem: let the convolution that :func:`dfq_gpu.quant.plan.stem_fusions` selects (the
+            first convolution, on an input of fewer than 16 channels read only by it) quantize the
+            float input itself (:class:`~dfq_gpu.int8.layers.Int8StemConv2d`): on the Triton path
+            one quantize-and-im2col kernel and a GEMM, with no int8 NHWC copy of the input. The
+            outputs are the same bit for bit; the input quantizer's activation is not
+            materialized. ``net.coverage.stem`` names the convolution. ``False`` keeps the
+            :class:`~dfq_gpu.int8.layers.QuantizeInput` step.
 
     Returns:
         An :class:`Int8Network` on the CPU (``.to("cuda")`` moves its integer parameters) that
@@ -1185,10 +1227,11 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True
                     "the simulation's until dfq_gpu.quant.simulate.make_integer_exact(q) updates it",
                     ", ".join(stale))
     fusions = residual_fusions(q, plan) if fuse_residual else {}
-    conv = _Converter(q, backend, plan, fallback=fallback, fusions=fusions)
+    stems = stem_fusions(q, plan, fusions) if fuse_stem else {}
+    conv = _Converter(q, backend, plan, fallback=fallback, fusions=fusions, stems=stems)
     with torch.inference_mode(False), torch.no_grad():
         net = conv.run()
-    coverage = measure_coverage(q, conv.float_nodes, conv.is_bookkeeping, fused=conv.fused)
+    coverage = measure_coverage(q, conv.float_nodes, conv.is_bookkeeping, fused=conv.fused, stem=conv.stem_fused)
     n_steps = sum(1 for n in net.graph.nodes if n.op == "call_module")
     log.info("built an int8 network with %d steps: %s", n_steps, coverage.summary())
     if coverage.float_nodes:

@@ -25,12 +25,14 @@ class Coverage:
     ``macs_int8`` / ``macs_total``: multiply-accumulates per image of the convolutions and linear
     layers (from the shapes recorded at quantization); ``fused``: the residual adds computed in the
     epilogue of the layer producing one operand (add node -> layer node; both are placed in
-    int8, and the layer's MACs count as int8)."""
+    int8, and the layer's MACs count as int8); ``stem``: the input quantizer computed by the first
+    convolution's step (quantizer node -> convolution node)."""
 
     placement: dict[str, str]
     macs_int8: int
     macs_total: int
     fused: dict[str, str] = field(default_factory=dict)
+    stem: dict[str, str] = field(default_factory=dict)
 
     @property
     def float_nodes(self) -> dict[str, str]:
@@ -50,6 +52,8 @@ class Coverage:
         if self.fused:
             n = len(self.fused)
             text += f"; {n} residual add{'s' if n > 1 else ''} fused into the layer producing an operand"
+        if self.stem:
+            text += f"; input quantization fused into {', '.join(sorted(set(self.stem.values())))}"
         if fl:
             by: dict[str, list[str]] = {}
             for k, v in fl.items():
@@ -74,10 +78,11 @@ def layer_macs(m: Optional[nn.Module], node: fx.Node) -> int:
 
 
 def measure_coverage(sim: fx.GraphModule, float_nodes: dict[str, str],
-                     skip: Callable[[fx.Node], bool], fused: Optional[dict[str, str]] = None) -> Coverage:
+                     skip: Callable[[fx.Node], bool], fused: Optional[dict[str, str]] = None,
+                     stem: Optional[dict[str, str]] = None) -> Coverage:
     """The :class:`Coverage` of the integer network of ``sim`` whose float parts are
-    ``float_nodes`` (node name -> reason) and whose fused residual adds are ``fused`` (add ->
-    layer); nodes for which ``skip`` holds (quantizers, sizes, constants) are not listed."""
+    ``float_nodes`` (node name -> reason), whose fused residual adds are ``fused`` (add ->
+    layer) and whose input quantizers computed by a convolution are ``stem``; nodes for which ``skip`` holds (quantizers, sizes, constants) are not listed."""
     placement: dict[str, str] = {}
     macs_int8 = macs_total = 0
     for node in sim.graph.nodes:
@@ -88,4 +93,4 @@ def measure_coverage(sim: fx.GraphModule, float_nodes: dict[str, str],
         macs = layer_macs(node_module(sim, node), node)
         macs_total += macs
         macs_int8 += macs if where == "int8" else 0
-    return Coverage(placement, macs_int8, macs_total, dict(fused or {}))
+    return Coverage(placement, macs_int8, macs_total, dict(fused or {}), dict(stem or {}))

@@ -29,6 +29,7 @@ __all__ = [
     "check_finite_input",
     "Dequantize",
     "Int8Conv2d",
+    "Int8StemConv2d",
     "Int8DepthwiseConv2d",
     "Int8GroupedConv2d",
     "Int8DilatedConv2d",
@@ -76,7 +77,7 @@ class Int8Step(nn.Module):
         """The Triton module to launch directly on ``x`` (eager CUDA or interpreter), else None."""
         return kernels.ops.triton_module(x, self.backend, module)
 
-    def _cached_plan(self, build: Callable[[], Any]) -> Any:
+    def _cached_plan(self, build: Callable[[], Any], slot: str = "_plan") -> Any:
         """The step's kernel launch plan (weight-side arguments bound once), rebuilt whenever a
         buffer is replaced (``.to()``, ``load_state_dict`` with ``assign``) or changed in place.
 
@@ -86,16 +87,17 @@ class Int8Step(nn.Module):
             key = tuple((id(b), b._version) for b in self._buffers.values() if b is not None)
         except RuntimeError:
             return build()
-        cached = self.__dict__.get("_plan")
+        cached = self.__dict__.get(slot)
         if cached is not None and cached[0] == key:
             return cached[1]
         plan = build()
-        self.__dict__["_plan"] = (key, plan)
+        self.__dict__[slot] = (key, plan)
         return plan
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.pop("_plan", None)  # launch plans hold kernel handles and are rebuilt on demand
+        for slot in ("_plan", "_stem_plan_cache"):
+            state.pop(slot, None)  # launch plans hold kernel handles and are rebuilt on demand
         return state
 
 
@@ -346,6 +348,54 @@ class Int8Conv2d(_Requant):
         return (f"{c}, {n}, kernel=({kh}, {kw}), stride={self.stride}, padding={self.padding}, z_x={self.z_x}, "
                 f"z_y={self.z_y}, per_channel={self.multiplier.numel() > 1}, float_output={self.float_output}"
                 + self._residual_repr())
+
+
+class Int8StemConv2d(Int8Conv2d):
+    """The network's first convolution with the input quantization fused into it: an
+    :class:`Int8Conv2d` (same arguments, no residual add) called on the float NCHW input ``x``,
+    computing ``conv(quantize(x))`` with ``quantize`` a :class:`QuantizeInput`; chosen by
+    :func:`dfq_gpu.quant.plan.stem_fusions`.
+
+    On the direct Triton path: one quantize-and-im2col launch and one GEMM
+    (``kernels.stem.StemPlan``), so the quantized NHWC image is never written and the convolution
+    reads whole aligned rows instead of gathering a few channels per tap; otherwise (reference
+    backend, ``torch.compile``) the two steps. The result is theirs bit for bit. The input
+    quantizer's activation is not materialized (``input_quantizer`` names it).
+    """
+
+    def __init__(self, *args: Any, quantize: QuantizeInput, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        if not isinstance(quantize, QuantizeInput):
+            raise ValueError(f"quantize must be a QuantizeInput step, got {type(quantize).__name__}")
+        if self.residual is not None:
+            raise ValueError("a stem convolution cannot also fuse a residual add")
+        if quantize.zero_point != self.z_x:
+            raise ValueError(f"the input quantizer's zero point {quantize.zero_point} is not the convolution's "
+                             f"z_x={self.z_x}")
+        self.quantize = quantize
+        self.input_quantizer = quantize.sim_quantizer
+
+    def _stem_plan(self, mod: ModuleType) -> Any:
+        q = self.quantize
+        bias, w_zp, m, z_y, lo, hi = self._plan_params(self.weight.shape[0], 4, "[N, KH, KW, C]")
+        return mod.StemPlan(self.weight, bias, w_zp, m, z_y, lo, hi, self.stride, self.padding, self.float_output,
+                            q.scale, q.zero_point, q.lo, q.hi)
+
+    def forward(self, x: Tensor, r: Optional[Tensor] = None) -> Tensor:  # type: ignore[override]
+        if r is not None:
+            raise ValueError("Int8StemConv2d has no residual add: it takes one input")
+        mod = self._triton(x, "stem") if isinstance(x, Tensor) and x.dim() == 4 else None
+        if mod is None:
+            return super().forward(self.quantize(x))
+        if x.dtype != torch.float32:
+            x = x.to(torch.float32)
+        if self.quantize.check_finite:
+            check_finite_input(x)
+        y = self._cached_plan(lambda: self._stem_plan(mod), slot="_stem_plan_cache")(x)
+        return self._to_float(y) if self.float_output else y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", input_quantizer={self.input_quantizer!r}"
 
 
 class Int8GroupedConv2d(Int8Step):
@@ -886,3 +936,9 @@ def nhwc_to_nchw_of_last(x: Tensor) -> Tensor:
 def nhwc_to_nchw(x: Tensor) -> Tensor:
     """A float NHWC tensor as NCHW (a permuted view)."""
     return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
+
+
+#: The helpers above that the integer network's graph calls: leaves when a pickled network's
+#: generated code is traced again (``torch.load``; see ``dfq_gpu.int8.convert.Int8Tracer``).
+GRAPH_FUNCTIONS = (nchw_size, nchw_shape, flatten_nhwc, expand_to_nhwc, int8_to_nchw, int8_to_nhwc,
+                   nhwc_to_nchw_of_last, nhwc_to_nchw)

@@ -16,7 +16,8 @@ node's name, in graph order. Both executors of the integer contract read it:
   accumulator bound above int32 is the kernels' concern).
 
 :func:`residual_fusions` reads the plan to say which residual adds the int8 network may compute in
-the epilogue of the layer producing one operand (``dfq_gpu.to_int8`` does it by default).
+the epilogue of the layer producing one operand, :func:`stem_fusions` which convolution quantizes
+the network input itself (``dfq_gpu.to_int8`` does both by default).
 
 Plans hold the quantizers' own grids (:class:`~dfq_gpu.quant.requant.Grid`); the int8 storage
 offset (``-128`` for asymmetric grids) is the converter's business.
@@ -32,6 +33,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from kernels.reference import IM2COL_MAX_CHANNELS
+
 from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import layer_type
@@ -45,7 +48,7 @@ __all__ = ["FUSABLE_ACTS", "LayerPlan", "AddPlan", "AvgPoolPlan", "AvgPool2dPlan
            "MulPlan", "BilinearPlan", "StepPlan", "build_plan",
            "is_passthrough", "lookup_spec", "channel_affine_spec",
            "input_quantizer", "source_quantizer", "fused_output", "global_avgpool_problem", "module_users",
-           "EXCEEDS_INT32", "ResidualFusion", "residual_fusions"]
+           "EXCEEDS_INT32", "ResidualFusion", "residual_fusions", "StemFusion", "stem_fusions"]
 
 FUSABLE_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, ChannelClamp)
 
@@ -658,4 +661,52 @@ def residual_fusions(gm: fx.GraphModule, plan: dict[str, StepPlan]) -> dict[str,
                     and len(src.users) == 1 and _epilogue_fusable(gm, lp)):
                 out[name] = ResidualFusion(name, lp.name, i)
                 break
+    return out
+
+
+# =============================================================================================
+# The input quantization fused into the first convolution
+# =============================================================================================
+@dataclass(frozen=True)
+class StemFusion:
+    """A convolution that quantizes the float network input itself (``kernels.stem``): ``layer``
+    is its node name, ``quantizer`` the name of the input's ``FakeQuant`` node."""
+
+    layer: str
+    quantizer: str
+
+
+def stem_fusions(gm: fx.GraphModule, plan: dict[str, StepPlan],
+                 residual: Optional[dict[str, ResidualFusion]] = None) -> dict[str, StemFusion]:
+    """Which convolutions the int8 network computes straight from the float network input, by
+    layer name (the one place that decides it; :func:`dfq_gpu.to_int8` follows it unless
+    ``fuse_stem=False``): the input quantizer and an im2col matrix of the quantized input in one
+    kernel, then the GEMM.
+
+    A convolution fuses when its input is the ``FakeQuant`` of a 4-D network input (a placeholder),
+    possibly through one zero padding, and that quantizer (and the padding) has no other user but
+    shape queries (``x.size()``, which the converter answers from the float input); the
+    convolution is an integer one (no ``float_reason``), dense (groups 1), undilated, zero-padded,
+    on fewer than ``kernels.reference.IM2COL_MAX_CHANNELS`` input channels (an RGB stem: the
+    channel counts the convolution kernel could only gather byte-wise), and does not fuse a
+    residual add (``residual``, the add fusions by add name)."""
+    with_residual = {f.layer for f in (residual or {}).values()}
+    out: dict[str, StemFusion] = {}
+    for name, p in plan.items():
+        if not isinstance(p, LayerPlan) or p.kind != "conv" or p.float_reason is not None or p.requant is None \
+                or name in with_residual:
+            continue
+        m = node_module(gm, p.node)
+        if not isinstance(m, QConv2d) or m.in_channels >= IM2COL_MAX_CHANNELS or not _epilogue_fusable(gm, p):
+            continue
+        src = p.node.args[0] if p.node.args else None
+        if isinstance(src, fx.Node) and ops.is_zero_pad(gm, src) and len(src.users) == 1:
+            src = src.args[0]
+        if not isinstance(src, fx.Node) or not isinstance(node_module(gm, src), FakeQuant) \
+                or sum(not ops.is_shape_query(u) for u in src.users) != 1:
+            continue
+        inp = src.args[0] if src.args else None
+        shape = ops.tensor_shape(inp) if isinstance(inp, fx.Node) else None
+        if isinstance(inp, fx.Node) and inp.op == "placeholder" and shape is not None and len(shape) == 4:
+            out[name] = StemFusion(name, src.name)
     return out
