@@ -9,7 +9,8 @@
 #   1. test_kernels (T_TESTS=120 s; ~105 s): the kernel tests on the GPU (bit-exact against the
 #      integer reference; every autotune configuration forced once, otherwise each kernel's
 #      default tile: DFQ_KERNELS_AUTOTUNE=0, DFQ_KERNELS_TILE_TABLE=0):
-#        python -m pytest tests/test_kernels.py tests/test_kernels_property.py tests/test_kernels_ops2.py [-n <cores>]
+#        python -m pytest tests/test_kernels.py tests/test_kernels_property.py tests/test_kernels_ops2.py
+#                  tests/test_stem.py [-n <cores>]
 #   2. test_int8 (T_INT8=80 s; ~45 s): the int8 network on the GPU against the integer reference,
 #      every activation bit for bit: pretrained EfficientNet-Lite0 on two ImageNet-sample images
 #      at 224x224; the steps' direct launches from launch plans, and GraphedNetwork with real CUDA
@@ -110,7 +111,7 @@ fi
 XDIST=()
 if "$PY" -c "import xdist" 2> /dev/null; then XDIST=(-n "$(nproc)"); fi
 step test_kernels "$T_TESTS" env DFQ_KERNELS_AUTOTUNE=0 DFQ_KERNELS_TILE_TABLE=0 "$PY" -m pytest tests/test_kernels.py \
-    tests/test_kernels_property.py tests/test_kernels_ops2.py -v -rfE --tb=short "${XDIST[@]}" --durations=10 -p no:cacheprovider \
+    tests/test_kernels_property.py tests/test_kernels_ops2.py tests/test_stem.py -v -rfE --tb=short "${XDIST[@]}" --durations=10 -p no:cacheprovider \
     -p no:benchmark
 step test_int8 "$T_INT8" env DFQ_KERNELS_AUTOTUNE=0 DFQ_KERNELS_TILE_TABLE=0 "$PY" -m pytest tests/test_int8.py -q \
     -k "lite0_reference_and_triton or lite0_graph or launch_directly or graphed or mobile_ops or per_channel_maps or bilinear or residual" --durations=5 -p no:cacheprovider
