@@ -73,13 +73,17 @@ def _quantize_im2col_kernel(
     tap = cols // C
     kw = tap % KW
     kh = tap // KW
-    ih = (oh * conv_sh - pad_top)[:, None] + kh[None, :]
-    iw = (ow * conv_sw - pad_left)[:, None] + kw[None, :]
+    ih0 = oh * conv_sh - pad_top  # the window's top-left input pixel, per row
+    iw0 = ow * conv_sw - pad_left
+    ih = ih0[:, None] + kh[None, :]
+    iw = iw0[:, None] + kw[None, :]
     col_ok = cols < KH * KW * C
     inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & col_ok[None, :] & row_ok[:, None]
-    src = (b.to(tl.int64) * stride_b)[:, None] + (c.to(tl.int64) * stride_c)[None, :] \
-        + ih.to(tl.int64) * stride_h + iw.to(tl.int64) * stride_w
-    x = tl.load(x_ptr + src, mask=inside, other=0.0)
+    # the element offset splits into a row part and a column part, each computed once (the 2-D
+    # tile costs one add); the offset of a tap outside the image is masked, never loaded
+    row_base = b.to(tl.int64) * stride_b + ih0.to(tl.int64) * stride_h + iw0.to(tl.int64) * stride_w
+    col_base = c.to(tl.int64) * stride_c + kh.to(tl.int64) * stride_h + kw.to(tl.int64) * stride_w
+    x = tl.load(x_ptr + (row_base[:, None] + col_base[None, :]), mask=inside, other=0.0)
     q = round_clamp(x * inv_scale, z, lo, hi, USE_RINT)
     # a tap outside the image is real zero (the zero point); the row's padding columns are 0
     q = tl.where(inside, q, tl.where(col_ok[None, :], z, 0))
