@@ -1305,3 +1305,25 @@ def test_whole_network_survives_torch_save_and_load(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
     assert [type(m).__name__ for m in loaded.steps().values()] == [type(m).__name__ for m in net.steps().values()]
+
+
+def test_whole_network_refuses_dtype_casts():
+    """The float32 multipliers and scales are part of the integer contract: a floating dtype cast
+    of the network is refused with a clear error (a move is not), and ``.type()`` (which would
+    cast the int8 weights too) as well."""
+    from dfq_gpu import DFQError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    net = to_int8(quantize(model, (x[:1],)), backend="reference")
+    y = net(x)
+    for cast in (lambda n: n.half(), lambda n: n.bfloat16(), lambda n: n.double(), lambda n: n.to(torch.float16),
+                 lambda n: n.to("cpu", torch.bfloat16), lambda n: n.to(dtype=torch.float64),
+                 lambda n: n.to(x.half())):
+        with pytest.raises(DFQError, match="cannot be cast to torch"):
+            cast(net)
+    with pytest.raises(DFQError, match="integer weights"):
+        net.type(torch.float32)
+    assert net.to("cpu") is net and net.to(torch.float32) is net and net.float() is net
+    assert torch.equal(net(x), y) and torch.equal(net(x.half()), net(x.half().float()))

@@ -126,6 +126,7 @@ import torch.nn.functional as F
 
 import kernels
 
+from ..errors import DFQError
 from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import is_layer_module
@@ -1100,6 +1101,10 @@ class Int8Network(nn.Module):
     kernels for every step: ``"auto"`` (Triton on CUDA tensors, the integer reference
     otherwise), ``"triton"``, ``"reference"``, or ``None`` (the kernels' process-wide default,
     see ``kernels.use_backend``).
+
+    ``.to(device)`` moves it; a floating dtype other than float32 (``.half()``, ``.to(torch.float16)``,
+    ``.double()``...) raises :class:`~dfq_gpu.DFQError`: its float32 multipliers and scales are part
+    of the integer contract, and casting them would change the integers.
     """
 
     def __init__(self, net: fx.GraphModule, backend: Optional[str] = "auto",
@@ -1125,6 +1130,34 @@ class Int8Network(nn.Module):
     @property
     def graph(self) -> fx.Graph:
         return self.net.graph
+
+    @staticmethod
+    def _refuse_cast(dtype: Any) -> None:
+        if dtype is not None and dtype != torch.float32:
+            raise DFQError(f"an int8 network cannot be cast to {dtype}: its weights are integers and its requantization "
+                           "multipliers and scales float32, part of the integer contract (a cast would change its "
+                           "integers); it takes inputs of any floating dtype as they are. Move it with .to(device)")
+
+    def to(self, *args: Any, **kwargs: Any) -> "Int8Network":  # type: ignore[override]
+        self._refuse_cast(torch._C._nn._parse_to(*args, **kwargs)[1])
+        return super().to(*args, **kwargs)
+
+    def half(self) -> "Int8Network":
+        self._refuse_cast(torch.float16)
+        return self
+
+    def bfloat16(self) -> "Int8Network":
+        self._refuse_cast(torch.bfloat16)
+        return self
+
+    def double(self) -> "Int8Network":
+        self._refuse_cast(torch.float64)
+        return self
+
+    def type(self, dst_type: Any) -> "Int8Network":  # type: ignore[override]
+        # nn.Module.type casts every parameter and buffer, the int8 weights included
+        raise DFQError(f"an int8 network cannot be cast with .type({dst_type!r}): it would cast its integer weights "
+                       "too. Move it with .to(device)")
 
     def forward(self, *args: Any) -> Any:
         return self.net(*args)
