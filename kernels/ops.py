@@ -95,10 +95,17 @@ def triton_available() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
 def _interpreted() -> bool:
     from ._config import INTERPRETED
 
     return INTERPRETED
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_module(module: str) -> ModuleType:
+    """``kernels.<module>``, imported once (a dict lookup on every later launch)."""
+    return importlib.import_module(f"{__package__}.{module}")
 
 
 def _impl(backend: str, t: Tensor, module: str) -> ModuleType:
@@ -116,7 +123,7 @@ def _impl(backend: str, t: Tensor, module: str) -> ModuleType:
                 f"backend='triton' got tensors on {t.device}: Triton needs CUDA tensors, or "
                 "TRITON_INTERPRET=1 in the environment before kernels is imported"
             )
-    return importlib.import_module(f"{__package__}.{module}")
+    return _triton_module(module)
 
 
 def is_traced(x: object) -> bool:
