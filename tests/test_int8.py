@@ -922,7 +922,8 @@ def test_depthwise_with_a_huge_integer_bias_stays_exact():
 
 def test_host_overhead_benchmark(tmp_path):
     """The host-overhead benchmark stubs every kernel launch of the network (one per step of
-    Lite0 and ResNet-50: none runs through the interpreter unnoticed) and reports the time."""
+    Lite0 and ResNet-50, two for the stem: its im2col kernel and the GEMM; none runs through the
+    interpreter unnoticed) and reports the time."""
     out = tmp_path / "host.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_overhead.py"), "--image-size", "64",
                            "--repeats", "3", "--label", "test", "--out", str(out)],
@@ -932,7 +933,7 @@ def test_host_overhead_benchmark(tmp_path):
     assert rep["schema"] == "dfq_int8-host-overhead/1" and rep["label"] == "test"
     assert set(rep["models"]) == {"efficientnet_lite0", "resnet50"}
     for name, res in rep["models"].items():
-        assert res["launches"] == res["steps"] > 50, (name, res)
+        assert res["launches"] == res["steps"] + 1 > 50, (name, res)
         assert 0 < res["us_per_step"] < 1e4
 
 
