@@ -10,7 +10,7 @@
 #      integer reference; every autotune configuration forced once, otherwise each kernel's
 #      default tile: DFQ_KERNELS_AUTOTUNE=0, DFQ_KERNELS_TILE_TABLE=0):
 #        python -m pytest tests/test_kernels.py tests/test_kernels_property.py tests/test_kernels_ops2.py
-#                  tests/test_stem.py [-n <cores>]
+#                  tests/test_stem.py tests/test_dwproject.py [-n <cores>]
 #   2. test_int8 (T_INT8=80 s; ~45 s): the int8 network on the GPU against the integer reference,
 #      every activation bit for bit: pretrained EfficientNet-Lite0 on two ImageNet-sample images
 #      at 224x224; the steps' direct launches from launch plans, and GraphedNetwork with real CUDA
@@ -57,7 +57,7 @@ STEPS="${STEPS:-test_kernels test_int8 tiles kernels_bench e2e}"
 # the end-to-end models, in order (the step skips what no longer fits in T_E2E); also available:
 # mobilenet_v3_large efficientnet_b0 (hardswish/SiLU tables and SE gates)
 E2E_MODELS="${E2E_MODELS:-efficientnet_lite0 resnet50}"
-KERNEL_KINDS="${KERNEL_KINDS:-gemm conv3x3 depthwise stem add maxpool avgpool quantize}"
+KERNEL_KINDS="${KERNEL_KINDS:-gemm conv3x3 depthwise stem dwproject add maxpool avgpool quantize}"
 # Autotuning every layer of a network compiles each of ~12 tiles for each layer's specialization:
 # over 2 minutes per model on an H200, which is what the tiles step spends its budget on. The
 # benchmarks then take each launch's tile from the table it wrote (else the family's default)
@@ -111,7 +111,7 @@ fi
 XDIST=()
 if "$PY" -c "import xdist" 2> /dev/null; then XDIST=(-n "$(nproc)"); fi
 step test_kernels "$T_TESTS" env DFQ_KERNELS_AUTOTUNE=0 DFQ_KERNELS_TILE_TABLE=0 "$PY" -m pytest tests/test_kernels.py \
-    tests/test_kernels_property.py tests/test_kernels_ops2.py tests/test_stem.py -v -rfE --tb=short "${XDIST[@]}" --durations=10 -p no:cacheprovider \
+    tests/test_kernels_property.py tests/test_kernels_ops2.py tests/test_stem.py tests/test_dwproject.py -v -rfE --tb=short "${XDIST[@]}" --durations=10 -p no:cacheprovider \
     -p no:benchmark
 step test_int8 "$T_INT8" env DFQ_KERNELS_AUTOTUNE=0 DFQ_KERNELS_TILE_TABLE=0 "$PY" -m pytest tests/test_int8.py -q \
     -k "lite0_reference_and_triton or lite0_graph or launch_directly or graphed or mobile_ops or per_channel_maps or bilinear or residual" --durations=5 -p no:cacheprovider

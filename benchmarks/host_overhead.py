@@ -52,7 +52,7 @@ class _Counter:
 def stub_launches(counter: _Counter) -> List[str]:
     """Replace every Triton kernel launch of the ``kernels`` package by a counting no-op;
     returns what was patched."""
-    from kernels import conv, depthwise, elementwise, gemm, lut, pool, stem
+    from kernels import conv, depthwise, dwproject, elementwise, gemm, lut, pool, stem
 
     def launch(*args: Any, **kwargs: Any) -> None:
         counter.n += 1
@@ -65,7 +65,7 @@ def stub_launches(counter: _Counter) -> List[str]:
     for mod in (gemm, conv, depthwise, pool):
         mod.launch = launch  # type: ignore[attr-defined]
         patched.append(f"{mod.__name__}.launch")
-    for mod in (elementwise, lut, pool, stem):
+    for mod in (elementwise, lut, pool, stem, dwproject):
         for name in dir(mod):
             if name.endswith("_kernel") and hasattr(getattr(mod, name), "__getitem__"):
                 setattr(mod, name, _Kernel())

@@ -1022,7 +1022,8 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
     assert report["schema"] == bench.SCHEMA and report["mode"] == "quick"
     assert report["all_bit_exact"] is True
     kinds = {r["kind"] for r in report["results"]}
-    assert kinds == {"gemm", "conv3x3", "depthwise", "add", "maxpool", "avgpool", "quantize", "stem"} == set(bench.KINDS)
+    assert kinds == {"gemm", "conv3x3", "depthwise", "add", "maxpool", "avgpool", "quantize", "stem",
+                     "dwproject"} == set(bench.KINDS)
     for r in report["results"]:
         assert r["bit_exact"] is True and r["ms"] > 0 and r["gbps"] > 0
         assert set(r) >= {"name", "shape", "tops", "baselines", "speedup", "roofline_floor_ms", "pct_of_roofline"}
@@ -1038,6 +1039,8 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
             assert r["baselines"]["equivalent_gemm_ms"] > 0 and r["speedup"]["vs_equivalent_gemm"] > 0
         if r["kind"] == "stem":  # the fused stem against quantize then the flat-K convolution (checked equal)
             assert r["baselines"]["quantize_then_conv_ms"] > 0 and r["speedup"]["vs_quantize_then_conv"] > 0
+        if r["kind"] == "dwproject":  # the fused pair against the two kernels (checked equal)
+            assert r["baselines"]["depthwise_then_gemm_ms"] > 0 and r["speedup"]["vs_depthwise_then_gemm"] > 0
         # the timer (CUDA-graph replay on a GPU, no fallback), the L2 rotation (a stand-in L2 on
         # the CPU), the copy references, the tiles
         cuda = torch.cuda.is_available()
@@ -1096,10 +1099,11 @@ def test_benchmark_compile_only_for_hopper(tmp_path):
     by_kernel = {r["kernel"]: r for r in report["results"]}
     assert {"depthwise 5x5 float32 acc", "depthwise rows 5x5", "depthwise rows 3x3 int32 acc"} <= set(by_kernel)
     assert {"gemm wzp=False", "conv 3x3 flat=False", "depthwise 3x3", "add", "quantize nchw", "quantize im2col 7x7 rgb",
+            "dwproject 3x3 residual", "dwproject 5x5 residual",
             "lut into slice",
             "lut per channel", "mul gate", "upsample bilinear", "avgpool2d 3x3", "maxpool dilated 3x3", "upsample nearest"} <= set(by_kernel)
     for name, r in by_kernel.items():
-        assert r["wgmma"] == name.startswith(("gemm", "conv")), name
+        assert r["wgmma"] == name.startswith(("gemm", "conv", "dwproject")), name
         assert r["shared_bytes"] <= 227 * 1024, name
         assert r["spill_bytes"] in (0, None), (name, r["spill_bytes"])
         # a fused multiply-add reaching the rounding would change requantization results; the

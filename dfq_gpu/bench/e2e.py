@@ -36,7 +36,9 @@ timed loops. Reported per model and batch: ``speedup_vs_fp16_eager`` and
 without CUDA graphs on either side (``speedup_vs_fp16_eager_no_graphs``).
 
 At the largest batch the int8 network is also timed with the other depthwise kernel variant
-(``int8_dw_rows``: output compared bit for bit with the default's), and step by step
+(``int8_dw_rows``: output compared bit for bit with the default's), with each depthwise
+convolution fused into the 1x1 convolution after it (``int8_dw_project``, ``to_int8(q,
+fuse_depthwise=True)``: output compared bit for bit), and step by step
 (``step_profile``: each step replayed alone from a CUDA graph on the input the network gave it;
 time per step type, the slowest steps with their shapes and tiles), to show where the time goes.
 The profile's sum is compared with the network's own CUDA-graph replay time
@@ -386,6 +388,23 @@ def time_other_depthwise_variant(clock: Clock, net: Any, x: torch.Tensor) -> Dic
     return {f"int8_dw_{other}": out}
 
 
+def time_fused_depthwise(clock: Clock, net: Any, fused: Any, x: torch.Tensor) -> Dict[str, Any]:
+    """The int8 network with each depthwise convolution computed in the kernel of the 1x1
+    convolution after it (``to_int8(q, fuse_depthwise=True)``, ``kernels.dwproject``): its output
+    against the default network's, bit for bit, and its times. Returned under ``int8_dw_project``."""
+    out: Dict[str, Any] = {"fused": len(fused.coverage.depthwise)}
+    try:
+        with torch.no_grad():
+            out["equal_to_default"] = bool(torch.equal(fused(x), net(x)))
+            out.update(measure(clock, lambda: fused(x), clock.cuda, True))
+    except Exception as exc:
+        out.update(error=_err(exc), ms=None)
+        traceback.print_exc()
+        if clock.cuda:
+            torch.cuda.synchronize()
+    return {"int8_dw_project": out}
+
+
 def time_graphed_network(clock: Clock, net: Any, x: torch.Tensor) -> Dict[str, Any]:
     """The library's CUDA-graph runner (``dfq_gpu.int8.GraphedNetwork``: input copied in, output
     copied out, buffer checks on every call): its output against the eager network's, bit for
@@ -673,6 +692,9 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
         q = dfq_gpu.quantize(model, (example,), DFQConfig(input_range=input_range))
         t1 = time.perf_counter()
         net = dfq_gpu.to_int8(q).to(device)
+        # the depthwise + 1x1 fusion (off by default), timed beside the default network
+        dw_project = dfq_gpu.to_int8(q, fuse_depthwise=True)
+        dw_project = dw_project.to(device) if dw_project.coverage.depthwise else None
         entry["quantize_s"] = t1 - t0
         entry["to_int8_s"] = time.perf_counter() - t1
         entry["int8_steps"] = len(net.steps())
@@ -697,7 +719,8 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
         entry["bn_fold"] = fold
         fp16 = folded.to(device=device, dtype=torch.float16, memory_format=torch.channels_last)
         fp32 = _copy(model).to(device=device, memory_format=torch.channels_last)
-        prepared[name] = {"net": net, "fp16": fp16, "fp32": fp32, "input_range": input_range, "fold": fold}
+        prepared[name] = {"net": net, "fp16": fp16, "fp32": fp32, "input_range": input_range, "fold": fold,
+                          "dw_project": dw_project}
         report.save()
         del q
 
@@ -725,6 +748,8 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
                     res["int8"].update(time_graphed_network(clock, net, x))
                 if cuda and batch == max(batches):
                     res.update(time_other_depthwise_variant(clock, net, x))
+                    if p["dw_project"] is not None:
+                        res.update(time_fused_depthwise(clock, net, p["dw_project"], x))
             except Exception as exc:
                 res["int8"] = {"error": _err(exc), "ms": None}
                 traceback.print_exc()

@@ -123,6 +123,10 @@ QUICK_QUANTIZE = [(2, 16, 16, 3)]
 #: 3x3/2 with TF "same" padding.
 FULL_STEM = [(256, 224, 224, 3, 64, 7, 2, (3, 3, 3, 3)), (256, 224, 224, 3, 32, 3, 2, (0, 1, 0, 1))]
 QUICK_STEM = [(1, 16, 16, 3, 16, 7, 2, (3, 3, 3, 3)), (1, 15, 15, 3, 8, 3, 2, (0, 1, 0, 1))]
+#: Depthwise + 1x1 project pairs of EfficientNet-Lite0 (B, H, W, E, kernel, N, residual): a 56x56 block
+#: with its skip add, the last block (N = 320: three column blocks recompute the depthwise tile).
+FULL_DWPROJECT = [(256, 56, 56, 144, 3, 24, True), (256, 7, 7, 1152, 3, 320, False)]
+QUICK_DWPROJECT = [(1, 9, 9, 40, 3, 24, True), (1, 5, 5, 72, 5, 150, False)]
 
 Call = Callable[[], Any]
 
@@ -773,6 +777,67 @@ def bench_stem(B: int, H: int, W: int, C: int, N: int, k: int, stride: int, pad:
                   launched)  # fmt: skip
 
 
+def bench_dwproject(B: int, H: int, W: int, E: int, k: int, N: int, residual: bool,
+                    ctx: Dict[str, Any]) -> Dict[str, Any]:
+    """A depthwise convolution (stride 1) and the 1x1 convolution after it in one kernel
+    (``kernels.dwproject``, ``to_int8(fuse_depthwise=True)``) against the two kernels the network
+    runs otherwise (checked equal): the fusion's reason is the depthwise output's
+    ``2 * B*H*W*E`` bytes."""
+    from kernels.depthwise import DepthwisePlan
+    from kernels.dwproject import DwProjectPlan
+    from kernels.gemm import GemmPlan
+
+    dev, timer, g = ctx["device"], ctx["timer"], ctx["gen"]
+    name = f"dw{k}x{k}+1x1 {B}x{H}x{W}x{E}->{N}" + (" +add" if residual else "")
+    i8 = lambda *shape: torch.randint(-128, 128, shape, dtype=torch.int8, generator=g).to(dev)  # noqa: E731
+    x, dw, pw = i8(B, H, W, E), i8(k, k, E), i8(N, E)
+    d_bias = torch.randint(-2000, 2000, (E,), dtype=torch.int32, generator=g).to(dev)
+    d_m = (torch.rand(E, generator=g) * 0.01).to(dev)
+    p_bias = torch.randint(-20000, 20000, (N,), dtype=torch.int32, generator=g).to(dev)
+    p_m = (torch.rand(N, generator=g) * 4.0 / (128.0 * 128.0 * math.sqrt(E))).to(dev)
+    lo = torch.full((1,), -128, dtype=torch.int32, device=dev)
+    hi = torch.full((1,), 127, dtype=torch.int32, device=dev)
+    pad = (k // 2,) * 4
+    z_x, z_d, z_y = -128, -128, 0
+    spec = ref.ResidualAdd(z_y, 3, 17000, 9000, 1.1e-4, -2, -128, 127) if residual else None
+    r = i8(B, H, W, N) if residual else None
+    folded = ref.fold_bias(pw, p_bias, z_d, None)
+    fused = DwProjectPlan(dw, d_bias, None, d_m, z_x, z_d, lo, hi, (1, 1), pad, pw, folded, None, p_m, z_y, lo, hi,
+                          False, spec)
+    dw_plan = DepthwisePlan(dw, d_bias, None, d_m, z_x, z_d, lo, hi, (1, 1), pad, False)
+    gemm = GemmPlan(pw, folded, None, p_m, z_y, lo, hi, False, spec)
+    M = B * H * W
+    nbytes = x.numel() + M * N * (2 if residual else 1) + dw.numel() + pw.numel() + 12 * (E + N)
+    sets = clone_sets(dict(x=x, r=r) if residual else dict(x=x), n_sets(ctx, nbytes))
+    ours = _calls(sets, lambda s: fused(s["x"], s["r"]) if residual else fused(s["x"]))
+    y, launched = _first_call(ours)
+    sl = slice(0, min(2, B))
+    d_ref = ref.int8_depthwise_conv2d(x[sl], dw, d_bias, d_m, z_x, None, z_d, lo, hi, (1, 1), pad)
+    y_ref = ref.int8_gemm(d_ref.reshape(-1, E), pw, p_bias, p_m, z_d, None, z_y, lo, hi).view(*d_ref.shape[:3], N)
+    if residual:
+        y_ref = ref.residual_add(y_ref, r[sl], spec)
+    exact = torch.equal(y[sl], y_ref)
+
+    def separate(s: Dict[str, Any]) -> torch.Tensor:
+        d = dw_plan(s["x"]).view(M, E)
+        return (gemm(d, s["r"].view(M, N)) if residual else gemm(d)).view(B, H, W, N)
+
+    two = _calls(sets, separate)
+    exact = exact and torch.equal(two[0](), y)
+    t = timer.measure(ours, name)
+    ms_launch = timer.with_launch(ours[0])
+    base = {"depthwise_then_gemm_ms": _ms(_try_time(timer, two, f"{name} two kernels"))}
+    l2 = l2_info(ctx, len(sets), nbytes)
+    del sets
+    speed = {"vs_depthwise_then_gemm": _ratio(base["depthwise_then_gemm_ms"], t["ms"]),
+             "vs_copy": _ratio(_copy_ms(ctx, nbytes), t["ms"])}
+    met = None if speed["vs_depthwise_then_gemm"] is None else speed["vs_depthwise_then_gemm"] >= 1.0
+    return _entry("dwproject", name, {"B": B, "H": H, "W": W, "E": E, "kernel": k, "N": N, "residual": residual},
+                  exact, t, 2.0 * M * E * (k * k + N), nbytes, ctx, base, speed,
+                  "faster than the depthwise kernel then the GEMM (the fusion's reason)", met, ms_launch, l2,
+                  launched)  # fmt: skip
+
+
 # =============================================================================================
 # Ahead-of-time compilation for sm_90 (no GPU needed)
 # =============================================================================================
@@ -861,7 +926,7 @@ def _compile_sm90(fn, runtime: Dict[str, Any], constexprs: Dict[str, Any], div16
 
 def compile_only(all_configs: bool) -> Dict[str, Any]:
     """Compile every kernel for cuda:90 (one config each, or every autotune config)."""
-    from kernels import conv, depthwise, elementwise, gemm, lut, pool, stem
+    from kernels import conv, depthwise, dwproject, elementwise, gemm, lut, pool, stem
 
     if _config.INTERPRETED:
         raise SystemExit("--compile-only must run without TRITON_INTERPRET (in a fresh process)")
@@ -933,6 +998,19 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
                      pad_top=0, pad_bottom=0, pad_left=0, pad_right=0, z_x=0, z_y=0, lo=0, hi=0, P_BUCKET=0)
         jobs.append(("avgpool2d 3x3", pool._int8_avgpool2d_kernel, ap_rt,
                      dict(KH=3, KW=3, COUNT_INCLUDE_PAD=False, USE_RINT=True), ["C"], cfg))  # fmt: skip
+    # the depthwise + 1x1 kernel: its one tile, 3x3 and 5x5 windows, the widest project block, the
+    # weight zero point and the residual epilogue on
+    dwp_rt = dict(x_ptr=i8, dw_ptr=i32, dbias_ptr=i32, dmult_ptr=f32, dlo_ptr=i32, dhi_ptr=i32, pw_ptr=i8,
+                  pbias_ptr=i32, pwzp_ptr=i32, pmult_ptr=f32, plo_ptr=i32, phi_ptr=i32, y_ptr=i8, r_ptr=i8, M=0, H=0,
+                  W=0, E=0, OH=0, OW=0, N=0, stride_h=0, stride_w=0, pad_top=0, pad_left=0, stride_dmult=1,
+                  stride_dlo=1, stride_dhi=1, stride_pwzp=1, stride_pmult=1, stride_plo=1, stride_phi=1, z_x=0, z_d=0,
+                  z_y=0, **{k: v for k, v in res_rt.items() if k != "r_ptr"})  # fmt: skip
+    for k in (3, 5):
+        jobs.append((f"dwproject {k}x{k} residual", dwproject._int8_dw_project_kernel, dwp_rt,
+                     dict(KH=k, KW=k, HAS_DBIAS=True, HAS_BIAS=True, HAS_WZP=True, OUT_INT32=False, RESIDUAL=True,
+                          USE_RINT=True, BLOCK_N=dwproject.DWPROJECT_MAX_BLOCK_N, **dwproject.DWPROJECT_GPU_META),
+                     ["E", "N"], triton.Config({}, num_warps=dwproject.DWPROJECT_GPU_WARPS,
+                                               num_stages=dwproject.DWPROJECT_GPU_STAGES)))  # fmt: skip
     single = triton.Config({}, num_warps=_config.ELEMENTWISE_GPU_WARPS, num_stages=1)
     block = dict(BLOCK=_config.ELEMENTWISE_GPU_BLOCK)
     jobs += [
@@ -1003,7 +1081,7 @@ def _case_error(kind: str, name: str, shape: Dict[str, Any], exc: BaseException)
             "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}  # fmt: skip
 
 
-KINDS = ("gemm", "conv3x3", "depthwise", "stem", "add", "maxpool", "avgpool", "quantize")
+KINDS = ("gemm", "conv3x3", "depthwise", "stem", "dwproject", "add", "maxpool", "avgpool", "quantize")
 #: Memory-bound kinds (their goal is a fraction of the copy bandwidth).
 MEMORY_BOUND = ("depthwise", "add", "maxpool", "avgpool", "quantize")
 
@@ -1077,6 +1155,9 @@ def run(quick: bool, save: Optional[Callable[[Dict[str, Any]], None]] = None,
     cases += [("stem", f"stem {k}x{k} s{st} {B}x{C}x{H}x{W}->{N}", dict(B=B, H=H, W=W, C=C, N=N, kernel=k, stride=st),
                bench_stem, (B, H, W, C, N, k, st, pd))
               for B, H, W, C, N, k, st, pd in (QUICK_STEM if quick else FULL_STEM)]  # fmt: skip
+    cases += [("dwproject", f"dw{k}x{k}+1x1 {B}x{H}x{W}x{E}->{N}" + (" +add" if res else ""),
+               dict(B=B, H=H, W=W, E=E, kernel=k, N=N, residual=res), bench_dwproject, (B, H, W, E, k, N, res))
+              for B, H, W, E, k, N, res in (QUICK_DWPROJECT if quick else FULL_DWPROJECT)]  # fmt: skip
     cases += [("add", f"add {B}x{H}x{W}x{C}", dict(B=B, H=H, W=W, C=C), bench_add, (B, H, W, C))
               for B, H, W, C in (QUICK_ADD if quick else FULL_ADD)]  # fmt: skip
     cases += [("maxpool", f"maxpool3x3 s2 {B}x{H}x{W}x{C}", dict(B=B, H=H, W=W, C=C), bench_maxpool, (B, H, W, C))

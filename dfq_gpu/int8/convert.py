@@ -47,6 +47,12 @@ How each node of the simulation is mapped
   quantize-and-im2col launch and a GEMM (``kernels.stem``); otherwise ``QuantizeInput`` then the
   convolution. The same integers; the input quantizer's activation is not materialized
   (``Int8Network.coverage.stem`` names the convolution).
+* with ``to_int8(..., fuse_depthwise=True)``: a depthwise convolution whose int8 output only a
+  1x1 convolution reads (:func:`dfq_gpu.quant.plan.depthwise_project_fusions`) is computed in that
+  convolution's step (:class:`~dfq_gpu.int8.layers.Int8DepthwiseProjectConv2d`, called on the
+  depthwise input): one ``kernels.dwproject`` launch on the Triton path, the two steps otherwise.
+  The same integers; the depthwise output's quantizer is not materialized
+  (``Int8Network.coverage.depthwise`` lists the pairs).
 * global average pooling (``QAvgPool``, ``AdaptiveAvgPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``,
   ``x.mean((2, 3))``, an ``AvgPool2d`` covering the whole input) + ``FakeQuant``: ``int8_avgpool``
   with ``m = float32((s_x / s_y) / (H W))``; as the float network output,
@@ -136,8 +142,8 @@ from ..nn import FakeQuant, grid_values
 from ..quant import requant
 from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
 from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, BilinearPlan, ChannelAffinePlan, LayerPlan,
-                          LookupPlan, MulPlan, ResidualFusion, StemFusion, StepPlan,
-                          build_plan,
+                          LookupPlan, MulPlan, ResidualFusion, StemFusion, StepPlan, DepthwiseProjectFusion,
+                          build_plan, depthwise_project_fusions,
                           global_avgpool_problem, is_passthrough, residual_fusions, stem_fusions)
 from ..quant.simulate import stale_integer_steps
 from . import layers as L
@@ -297,7 +303,8 @@ class Int8Tracer(fx.Tracer):
 class _Converter:
     def __init__(self, gm: fx.GraphModule, backend: Optional[str], plan: dict[str, StepPlan],
                  fallback: bool = True, fusions: Optional[dict[str, ResidualFusion]] = None,
-                 stems: Optional[dict[str, StemFusion]] = None) -> None:
+                 stems: Optional[dict[str, StemFusion]] = None,
+                 depthwise: Optional[dict[str, DepthwiseProjectFusion]] = None) -> None:
         self.gm = gm
         self.backend = backend
         self.fallback = fallback  # run what has no int8 step in float instead of raising
@@ -318,6 +325,11 @@ class _Converter:
         self.stems: dict[str, StemFusion] = dict(stems or {})  # by layer name
         self.input_steps: dict[fx.Node, tuple[fx.Node, L.QuantizeInput]] = {}  # its output -> (float input, step)
         self.stem_fused: dict[str, str] = {}  # input quantizer -> the convolution computing it (Coverage.stem)
+        # depthwise convolutions fused into the 1x1 convolution after them (depthwise_project_fusions)
+        self.dw_fusions: dict[str, DepthwiseProjectFusion] = dict(depthwise or {})  # by 1x1 layer name
+        self.dw_sources: set[str] = {f.depthwise for f in self.dw_fusions.values()}
+        self.dw_steps: dict[fx.Node, tuple[fx.Node, L.Int8DepthwiseConv2d]] = {}  # its output -> (its input, step)
+        self.dw_fused: dict[str, str] = {}  # depthwise layer -> the 1x1 convolution computing it (Coverage.depthwise)
 
     # ---------------------------------------------------------------------------------------
     # helpers
@@ -664,10 +676,6 @@ class _Converter:
             self.done.update(n for n in (node, act, fq) if n is not None)
             return
         mod, rank = build(sim_q, epi)
-        if isinstance(mod, L.Int8StemConv2d):
-            # it quantizes the network input itself; the QuantizeInput step is left without users
-            x = replace(x, node=self.input_steps[x.node][0])
-            self.stem_fused[self.stems[node.name].quantizer] = node.name
         self.emit_layer(node, act, fq, tail, mod, rank, x, qp, how.method, n_out)
 
     def emit_layer(self, node: fx.Node, act: Optional[fx.Node], fq: Optional[fx.Node], tail: fx.Node,
@@ -676,12 +684,27 @@ class _Converter:
             out = self.fn(L.nhwc_to_nchw_of_last if qp is None else L.int8_to_nhwc,
                           self.step(node.name, mod, self.fn(L.int8_to_nchw, x.node)))
         else:
-            out = self.step(node.name, mod, x.node)
+            out = self.step(node.name, mod, self.step_input(node, mod, x.node))
+            if isinstance(mod, L.Int8DepthwiseConv2d) and node.name in self.dw_sources:
+                self.dw_steps[out] = (x.node, mod)
         if qp is not None:
             v = _Val(out, "int8", qp, rank=rank)
         else:
             v = _Val(self.float_act(act, out, n_out), "float", rank=rank)
         self.finish(node, act, fq, tail, v)
+
+    def step_input(self, node: fx.Node, mod: "L.Int8Step", x_node: fx.Node) -> fx.Node:
+        """The node a layer step is called on: the float network input for a stem that quantizes
+        it (the ``QuantizeInput`` step is left without users), the depthwise layer's input for a
+        1x1 convolution that computes it (the depthwise step is left without users), else
+        ``x_node``."""
+        if isinstance(mod, L.Int8StemConv2d):
+            self.stem_fused[self.stems[node.name].quantizer] = node.name
+            return self.input_steps[x_node][0]
+        if isinstance(mod, L.Int8DepthwiseProjectConv2d):
+            self.dw_fused[self.dw_fusions[node.name].depthwise] = node.name
+            return self.dw_steps[x_node][0]
+        return x_node
 
     def emit_deferred(self, tail: fx.Node) -> None:
         """The unfused step of a deferred layer (its output is needed on its own after all)."""
@@ -723,6 +746,9 @@ class _Converter:
         if node.name in self.stems and x.node in self.input_steps and step_cls is L.Int8Conv2d \
                 and dilation == (1, 1):  # the stem fusion (dfq_gpu.quant.plan.stem_fusions)
             step_cls, extra = L.Int8StemConv2d, {"quantize": self.input_steps[x.node][1]}
+        if node.name in self.dw_fusions and x.node in self.dw_steps and step_cls is L.Int8Conv2d \
+                and dilation == (1, 1):  # dfq_gpu.quant.plan.depthwise_project_fusions
+            step_cls, extra = L.Int8DepthwiseProjectConv2d, {"depthwise": self.dw_steps[x.node][1]}
         if dilation != (1, 1):
             inner = step_cls(layout(w8), rq.bias, wzp, x.q.zero_point, stride=(1, 1), padding=(0, 0, 0, 0),
                              sim_quantizer=sim_q, **epi)
@@ -801,7 +827,7 @@ class _Converter:
         epi = dict(d.epi, residual=spec, clamp_lo=clamp_lo, clamp_hi=clamp_hi, layer_quantizer=d.fq.name)
         mod, rank = d.build(p.quantizer.name, epi)
         del self.deferred[tail]
-        out = self.step(d.node.name, mod, d.x.node, r.node)
+        out = self.step(d.node.name, mod, self.step_input(d.node, mod, d.x.node), r.node)
         self.done.update(n for n in (d.node, d.act, d.fq) if n is not None)
         self.fused[node.name] = d.node.name
         self.finish(node, p.act, p.quantizer, p.tail, _Val(out, "int8", qp, rank=rank))
@@ -1192,7 +1218,7 @@ class Int8Network(nn.Module):
 
 
 def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True,
-            fuse_residual: bool = True, fuse_stem: bool = True) -> Int8Network:
+            fuse_residual: bool = True, fuse_stem: bool = True, fuse_depthwise: bool = False) -> Int8Network:
     """The integer network of a simulated quantized model.
 
     Args:
@@ -1224,6 +1250,14 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True
             outputs are the same bit for bit; the input quantizer's activation is not
             materialized. ``net.coverage.stem`` names the convolution. ``False`` keeps the
             :class:`~dfq_gpu.int8.layers.QuantizeInput` step.
+        fuse_depthwise: compute each depthwise convolution that
+            :func:`dfq_gpu.quant.plan.depthwise_project_fusions` selects (one whose int8 output only
+            a 1x1 convolution reads: the depthwise -> project pair of an inverted-residual block) in
+            the step of that 1x1 convolution (:class:`~dfq_gpu.int8.layers.Int8DepthwiseProjectConv2d`):
+            on the Triton path one kernel (``kernels.dwproject``), so the depthwise output never
+            reaches memory. The same outputs bit for bit; the depthwise output's quantizer is not
+            materialized; ``net.coverage.depthwise`` lists the pairs. Off by default until a GPU
+            run shows it faster than the two kernels.
 
     Returns:
         An :class:`Int8Network` on the CPU (``.to("cuda")`` moves its integer parameters) that
@@ -1261,10 +1295,12 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True
                     ", ".join(stale))
     fusions = residual_fusions(q, plan) if fuse_residual else {}
     stems = stem_fusions(q, plan, fusions) if fuse_stem else {}
-    conv = _Converter(q, backend, plan, fallback=fallback, fusions=fusions, stems=stems)
+    dws = depthwise_project_fusions(q, plan) if fuse_depthwise else {}
+    conv = _Converter(q, backend, plan, fallback=fallback, fusions=fusions, stems=stems, depthwise=dws)
     with torch.inference_mode(False), torch.no_grad():
         net = conv.run()
-    coverage = measure_coverage(q, conv.float_nodes, conv.is_bookkeeping, fused=conv.fused, stem=conv.stem_fused)
+    coverage = measure_coverage(q, conv.float_nodes, conv.is_bookkeeping, fused=conv.fused, stem=conv.stem_fused,
+                                depthwise=conv.dw_fused)
     n_steps = sum(1 for n in net.graph.nodes if n.op == "call_module")
     log.info("built an int8 network with %d steps: %s", n_steps, coverage.summary())
     if coverage.float_nodes:

@@ -26,13 +26,16 @@ class Coverage:
     layers (from the shapes recorded at quantization); ``fused``: the residual adds computed in the
     epilogue of the layer producing one operand (add node -> layer node; both are placed in
     int8, and the layer's MACs count as int8); ``stem``: the input quantizer computed by the first
-    convolution's step (quantizer node -> convolution node)."""
+    convolution's step (quantizer node -> convolution node); ``depthwise``: the depthwise
+    convolutions computed in the step of the 1x1 convolution after them (depthwise node -> 1x1
+    node)."""
 
     placement: dict[str, str]
     macs_int8: int
     macs_total: int
     fused: dict[str, str] = field(default_factory=dict)
     stem: dict[str, str] = field(default_factory=dict)
+    depthwise: dict[str, str] = field(default_factory=dict)
 
     @property
     def float_nodes(self) -> dict[str, str]:
@@ -54,6 +57,9 @@ class Coverage:
             text += f"; {n} residual add{'s' if n > 1 else ''} fused into the layer producing an operand"
         if self.stem:
             text += f"; input quantization fused into {', '.join(sorted(set(self.stem.values())))}"
+        if self.depthwise:
+            n = len(self.depthwise)
+            text += f"; {n} depthwise convolution{'s' if n > 1 else ''} fused into the 1x1 convolution after it"
         if fl:
             by: dict[str, list[str]] = {}
             for k, v in fl.items():
@@ -79,10 +85,11 @@ def layer_macs(m: Optional[nn.Module], node: fx.Node) -> int:
 
 def measure_coverage(sim: fx.GraphModule, float_nodes: dict[str, str],
                      skip: Callable[[fx.Node], bool], fused: Optional[dict[str, str]] = None,
-                     stem: Optional[dict[str, str]] = None) -> Coverage:
+                     stem: Optional[dict[str, str]] = None, depthwise: Optional[dict[str, str]] = None) -> Coverage:
     """The :class:`Coverage` of the integer network of ``sim`` whose float parts are
     ``float_nodes`` (node name -> reason), whose fused residual adds are ``fused`` (add ->
-    layer) and whose input quantizers computed by a convolution are ``stem``; nodes for which ``skip`` holds (quantizers, sizes, constants) are not listed."""
+    layer), whose input quantizers computed by a convolution are ``stem`` and whose depthwise
+    convolutions computed by the 1x1 convolution after them are ``depthwise``; nodes for which ``skip`` holds (quantizers, sizes, constants) are not listed."""
     placement: dict[str, str] = {}
     macs_int8 = macs_total = 0
     for node in sim.graph.nodes:
@@ -93,4 +100,4 @@ def measure_coverage(sim: fx.GraphModule, float_nodes: dict[str, str],
         macs = layer_macs(node_module(sim, node), node)
         macs_total += macs
         macs_int8 += macs if where == "int8" else 0
-    return Coverage(placement, macs_int8, macs_total, dict(fused or {}), dict(stem or {}))
+    return Coverage(placement, macs_int8, macs_total, dict(fused or {}), dict(stem or {}), dict(depthwise or {}))

@@ -30,6 +30,7 @@ __all__ = [
     "Dequantize",
     "Int8Conv2d",
     "Int8StemConv2d",
+    "Int8DepthwiseProjectConv2d",
     "Int8DepthwiseConv2d",
     "Int8GroupedConv2d",
     "Int8DilatedConv2d",
@@ -77,14 +78,14 @@ class Int8Step(nn.Module):
         """The Triton module to launch directly on ``x`` (eager CUDA or interpreter), else None."""
         return kernels.ops.triton_module(x, self.backend, module)
 
-    def _cached_plan(self, build: Callable[[], Any], slot: str = "_plan") -> Any:
+    def _cached_plan(self, build: Callable[[], Any], slot: str = "_plan", extra: Sequence[Any] = ()) -> Any:
         """The step's kernel launch plan (weight-side arguments bound once), rebuilt whenever a
         buffer is replaced (``.to()``, ``load_state_dict`` with ``assign``) or changed in place.
 
         Buffers created under ``torch.inference_mode`` have no version counter; their plan is
         rebuilt on every call (still without the dispatcher)."""
         try:
-            key = tuple((id(b), b._version) for b in self._buffers.values() if b is not None)
+            key = tuple((id(b), b._version) for bufs in (self._buffers.values(), *extra) for b in bufs if b is not None)
         except RuntimeError:
             return build()
         cached = self.__dict__.get(slot)
@@ -96,7 +97,7 @@ class Int8Step(nn.Module):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for slot in ("_plan", "_stem_plan_cache"):
+        for slot in ("_plan", "_stem_plan_cache", "_dw_plan_cache"):
             state.pop(slot, None)  # launch plans hold kernel handles and are rebuilt on demand
         return state
 
@@ -396,6 +397,57 @@ class Int8StemConv2d(Int8Conv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", input_quantizer={self.input_quantizer!r}"
+
+
+class Int8DepthwiseProjectConv2d(Int8Conv2d):
+    """A 1x1 convolution with the depthwise convolution before it fused into its step: an
+    :class:`Int8Conv2d` (same arguments, 1x1, stride 1, unpadded; a residual add may be fused too)
+    called on the depthwise layer's input, computing ``conv(depthwise(x))`` (``depthwise`` an
+    :class:`Int8DepthwiseConv2d` with an int8 output); chosen by
+    :func:`dfq_gpu.quant.plan.depthwise_project_fusions`.
+
+    On the direct Triton path one launch (``kernels.dwproject.DwProjectPlan``): the depthwise
+    tile is computed, requantized and fed to the tensor cores in registers, so its int8 output
+    never reaches memory; otherwise (reference backend, ``torch.compile``) the two steps. The
+    result is theirs bit for bit. The depthwise output's quantizer is not materialized
+    (``depthwise_quantizer`` names it).
+    """
+
+    def __init__(self, *args: Any, depthwise: Int8DepthwiseConv2d, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        if not isinstance(depthwise, Int8DepthwiseConv2d) or depthwise.float_output:
+            raise ValueError("depthwise must be an Int8DepthwiseConv2d step with an int8 output")
+        if not self.pointwise:
+            raise ValueError("the convolution after a fused depthwise one must be 1x1, stride 1, unpadded")
+        if depthwise.weight.shape[2] != self.weight.shape[3] or depthwise.z_y != self.z_x:
+            raise ValueError(f"the depthwise output ({depthwise.weight.shape[2]} channels, zero point {depthwise.z_y}) "
+                             f"is not this convolution's input ({self.weight.shape[3]} channels, z_x={self.z_x})")
+        self.depthwise = depthwise
+        self.depthwise_quantizer = depthwise.sim_quantizer
+
+    def _dw_plan(self, mod: ModuleType) -> Any:
+        dw = self.depthwise
+        d_bias, d_wzp, d_m, z_d, d_lo, d_hi = dw._plan_params(dw.weight.shape[2], 3, "[KH, KW, C]")
+        bias, w_zp, m, z_y, lo, hi = self._plan_params(self.weight.shape[0], 4, "[N, KH, KW, C]")
+        n, c = self.weight.shape[0], self.weight.shape[3]
+        return mod.DwProjectPlan(dw.weight, d_bias, d_wzp, d_m, dw.z_x, z_d, d_lo, d_hi, dw.stride, dw.padding,
+                                 self.weight.view(n, c), bias, w_zp, m, z_y, lo, hi, self.float_output,
+                                 residual=self.residual)
+
+    def forward(self, x: Tensor, r: Optional[Tensor] = None) -> Tensor:
+        r = self._check_residual_input(r)
+        mod = self._triton(x, "dwproject")
+        if mod is None:
+            return super().forward(self.depthwise(x), r)
+        plan = self._cached_plan(lambda: self._dw_plan(mod), slot="_dw_plan_cache",
+                                 extra=(self.depthwise._buffers.values(),))
+        if r is None:
+            y = plan(x)
+            return self._to_float(y) if self.float_output else y
+        return _channel_clamp(self, plan(x, r.contiguous()))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", depthwise_quantizer={self.depthwise_quantizer!r}"
 
 
 class Int8GroupedConv2d(Int8Step):

@@ -17,7 +17,9 @@ node's name, in graph order. Both executors of the integer contract read it:
 
 :func:`residual_fusions` reads the plan to say which residual adds the int8 network may compute in
 the epilogue of the layer producing one operand, :func:`stem_fusions` which convolution quantizes
-the network input itself (``dfq_gpu.to_int8`` does both by default).
+the network input itself (``dfq_gpu.to_int8`` does both by default), and
+:func:`depthwise_project_fusions` which depthwise convolutions run in one kernel with the 1x1
+convolution after them (``to_int8(..., fuse_depthwise=True)``).
 
 Plans hold the quantizers' own grids (:class:`~dfq_gpu.quant.requant.Grid`); the int8 storage
 offset (``-128`` for asymmetric grids) is the converter's business.
@@ -48,7 +50,8 @@ __all__ = ["FUSABLE_ACTS", "LayerPlan", "AddPlan", "AvgPoolPlan", "AvgPool2dPlan
            "MulPlan", "BilinearPlan", "StepPlan", "build_plan",
            "is_passthrough", "lookup_spec", "channel_affine_spec",
            "input_quantizer", "source_quantizer", "fused_output", "global_avgpool_problem", "module_users",
-           "EXCEEDS_INT32", "ResidualFusion", "residual_fusions", "StemFusion", "stem_fusions"]
+           "EXCEEDS_INT32", "ResidualFusion", "residual_fusions", "StemFusion", "stem_fusions",
+           "DepthwiseProjectFusion", "depthwise_project_fusions"]
 
 FUSABLE_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, ChannelClamp)
 
@@ -709,4 +712,50 @@ def stem_fusions(gm: fx.GraphModule, plan: dict[str, StepPlan],
         shape = ops.tensor_shape(inp) if isinstance(inp, fx.Node) else None
         if isinstance(inp, fx.Node) and inp.op == "placeholder" and shape is not None and len(shape) == 4:
             out[name] = StemFusion(name, src.name)
+    return out
+
+
+# =============================================================================================
+# A depthwise convolution and the 1x1 convolution after it in one kernel
+# =============================================================================================
+@dataclass(frozen=True)
+class DepthwiseProjectFusion:
+    """A depthwise convolution computed inside the step of the 1x1 convolution that reads its int8
+    output (``kernels.dwproject``): ``depthwise`` and ``project`` are node names."""
+
+    depthwise: str
+    project: str
+
+
+def _is_pointwise(m: Any) -> bool:
+    return (isinstance(m, QConv2d) and tuple(m.kernel_size) == (1, 1) and ops.pair(m.stride) == (1, 1)
+            and not isinstance(m.padding, str) and ops.pair(m.padding) == (0, 0) and m.groups == 1)
+
+
+def depthwise_project_fusions(gm: fx.GraphModule, plan: dict[str, StepPlan]) -> dict[str, DepthwiseProjectFusion]:
+    """Which depthwise convolutions the int8 network computes in the step of the 1x1 convolution
+    after them, by project name (the one place that decides it; :func:`dfq_gpu.to_int8` follows it
+    with ``fuse_depthwise=True``): the inverted-residual block's depthwise -> project pair, whose
+    intermediate int8 tensor then never reaches memory.
+
+    The depthwise convolution (undilated, zero-padded, integer: no ``float_reason``) ends in its
+    own output quantizer, whose only user is an integer 1x1 convolution (stride 1, unpadded,
+    groups 1; its residual add may be fused into it too). The fused step computes the depthwise
+    layer's int8 output exactly and feeds it to the 1x1 convolution in registers, so the result is
+    the two steps' bit for bit."""
+    out: dict[str, DepthwiseProjectFusion] = {}
+    by_node = {p.node: p for p in plan.values() if isinstance(p, LayerPlan)}
+    for name, p in plan.items():
+        if not isinstance(p, LayerPlan) or p.kind != "depthwise" or p.float_reason is not None or p.requant is None \
+                or p.quantizer is None or p.tail is not p.quantizer or len(p.tail.users) != 1:
+            continue
+        m = node_module(gm, p.node)
+        if not isinstance(m, QConv2d) or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros":
+            continue
+        user = next(iter(p.tail.users))
+        q = by_node.get(user)
+        if q is None or q.kind != "conv" or q.float_reason is not None or q.requant is None \
+                or not _is_pointwise(node_module(gm, user)):
+            continue
+        out[q.name] = DepthwiseProjectFusion(name, q.name)
     return out
