@@ -138,3 +138,18 @@ def test_fusion_rule():
     assert set(fusions) == {"_2_project_0", "_3_project_0"}
     net = to_int8(sim, backend="reference", fuse_depthwise=True)
     assert sum(isinstance(m, L.Int8DepthwiseProjectConv2d) for m in net.steps().values()) == 2
+
+
+def test_end_to_end_benchmark_variants_run():
+    """``e2e.py``'s comparisons at the largest batch (run on a GPU only there): the fused network
+    and the other depthwise kernel, each against the default network bit for bit, then timed."""
+    from dfq_gpu.bench import e2e
+
+    sim, x = _sim()
+    net = to_int8(sim, backend="reference")
+    fused = to_int8(sim, backend="reference", fuse_depthwise=True)
+    clock = e2e.Clock(False, True)
+    r = e2e.time_fused_depthwise(clock, net, fused, x)["int8_dw_project"]
+    assert r["fused"] == 3 and r["equal_to_default"] is True and r["eager_ms"] > 0 and not r.get("error")
+    ((key, v),) = e2e.time_other_depthwise_variant(clock, net, x).items()
+    assert key in ("int8_dw_rows", "int8_dw_tiles") and v["equal_to_default"] is True and v["eager_ms"] > 0

@@ -65,6 +65,7 @@ iterations: it shows that the pipeline works end to end, not how fast anything i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -366,6 +367,24 @@ def _ips(batch: int, ms: Optional[float]) -> Optional[float]:
     return None if not ms else batch / (ms * 1e-3)
 
 
+def _time_variant(clock: Clock, net: Any, variant: Any, x: torch.Tensor, out: Dict[str, Any],
+                  context: Any = None) -> Dict[str, Any]:
+    """``variant(x)`` (inside ``context``) against the default network's ``net(x)``, bit for bit
+    (``equal_to_default``), then timed; an error is recorded in ``out``."""
+    try:
+        with torch.no_grad():
+            y_default = net(x)
+            with context if context is not None else contextlib.nullcontext():
+                out["equal_to_default"] = bool(torch.equal(variant(x), y_default))
+                out.update(measure(clock, lambda: variant(x), clock.cuda, True))
+    except Exception as exc:
+        out.update(error=_err(exc), ms=None)
+        traceback.print_exc()
+        if clock.cuda:
+            torch.cuda.synchronize()
+    return out
+
+
 def time_other_depthwise_variant(clock: Clock, net: Any, x: torch.Tensor) -> Dict[str, Any]:
     """The int8 network with the other depthwise kernel (``kernels._config`` variants "tiles" and
     "rows"; "rows" runs the stride-1 layers): its output against the default's, bit for bit, and
@@ -373,36 +392,14 @@ def time_other_depthwise_variant(clock: Clock, net: Any, x: torch.Tensor) -> Dic
     from kernels._config import depthwise_variant, use_depthwise_variant
 
     other = "rows" if depthwise_variant() == "tiles" else "tiles"
-    out: Dict[str, Any] = {"variant": other}
-    try:
-        with torch.no_grad():
-            y_default = net(x)
-            with use_depthwise_variant(other):
-                out["equal_to_default"] = bool(torch.equal(net(x), y_default))
-                out.update(measure(clock, lambda: net(x), clock.cuda, True))
-    except Exception as exc:
-        out.update(error=_err(exc), ms=None)
-        traceback.print_exc()
-        if clock.cuda:
-            torch.cuda.synchronize()
-    return {f"int8_dw_{other}": out}
+    return {f"int8_dw_{other}": _time_variant(clock, net, net, x, {"variant": other}, use_depthwise_variant(other))}
 
 
 def time_fused_depthwise(clock: Clock, net: Any, fused: Any, x: torch.Tensor) -> Dict[str, Any]:
     """The int8 network with each depthwise convolution computed in the kernel of the 1x1
     convolution after it (``to_int8(q, fuse_depthwise=True)``, ``kernels.dwproject``): its output
     against the default network's, bit for bit, and its times. Returned under ``int8_dw_project``."""
-    out: Dict[str, Any] = {"fused": len(fused.coverage.depthwise)}
-    try:
-        with torch.no_grad():
-            out["equal_to_default"] = bool(torch.equal(fused(x), net(x)))
-            out.update(measure(clock, lambda: fused(x), clock.cuda, True))
-    except Exception as exc:
-        out.update(error=_err(exc), ms=None)
-        traceback.print_exc()
-        if clock.cuda:
-            torch.cuda.synchronize()
-    return {"int8_dw_project": out}
+    return {"int8_dw_project": _time_variant(clock, net, fused, x, {"fused": len(fused.coverage.depthwise)})}
 
 
 def time_graphed_network(clock: Clock, net: Any, x: torch.Tensor) -> Dict[str, Any]:
