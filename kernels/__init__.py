@@ -9,7 +9,7 @@ object (:func:`current_settings`, :func:`use_settings`).
 
 Importing this package does not import Triton; the Triton modules (:mod:`kernels.gemm`,
 :mod:`kernels.conv`, :mod:`kernels.depthwise`, :mod:`kernels.elementwise`, :mod:`kernels.pool`,
-:mod:`kernels.lut`)
+:mod:`kernels.lut`, and the fused layer pairs :mod:`kernels.stem` and :mod:`kernels.dwproject`)
 load on first use.
 """
 

@@ -136,7 +136,8 @@ def is_traced(x: object) -> bool:
 
 def triton_module(x: object, backend: Optional[str], module: str) -> Optional[ModuleType]:
     """The Triton kernel module (``"gemm"``, ``"conv"``, ``"depthwise"``, ``"elementwise"``,
-    ``"pool"``, ``"lut"``) that runs an op on ``x`` eagerly under ``backend``, or ``None`` when the op must go
+    ``"pool"``, ``"lut"``, ``"stem"``, ``"dwproject"``) that runs an op on ``x`` eagerly under
+    ``backend``, or ``None`` when the op must go
     through its ``dfq_int8`` custom op instead: the reference backend, CPU tensors without the
     interpreter under ``"auto"``, tensor subclasses (fake and functional tensors of tracing), and
     ``torch.compile``/``torch.export`` tracing.
