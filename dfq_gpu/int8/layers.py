@@ -12,6 +12,7 @@ sets it on all its steps at once.
 
 from __future__ import annotations
 
+import itertools
 from types import ModuleType
 from typing import Any, Callable, Optional, Sequence
 
@@ -81,11 +82,14 @@ class Int8Step(nn.Module):
     def _cached_plan(self, build: Callable[[], Any], slot: str = "_plan", extra: Sequence[Any] = ()) -> Any:
         """The step's kernel launch plan (weight-side arguments bound once), rebuilt whenever a
         buffer is replaced (``.to()``, ``load_state_dict`` with ``assign``) or changed in place.
+        ``slot`` (a name starting with ``_plan``) keeps a second plan apart from the first;
+        ``extra``: more buffers the plan is built from (a fused child step's).
 
         Buffers created under ``torch.inference_mode`` have no version counter; their plan is
         rebuilt on every call (still without the dispatcher)."""
         try:
-            key = tuple((id(b), b._version) for bufs in (self._buffers.values(), *extra) for b in bufs if b is not None)
+            bufs = itertools.chain(self._buffers.values(), *extra) if extra else self._buffers.values()
+            key = tuple((id(b), b._version) for b in bufs if b is not None)
         except RuntimeError:
             return build()
         cached = self.__dict__.get(slot)
@@ -97,8 +101,8 @@ class Int8Step(nn.Module):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for slot in ("_plan", "_stem_plan_cache", "_dw_plan_cache"):
-            state.pop(slot, None)  # launch plans hold kernel handles and are rebuilt on demand
+        for slot in [k for k in state if k.startswith("_plan")]:
+            del state[slot]  # launch plans hold kernel handles and are rebuilt on demand
         return state
 
 
@@ -392,7 +396,7 @@ class Int8StemConv2d(Int8Conv2d):
             x = x.to(torch.float32)
         if self.quantize.check_finite:
             check_finite_input(x)
-        y = self._cached_plan(lambda: self._stem_plan(mod), slot="_stem_plan_cache")(x)
+        y = self._cached_plan(lambda: self._stem_plan(mod), slot="_plan_stem")(x)
         return self._to_float(y) if self.float_output else y
 
     def extra_repr(self) -> str:
@@ -439,7 +443,7 @@ class Int8DepthwiseProjectConv2d(Int8Conv2d):
         mod = self._triton(x, "dwproject")
         if mod is None:
             return super().forward(self.depthwise(x), r)
-        plan = self._cached_plan(lambda: self._dw_plan(mod), slot="_dw_plan_cache",
+        plan = self._cached_plan(lambda: self._dw_plan(mod), slot="_plan_dw",
                                  extra=(self.depthwise._buffers.values(),))
         if r is None:
             y = plan(x)
