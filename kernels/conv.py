@@ -87,7 +87,7 @@ from ._config import (
     next_pow2_bucket,
     prune_by_size,
 )
-from .gemm import _NO_RESIDUAL, GemmPlan, residual_args
+from .gemm import _NO_RESIDUAL, GemmPlan, check_residual_operand, residual_args
 from .requant import add_gemm_corrections, requantize_add, requantize_channels
 
 logger = logging.getLogger(__name__)
@@ -418,17 +418,7 @@ class ConvPlan:
         B, H, W, C = ref.check_nhwc_input(x, self.C, self.device)
         N = self.N
         OH, OW = ref.conv_output_size(H, W, self.KH, self.KW, self.stride, self.pad)
-        if self.residual is not None:
-            if r is None:
-                raise ValueError("this convolution fuses a residual add: pass its other operand r "
-                                 "(int8 NHWC [B, OH, OW, N])")
-            ref.check_tensor(r, "r", torch.int8, 4, "NHWC [B, OH, OW, N]")
-            if tuple(r.shape) != (B, OH, OW, N):
-                raise ValueError(f"r must be [B, OH, OW, N] = {(B, OH, OW, N)}, got {tuple(r.shape)}")
-            if r.device != x.device:
-                raise ValueError(f"r is on {r.device} but x is on {x.device}")
-        elif r is not None:
-            raise ValueError("r is given but this convolution has no residual add (ConvPlan(..., residual=...))")
+        check_residual_operand(r, self.residual, (B, OH, OW, N), x, "ConvPlan", "[B, OH, OW, N]")
         if self.gemm is not None:
             r2 = None if r is None else r.view(B * H * W, N)
             return self.gemm(x.view(B * H * W, C), r2).view(B, H, W, N)

@@ -34,7 +34,7 @@ import triton.language as tl
 from . import reference as ref
 from ._config import DERIVED, INTERPRETED, USE_RINT, cdiv, channel_stride
 from .depthwise import shifted_weights
-from .gemm import _NO_RESIDUAL, residual_args
+from .gemm import _NO_RESIDUAL, check_residual_operand, residual_args
 from .requant import add_gemm_corrections, requantize_add, requantize_channels
 
 logger = logging.getLogger(__name__)
@@ -194,14 +194,7 @@ class DwProjectPlan:
         B, H, W, _ = ref.check_nhwc_input(x, self.E, self.device)
         OH, OW = ref.conv_output_size(H, W, self.KH, self.KW, self.stride, self.pad)  # type: ignore[arg-type]
         shape = (B, OH, OW, self.N)
-        if self.residual is not None:
-            if r is None:
-                raise ValueError("this layer fuses a residual add: pass its other operand r (int8 NHWC)")
-            ref.check_tensor(r, "r", torch.int8, 4, "NHWC [B, OH, OW, N]")
-            if tuple(r.shape) != shape or r.device != x.device:
-                raise ValueError(f"r must be {shape} on {x.device}, got {tuple(r.shape)} on {r.device}")
-        elif r is not None:
-            raise ValueError("r is given but this layer has no residual add")
+        check_residual_operand(r, self.residual, shape, x, "DwProjectPlan", "[B, OH, OW, N]")
         y = torch.empty(shape, dtype=self.out_dtype, device=x.device)
         M = B * OH * OW
         if M == 0:

@@ -149,6 +149,25 @@ _NO_RESIDUAL = dict(z_a=0, z_r=0, ia=0, ib=0, add_m=1.0, add_z=0, add_lo=ref.INT
                     RESIDUAL=False)
 
 
+def check_residual_operand(r: Optional[Tensor], residual: Optional[ref.ResidualAdd], shape: tuple, x: Tensor,
+                           plan: str, dims: str) -> None:
+    """The fused residual add's other operand ``r`` as a launch plan takes it: required exactly
+    when the plan has a ``residual``, an int8 tensor of ``shape`` (``dims`` names its dimensions,
+    NHWC when 4-D) on ``x``'s device. ``plan`` names the plan in the messages."""
+    layout = f"NHWC {dims}" if len(shape) == 4 else dims
+    if residual is None:
+        if r is not None:
+            raise ValueError(f"r is given but this {plan} has no residual add ({plan}(..., residual=...))")
+        return
+    if r is None:
+        raise ValueError(f"this {plan} fuses a residual add: pass its other operand r (int8 {layout})")
+    ref.check_tensor(r, "r", torch.int8, len(shape), layout)
+    if tuple(r.shape) != tuple(shape):
+        raise ValueError(f"r must be {dims} = {tuple(shape)}, got {tuple(r.shape)}")
+    if r.device != x.device:
+        raise ValueError(f"r is on {r.device} but x is on {x.device}")
+
+
 def residual_args(residual: ref.ResidualAdd) -> dict:
     """The kernel arguments of a fused residual add, validated like :func:`kernels.reference.int8_add`'s
     (zero points and bounds in [-128, 127], ``lo <= hi``, ``|ia|, |ib| <= 2^15``, a finite multiplier,
@@ -213,16 +232,7 @@ class GemmPlan:
         if x.device != self.device:
             raise ValueError(f"x is on {x.device} but the weight is on {self.device}")
         M, N = x.shape[0], self.N
-        if self.residual is not None:
-            if r is None:
-                raise ValueError("this GEMM fuses a residual add: pass its other operand r (int8 [M, N])")
-            ref.check_tensor(r, "r", torch.int8, 2, "[M, N]")
-            if tuple(r.shape) != (M, N):
-                raise ValueError(f"r must be [M, N] = {(M, N)}, got {tuple(r.shape)}")
-            if r.device != x.device:
-                raise ValueError(f"r is on {r.device} but x is on {x.device}")
-        elif r is not None:
-            raise ValueError("r is given but this GEMM has no residual add (GemmPlan(..., residual=...))")
+        check_residual_operand(r, self.residual, (M, N), x, "GemmPlan", "[M, N]")
         y = torch.empty((M, N), dtype=self.out_dtype, device=x.device)
         if M == 0 or N == 0:
             return y
