@@ -417,12 +417,16 @@ def test_chapter3_equalization_rerun_in_jupyterlab(lab: Lab, page) -> None:
     image = explorer.locator(".widget-output img").first
     _wait("the explorer's plot", lambda: image.count() > 0 and image.get_attribute("src"), 60)
     result = explorer.locator(".widget-html-content").filter(has_text="logit SQNR").first
+    # the plot can arrive before the result line is filled in (or while it is re-rendered): read it
+    # once it holds its number
+    _wait("the result line", lambda: "logit SQNR" in result.inner_text(), 60)
     before = {"src": image.get_attribute("src"), "text": result.inner_text()}
     before["sqnr"] = _number(r"logit SQNR ([-\d.]+) dB", before["text"])
     explorer.screenshot(path=str(ARTIFACTS / "ch3_explorer_before.png"))
     dead = explorer.locator(".widget-dropdown").filter(has_text="dead threshold").locator("select")
     dead.select_option(label="0 (no guard)")
-    _wait("the result line to change", lambda: result.inner_text() != before["text"], 120)
+    _wait("the result line to change",
+          lambda: result.inner_text() != before["text"] and "logit SQNR" in result.inner_text(), 120)
     _wait("the plot to be redrawn", lambda: image.get_attribute("src") not in (None, before["src"]), 60)
     after = {"src": image.get_attribute("src"), "text": result.inner_text()}
     after["sqnr"] = _number(r"logit SQNR ([-\d.]+) dB", after["text"])
