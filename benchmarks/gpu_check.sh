@@ -26,10 +26,12 @@
 #   4. kernels_bench (T_KERNELS=130 s; ~100-130 s: the JSON is rewritten after every case, the
 #      GEMMs, convolutions and depthwise first): the kernel benchmark, every case timed by
 #      CUDA-graph replay with the L2 cold (rotated buffers), tiles from the fresh table or the
-#      defaults (KERNELS_AUTOTUNE=1 autotunes the rest):
+#      defaults (KERNELS_AUTOTUNE=1 autotunes the rest); each GEMM case in both GEMM variants
+#      (pointers, and the persistent TMA kernel where K % 16 == 0: speedup.tma_vs_pointers):
 #        python benchmarks/kernels.py --out $OUT/kernels_<gpu>.json
 #   5. e2e (T_E2E=170 s; uses all of its budget): the end-to-end benchmark with the fresh table
-#      and autotuning off; fp16 eager (BN folded) and fp32 eager; torch.compile
+#      and autotuning off; at batch 256 also the other depthwise and GEMM variants (int8_dw_rows,
+#      int8_gemm_tma) and the depthwise + 1x1 fusion; fp16 eager (BN folded) and fp32 eager; torch.compile
 #      (E2E_COMPILE_MODE, default max-autotune, frozen) as far as the budget goes, batch 256 first:
 #        python benchmarks/e2e.py --out $OUT/e2e_<gpu>.json --tile-table $OUT/tiles_<gpu>.json
 # Logs go to $OUT/<step>_<gpu>.log, a summary to $OUT/gpu_check_<gpu>.log. Needs torch, triton

@@ -70,23 +70,21 @@ def _cfg(num_warps: int, num_stages: int, **meta: int) -> triton.Config:
 # On Hopper an int8 ``tl.dot`` maps to wgmma when BLOCK_M is a multiple of 64, BLOCK_N >= 16 and
 # BLOCK_K >= 32 (with 8 warps and BLOCK_M = 64 the two warp groups split N); both operands are
 # K-contiguous. Every config compiles for sm_90 with wgmma and cp.async pipelining within the
-# shared-memory limit (``benchmarks/kernels.py --compile-only --all-configs``, Triton 3.8 here;
-# the GPU machine has Triton 3.6, whose register allocation differs: check there before relying
-# on a register count). The two 256x128 tiles spill 96-168 bytes with Triton 3.8 in the GEMM and
-# the conv loops (0-16 in the unrolled 3x3 one) and spilled none with 3.6 (checked before the
-# conv loops were rebuilt, not since); they stay. Left out because they spill registers:
-# 128x256 tiles (128-192 bytes with Triton 3.8 for BLOCK_K 32/64/128 with 8 warps: the int32
-# accumulator alone is 128 registers a thread) and 256x128x32 (with Triton 3.6). 64x256 with 4
-# warps compiles without spills but at 238-242 registers; it is left out as too close to the limit.
-# The entries after the first twelve (added with the unrolled-tap conv loop): 64x256 tiles with
+# shared-memory limit and without register spills, with Triton 3.6 (the GPU machine's) and 3.8
+# (``benchmarks/kernels.py --compile-only --all-configs``, no GPU needed; the report for 3.6 is
+# ``benchmarks/results/compile_sm90_triton3.6.json``). Left out because they spill registers:
+# 256x128 tiles (with Triton 3.6: 8-48 bytes in the residual epilogue and the unrolled 3x3 loop,
+# 56-96 in the TMA GEMM; with 3.8: 96-168 bytes), 128x256 tiles (128-192 bytes with Triton 3.8
+# for BLOCK_K 32/64/128 with 8 warps: the int32 accumulator alone is 128 registers a thread).
+# 64x256 with 4 warps compiles without spills but at 238-242 registers; it is left out as too
+# close to the limit.
+# The entries after the first ten (added with the unrolled-tap conv loop): 64x256 tiles with
 # 8 warps for wide layers (a 256-wide N tile reads the activations once for N <= 256), and thin
 # tiles for narrow or shallow layers (BLOCK_N 16/32/64 with BLOCK_K 32, or 128 for deep K), so
 # that BLOCK_N >= N and the activations are read once. ``prune_by_size`` keeps each where it
 # fits (see GEMM_NARROW_N).
 # ---------------------------------------------------------------------------------------------
 GEMM_GPU_CONFIGS: List[triton.Config] = [
-    _cfg(8, 3, BLOCK_M=256, BLOCK_N=128, BLOCK_K=128, GROUP_M=8),
-    _cfg(8, 4, BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8),
     _cfg(8, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8),
     _cfg(8, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8),
     _cfg(4, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8),
@@ -118,13 +116,21 @@ GEMM_NARROW_N: int = 32
 #: gathered byte by byte (C is no multiple of 16, so no load vectorizes) with a 64-bit pointer
 #: per element, and on sm_90 (Triton 3.8, compiled with C not divisible by 16 as at run time)
 #: the other entries spill registers in it: 72-2008 bytes for a 7x7x3 stem (the loop before the
-#: row bases were hoisted spilled too, 240 bytes on the default 128x64x64 tile). Autotuning a
-#: flat-K convolution keeps to these; the default tile is one of them.
-CONV_FLAT_K_TILES = {(128, 64, 64, 4), (256, 64, 64, 8), (128, 32, 32, 4), (64, 256, 32, 8), (128, 16, 32, 4),
+#: row bases were hoisted spilled too, 240 bytes on the default 128x64x64 tile; 256x64x64 with 8
+#: warps spills 8 bytes with Triton 3.6). Autotuning a flat-K convolution keeps to these; the
+#: default tile is one of them.
+CONV_FLAT_K_TILES = {(128, 64, 64, 4), (128, 32, 32, 4), (64, 256, 32, 8), (128, 16, 32, 4),
                      (256, 16, 32, 8)}  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps)  # fmt: skip
 CONV_FLAT_K_CONFIGS: List[triton.Config] = [
     c for c in GEMM_GPU_CONFIGS
     if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps) in CONV_FLAT_K_TILES
+]  # fmt: skip
+
+#: Tiles of the TMA GEMM (``kernels.gemm``, the "tma" variant): the GEMM's, less the 128x128
+#: tiles with 8 warps, which spill 16 bytes there (Triton 3.6, weight zero point and residual).
+GEMM_TMA_CONFIGS: List[triton.Config] = [
+    c for c in GEMM_GPU_CONFIGS
+    if not (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] >= 128 * 128 and c.num_warps == 8)
 ]  # fmt: skip
 
 #: Interpreter tile for GEMM and convolution: large, so few programs and few K steps.
@@ -324,11 +330,14 @@ def launch_meta(
 
 
 def launch(
-    kernel: Any, tuned: Any, family: str, grid: Callable[[Dict[str, Any]], tuple], args: Dict[str, Any]
+    kernel: Any, tuned: Any, family: str, grid: Callable[[Dict[str, Any]], tuple], args: Dict[str, Any],
+    pre_hook: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> None:
     """Launch ``kernel`` on ``args``: through its autotuned wrapper ``tuned``, or directly with the
     meta-parameters of :func:`launch_meta` (interpreter, forced config, tile table, autotuning
-    off). The tile is noted for :func:`kernels.tiles.launched_tiles` / ``record_launches``."""
+    off). ``pre_hook``: what the autotuner's configs run before a launch (called here with the
+    arguments and the meta-parameters on a direct launch). The tile is noted for
+    :func:`kernels.tiles.launched_tiles` / ``record_launches``."""
     name, key_names, key_values = key = tiles.launch_key(kernel, tuned, args)
     # the decision depends only on the settings object, the kernel and its key (and the loaded
     # tables, which tiles.reset() forgets with the decisions): made once, then a dict lookup
@@ -342,6 +351,8 @@ def launch(
     if meta is None:
         tuned[grid](**args)
     else:
+        if pre_hook is not None:
+            pre_hook({**args, **meta})
         kernel[grid(meta)](**args, **meta)
     tiles.note_launch(name, family, key_names, key_values, source, meta, tuned)
 

@@ -87,8 +87,7 @@ from ._config import (
     next_pow2_bucket,
     prune_by_size,
 )
-from .gemm import _NO_RESIDUAL, GemmPlan, check_residual_operand, residual_args
-from .requant import add_gemm_corrections, requantize_add, requantize_channels
+from .gemm import _NO_RESIDUAL, GemmPlan, check_residual_operand, gemm_epilogue, grouped_tile, residual_args
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +125,25 @@ def _dot_step(a_ptrs, b_ptrs, a_mask, k_ok, acc, row_sum, EVEN_K: tl.constexpr, 
     return acc, row_sum
 
 
+@triton.jit
+def padding_correction(acc, ih0, iw0, offs_n, dig_ptr, H, W, N, z_x,
+                       KH: tl.constexpr, KW: tl.constexpr, NDIG: tl.constexpr, TP: tl.constexpr):  # fmt: skip
+    """The padding correction (module docstring), added to ``acc`` before the K loop: ``acc +=
+    sum_t P'[m, t] S[t, n]``, Horner over the ``NDIG`` digit planes of ``S``. Row ``m``'s tap
+    ``(0, 0)`` lies at input ``(ih0[m], iw0[m])``; ``P'[m, t] = z_x`` where tap ``t`` falls outside
+    the ``H x W`` input."""
+    offs_t = tl.arange(0, TP)
+    ih_t = ih0[:, None] + (offs_t // KW)[None, :]
+    iw_t = iw0[:, None] + (offs_t % KW)[None, :]
+    padded = (ih_t < 0) | (ih_t >= H) | (iw_t < 0) | (iw_t >= W)
+    p = tl.where(padded & (offs_t < KH * KW)[None, :], z_x, 0).to(tl.int8)  # [BLOCK_M, TP]
+    d_ptrs = dig_ptr + (offs_n % N)[None, :] * TP + offs_t[:, None]  # [TP, BLOCK_N], K-major
+    acc = tl.dot(p, tl.load(d_ptrs + (NDIG - 1) * N * TP), acc, out_dtype=tl.int32)
+    for i in tl.static_range(NDIG - 2, -1, -1):
+        acc = tl.dot(p, tl.load(d_ptrs + i * N * TP), acc * 256, out_dtype=tl.int32)
+    return acc
+
+
 @triton.jit(do_not_specialize=["z_x", "z_y", "z_a", "z_r", "ia", "ib", "add_z", "add_lo", "add_hi"])
 def _int8_conv2d_kernel(
     # Pointers: input, weight, per-output-channel vectors, output
@@ -156,16 +174,7 @@ def _int8_conv2d_kernel(
     M = B * OH * OW
     K = KH * KW * C
 
-    # -- grouped program order (as in the GEMM)
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
     # -- output pixels of this tile (rows past M wrap around; only the store is masked)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -183,16 +192,8 @@ def _int8_conv2d_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     row_sum = tl.zeros((BLOCK_M,), dtype=tl.int32)
     if PAD_CORR:
-        # -- padding correction first: acc = sum_t P'[m, t] S[t, n], Horner over the digit planes
-        offs_t = tl.arange(0, TP)
-        ih_t = ih0[:, None] + (offs_t // KW)[None, :]
-        iw_t = iw0[:, None] + (offs_t % KW)[None, :]
-        padded = (ih_t < 0) | (ih_t >= H) | (iw_t < 0) | (iw_t >= W)
-        p = tl.where(padded & (offs_t < KH * KW)[None, :], z_x, 0).to(tl.int8)  # [BLOCK_M, TP]
-        d_ptrs = dig_ptr + (offs_n % N)[None, :] * TP + offs_t[:, None]  # [TP, BLOCK_N], K-major
-        acc = tl.dot(p, tl.load(d_ptrs + (NDIG - 1) * N * TP), acc, out_dtype=tl.int32)
-        for i in tl.static_range(NDIG - 2, -1, -1):
-            acc = tl.dot(p, tl.load(d_ptrs + i * N * TP), acc * 256, out_dtype=tl.int32)
+        # -- padding correction first, into the accumulator
+        acc = padding_correction(acc, ih0, iw0, offs_n, dig_ptr, H, W, N, z_x, KH, KW, NDIG, TP)
     if FLAT_K:
         # -- k = (kh * KW + kw) * C + c, split per element; only [BLOCK_K] vectors are divided,
         #    the [BLOCK_M, BLOCK_K] part is a pointer add and four compares against hoisted rows
@@ -261,25 +262,10 @@ def _int8_conv2d_kernel(
                 tap = tl.where(next_tap, tap + 1, tap)
                 b_off = tap * C + c0
 
-    # -- exact int32 corrections
-    mask_n = offs_n < N
-    acc = add_gemm_corrections(acc, row_sum, offs_n, mask_n, bias_ptr, wzp_ptr, stride_wzp, HAS_BIAS, HAS_WZP)
-
-    # -- epilogue; the NHWC output is the [M, N] row-major matrix
-    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-    mask = (offs_m < M)[:, None] & mask_n[None, :]
-    if OUT_INT32:
-        tl.store(y_ptrs, acc, mask=mask)
-    else:
-        out = requantize_channels(acc, offs_n, mask_n, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
-                                  USE_RINT, ROWS=True)
-        if RESIDUAL:
-            # the fused residual add (as in kernels.gemm): the layer's int8 tile, exactly its unfused
-            # output, plus the tile of r at the same [M, N] offsets (r is contiguous NHWC too)
-            r_ptrs = r_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-            r = tl.load(r_ptrs, mask=mask, other=0)
-            out = requantize_add(out, r, z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi, USE_RINT)
-        tl.store(y_ptrs, out, mask=mask)
+    # -- the GEMM's epilogue: the NHWC output (and r, contiguous NHWC too) is the [M, N] row-major matrix
+    gemm_epilogue(acc, row_sum, offs_m, offs_m < M, offs_n, N, bias_ptr, wzp_ptr, stride_wzp, mult_ptr, stride_mult,
+                  lo_ptr, stride_lo, hi_ptr, stride_hi, z_y, y_ptr, N, r_ptr, N, z_a, z_r, ia, ib, add_m, add_z,
+                  add_lo, add_hi, HAS_BIAS, HAS_WZP, OUT_INT32, RESIDUAL, USE_RINT)
 
 
 def _tile(cfg) -> Tuple[int, int, int, int]:

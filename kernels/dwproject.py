@@ -34,8 +34,8 @@ import triton.language as tl
 from . import reference as ref
 from ._config import DERIVED, INTERPRETED, USE_RINT, cdiv, channel_stride
 from .depthwise import shifted_weights
-from .gemm import _NO_RESIDUAL, check_residual_operand, residual_args
-from .requant import add_gemm_corrections, requantize_add, requantize_channels
+from .gemm import _NO_RESIDUAL, check_residual_operand, gemm_epilogue, residual_args
+from .requant import requantize_channels
 
 logger = logging.getLogger(__name__)
 
@@ -127,19 +127,10 @@ def _int8_dw_project_kernel(
         if HAS_WZP:
             row_sum += tl.sum(d.to(tl.int32), axis=1)
 
-    # -- the project's exact corrections and epilogue (the GEMM's)
-    acc = add_gemm_corrections(acc, row_sum, offs_n, n_ok, pbias_ptr, pwzp_ptr, stride_pwzp, HAS_BIAS, HAS_WZP)
-    out_offs = offs_p.to(tl.int64)[:, None] * N + offs_n[None, :]
-    mask = p_ok[:, None] & n_ok[None, :]
-    if OUT_INT32:
-        tl.store(y_ptr + out_offs, acc, mask=mask)
-    else:
-        out = requantize_channels(acc, offs_n, n_ok, pmult_ptr, stride_pmult, plo_ptr, stride_plo, phi_ptr, stride_phi,
-                                  z_y, USE_RINT, ROWS=True)
-        if RESIDUAL:
-            r = tl.load(r_ptr + out_offs, mask=mask, other=0)
-            out = requantize_add(out, r, z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi, USE_RINT)
-        tl.store(y_ptr + out_offs, out, mask=mask)
+    # -- the project's exact corrections and epilogue: the GEMM's, on the [M, N] row-major output
+    gemm_epilogue(acc, row_sum, offs_p, p_ok, offs_n, N, pbias_ptr, pwzp_ptr, stride_pwzp, pmult_ptr, stride_pmult,
+                  plo_ptr, stride_plo, phi_ptr, stride_phi, z_y, y_ptr, N, r_ptr, N, z_a, z_r, ia, ib, add_m, add_z,
+                  add_lo, add_hi, HAS_BIAS, HAS_WZP, OUT_INT32, RESIDUAL, USE_RINT)
 
 
 # =============================================================================================

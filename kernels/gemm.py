@@ -24,8 +24,9 @@ wgmma wants).
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import triton
@@ -34,8 +35,10 @@ import triton.language as tl
 from . import reference as ref
 from ._config import (
     DERIVED,
+    INTERPRETED,
     GEMM_GPU_CONFIGS,
     GEMM_NARROW_N,
+    GEMM_TMA_CONFIGS,
     USE_RINT,
     cdiv,
     epilogue_args,
@@ -44,6 +47,12 @@ from ._config import (
     prune_by_size,
 )
 from .requant import add_gemm_corrections, requantize_add, requantize_channels
+from .settings import current_settings, use_settings
+
+try:  # host-side TMA descriptors (Triton 3.4 and later)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: the "tma" variant falls back to "pointers"
+    TensorDescriptor = None
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +62,52 @@ Tensor = torch.Tensor
 # =============================================================================================
 # Kernel
 # =============================================================================================
+@triton.jit
+def grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """``(pid_m, pid_n)`` of tile ``tile_id`` in grouped ("swizzled") order: GROUP_M row blocks
+    share the same column blocks in L2."""
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = tile_id // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((tile_id % num_pid_in_group) % group_size_m)
+    pid_n = (tile_id % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def gemm_epilogue(
+    acc, row_sum, rows, row_ok, offs_n, N,
+    bias_ptr, wzp_ptr, stride_wzp, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
+    y_ptr, stride_ym, r_ptr, stride_rm, z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi,
+    HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, RESIDUAL: tl.constexpr,
+    USE_RINT: tl.constexpr,
+):  # fmt: skip
+    """The GEMM's epilogue on one ``[BLOCK_M, BLOCK_N]`` tile (output rows ``rows``, stored where
+    ``row_ok``; columns ``offs_n``, stored below ``N``): the exact int32 corrections, then the
+    int32 store, or the requantization (and the fused residual add, whose operand has the
+    output's offsets) and the int8 store. Shared by the GEMM and convolution kernels."""
+    # -- exact int32 corrections
+    mask_n = offs_n < N
+    acc = add_gemm_corrections(acc, row_sum, offs_n, mask_n, bias_ptr, wzp_ptr, stride_wzp, HAS_BIAS, HAS_WZP)
+
+    # -- epilogue and store
+    rows = rows.to(tl.int64)
+    y_ptrs = y_ptr + rows[:, None] * stride_ym + offs_n[None, :]
+    mask = row_ok[:, None] & mask_n[None, :]
+    if OUT_INT32:
+        tl.store(y_ptrs, acc, mask=mask)
+    else:
+        out = requantize_channels(acc, offs_n, mask_n, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
+                                  USE_RINT, ROWS=True)
+        if RESIDUAL:
+            # the fused residual add: the layer's int8 tile (exactly its unfused output) plus r
+            r_ptrs = r_ptr + rows[:, None] * stride_rm + offs_n[None, :]
+            r = tl.load(r_ptrs, mask=mask, other=0)
+            out = requantize_add(out, r, z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi, USE_RINT)
+        tl.store(y_ptrs, out, mask=mask)
+
+
 @triton.jit(do_not_specialize=["z_y", "z_a", "z_r", "ia", "ib", "add_z", "add_lo", "add_hi"])
 def _int8_gemm_kernel(
     # Pointers: operands, per-output-channel vectors, output
@@ -79,16 +134,7 @@ def _int8_gemm_kernel(
     USE_RINT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    # -- grouped ("swizzled") program order: GROUP_M row blocks share the same column blocks in L2
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
     # -- tile offsets; rows/columns past M/N wrap around (loads stay in bounds without a mask,
     #    the store is masked). Row offsets are int64: M * K may exceed 2^31.
@@ -113,24 +159,9 @@ def _int8_gemm_kernel(
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
-    # -- exact int32 corrections
-    mask_n = offs_n < N
-    acc = add_gemm_corrections(acc, row_sum, offs_n, mask_n, bias_ptr, wzp_ptr, stride_wzp, HAS_BIAS, HAS_WZP)
-
-    # -- epilogue and store
-    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-    mask = (offs_m < M)[:, None] & mask_n[None, :]
-    if OUT_INT32:
-        tl.store(y_ptrs, acc, mask=mask)
-    else:
-        out = requantize_channels(acc, offs_n, mask_n, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
-                                  USE_RINT, ROWS=True)
-        if RESIDUAL:
-            # the fused residual add: the layer's int8 tile (exactly its unfused output) plus r
-            r_ptrs = r_ptr + offs_m.to(tl.int64)[:, None] * stride_rm + offs_n[None, :]
-            r = tl.load(r_ptrs, mask=mask, other=0)
-            out = requantize_add(out, r, z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi, USE_RINT)
-        tl.store(y_ptrs, out, mask=mask)
+    gemm_epilogue(acc, row_sum, offs_m, offs_m < M, offs_n, N, bias_ptr, wzp_ptr, stride_wzp, mult_ptr, stride_mult, lo_ptr,
+                  stride_lo, hi_ptr, stride_hi, z_y, y_ptr, stride_ym, r_ptr, stride_rm, z_a, z_r, ia, ib, add_m, add_z,
+                  add_lo, add_hi, HAS_BIAS, HAS_WZP, OUT_INT32, RESIDUAL, USE_RINT)
 
 
 _int8_gemm_kernel_tuned = triton.autotune(
@@ -141,9 +172,102 @@ _int8_gemm_kernel_tuned = triton.autotune(
 )(_int8_gemm_kernel)
 
 
+@triton.jit(do_not_specialize=["z_y", "z_a", "z_r", "ia", "ib", "add_z", "add_lo", "add_hi"])
+def _int8_gemm_tma_kernel(
+    # TMA descriptors of the operands: x int8 [M, K] in [BLOCK_M, BLOCK_K] blocks, w int8 [N, K]
+    # in [BLOCK_N, BLOCK_K] blocks (both K-contiguous; blocks past M, N or K read as zeros)
+    x_desc, w_desc,
+    # Per-output-channel vectors, output, residual operand: as in _int8_gemm_kernel
+    bias_ptr, wzp_ptr, mult_ptr, lo_ptr, hi_ptr, y_ptr, r_ptr,
+    M, N, K,
+    stride_ym, stride_rm,
+    stride_wzp, stride_mult, stride_lo, stride_hi,
+    z_y,
+    z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi,
+    # Autotune bucket of M (not used in the body); number of programs of the persistent grid
+    M_BUCKET, NUM_PROGRAMS,
+    # Meta-parameters
+    HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, RESIDUAL: tl.constexpr,
+    USE_RINT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """The same GEMM as :func:`_int8_gemm_kernel` on a persistent grid with TMA loads.
+
+    ``NUM_PROGRAMS`` programs (one per SM at most) walk the output tiles in grouped order, tile
+    ``start, start + NUM_PROGRAMS, ...``; each tile's K loop loads its operand blocks through the
+    tensor-memory accelerator (no address arithmetic or masks: the hardware zero-fills blocks past
+    the edges, and zeros add nothing to the dot product nor to the row sums), then runs the shared
+    epilogue. Zero-filled K columns are why K needs no mask; the epilogue masks rows and columns.
+    """
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_tiles = num_pid_m * num_pid_n
+    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS):
+        pid_m, pid_n = grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        row_sum = tl.zeros((BLOCK_M,), dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            a = x_desc.load([off_m, k0])  # [BLOCK_M, BLOCK_K]
+            b = w_desc.load([off_n, k0])  # [BLOCK_N, BLOCK_K]: K-major B, as wgmma wants it
+            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+            if HAS_WZP:
+                row_sum += tl.sum(a.to(tl.int32), axis=1)
+        offs_m = off_m + tl.arange(0, BLOCK_M)
+        offs_n = off_n + tl.arange(0, BLOCK_N)
+        gemm_epilogue(acc, row_sum, offs_m, offs_m < M, offs_n, N, bias_ptr, wzp_ptr, stride_wzp, mult_ptr, stride_mult,
+                      lo_ptr, stride_lo, hi_ptr, stride_hi, z_y, y_ptr, stride_ym, r_ptr, stride_rm, z_a, z_r, ia, ib,
+                      add_m, add_z, add_lo, add_hi, HAS_BIAS, HAS_WZP, OUT_INT32, RESIDUAL, USE_RINT)
+
+
+def _set_tma_blocks(nargs: dict) -> None:
+    """Autotune pre-hook (and direct-launch hook) of the TMA kernel: the descriptors' block shapes
+    follow the tile being launched."""
+    nargs["x_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
+    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+
+
+_int8_gemm_tma_kernel_tuned = triton.autotune(
+    configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_tma_blocks)
+             for c in GEMM_TMA_CONFIGS],
+    key=["M_BUCKET", "N", "K", "HAS_WZP", "OUT_INT32", "RESIDUAL"],
+    prune_configs_by={"early_config_prune": prune_by_size({"BLOCK_N": ("N",), "BLOCK_K": ("K",)},
+                                                          narrow={"BLOCK_N": GEMM_NARROW_N})},
+)(_int8_gemm_tma_kernel)
+
+
 # =============================================================================================
 # Launcher
 # =============================================================================================
+#: Programs of the persistent TMA grid under Triton's interpreter (a few, so that each program
+#: walks several tiles there too).
+INTERPRETER_PROGRAMS: int = 3
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def persistent_programs(device: torch.device) -> int:
+    """Programs of a persistent grid on ``device``: one per SM on a GPU."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else INTERPRETER_PROGRAMS
+
+
+def tma_ready(t: Tensor) -> bool:
+    """Whether the 2-D int8 operand ``t`` can be read through a TMA descriptor: Triton has host
+    descriptors, the device is of compute capability 9.0 or later (or Triton's interpreter runs
+    the kernels), the rows are contiguous, 16-byte aligned, and 16 bytes apart times a whole
+    number (K a multiple of 16 for a contiguous operand)."""
+    if TensorDescriptor is None or t.stride(1) != 1 or t.stride(0) % 16 or t.data_ptr() % 16:
+        return False
+    if t.device.type == "cuda":
+        return torch.cuda.get_device_capability(t.device)[0] >= 9
+    return INTERPRETED
+
+
 #: Kernel arguments of the residual epilogue when there is none (RESIDUAL off: never read).
 _NO_RESIDUAL = dict(z_a=0, z_r=0, ia=0, ib=0, add_m=1.0, add_z=0, add_lo=ref.INT8_MIN, add_hi=ref.INT8_MAX,
                     RESIDUAL=False)
@@ -219,6 +343,7 @@ class GemmPlan:
         self.device = w.device
         self.out_dtype = torch.int32 if out_int32 else torch.int8
         self.residual = residual
+        self._w_desc: Any = None  # the weight's TMA descriptor, False where TMA cannot read it
         self.static = dict(
             w_ptr=w, N=self.N, K=self.K, stride_wn=w.stride(0), z_y=z_y, OUT_INT32=out_int32, USE_RINT=USE_RINT,
             **epilogue_args(bias, w_zp, multiplier, lo, hi),
@@ -236,12 +361,34 @@ class GemmPlan:
         y = torch.empty((M, N), dtype=self.out_dtype, device=x.device)
         if M == 0 or N == 0:
             return y
+        if current_settings().gemm_variant == "tma" and self._tma_weight() and tma_ready(x):
+            self._launch_tma(x, y, r)
+            return y
         args = dict(self.static, x_ptr=x, y_ptr=y, r_ptr=y if r is None else r, M=M, stride_xm=x.stride(0),
                     stride_ym=y.stride(0), stride_rm=y.stride(0) if r is None else r.stride(0),
                     M_BUCKET=next_pow2_bucket(M))
         grid = lambda META: (cdiv(M, META["BLOCK_M"]) * cdiv(N, META["BLOCK_N"]),)  # noqa: E731
         launch(_int8_gemm_kernel, _int8_gemm_kernel_tuned, "gemm", grid, args)
         return y
+
+    # -- the "tma" variant (kernels.settings.GEMM_VARIANTS) ---------------------------------------
+    def _tma_weight(self) -> bool:
+        """Whether the weight can be read through a TMA descriptor (built once, here)."""
+        if self._w_desc is None:
+            w = self.static["w_ptr"]
+            self._w_desc = TensorDescriptor(w, [self.N, self.K], [w.stride(0), 1], [16, 32]) if tma_ready(w) else False
+        return self._w_desc is not False
+
+    def _launch_tma(self, x: Tensor, y: Tensor, r: Optional[Tensor]) -> None:
+        M, N = x.shape[0], self.N
+        static = {k: v for k, v in self.static.items() if k not in ("w_ptr", "stride_wn")}
+        programs = persistent_programs(x.device)
+        args = dict(static, x_desc=TensorDescriptor(x, [M, self.K], [x.stride(0), 1], [16, 32]), w_desc=self._w_desc,
+                    y_ptr=y, r_ptr=y if r is None else r, M=M, stride_ym=y.stride(0),
+                    stride_rm=y.stride(0) if r is None else r.stride(0), M_BUCKET=next_pow2_bucket(M),
+                    NUM_PROGRAMS=programs)  # fmt: skip
+        grid = lambda META: (min(programs, cdiv(M, META["BLOCK_M"]) * cdiv(N, META["BLOCK_N"])),)  # noqa: E731
+        launch(_int8_gemm_tma_kernel, _int8_gemm_tma_kernel_tuned, "gemm", grid, args, pre_hook=_set_tma_blocks)
 
 
 def int8_gemm(
@@ -290,6 +437,9 @@ def _self_check(device: str = "cuda" if torch.cuda.is_available() else "cpu") ->
     spec = ref.ResidualAdd(3, -9, *ref.add_multipliers(0.031, 0.017, 0.04)[:2], 1e-3, 4, -90, 110)
     ok &= torch.equal(int8_gemm(x, w, bias, mult, residual=spec, r=r, **kwargs),
                       ref.residual_add(ref.int8_gemm(x, w, bias, mult, **kwargs), r, spec))
+    x16, w16 = x[:, :80].contiguous(), w[:, :80].contiguous()  # K = 80: TMA can read the operands
+    with use_settings(gemm_variant="tma"):
+        ok &= torch.equal(int8_gemm(x16, w16, bias, mult, **kwargs), ref.int8_gemm(x16, w16, bias, mult, **kwargs))
     logger.info("int8_gemm reference check on %s: %s", device, "bit-exact" if ok else "MISMATCH")
     return ok
 

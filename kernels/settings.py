@@ -9,6 +9,8 @@ Everything that changes which kernel runs, or with which tile, without changing 
 * ``forced``: tiles forced per kernel family (``"gemm"``, ``"depthwise"``, ``"depthwise_rows"``),
   bypassing autotuning, as sorted ``(family, Tile)`` pairs;
 * ``depthwise_variant``: the depthwise kernel, ``"tiles"`` or ``"rows"``;
+* ``gemm_variant``: the GEMM kernel, ``"pointers"`` or ``"tma"`` (a persistent grid loading
+  through TMA descriptors, on Hopper and later, where the operands' layout allows);
 * ``tile_table``: whether GPU launches take their tile from the tuned tile table of the device
   (:mod:`kernels.tiles`; order: forced tile > table entry > autotuning > default tile);
 * ``tile_table_file``: the table to read (``None``: ``kernels/tiles/<device>.json``).
@@ -18,7 +20,8 @@ manager :func:`use_settings` replace it. The older switches (``kernels.set_backe
 ``use_backend``, ``kernels._config.set_autotune`` / ``forced_config`` /
 ``set_depthwise_variant`` / ``use_depthwise_variant``) are thin wrappers of these. The defaults
 are read from the environment once, when this module is imported (:func:`settings_from_env`:
-``DFQ_KERNELS_AUTOTUNE``, ``DFQ_DEPTHWISE_VARIANT``, ``DFQ_KERNELS_TILE_TABLE``).
+``DFQ_KERNELS_AUTOTUNE``, ``DFQ_DEPTHWISE_VARIANT``, ``DFQ_GEMM_VARIANT``,
+``DFQ_KERNELS_TILE_TABLE``).
 
 Anything that caches work depending on a setting keys it on the whole object (it is hashable and
 compares by value): ``dfq_gpu.int8.GraphedNetwork`` captures its CUDA graphs again when it
@@ -38,6 +41,7 @@ from typing import Any, Dict, Iterable, Iterator, Mapping, NamedTuple, Optional,
 __all__ = [
     "BACKENDS",
     "DEPTHWISE_VARIANTS",
+    "GEMM_VARIANTS",
     "KERNEL_FAMILIES",
     "Tile",
     "KernelSettings",
@@ -55,6 +59,12 @@ BACKENDS = ("auto", "triton", "reference")
 #: of at most ``kernels._config.DEPTHWISE_ROWS_MAX_KH`` rows walk down the image; other cases
 #: use "tiles").
 DEPTHWISE_VARIANTS = ("tiles", "rows")
+
+#: GEMM kernels (``kernels.gemm``): "pointers" (one program per output tile, pointer loads) or
+#: "tma" (a persistent grid of at most one program per SM, operand blocks loaded through TMA
+#: descriptors; used on compute capability 9.0 and later, and under Triton's interpreter, when
+#: K is a multiple of 16 and both operands are 16-byte aligned; other launches use "pointers").
+GEMM_VARIANTS = ("pointers", "tma")
 
 #: Kernel families a tile can be forced for (the keys of ``kernels._config.GPU_CONFIGS``):
 #: ``"gemm"`` (GEMM and convolution), ``"depthwise"`` (depthwise convolution and max pooling),
@@ -100,6 +110,12 @@ def _check_variant(name: Any) -> str:
     return name
 
 
+def _check_gemm_variant(name: Any) -> str:
+    if name not in GEMM_VARIANTS:
+        raise ValueError(f"gemm variant must be one of {GEMM_VARIANTS}, got {name!r}")
+    return name
+
+
 def _check_family(family: Any) -> str:
     if family not in KERNEL_FAMILIES:
         raise ValueError(f"unknown kernel family {family!r}; expected one of {sorted(KERNEL_FAMILIES)}")
@@ -122,12 +138,14 @@ class KernelSettings:
     autotune: bool = True
     forced: Tuple[Tuple[str, Tile], ...] = ()
     depthwise_variant: str = "tiles"
+    gemm_variant: str = "pointers"
     tile_table: bool = True
     tile_table_file: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check_backend(self.backend)
         _check_variant(self.depthwise_variant)
+        _check_gemm_variant(self.gemm_variant)
         object.__setattr__(self, "autotune", bool(self.autotune))
         object.__setattr__(self, "tile_table", bool(self.tile_table))
         if self.tile_table_file is not None:
@@ -169,6 +187,8 @@ def settings_from_env(environ: Optional[Mapping[str, str]] = None) -> KernelSett
     * ``DFQ_KERNELS_AUTOTUNE``: ``0``, ``false``, ``no`` or ``off`` switch autotuning off;
     * ``DFQ_DEPTHWISE_VARIANT``: ``tiles`` (default) or ``rows`` (any other value raises
       ``ValueError``);
+    * ``DFQ_GEMM_VARIANT``: ``pointers`` (default) or ``tma`` (any other value raises
+      ``ValueError``);
     * ``DFQ_KERNELS_TILE_TABLE``: ``0``, ``false``, ``no`` or ``off`` switch the tuned tile table
       off; ``1``, ``true``, ``yes``, ``on`` or empty keep the device's table
       (``kernels/tiles/<device>.json``); any other value is the path of the table to read.
@@ -180,14 +200,17 @@ def settings_from_env(environ: Optional[Mapping[str, str]] = None) -> KernelSett
     variant = env.get("DFQ_DEPTHWISE_VARIANT", "tiles").strip().lower()
     if variant not in DEPTHWISE_VARIANTS:
         raise ValueError(f"DFQ_DEPTHWISE_VARIANT must be one of {DEPTHWISE_VARIANTS}, got {variant!r}")
+    gemm_variant = env.get("DFQ_GEMM_VARIANT", "pointers").strip().lower()
+    if gemm_variant not in GEMM_VARIANTS:
+        raise ValueError(f"DFQ_GEMM_VARIANT must be one of {GEMM_VARIANTS}, got {gemm_variant!r}")
     table = env.get("DFQ_KERNELS_TILE_TABLE", "").strip()
     tile_table, table_file = True, None
     if table.lower() in _OFF:
         tile_table = False
     elif table and table.lower() not in ("1", "true", "yes", "on"):
         table_file = table
-    return KernelSettings(autotune=autotune, depthwise_variant=variant, tile_table=tile_table,
-                          tile_table_file=table_file)
+    return KernelSettings(autotune=autotune, depthwise_variant=variant, gemm_variant=gemm_variant,
+                          tile_table=tile_table, tile_table_file=table_file)
 
 
 _OFF = ("0", "false", "no", "off")

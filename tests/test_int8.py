@@ -460,6 +460,14 @@ def test_triton_steps_launch_directly_and_follow_buffer_changes(cfg):
 
         with use_depthwise_variant("rows"):
             assert torch.equal(net(x), y2)
+        # so does the TMA GEMM: the stem's im2col GEMM (K = 27 padded to 32) takes it, the 1x1
+        # and linear layers (K = 8 and 36: rows no multiple of 16 bytes) keep the pointer kernel
+        from kernels import tiles
+
+        with kernels.use_settings(gemm_variant="tma"), tiles.record_launches() as launches:
+            assert torch.equal(net(x), y2)
+        names = [rec[0] for rec in launches]
+        assert names.count("int8_gemm_tma_kernel") == 1 and "int8_gemm_kernel" in names, names
         # copies carry no plan and run on their own buffers
         copied = copy.deepcopy(net)
         assert "_plan" not in copied.steps()[name].__dict__
@@ -1015,6 +1023,10 @@ def test_graphed_network_replays_per_shape_and_recaptures_on_changes():
         (name, other), = res.items()
         assert name in ("int8_dw_rows", "int8_dw_tiles") and other["equal_to_default"] is True, other
         assert other["ms"] > 0 and other["error"] is None
+        # and of the other GEMM kernel (the stem's GEMM takes the TMA one)
+        (name, other), = e2e.time_other_gemm_variant(e2e.Clock(cuda=cuda, quick=True), net_t, x).items()
+        assert name in ("int8_gemm_tma", "int8_gemm_pointers") and other["equal_to_default"] is True, other
+        assert other["ms"] > 0 and other.get("error") is None
     with pytest.raises(ValueError, match="max_graphs"):
         GraphedNetwork(net, max_graphs=0)
     with pytest.raises(ValueError, match="warmup"):

@@ -158,7 +158,7 @@ def test_context_managers_restore_on_exit_and_on_errors():
 
 
 def test_environment_sets_the_defaults(monkeypatch):
-    for name in ("DFQ_KERNELS_AUTOTUNE", "DFQ_DEPTHWISE_VARIANT", "DFQ_KERNELS_TILE_TABLE"):
+    for name in ("DFQ_KERNELS_AUTOTUNE", "DFQ_DEPTHWISE_VARIANT", "DFQ_GEMM_VARIANT", "DFQ_KERNELS_TILE_TABLE"):
         monkeypatch.delenv(name, raising=False)
     assert ks.settings_from_env() == KernelSettings()
     for value, on in (("0", False), ("false", False), (" No ", False), ("OFF", False), ("1", True), ("yes", True)):
@@ -170,6 +170,14 @@ def test_environment_sets_the_defaults(monkeypatch):
     monkeypatch.setenv("DFQ_DEPTHWISE_VARIANT", "winograd")
     with pytest.raises(ValueError, match="DFQ_DEPTHWISE_VARIANT must be one of"):
         ks.settings_from_env()
+    monkeypatch.delenv("DFQ_DEPTHWISE_VARIANT")
+    monkeypatch.setenv("DFQ_GEMM_VARIANT", " TMA ")
+    assert ks.settings_from_env() == KernelSettings(gemm_variant="tma")
+    monkeypatch.setenv("DFQ_GEMM_VARIANT", "wgmma")
+    with pytest.raises(ValueError, match="DFQ_GEMM_VARIANT must be one of"):
+        ks.settings_from_env()
+    with pytest.raises(ValueError, match="gemm variant must be one of"):
+        KernelSettings(gemm_variant="cutlass")
 
 
 def test_environment_is_read_at_import():

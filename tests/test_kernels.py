@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import kernels
 from kernels import reference as ref
+from kernels import tiles
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = Path(__file__).resolve().parents[1]
@@ -352,7 +353,7 @@ def test_every_gemm_autotune_config_is_bit_exact(cfg, monkeypatch):
     channel mask; a kernel shape per entry in turn, stride 2, padding with z_x != 0), each with
     the taps unrolled and stepped (UNROLL_TAPS), and the flat-K loop with K = 147 (RGB 7x7 stem)
     and K = 128 (EVEN_K); N = 21 is no tile's multiple."""
-    from kernels import conv
+    from kernels import _config, conv
     from kernels._config import GEMM_GPU_CONFIGS, forced_config
 
     g = _gen(21)
@@ -366,6 +367,16 @@ def test_every_gemm_autotune_config_is_bit_exact(cfg, monkeypatch):
         ((1, 9, 8, 3), (21, 7, 7, 3), 2, 3, False),
         ((1, 7, 6, 8), (21, 4, 4, 8), 2, (1, 2, 2, 1), True),
     ]
+    # the TMA variant with this tile (if it is one of its tiles): K = 176 is a multiple of 16 but of
+    # no BLOCK_K (the last K block reads past the edge: zero-filled), M and N of no tile
+    if cfg in _config.GEMM_TMA_CONFIGS:
+        xt, wt = rand_i8((131, 176), g).to(DEVICE), rand_i8((37, 176), g).to(DEVICE)
+        pt = to_dev(make_params("perchannel", 37, 176, g))
+        with forced_config("gemm", cfg), kernels.use_settings(gemm_variant="tma"), \
+                tiles.record_launches() as launches:
+            yt = kernels.int8_gemm(xt, wt, backend="triton", **pt)
+        assert [rec[0] for rec in launches] == ["int8_gemm_tma_kernel"]
+        assert torch.equal(yt, ref.int8_gemm(xt, wt, **pt))
     with forced_config("gemm", cfg):
         y = kernels.int8_gemm(x, w, backend="triton", **p)
         for xs, ws, stride, pad, even in convs:
@@ -1032,6 +1043,11 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
             assert set(r["variants"]) == expected, r["variants"]
             assert all(v["bit_exact"] is True and v["ms"] > 0 for v in r["variants"].values())
             assert all(v["tiles"] and v["tiles"][0]["family"].startswith("depthwise") for v in r["variants"].values())
+        if r["kind"] == "gemm":  # both GEMM kernels where TMA can read the operands (K % 16 == 0)
+            expected = {"pointers", "tma"} if r["shape"]["K"] % 16 == 0 else {"pointers"}
+            assert set(r["variants"]) == expected, r["variants"]
+            assert all(v["bit_exact"] is True and v["ms"] > 0 for v in r["variants"].values())
+            assert (r["speedup"]["tma_vs_pointers"] is not None) == ("tma" in expected)
         if r["kind"] == "conv3x3":  # both tap-major loops forced, and the equivalent GEMM timed
             assert {k: v["bit_exact"] for k, v in r["loops"].items() if k != "threshold"} == {"unrolled": True,
                                                                                              "stepped": True}
@@ -1137,6 +1153,48 @@ def _residual_case(M: int, K: int, N: int, per_channel: bool, seed: int):
     ia, ib, m = ref.add_multipliers(0.021, 0.034, 0.05)
     spec = ref.ResidualAdd(z_a=5, z_b=-11, ia=ia, ib=ib, multiplier=m, z_y=-3, lo=-60, hi=60)
     return x.to(DEVICE), w.to(DEVICE), r.to(DEVICE), to_dev(p), spec
+
+
+def test_gemm_tma_variant_bit_exact_and_where_it_applies():
+    """The "tma" GEMM variant (persistent grid, operand blocks through TMA descriptors) against the
+    reference on shapes no tile divides (the last K block read past the edge), with the weight
+    zero point, per-tensor and per-channel epilogues, the int32 output and the residual add; a
+    launch whose operands TMA cannot read (K no multiple of 16; an operand not 16-byte aligned)
+    runs the pointer kernel, with the same results."""
+    from kernels import gemm
+
+    g = _gen(77)
+
+    def run(x, w, kw):
+        with kernels.use_settings(gemm_variant="tma"), tiles.record_launches() as launches:
+            y = gemm.int8_gemm(x, w, **kw)
+        return y, [rec[0] for rec in launches]
+
+    ia, ib, m = ref.add_multipliers(0.021, 0.034, 0.05)
+    spec = ref.ResidualAdd(z_a=3, z_b=-11, ia=ia, ib=ib, multiplier=m, z_y=-3, lo=-60, hi=60)
+    # M, K, N, parameters, residual; 8 output tiles of 64 x 64 for 3 programs in the first case
+    for M, K, N, variant, residual in ((131, 176, 130, "perchannel", False), (70, 48, 37, "asym", True),
+                                       (9, 32, 5, "int32", False), (1, 64, 16, "sym", False)):  # fmt: skip
+        x, w = rand_i8((M, K), g).to(DEVICE), rand_i8((N, K), g).to(DEVICE)
+        kw = dict(to_dev(make_params(variant, N, K, g)), out_int32=variant == "int32")
+        expect = ref.int8_gemm(x, w, **kw)
+        if residual:
+            kw.update(z_y=spec.z_a, residual=spec, r=rand_i8((M, N), g).to(DEVICE))
+            expect = ref.residual_add(ref.int8_gemm(x, w, **{k: v for k, v in kw.items() if k not in ("residual", "r")}),
+                                      kw["r"], spec)  # fmt: skip
+        y, names = run(x, w, kw)
+        assert names == ["int8_gemm_tma_kernel"] and torch.equal(y, expect), (M, K, N, variant)
+    # where TMA cannot read an operand: K = 40 (rows 40 bytes apart), x or w starting 1 byte off
+    # a 16-byte boundary (a view into a larger buffer)
+    p = to_dev(make_params("perchannel", 24, 40, g))
+    x, w = rand_i8((33, 40), g).to(DEVICE), rand_i8((24, 40), g).to(DEVICE)
+    xs, ws = rand_i8((33 * 48 + 1,), g).to(DEVICE)[1:].view(33, 48), rand_i8((24 * 48 + 1,), g).to(DEVICE)[1:].view(24, 48)
+    x48, w48 = rand_i8((33, 48), g).to(DEVICE), rand_i8((24, 48), g).to(DEVICE)
+    p48 = to_dev(make_params("perchannel", 24, 48, g))
+    for a, b, q in ((x, w, p), (xs, w48, p48), (x48, ws, p48)):
+        y, names = run(a, b, q)
+        assert names == ["int8_gemm_kernel"] and torch.equal(y, ref.int8_gemm(a, b, **q))
+    assert not gemm.tma_ready(xs) and gemm.tma_ready(x48)
 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])

@@ -36,7 +36,9 @@ timed loops. Reported per model and batch: ``speedup_vs_fp16_eager`` and
 without CUDA graphs on either side (``speedup_vs_fp16_eager_no_graphs``).
 
 At the largest batch the int8 network is also timed with the other depthwise kernel variant
-(``int8_dw_rows``: output compared bit for bit with the default's), with each depthwise
+(``int8_dw_rows``: output compared bit for bit with the default's), with the other GEMM kernel
+(``int8_gemm_tma``: the persistent TMA GEMM where its operands allow; compared bit for bit),
+with each depthwise
 convolution fused into the 1x1 convolution after it (``int8_dw_project``, ``to_int8(q,
 fuse_depthwise=True)``: output compared bit for bit), and step by step
 (``step_profile``: each step replayed alone from a CUDA graph on the input the network gave it;
@@ -395,6 +397,17 @@ def time_other_depthwise_variant(clock: Clock, net: Any, x: torch.Tensor) -> Dic
     return {f"int8_dw_{other}": _time_variant(clock, net, net, x, {"variant": other}, use_depthwise_variant(other))}
 
 
+def time_other_gemm_variant(clock: Clock, net: Any, x: torch.Tensor) -> Dict[str, Any]:
+    """The int8 network with the other GEMM kernel (``kernels.settings.GEMM_VARIANTS``: "pointers"
+    and "tma"; "tma" runs the GEMMs whose operands TMA can read): its output against the
+    default's, bit for bit, and its times. Returned under ``int8_gemm_<variant>``."""
+    from kernels import settings as ks
+
+    other = "tma" if ks.current_settings().gemm_variant == "pointers" else "pointers"
+    return {f"int8_gemm_{other}": _time_variant(clock, net, net, x, {"variant": other},
+                                                ks.use_settings(gemm_variant=other))}
+
+
 def time_fused_depthwise(clock: Clock, net: Any, fused: Any, x: torch.Tensor) -> Dict[str, Any]:
     """The int8 network with each depthwise convolution computed in the kernel of the 1x1
     convolution after it (``to_int8(q, fuse_depthwise=True)``, ``kernels.dwproject``): its output
@@ -603,7 +616,8 @@ def _kernel_settings_record(cuda: bool) -> Dict[str, Any]:
 
     s = ks.current_settings()
     out: Dict[str, Any] = {"autotune": s.autotune, "tile_table": s.tile_table, "tile_table_file": s.tile_table_file,
-                           "depthwise_variant": s.depthwise_variant, "forced": [f for f, _ in s.forced],
+                           "depthwise_variant": s.depthwise_variant, "gemm_variant": s.gemm_variant,
+                           "forced": [f for f, _ in s.forced],
                            "table": None}
     if cuda and s.tile_table:
         from kernels import tiles
@@ -741,6 +755,11 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
                     res["int8"].update(time_graphed_network(clock, net, x))
                 if cuda and batch == max(batches):
                     res.update(time_other_depthwise_variant(clock, net, x))
+                    # the other GEMM kernel: compiles its tiles now, so with half a minute left
+                    if left() > 30:
+                        res.update(time_other_gemm_variant(clock, net, x))
+                    else:
+                        report.data["skipped"].append(f"{name} batch {batch} other gemm variant: time budget")
                     # the depthwise + 1x1 fusion (off by default): its kernels compile now, so only
                     # with a minute of budget left
                     if left() > 60:

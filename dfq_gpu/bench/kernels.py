@@ -65,7 +65,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -442,6 +442,8 @@ def bench_gemm(M: int, K: int, N: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
     exact = torch.equal(y, ref.int8_gemm(x, w, bias, m, z_x, None, z_y, lo, hi))
     t = timer.measure(ours, f"gemm {M}x{K}x{N}")
     ms_launch = timer.with_launch(ours[0])
+    variants = gemm_variants(ours, y, exact, t, launched, timer, f"gemm {M}x{K}x{N}")
+    exact = all(v["bit_exact"] for v in variants.values())  # the case is exact only if every variant is
     int_mm_ok = M > 16 and K % 8 == 0 and N % 8 == 0 and K >= 16
 
     def int_mm_requant(s):
@@ -463,13 +465,36 @@ def bench_gemm(M: int, K: int, N: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
         "vs_int_mm": _ratio(base["int_mm_ms"], t["ms"]),
         "vs_int_mm_requant": _ratio(base["int_mm_requant_ms"], t["ms"]),
         "vs_fp16_matmul": _ratio(base["fp16_matmul_ms"], t["ms"]),
+        "tma_vs_pointers": _ratio((variants.get("pointers") or {}).get("ms"), (variants.get("tma") or {}).get("ms")),
     }
     big = M == N == K == 8192
     goal = ">= 0.8x torch._int_mm" if big else ">= 1.2x torch._int_mm + requant"
     ref_speed = speed["vs_int_mm"] if big else speed["vs_int_mm_requant"]
     met = None if ref_speed is None else ref_speed >= (0.8 if big else 1.2)
-    return _entry("gemm", f"gemm M={M} K={K} N={N}", {"M": M, "K": K, "N": N}, exact, t, 2.0 * M * N * K,
-                  nbytes, ctx, base, speed, goal, met, ms_launch, l2, launched)  # fmt: skip
+    entry = _entry("gemm", f"gemm M={M} K={K} N={N}", {"M": M, "K": K, "N": N}, exact, t, 2.0 * M * N * K,
+                   nbytes, ctx, base, speed, goal, met, ms_launch, l2, launched)  # fmt: skip
+    entry["variants"] = variants
+    return entry
+
+
+def gemm_variants(calls: Sequence[Call], y: torch.Tensor, exact: bool, t: Dict[str, Any], launched: Any,
+                  timer: Timer, label: str) -> Dict[str, Any]:
+    """The GEMM kernel variants (``kernels.settings.GEMM_VARIANTS``) of a case: the one in force
+    (output ``y``, ``exact``, time ``t``, tiles ``launched``) and the other, checked against ``y``
+    and timed the same way where it runs (the "tma" variant leaves the launches whose operands TMA
+    cannot read to the pointer kernel: then only the one in force is reported)."""
+    from kernels import settings as ks
+
+    current = ks.current_settings().gemm_variant
+    variants: Dict[str, Any] = {current: {"ms": t["ms"], "bit_exact": exact, "timer": t, "tiles": launched}}
+    other = "tma" if current == "pointers" else "pointers"
+    with ks.use_settings(gemm_variant=other):
+        y_other, launched_other = _first_call(calls)
+        if [r["kernel"] for r in launched_other] != [r["kernel"] for r in launched]:
+            t_other = _try_time(timer, calls, f"{label} {other}")
+            variants[other] = {"bit_exact": bool(torch.equal(y_other, y)) and exact, "ms": _ms(t_other),
+                               "timer": t_other, "tiles": launched_other}  # fmt: skip
+    return variants
 
 
 def _slices(b: int) -> List[slice]:
@@ -844,6 +869,14 @@ def bench_dwproject(B: int, H: int, W: int, E: int, k: int, N: int, residual: bo
 _PTR = {torch.int8: "*i8", torch.int32: "*i32", torch.float32: "*fp32"}
 
 
+class TmaDesc(NamedTuple):
+    """A compile-only stand-in for a TMA descriptor argument: its dtype and the meta-parameters
+    that give its block shape."""
+
+    dtype: torch.dtype
+    block: Tuple[str, ...]
+
+
 def _fma_into_rounding(ptx: str) -> bool:
     """Whether a float32 fused multiply-add produces a value that ``cvt.rni`` rounds, following the
     PTX's virtual registers back through clamps, moves and selects."""
@@ -886,6 +919,10 @@ def _compile_sm90(fn, runtime: Dict[str, Any], constexprs: Dict[str, Any], div16
             signature[name] = "constexpr"
         else:
             v = runtime[name]
+            if isinstance(v, TmaDesc):  # a host TMA descriptor whose block shape is the tile's
+                block = ", ".join(str(constexprs[b]) for b in v.block)
+                signature[name] = f"tensordesc<{_PTR[v.dtype][1:]}[{block}]>"
+                continue
             signature[name] = _PTR[v] if isinstance(v, torch.dtype) else ("fp32" if isinstance(v, float) else "i32")
     hinted = [n for n, v in runtime.items() if isinstance(v, torch.dtype)] + list(div16)
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in hinted}
@@ -896,6 +933,7 @@ def _compile_sm90(fn, runtime: Dict[str, Any], constexprs: Dict[str, Any], div16
     entry: Dict[str, Any] = {
         "wgmma": "wgmma.mma_async" in ptx,
         "cp_async": "cp.async" in ptx,
+        "tma": "cp.async.bulk.tensor" in ptx,
         "shared_bytes": int(cc.metadata.shared),
         # float32 fused multiply-adds anywhere (the depthwise float32 accumulation is made of them,
         # exact by its bound) and, what would break bit-exact requantization, one whose result
@@ -947,7 +985,10 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
     gemm_rt.update(res_rt, stride_rm=0)
     conv_rt.update(res_rt)
     gemm_flags = conv_flags = dict(flags, RESIDUAL=False)
-    gemm_cfgs = _config.GEMM_GPU_CONFIGS if all_configs else [_config.GEMM_GPU_CONFIGS[4]]
+    tma_rt = {k: v for k, v in gemm_rt.items() if k not in ("x_ptr", "w_ptr", "stride_xm", "stride_wn")}
+    tma_rt.update(x_desc=TmaDesc(i8, ("BLOCK_M", "BLOCK_K")), w_desc=TmaDesc(i8, ("BLOCK_N", "BLOCK_K")),
+                  NUM_PROGRAMS=0)
+    gemm_cfgs = _config.GEMM_GPU_CONFIGS if all_configs else [_config.GEMM_GPU_CONFIGS[2]]  # 128x128x64, 4 warps
     dw_cfgs = _config.DEPTHWISE_GPU_CONFIGS if all_configs else [_config.DEPTHWISE_GPU_CONFIGS[0]]
     jobs = []
     for cfg in gemm_cfgs:
@@ -959,6 +1000,10 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
         jobs.append(("gemm wzp=False residual", gemm._int8_gemm_kernel, gemm_rt,
                      dict(gemm_flags, HAS_WZP=False, RESIDUAL=True), ["N", "K", "stride_xm", "stride_wn", "stride_ym",
                                                                        "stride_rm"], cfg))  # fmt: skip
+        # the "tma" variant (persistent grid, operands through TMA descriptors), on its own tiles
+        for wzp, res in ((False, False), (True, True)) if cfg in _config.GEMM_TMA_CONFIGS else ():
+            jobs.append((f"gemm tma wzp={wzp}" + (" residual" if res else ""), gemm._int8_gemm_tma_kernel, tma_rt,
+                         dict(gemm_flags, HAS_WZP=wzp, RESIDUAL=res), ["N", "K", "stride_ym", "stride_rm"], cfg))
         jobs.append(("conv 3x3 flat=False even_k residual", conv._int8_conv2d_kernel, conv_rt,
                      dict(conv_flags, KH=3, KW=3, FLAT_K=False, EVEN_K=True, UNROLL_TAPS=False, PAD_CORR=True, NDIG=2,
                           TP=32, HAS_WZP=False, RESIDUAL=True), ["C", "N"], cfg))  # fmt: skip
