@@ -26,8 +26,8 @@
 #   4. kernels_bench (T_KERNELS=130 s; ~100-130 s: the JSON is rewritten after every case, the
 #      GEMMs, convolutions and depthwise first): the kernel benchmark, every case timed by
 #      CUDA-graph replay with the L2 cold (rotated buffers), tiles from the fresh table or the
-#      defaults (KERNELS_AUTOTUNE=1 autotunes the rest); each GEMM case in both GEMM variants
-#      (pointers, and the persistent TMA kernel where K % 16 == 0: speedup.tma_vs_pointers):
+#      defaults (KERNELS_AUTOTUNE=1 autotunes the rest); each GEMM and 3x3 convolution case in
+#      both variants (pointers, and the persistent TMA kernels: speedup.tma_vs_pointers):
 #        python benchmarks/kernels.py --out $OUT/kernels_<gpu>.json
 #   5. e2e (T_E2E=170 s; uses all of its budget): the end-to-end benchmark with the fresh table
 #      and autotuning off; at batch 256 also the other depthwise and GEMM variants (int8_dw_rows,

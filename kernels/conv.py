@@ -63,12 +63,18 @@ other operand ``r`` (contiguous NHWC ``[B, OH, OW, N]``) has the output tile's o
 output is stored. The epilogue is shared by all three loop shapes.
 
 A 1x1, stride-1, unpadded convolution is routed to :mod:`kernels.gemm` (with its residual).
+
+With the ``"tma"`` GEMM variant (``kernels.use_settings(gemm_variant="tma")``) a stride-1
+convolution with ``C`` a multiple of 16 runs :func:`_int8_conv2d_tma_kernel` instead: output tiles
+are patches of one image, each (tap, channel block) step loads the patch's input rows as one TMA
+box (zero-filled where it leaves the image, so the same padding correction applies) on a
+persistent grid; the same bits.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 import triton
@@ -80,6 +86,7 @@ from ._config import (
     DERIVED,
     GEMM_GPU_CONFIGS,
     GEMM_NARROW_N,
+    GEMM_TMA_CONFIGS,
     USE_RINT,
     cdiv,
     epilogue_args,
@@ -87,7 +94,18 @@ from ._config import (
     next_pow2_bucket,
     prune_by_size,
 )
-from .gemm import _NO_RESIDUAL, GemmPlan, check_residual_operand, gemm_epilogue, grouped_tile, residual_args
+from .gemm import (
+    _NO_RESIDUAL,
+    GemmPlan,
+    TensorDescriptor,
+    check_residual_operand,
+    gemm_epilogue,
+    grouped_tile,
+    persistent_programs,
+    residual_args,
+    tma_ready,
+)
+from .settings import current_settings
 
 logger = logging.getLogger(__name__)
 
@@ -315,6 +333,104 @@ _int8_conv2d_kernel_tuned = triton.autotune(
 )(_int8_conv2d_kernel_launch)
 
 
+# ---------------------------------------------------------------------------------------------
+# The "tma" variant (kernels.settings.GEMM_VARIANTS): stride-1 convolutions with 16-byte rows
+# ---------------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["z_x", "z_y", "z_a", "z_r", "ia", "ib", "add_z", "add_lo", "add_hi"])
+def _int8_conv2d_tma_kernel(
+    # TMA descriptors: the NHWC input [B, H, W, C] in [1, BLOCK_M // BW, BW, BLOCK_K] boxes (a
+    # patch of the image, BLOCK_K channels), the weight as [N, KH*KW*C] in [BLOCK_N, BLOCK_K] blocks
+    x_desc, w_desc,
+    # Per-output-channel vectors, padding digits, output, residual operand: as in _int8_conv2d_kernel
+    bias_ptr, wzp_ptr, dig_ptr, mult_ptr, lo_ptr, hi_ptr, y_ptr, r_ptr,
+    B, H, W, C, OH, OW, N,
+    pad_top, pad_left,
+    stride_wzp, stride_mult, stride_lo, stride_hi,
+    z_x, z_y,
+    z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi,
+    # Autotune bucket of M (not used in the body); number of programs of the persistent grid
+    M_BUCKET, NUM_PROGRAMS,
+    # Meta-parameters; BW: the output tile is a patch of BLOCK_M // BW rows of BW pixels
+    KH: tl.constexpr, KW: tl.constexpr, PAD_CORR: tl.constexpr, NDIG: tl.constexpr, TP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, RESIDUAL: tl.constexpr,
+    USE_RINT: tl.constexpr, BW: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """A stride-1 convolution on a persistent grid with TMA loads.
+
+    An output tile is a ``BH x BW`` patch of one image's output pixels (``BH = BLOCK_M // BW``)
+    times ``BLOCK_N`` channels. For tap ``(kh, kw)`` the input rows it needs are the patch shifted
+    by ``(kh - pad_top, kw - pad_left)``: one TMA box of the NHWC input, which the hardware
+    zero-fills where it leaves the image (the padding, corrected exactly as in the pointer
+    kernel) or runs past ``C`` (those channels meet the next tap's weights, times zero). One
+    pipelined loop walks all (tap, channel block) steps with scalar index arithmetic only; the
+    weight block of a step is ``w[n0:n0+BLOCK_N, tap*C + c0:...]``. Rows of a patch past
+    ``OH``/``OW`` are computed and not stored.
+    """
+    BH: tl.constexpr = BLOCK_M // BW
+    tiles_h = tl.cdiv(OH, BH)
+    tiles_w = tl.cdiv(OW, BW)
+    num_pid_m = B * tiles_h * tiles_w
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    c_steps = tl.cdiv(C, BLOCK_K)
+    i = tl.arange(0, BLOCK_M)
+    for tile_id in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_PROGRAMS):
+        pid_m, pid_n = grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M)
+        img = pid_m // (tiles_h * tiles_w)
+        patch = pid_m - img * (tiles_h * tiles_w)
+        oh0 = (patch // tiles_w) * BH
+        ow0 = (patch % tiles_w) * BW
+        oh = oh0 + i // BW  # [BLOCK_M] output pixels of the patch, row-major
+        ow = ow0 + i % BW
+        off_n = pid_n * BLOCK_N
+        offs_n = off_n + tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        row_sum = tl.zeros((BLOCK_M,), dtype=tl.int32)
+        if PAD_CORR:
+            acc = padding_correction(acc, oh - pad_top, ow - pad_left, offs_n, dig_ptr, H, W, N, z_x, KH, KW, NDIG, TP)
+        for step in range(0, KH * KW * c_steps):
+            tap = step // c_steps
+            c0 = (step - tap * c_steps) * BLOCK_K
+            kh = tap // KW
+            a = x_desc.load([img, oh0 + kh - pad_top, ow0 + (tap - kh * KW) - pad_left, c0])
+            a = a.reshape(BLOCK_M, BLOCK_K)
+            b = w_desc.load([off_n, tap * C + c0])  # [BLOCK_N, BLOCK_K]: K-major B
+            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+            if HAS_WZP:
+                row_sum += tl.sum(a.to(tl.int32), axis=1)
+        gemm_epilogue(acc, row_sum, (img * OH + oh) * OW + ow, (oh < OH) & (ow < OW), offs_n, N, bias_ptr, wzp_ptr,
+                      stride_wzp, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y, y_ptr, N, r_ptr, N,
+                      z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi, HAS_BIAS, HAS_WZP, OUT_INT32, RESIDUAL,
+                      USE_RINT)  # fmt: skip
+
+
+#: Widths of the output patches of the TMA convolution (powers of two: Triton's tensor shapes).
+TMA_PATCH_WIDTHS = (16, 8, 4)
+
+
+def tma_patch_width(OW: int) -> int:
+    """The patch width for ``OW`` output columns: the one of :data:`TMA_PATCH_WIDTHS` that covers
+    them with the fewest columns (56 -> 8, 28 -> 4, 14 -> 16, 7 -> 8), the widest on a tie."""
+    return min(TMA_PATCH_WIDTHS, key=lambda bw: (cdiv(OW, bw) * bw, -bw))
+
+
+def _set_conv_tma_blocks(nargs: dict) -> None:
+    """Autotune pre-hook (and direct-launch hook) of the TMA convolution: the descriptors' block
+    shapes follow the tile being launched."""
+    bw = nargs["BW"]
+    nargs["x_desc"].block_shape = [1, nargs["BLOCK_M"] // bw, bw, nargs["BLOCK_K"]]
+    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+
+
+_int8_conv2d_tma_kernel_tuned = triton.autotune(
+    configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_conv_tma_blocks)
+             for c in GEMM_TMA_CONFIGS],
+    key=["M_BUCKET", "N", "C", "H", "W", "KH", "KW", "HAS_WZP", "OUT_INT32", "RESIDUAL"],
+    prune_configs_by={"early_config_prune": prune_by_size({"BLOCK_N": ("N",), "BLOCK_K": ("C",)},
+                                                          narrow={"BLOCK_N": GEMM_NARROW_N})},
+)(_int8_conv2d_tma_kernel)
+
+
 # =============================================================================================
 # Launcher
 # =============================================================================================
@@ -392,6 +508,8 @@ class ConvPlan:
         digits, ndig, tp = (
             DERIVED.get("pad_digits", (w, w_zp), None, lambda: padding_digits(w, w_zp)) if pad_corr else (None, 1, 32)
         )
+        self._w = w
+        self._w_desc: Any = None  # the weight's TMA descriptor, False where TMA cannot read it
         self.static = dict(
             w_ptr=w, dig_ptr=digits if digits is not None else multiplier,
             C=C, N=N, stride_h=stride[0], stride_w=stride[1], pad_top=pad[0], pad_left=pad[2], z_x=z_x, z_y=z_y,
@@ -412,11 +530,43 @@ class ConvPlan:
         M = B * OH * OW
         if M == 0 or N == 0:
             return y
+        if current_settings().gemm_variant == "tma" and self._tma_weight() and tma_ready(x.view(-1, C)):
+            self._launch_tma(x, y, r)
+            return y
         args = dict(self.static, x_ptr=x, y_ptr=y, r_ptr=y if r is None else r, B=B, H=H, W=W, OH=OH, OW=OW,
                     M_BUCKET=next_pow2_bucket(M))
         grid = lambda META: (cdiv(M, META["BLOCK_M"]) * cdiv(N, META["BLOCK_N"]),)  # noqa: E731
         launch(_int8_conv2d_kernel_launch, _int8_conv2d_kernel_tuned, "gemm", grid, args)
         return y
+
+    # -- the "tma" variant (kernels.settings.GEMM_VARIANTS) ---------------------------------------
+    def _tma_weight(self) -> bool:
+        """Whether this convolution runs on the TMA kernel when the input allows (stride 1, rows
+        of a whole number of 16 bytes); the weight's descriptor is built once, here."""
+        if self._w_desc is None:
+            N, KH, KW, C = self._w.shape
+            w2 = self._w.view(N, KH * KW * C)
+            ok = self.stride == (1, 1) and C % 16 == 0 and tma_ready(w2)
+            self._w_desc = TensorDescriptor(w2, [N, KH * KW * C], [KH * KW * C, 1], [16, 32]) if ok else False
+        return self._w_desc is not False
+
+    def _launch_tma(self, x: Tensor, y: Tensor, r: Optional[Tensor]) -> None:
+        B, H, W, C = x.shape
+        OH, OW, N = y.shape[1], y.shape[2], self.N
+        skip = ("w_ptr", "stride_h", "stride_w", "FLAT_K")
+        static = {k: v for k, v in self.static.items() if k not in skip}
+        programs = persistent_programs(x.device)
+        bw = tma_patch_width(OW)
+        args = dict(static, x_desc=TensorDescriptor(x, [B, H, W, C], [H * W * C, W * C, C, 1], [1, 16, bw, 32]),
+                    w_desc=self._w_desc, y_ptr=y, r_ptr=y if r is None else r, B=B, H=H, W=W, OH=OH, OW=OW,
+                    M_BUCKET=next_pow2_bucket(B * OH * OW), NUM_PROGRAMS=programs, BW=bw)  # fmt: skip
+
+        def grid(META):
+            bh = META["BLOCK_M"] // bw
+            return (min(programs, B * cdiv(OH, bh) * cdiv(OW, bw) * cdiv(N, META["BLOCK_N"])),)
+
+        launch(_int8_conv2d_tma_kernel, _int8_conv2d_tma_kernel_tuned, "gemm", grid, args,
+               pre_hook=_set_conv_tma_blocks)
 
 
 def int8_conv2d(

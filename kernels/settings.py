@@ -9,8 +9,8 @@ Everything that changes which kernel runs, or with which tile, without changing 
 * ``forced``: tiles forced per kernel family (``"gemm"``, ``"depthwise"``, ``"depthwise_rows"``),
   bypassing autotuning, as sorted ``(family, Tile)`` pairs;
 * ``depthwise_variant``: the depthwise kernel, ``"tiles"`` or ``"rows"``;
-* ``gemm_variant``: the GEMM kernel, ``"pointers"`` or ``"tma"`` (a persistent grid loading
-  through TMA descriptors, on Hopper and later, where the operands' layout allows);
+* ``gemm_variant``: the GEMM and convolution kernels, ``"pointers"`` or ``"tma"`` (a persistent
+  grid loading through TMA descriptors, on Hopper and later, where the operands' layout allows);
 * ``tile_table``: whether GPU launches take their tile from the tuned tile table of the device
   (:mod:`kernels.tiles`; order: forced tile > table entry > autotuning > default tile);
 * ``tile_table_file``: the table to read (``None``: ``kernels/tiles/<device>.json``).
@@ -60,10 +60,11 @@ BACKENDS = ("auto", "triton", "reference")
 #: use "tiles").
 DEPTHWISE_VARIANTS = ("tiles", "rows")
 
-#: GEMM kernels (``kernels.gemm``): "pointers" (one program per output tile, pointer loads) or
-#: "tma" (a persistent grid of at most one program per SM, operand blocks loaded through TMA
-#: descriptors; used on compute capability 9.0 and later, and under Triton's interpreter, when
-#: K is a multiple of 16 and both operands are 16-byte aligned; other launches use "pointers").
+#: GEMM and implicit-GEMM convolution kernels (``kernels.gemm``, ``kernels.conv``): "pointers"
+#: (one program per output tile, pointer loads) or "tma" (a persistent grid of at most one program
+#: per SM, operand blocks loaded through TMA descriptors; used on compute capability 9.0 and later,
+#: and under Triton's interpreter, for GEMMs with K a multiple of 16 and stride-1 convolutions
+#: with C a multiple of 16, operands 16-byte aligned; other launches use "pointers").
 GEMM_VARIANTS = ("pointers", "tma")
 
 #: Kernel families a tile can be forced for (the keys of ``kernels._config.GPU_CONFIGS``):

@@ -377,6 +377,15 @@ def test_every_gemm_autotune_config_is_bit_exact(cfg, monkeypatch):
             yt = kernels.int8_gemm(xt, wt, backend="triton", **pt)
         assert [rec[0] for rec in launches] == ["int8_gemm_tma_kernel"]
         assert torch.equal(yt, ref.int8_gemm(xt, wt, **pt))
+        # and the TMA convolution: C = 48 (a channel block crosses into the next tap's weights for
+        # BLOCK_K 32, exceeds C for 64 and 128), 7 x 11 outputs (patches past the edge), z_x != 0
+        xc, wc = rand_i8((1, 7, 11, 48), g).to(DEVICE), rand_i8((21, 3, 3, 48), g).to(DEVICE)
+        conv_kw = dict(padding=1, **to_dev(make_params("perchannel", 21, 9 * 48, g)))
+        with forced_config("gemm", cfg), kernels.use_settings(gemm_variant="tma"), \
+                tiles.record_launches() as launches:
+            yc = kernels.int8_conv2d(xc, wc, backend="triton", **conv_kw)
+        assert [rec[0] for rec in launches] == ["int8_conv2d_tma_kernel"]
+        assert torch.equal(yc, ref.int8_conv2d(xc, wc, **conv_kw))
     with forced_config("gemm", cfg):
         y = kernels.int8_gemm(x, w, backend="triton", **p)
         for xs, ws, stride, pad, even in convs:
@@ -1053,6 +1062,9 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
                                                                                              "stepped": True}
             assert all(r["loops"][k]["ms"] > 0 for k in ("unrolled", "stepped"))
             assert r["baselines"]["equivalent_gemm_ms"] > 0 and r["speedup"]["vs_equivalent_gemm"] > 0
+            # and both kernel variants (stride 1, C % 16 == 0: the TMA convolution applies)
+            assert set(r["variants"]) == {"pointers", "tma"} and r["speedup"]["tma_vs_pointers"] > 0
+            assert all(v["bit_exact"] is True and v["vs_equivalent_gemm"] > 0 for v in r["variants"].values())
         if r["kind"] == "stem":  # the fused stem against quantize then the flat-K convolution (checked equal)
             assert r["baselines"]["quantize_then_conv_ms"] > 0 and r["speedup"]["vs_quantize_then_conv"] > 0
         if r["kind"] == "dwproject":  # the fused pair against the two kernels (checked equal)
@@ -1153,6 +1165,54 @@ def _residual_case(M: int, K: int, N: int, per_channel: bool, seed: int):
     ia, ib, m = ref.add_multipliers(0.021, 0.034, 0.05)
     spec = ref.ResidualAdd(z_a=5, z_b=-11, ia=ia, ib=ib, multiplier=m, z_y=-3, lo=-60, hi=60)
     return x.to(DEVICE), w.to(DEVICE), r.to(DEVICE), to_dev(p), spec
+
+
+def test_conv_tma_variant_bit_exact_and_where_it_applies():
+    """The "tma" variant of the convolution (stride 1, channels a multiple of 16: output patches
+    loaded as TMA boxes of the NHWC input, zero-filled past the image and past C) against the
+    reference: 3x3, 5x5 and 3x1 windows, symmetric, asymmetric and no padding with z_x != 0, the
+    weight zero point, the int32 output and the residual add, output widths that need each patch
+    width and ones no patch divides; strided or 24-channel convolutions and a misaligned input
+    run the pointer kernel, with the same results."""
+    from kernels import conv
+
+    assert [conv.tma_patch_width(w) for w in (56, 28, 14, 7, 11, 224)] == [8, 4, 16, 8, 4, 16]
+    g = _gen(78)
+    ia, ib, m = ref.add_multipliers(0.021, 0.034, 0.05)
+    spec = ref.ResidualAdd(z_a=3, z_b=-11, ia=ia, ib=ib, multiplier=m, z_y=-3, lo=-60, hi=60)
+
+    def run(x, w, kw):
+        with kernels.use_settings(gemm_variant="tma"), tiles.record_launches() as launches:
+            y = conv.int8_conv2d(x, w, **kw)
+        return y, [rec[0] for rec in launches]
+
+    # x shape, w shape, padding, parameters, residual
+    for xs, ws, pad, variant, residual in (
+        ((2, 9, 14, 32), (24, 3, 3, 32), 1, "perchannel", False),
+        ((1, 6, 28, 16), (40, 5, 5, 16), (1, 3, 2, 2), "asym", True),
+        ((1, 5, 7, 64), (9, 3, 1, 64), (1, 1, 0, 0), "int32", False),
+        ((1, 4, 9, 16), (16, 3, 3, 16), 0, "sym", False),
+    ):  # fmt: skip
+        x, w = rand_i8(xs, g).to(DEVICE), rand_i8(ws, g).to(DEVICE)
+        n, kh, kwid, c = ws
+        kw = dict(to_dev(make_params(variant, n, kh * kwid * c, g)), padding=pad, out_int32=variant == "int32")
+        expect = ref.int8_conv2d(x, w, **kw)
+        if residual:
+            kw["z_y"] = spec.z_a
+            expect = ref.residual_add(ref.int8_conv2d(x, w, **kw), r := rand_i8(tuple(expect.shape), g).to(DEVICE), spec)
+            kw.update(residual=spec, r=r)
+        y, names = run(x, w, kw)
+        assert names == ["int8_conv2d_tma_kernel"] and torch.equal(y, expect), (xs, ws)
+    # the pointer kernel: stride 2; 24 channels (rows 24 bytes apart); an input 1 byte off 16
+    p = to_dev(make_params("perchannel", 8, 9 * 32, g))
+    x32, w32 = rand_i8((1, 9, 9, 32), g).to(DEVICE), rand_i8((8, 3, 3, 32), g).to(DEVICE)
+    x24, w24 = rand_i8((1, 9, 9, 24), g).to(DEVICE), rand_i8((8, 3, 3, 24), g).to(DEVICE)
+    p24 = to_dev(make_params("perchannel", 8, 9 * 24, g))
+    xs = rand_i8((9 * 9 * 32 + 1,), g).to(DEVICE)[1:].view(1, 9, 9, 32)
+    for x, w, q, stride in ((x32, w32, p, 2), (x24, w24, p24, 1), (xs, w32, p, 1)):
+        y, names = run(x, w, dict(q, padding=1, stride=stride))
+        assert names == ["int8_conv2d_kernel"], names
+        assert torch.equal(y, ref.int8_conv2d(x, w, padding=1, stride=stride, **q))
 
 
 def test_gemm_tma_variant_bit_exact_and_where_it_applies():

@@ -37,7 +37,8 @@ without CUDA graphs on either side (``speedup_vs_fp16_eager_no_graphs``).
 
 At the largest batch the int8 network is also timed with the other depthwise kernel variant
 (``int8_dw_rows``: output compared bit for bit with the default's), with the other GEMM kernel
-(``int8_gemm_tma``: the persistent TMA GEMM where its operands allow; compared bit for bit),
+(``int8_gemm_tma``: the persistent TMA GEMM and convolution kernels where the operands allow;
+compared bit for bit),
 with each depthwise
 convolution fused into the 1x1 convolution after it (``int8_dw_project``, ``to_int8(q,
 fuse_depthwise=True)``: output compared bit for bit), and step by step
@@ -398,8 +399,8 @@ def time_other_depthwise_variant(clock: Clock, net: Any, x: torch.Tensor) -> Dic
 
 
 def time_other_gemm_variant(clock: Clock, net: Any, x: torch.Tensor) -> Dict[str, Any]:
-    """The int8 network with the other GEMM kernel (``kernels.settings.GEMM_VARIANTS``: "pointers"
-    and "tma"; "tma" runs the GEMMs whose operands TMA can read): its output against the
+    """The int8 network with the other GEMM and convolution kernels (``kernels.settings.GEMM_VARIANTS``:
+    "pointers" and "tma"; "tma" runs the GEMMs and convolutions whose operands TMA can read): its output against the
     default's, bit for bit, and its times. Returned under ``int8_gemm_<variant>``."""
     from kernels import settings as ks
 

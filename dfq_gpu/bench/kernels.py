@@ -479,7 +479,7 @@ def bench_gemm(M: int, K: int, N: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
 
 def gemm_variants(calls: Sequence[Call], y: torch.Tensor, exact: bool, t: Dict[str, Any], launched: Any,
                   timer: Timer, label: str) -> Dict[str, Any]:
-    """The GEMM kernel variants (``kernels.settings.GEMM_VARIANTS``) of a case: the one in force
+    """The GEMM and convolution kernel variants (``kernels.settings.GEMM_VARIANTS``) of a case: the one in force
     (output ``y``, ``exact``, time ``t``, tiles ``launched``) and the other, checked against ``y``
     and timed the same way where it runs (the "tma" variant leaves the launches whose operands TMA
     cannot read to the pointer kernel: then only the one in force is reported)."""
@@ -527,6 +527,8 @@ def bench_conv(B: int, H: int, W: int, C: int, N: int, ctx: Dict[str, Any]) -> D
     loops = time_conv_loops(ours, lambda yy: all(torch.equal(yy[sl], y[sl]) for sl in _slices(B)), timer,
                             f"conv3x3 {B}x{H}x{W}x{C}->{N}")
     exact = exact and all(v.get("bit_exact", True) for v in loops.values() if isinstance(v, dict))
+    variants = gemm_variants(ours, y, exact, t, launched, timer, f"conv3x3 {B}x{H}x{W}x{C}->{N}")
+    exact = all(v["bit_exact"] for v in variants.values())
     for s in sets:
         s["xh"] = s["x"].permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
         s["wh"] = s["w"].permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
@@ -536,8 +538,13 @@ def bench_conv(B: int, H: int, W: int, C: int, N: int, ctx: Dict[str, Any]) -> D
     del sets
     gemm_ms = equivalent_gemm_ms(B * H * W, 9 * C, N, ctx)
     base["equivalent_gemm_ms"] = gemm_ms
+    for v in variants.values():  # each kernel variant against the same baselines
+        v["vs_cudnn_fp16"] = _ratio(base["cudnn_fp16_channels_last_ms"], v["ms"])
+        v["vs_equivalent_gemm"] = _ratio(gemm_ms, v["ms"])
     speed = {"vs_cudnn_fp16": _ratio(base["cudnn_fp16_channels_last_ms"], t["ms"]),
-             "vs_equivalent_gemm": _ratio(gemm_ms, t["ms"])}
+             "vs_equivalent_gemm": _ratio(gemm_ms, t["ms"]),
+             "tma_vs_pointers": _ratio((variants.get("pointers") or {}).get("ms"),
+                                       (variants.get("tma") or {}).get("ms"))}
     met = (None if speed["vs_cudnn_fp16"] is None or speed["vs_equivalent_gemm"] is None else
            speed["vs_cudnn_fp16"] >= CONV_GOAL_VS_CUDNN and speed["vs_equivalent_gemm"] >= CONV_GOAL_VS_GEMM)
     ops = 2.0 * B * H * W * N * 9 * C
@@ -546,6 +553,7 @@ def bench_conv(B: int, H: int, W: int, C: int, N: int, ctx: Dict[str, Any]) -> D
                f">= {CONV_GOAL_VS_GEMM}x the project's GEMM on the equivalent [B*OH*OW, 9C] x [9C, N] shape and "
                f">= {CONV_GOAL_VS_CUDNN}x cuDNN fp16 channels_last", met, ms_launch, l2, launched)  # fmt: skip
     e["loops"] = loops
+    e["variants"] = variants
     return e
 
 
@@ -870,11 +878,15 @@ _PTR = {torch.int8: "*i8", torch.int32: "*i32", torch.float32: "*fp32"}
 
 
 class TmaDesc(NamedTuple):
-    """A compile-only stand-in for a TMA descriptor argument: its dtype and the meta-parameters
-    that give its block shape."""
+    """A compile-only stand-in for a TMA descriptor argument: its dtype and its block shape, each
+    dimension a number, the name of a meta-parameter, or a function of the meta-parameters."""
 
     dtype: torch.dtype
-    block: Tuple[str, ...]
+    block: Tuple[Any, ...]
+
+    def block_shape(self, constexprs: Dict[str, Any]) -> List[int]:
+        return [d if isinstance(d, int) else constexprs[d] if isinstance(d, str) else d(constexprs)
+                for d in self.block]
 
 
 def _fma_into_rounding(ptx: str) -> bool:
@@ -920,7 +932,7 @@ def _compile_sm90(fn, runtime: Dict[str, Any], constexprs: Dict[str, Any], div16
         else:
             v = runtime[name]
             if isinstance(v, TmaDesc):  # a host TMA descriptor whose block shape is the tile's
-                block = ", ".join(str(constexprs[b]) for b in v.block)
+                block = ", ".join(str(b) for b in v.block_shape(constexprs))
                 signature[name] = f"tensordesc<{_PTR[v.dtype][1:]}[{block}]>"
                 continue
             signature[name] = _PTR[v] if isinstance(v, torch.dtype) else ("fp32" if isinstance(v, float) else "i32")
@@ -1015,6 +1027,16 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
                           HAS_WZP=False, **conv_flags)  # fmt: skip
             name = f"conv {k}x{k} flat=False" + (" unrolled" if unroll and k > 1 else "") + (" even_k" if even else "")
             jobs.append((name, conv._int8_conv2d_kernel, conv_rt, consts, ["C", "N"], cfg))
+    # the TMA convolution (stride 1, C a multiple of 16), on the TMA tiles: 3x3 with 8-pixel patch
+    # rows, padding correction, weight zero point and residual
+    ctma_rt = {k: v for k, v in conv_rt.items() if k not in ("x_ptr", "w_ptr", "stride_h", "stride_w")}
+    ctma_rt.update(x_desc=TmaDesc(i8, (1, lambda c: c["BLOCK_M"] // c["BW"], "BW", "BLOCK_K")),
+                   w_desc=TmaDesc(i8, ("BLOCK_N", "BLOCK_K")), NUM_PROGRAMS=0)
+    for cfg in _config.GEMM_TMA_CONFIGS if all_configs else [_config.GEMM_GPU_CONFIGS[2]]:
+        for wzp, res in ((False, False), (True, True)):
+            jobs.append((f"conv tma 3x3 wzp={wzp}" + (" residual" if res else ""), conv._int8_conv2d_tma_kernel,
+                         ctma_rt, dict(conv_flags, KH=3, KW=3, PAD_CORR=True, NDIG=2, TP=32, HAS_WZP=wzp,
+                                       RESIDUAL=res, BW=8), ["C", "N"], cfg))  # fmt: skip
     # the flat-K loop (C < 16: no divisibility-by-16 hint on C, as at run time) with its own tiles
     for cfg in _config.CONV_FLAT_K_CONFIGS if all_configs else [_config.DEFAULT_GPU_CONFIG["gemm"]]:
         consts = dict(KH=7, KW=7, FLAT_K=True, EVEN_K=False, UNROLL_TAPS=False, PAD_CORR=True, NDIG=2, TP=64,
