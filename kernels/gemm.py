@@ -159,9 +159,9 @@ def _int8_gemm_kernel(
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
-    gemm_epilogue(acc, row_sum, offs_m, offs_m < M, offs_n, N, bias_ptr, wzp_ptr, stride_wzp, mult_ptr, stride_mult, lo_ptr,
-                  stride_lo, hi_ptr, stride_hi, z_y, y_ptr, stride_ym, r_ptr, stride_rm, z_a, z_r, ia, ib, add_m, add_z,
-                  add_lo, add_hi, HAS_BIAS, HAS_WZP, OUT_INT32, RESIDUAL, USE_RINT)
+    gemm_epilogue(acc, row_sum, offs_m, offs_m < M, offs_n, N, bias_ptr, wzp_ptr, stride_wzp, mult_ptr, stride_mult,
+                  lo_ptr, stride_lo, hi_ptr, stride_hi, z_y, y_ptr, stride_ym, r_ptr, stride_rm, z_a, z_r, ia, ib, add_m,
+                  add_z, add_lo, add_hi, HAS_BIAS, HAS_WZP, OUT_INT32, RESIDUAL, USE_RINT)
 
 
 _int8_gemm_kernel_tuned = triton.autotune(

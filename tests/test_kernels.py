@@ -1199,7 +1199,8 @@ def test_conv_tma_variant_bit_exact_and_where_it_applies():
         expect = ref.int8_conv2d(x, w, **kw)
         if residual:
             kw["z_y"] = spec.z_a
-            expect = ref.residual_add(ref.int8_conv2d(x, w, **kw), r := rand_i8(tuple(expect.shape), g).to(DEVICE), spec)
+            r = rand_i8(tuple(expect.shape), g).to(DEVICE)
+            expect = ref.residual_add(ref.int8_conv2d(x, w, **kw), r, spec)
             kw.update(residual=spec, r=r)
         y, names = run(x, w, kw)
         assert names == ["int8_conv2d_tma_kernel"] and torch.equal(y, expect), (xs, ws)
@@ -1239,16 +1240,18 @@ def test_gemm_tma_variant_bit_exact_and_where_it_applies():
         kw = dict(to_dev(make_params(variant, N, K, g)), out_int32=variant == "int32")
         expect = ref.int8_gemm(x, w, **kw)
         if residual:
-            kw.update(z_y=spec.z_a, residual=spec, r=rand_i8((M, N), g).to(DEVICE))
-            expect = ref.residual_add(ref.int8_gemm(x, w, **{k: v for k, v in kw.items() if k not in ("residual", "r")}),
-                                      kw["r"], spec)  # fmt: skip
+            kw["z_y"] = spec.z_a
+            r = rand_i8((M, N), g).to(DEVICE)
+            expect = ref.residual_add(ref.int8_gemm(x, w, **kw), r, spec)
+            kw.update(residual=spec, r=r)
         y, names = run(x, w, kw)
         assert names == ["int8_gemm_tma_kernel"] and torch.equal(y, expect), (M, K, N, variant)
     # where TMA cannot read an operand: K = 40 (rows 40 bytes apart), x or w starting 1 byte off
     # a 16-byte boundary (a view into a larger buffer)
     p = to_dev(make_params("perchannel", 24, 40, g))
     x, w = rand_i8((33, 40), g).to(DEVICE), rand_i8((24, 40), g).to(DEVICE)
-    xs, ws = rand_i8((33 * 48 + 1,), g).to(DEVICE)[1:].view(33, 48), rand_i8((24 * 48 + 1,), g).to(DEVICE)[1:].view(24, 48)
+    xs = rand_i8((33 * 48 + 1,), g).to(DEVICE)[1:].view(33, 48)
+    ws = rand_i8((24 * 48 + 1,), g).to(DEVICE)[1:].view(24, 48)
     x48, w48 = rand_i8((33, 48), g).to(DEVICE), rand_i8((24, 48), g).to(DEVICE)
     p48 = to_dev(make_params("perchannel", 24, 48, g))
     for a, b, q in ((x, w, p), (xs, w48, p48), (x48, ws, p48)):

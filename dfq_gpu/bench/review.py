@@ -254,7 +254,8 @@ def kernel_suggestions(rep: Mapping[str, Any]) -> List[Suggestion]:
 # =============================================================================================
 def kernel_table(rep: Mapping[str, Any]) -> str:
     """The README's kernel table: per case the time, TOPS or bandwidth, the baselines."""
-    lines = ["| case | ms | TOPS | % of copy | vs baseline | other variant |", "| --- | ---: | ---: | ---: | --- | --- |"]
+    lines = ["| case | ms | TOPS | % of copy | vs baseline | other variant |",
+             "| --- | ---: | ---: | ---: | --- | --- |"]
     for r in rep.get("results") or []:
         if not isinstance(r, dict) or r.get("ms") is None:
             continue
