@@ -556,7 +556,9 @@ def _gpu_reports(d: Path) -> None:
     (d / "kernels.json").write_text(json.dumps({
         "schema": "dfq_int8-kernel-compile/1", "mode": "compile-only", "target": "cuda:90", "triton": "3.8.0",
         "all_ok": True, "results": [{"kernel": "gemm wzp=False", "config": {}, "wgmma": True, "shared_bytes": 65536,
-                                     "registers": 255, "spill_bytes": 0, "rint": True, "fp32_fma": False, "ok": True}]}))
+                                     "registers": 255, "spill_bytes": 0, "rint": True, "fp32_fma": False, "ok": True},
+                                    {"kernel": "gemm wzp=False", "config": {}, "wgmma": True, "shared_bytes": 32768,
+                                     "registers": 168, "spill_bytes": 8, "rint": True, "fp32_fma": False, "ok": True}]}))
     (d / "ablation_efficientnet_lite0_cpu.json").write_text(json.dumps({"model": "efficientnet_lite0", "rows": []}))
 
 
@@ -620,8 +622,12 @@ def test_benchmark_results_with_gpu_reports(tmp_path: Path, shown: list) -> None
     html = " ".join(x for x in shown if isinstance(x, str))
     assert "No GPU results yet" not in html
     for expected in ("1234.5", "812.5", "16000.0", "skipped (time budget)", "complete: <b>False</b>",
-                     "all bit-exact: <b>True</b>", "gemm wzp=False", "65536", "e2e_h100.json"):
+                     "all bit-exact: <b>True</b>", "e2e_h100.json"):
         assert expected in html, expected
+    # the compile-only report: one row per kernel over its tiles (count, largest shared memory,
+    # register range, worst spill)
+    cells = "".join(f"<td style='padding:0 8px'>{c}</td>" for c in ("gemm wzp=False", 2, True, True, 65536, "168-255", 8))
+    assert cells in html
     assert sum(isinstance(x, Figure) for x in shown) == 2
 
 

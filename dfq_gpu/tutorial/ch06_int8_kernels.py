@@ -558,14 +558,34 @@ def e2e_table_html(report: Mapping[str, Any]) -> str:
 
 
 def compile_table_html(report: Mapping[str, Any]) -> str:
-    """A ``benchmarks/kernels.py --compile-only`` report as an HTML table."""
-    head = ["kernel", "compiled", "wgmma", "shared bytes", "registers", "spill bytes", "cvt.rni", "fp32 FMA"]
-    body = []
+    """A ``benchmarks/kernels.py --compile-only`` report as an HTML table: one row per kernel (an
+    ``--all-configs`` report compiles each kernel with every tile: the row says how many, the
+    register range and the worst spill)."""
+    head = ["kernel", "tiles", "compiled", "wgmma", "shared bytes (max)", "registers", "spill bytes (max)", "cvt.rni",
+            "fp32 FMA"]
+    groups: dict[str, list[Mapping[str, Any]]] = {}
     for r in report.get("results", []):
         if isinstance(r, Mapping):
-            body.append([r.get("kernel", "?"), r.get("ok"), r.get("wgmma", "-"), r.get("shared_bytes", "-"),
-                         r.get("registers", "-"), r.get("spill_bytes", "-"), r.get("rint", "-"),
-                         r.get("fp32_fma", "-")])
+            groups.setdefault(str(r.get("kernel", "?")), []).append(r)
+
+    def span(vals: list[Any]) -> Any:
+        nums = [v for v in vals if isinstance(v, (int, float))]
+        if not nums:
+            return "-"
+        return nums[0] if min(nums) == max(nums) else f"{min(nums)}-{max(nums)}"
+
+    def peak(vals: list[Any]) -> Any:
+        nums = [v for v in vals if isinstance(v, (int, float))]
+        return max(nums) if nums else "-"
+
+    body = []
+    for name, rs in groups.items():
+        def col(key: str) -> list[Any]:
+            return [r.get(key) for r in rs]
+
+        body.append([name, len(rs), all(v is True for v in col("ok")), all(v is True for v in col("wgmma")),
+                     peak(col("shared_bytes")), span(col("registers")), peak(col("spill_bytes")),
+                     all(v is True for v in col("rint")), any(v is True for v in col("fp32_fma"))])
     return _html_table(head, body)
 
 
