@@ -130,7 +130,7 @@ CONV_FLAT_K_CONFIGS: List[triton.Config] = [
 #: tiles with 8 warps, which spill 16 bytes there (Triton 3.6, weight zero point and residual).
 GEMM_TMA_CONFIGS: List[triton.Config] = [
     c for c in GEMM_GPU_CONFIGS
-    if not (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] >= 128 * 128 and c.num_warps == 8)
+    if not (c.kwargs["BLOCK_M"] == c.kwargs["BLOCK_N"] == 128 and c.num_warps == 8)
 ]  # fmt: skip
 
 #: Interpreter tile for GEMM and convolution: large, so few programs and few K steps.
