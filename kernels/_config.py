@@ -133,6 +133,11 @@ GEMM_TMA_CONFIGS: List[triton.Config] = [
     if not (c.kwargs["BLOCK_M"] == c.kwargs["BLOCK_N"] == 128 and c.num_warps == 8)
 ]  # fmt: skip
 
+#: Tiles (BLOCK_M, BLOCK_N, num_warps) the TMA convolution does not autotune over with stride 2
+#: and more than one tap: its taps are unrolled there (one pipelined channel loop each) and these
+#: spill 48-88 bytes (Triton 3.6, 3x3, 128x128 with 4 warps at BLOCK_K 32 and 64).
+CONV_TMA_STRIDED_SPILLING = {(128, 128, 4)}
+
 #: Interpreter tile for GEMM and convolution: large, so few programs and few K steps.
 GEMM_INTERPRET_META: Dict[str, Any] = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=4)
 

@@ -64,11 +64,12 @@ output is stored. The epilogue is shared by all three loop shapes.
 
 A 1x1, stride-1, unpadded convolution is routed to :mod:`kernels.gemm` (with its residual).
 
-With the ``"tma"`` GEMM variant (``kernels.use_settings(gemm_variant="tma")``) a stride-1
-convolution with ``C`` a multiple of 16 runs :func:`_int8_conv2d_tma_kernel` instead: output tiles
-are patches of one image, each (tap, channel block) step loads the patch's input rows as one TMA
-box (zero-filled where it leaves the image, so the same padding correction applies) on a
-persistent grid; the same bits.
+With the ``"tma"`` GEMM variant (``kernels.use_settings(gemm_variant="tma")``) a convolution of
+stride 1 or 2 with ``C`` a multiple of 16 runs :func:`_int8_conv2d_tma_kernel` instead: output
+tiles are patches of one image, each (tap, channel block) step loads the patch's input pixels as
+one TMA box of the input (stride 2: of one of its four row/column parity phases), zero-filled
+where it leaves the image so that the same padding correction applies, on a persistent grid; the
+same bits.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ import triton.language as tl
 from . import reference as ref
 from ._config import (
     CONV_FLAT_K_TILES,
+    CONV_TMA_STRIDED_SPILLING,
     DERIVED,
     GEMM_GPU_CONFIGS,
     GEMM_NARROW_N,
@@ -334,38 +336,61 @@ _int8_conv2d_kernel_tuned = triton.autotune(
 
 
 # ---------------------------------------------------------------------------------------------
-# The "tma" variant (kernels.settings.GEMM_VARIANTS): stride-1 convolutions with 16-byte rows
+# The "tma" variant (kernels.settings.GEMM_VARIANTS): stride 1 or 2, rows of 16-byte multiples
 # ---------------------------------------------------------------------------------------------
+@triton.jit
+def _phase_box(x00, x01, x10, x11, coords, PH: tl.constexpr, PW: tl.constexpr):
+    """The TMA box at ``coords`` of the input phase ``(PH, PW)`` (rows ``PH::2``, columns
+    ``PW::2``; with stride 1 all four are the whole input)."""
+    if PH == 0:
+        if PW == 0:
+            box = x00.load(coords)
+        else:
+            box = x01.load(coords)
+    else:
+        if PW == 0:
+            box = x10.load(coords)
+        else:
+            box = x11.load(coords)
+    return box
+
+
 @triton.jit(do_not_specialize=["z_x", "z_y", "z_a", "z_r", "ia", "ib", "add_z", "add_lo", "add_hi"])
 def _int8_conv2d_tma_kernel(
-    # TMA descriptors: the NHWC input [B, H, W, C] in [1, BLOCK_M // BW, BW, BLOCK_K] boxes (a
-    # patch of the image, BLOCK_K channels), the weight as [N, KH*KW*C] in [BLOCK_N, BLOCK_K] blocks
-    x_desc, w_desc,
+    # TMA descriptors of the NHWC input in [1, BLOCK_M // BW, BW, BLOCK_K] boxes (a patch of the
+    # image, BLOCK_K channels): stride 1, the input [B, H, W, C] four times; stride 2, its four
+    # phases x[:, ph::2, pw::2, :] (00, 01, 10, 11). The weight as [N, KH*KW*C] in
+    # [BLOCK_N, BLOCK_K] blocks.
+    x00, x01, x10, x11, w_desc,
     # Per-output-channel vectors, padding digits, output, residual operand: as in _int8_conv2d_kernel
     bias_ptr, wzp_ptr, dig_ptr, mult_ptr, lo_ptr, hi_ptr, y_ptr, r_ptr,
     B, H, W, C, OH, OW, N,
-    pad_top, pad_left,
     stride_wzp, stride_mult, stride_lo, stride_hi,
     z_x, z_y,
     z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi,
     # Autotune bucket of M (not used in the body); number of programs of the persistent grid
     M_BUCKET, NUM_PROGRAMS,
     # Meta-parameters; BW: the output tile is a patch of BLOCK_M // BW rows of BW pixels
-    KH: tl.constexpr, KW: tl.constexpr, PAD_CORR: tl.constexpr, NDIG: tl.constexpr, TP: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD_TOP: tl.constexpr, PAD_LEFT: tl.constexpr,
+    PAD_CORR: tl.constexpr, NDIG: tl.constexpr, TP: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, RESIDUAL: tl.constexpr,
     USE_RINT: tl.constexpr, BW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    """A stride-1 convolution on a persistent grid with TMA loads.
+    """A convolution of stride 1 or 2 on a persistent grid with TMA loads.
 
     An output tile is a ``BH x BW`` patch of one image's output pixels (``BH = BLOCK_M // BW``)
-    times ``BLOCK_N`` channels. For tap ``(kh, kw)`` the input rows it needs are the patch shifted
-    by ``(kh - pad_top, kw - pad_left)``: one TMA box of the NHWC input, which the hardware
-    zero-fills where it leaves the image (the padding, corrected exactly as in the pointer
-    kernel) or runs past ``C`` (those channels meet the next tap's weights, times zero). One
-    pipelined loop walks all (tap, channel block) steps with scalar index arithmetic only; the
-    weight block of a step is ``w[n0:n0+BLOCK_N, tap*C + c0:...]``. Rows of a patch past
-    ``OH``/``OW`` are computed and not stored.
+    times ``BLOCK_N`` channels. With stride 1, for tap ``(kh, kw)`` the input pixels the patch
+    needs are the patch shifted by ``(kh - PAD_TOP, kw - PAD_LEFT)``: one TMA box of the NHWC
+    input, which the hardware zero-fills where it leaves the image (the padding, corrected exactly
+    as in the pointer kernel) or runs past ``C`` (those channels meet the next tap's weights,
+    times zero). One pipelined loop walks all (tap, channel block) steps with scalar index
+    arithmetic only. With stride 2, input row ``2 oh + dh`` (``dh = kh - PAD_TOP``) is row
+    ``oh + floor(dh / 2)`` of phase ``dh mod 2`` (the rows of that parity), and likewise for
+    columns: a tap's pixels are a box of one of the four phases, chosen at compile time (the
+    taps are unrolled, one channel loop each). The weight block of a step is
+    ``w[n0:n0+BLOCK_N, tap*C + c0:...]``. Rows of a patch past ``OH``/``OW`` are computed and not
+    stored.
     """
     BH: tl.constexpr = BLOCK_M // BW
     tiles_h = tl.cdiv(OH, BH)
@@ -387,17 +412,34 @@ def _int8_conv2d_tma_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         row_sum = tl.zeros((BLOCK_M,), dtype=tl.int32)
         if PAD_CORR:
-            acc = padding_correction(acc, oh - pad_top, ow - pad_left, offs_n, dig_ptr, H, W, N, z_x, KH, KW, NDIG, TP)
-        for step in range(0, KH * KW * c_steps):
-            tap = step // c_steps
-            c0 = (step - tap * c_steps) * BLOCK_K
-            kh = tap // KW
-            a = x_desc.load([img, oh0 + kh - pad_top, ow0 + (tap - kh * KW) - pad_left, c0])
-            a = a.reshape(BLOCK_M, BLOCK_K)
-            b = w_desc.load([off_n, tap * C + c0])  # [BLOCK_N, BLOCK_K]: K-major B
-            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
-            if HAS_WZP:
-                row_sum += tl.sum(a.to(tl.int32), axis=1)
+            acc = padding_correction(acc, oh * STRIDE - PAD_TOP, ow * STRIDE - PAD_LEFT, offs_n, dig_ptr, H, W, N,
+                                     z_x, KH, KW, NDIG, TP)  # fmt: skip
+        if STRIDE == 1:
+            for step in range(0, KH * KW * c_steps):
+                tap = step // c_steps
+                c0 = (step - tap * c_steps) * BLOCK_K
+                kh = tap // KW
+                a = x00.load([img, oh0 + kh - PAD_TOP, ow0 + (tap - kh * KW) - PAD_LEFT, c0])
+                a = a.reshape(BLOCK_M, BLOCK_K)
+                b = w_desc.load([off_n, tap * C + c0])  # [BLOCK_N, BLOCK_K]: K-major B
+                acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+                if HAS_WZP:
+                    row_sum += tl.sum(a.to(tl.int32), axis=1)
+        else:
+            for kh in tl.static_range(KH):
+                for kw in tl.static_range(KW):
+                    # the tap's phase and its offset in the phase's grid (compile-time constants)
+                    ph = (kh - PAD_TOP) % 2
+                    pw = (kw - PAD_LEFT) % 2
+                    dh = (kh - PAD_TOP - ph) // 2
+                    dw = (kw - PAD_LEFT - pw) // 2
+                    for c0 in range(0, C, BLOCK_K):
+                        a = _phase_box(x00, x01, x10, x11, [img, oh0 + dh, ow0 + dw, c0], ph, pw)
+                        a = a.reshape(BLOCK_M, BLOCK_K)
+                        b = w_desc.load([off_n, (kh * KW + kw) * C + c0])
+                        acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+                        if HAS_WZP:
+                            row_sum += tl.sum(a.to(tl.int32), axis=1)
         gemm_epilogue(acc, row_sum, (img * OH + oh) * OW + ow, (oh < OH) & (ow < OW), offs_n, N, bias_ptr, wzp_ptr,
                       stride_wzp, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y, y_ptr, N, r_ptr, N,
                       z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi, HAS_BIAS, HAS_WZP, OUT_INT32, RESIDUAL,
@@ -418,16 +460,41 @@ def _set_conv_tma_blocks(nargs: dict) -> None:
     """Autotune pre-hook (and direct-launch hook) of the TMA convolution: the descriptors' block
     shapes follow the tile being launched."""
     bw = nargs["BW"]
-    nargs["x_desc"].block_shape = [1, nargs["BLOCK_M"] // bw, bw, nargs["BLOCK_K"]]
+    for name in ("x00", "x01", "x10", "x11"):
+        nargs[name].block_shape = [1, nargs["BLOCK_M"] // bw, bw, nargs["BLOCK_K"]]
     nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+
+
+#: Strides of the TMA convolution (the same in both directions).
+TMA_STRIDES = (1, 2)
+
+
+def input_descriptors(x: Tensor, stride: int, block: list) -> list:
+    """The four input descriptors of the TMA convolution: stride 1, ``x`` itself four times;
+    stride 2, its phases ``x[:, ph::2, pw::2, :]`` for ``(ph, pw)`` = 00, 01, 10, 11 (each a
+    strided view: rows ``2 W C`` bytes apart, pixels ``2 C``)."""
+    B, H, W, C = x.shape
+    if stride == 1:
+        return [TensorDescriptor(x, [B, H, W, C], [H * W * C, W * C, C, 1], block)] * 4
+    return [TensorDescriptor(x[:, ph::2, pw::2, :], [B, (H - ph + 1) // 2, (W - pw + 1) // 2, C],
+                             [H * W * C, 2 * W * C, 2 * C, 1], block) for ph in (0, 1) for pw in (0, 1)]
+
+
+def _prune_conv_tma(configs, named_args, **kwargs):
+    """:func:`~kernels._config.prune_by_size` on N and C; with stride 2 and several taps, without
+    the tiles of :data:`~kernels._config.CONV_TMA_STRIDED_SPILLING` (they spill there)."""
+    args = {**named_args, **kwargs}
+    if args["STRIDE"] == 2 and args["KH"] * args["KW"] > 1:
+        configs = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps)
+                   not in CONV_TMA_STRIDED_SPILLING] or configs
+    return prune_by_size({"BLOCK_N": ("N",), "BLOCK_K": ("C",)}, narrow={"BLOCK_N": GEMM_NARROW_N})(configs, args)
 
 
 _int8_conv2d_tma_kernel_tuned = triton.autotune(
     configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=_set_conv_tma_blocks)
              for c in GEMM_TMA_CONFIGS],
-    key=["M_BUCKET", "N", "C", "H", "W", "KH", "KW", "HAS_WZP", "OUT_INT32", "RESIDUAL"],
-    prune_configs_by={"early_config_prune": prune_by_size({"BLOCK_N": ("N",), "BLOCK_K": ("C",)},
-                                                          narrow={"BLOCK_N": GEMM_NARROW_N})},
+    key=["M_BUCKET", "N", "C", "H", "W", "KH", "KW", "STRIDE", "HAS_WZP", "OUT_INT32", "RESIDUAL"],
+    prune_configs_by={"early_config_prune": _prune_conv_tma},
 )(_int8_conv2d_tma_kernel)
 
 
@@ -530,7 +597,8 @@ class ConvPlan:
         M = B * OH * OW
         if M == 0 or N == 0:
             return y
-        if current_settings().gemm_variant == "tma" and self._tma_weight() and tma_ready(x.view(-1, C)):
+        if (current_settings().gemm_variant == "tma" and self._tma_weight() and tma_ready(x.view(-1, C))
+                and min(H, W) >= self.stride[0]):
             self._launch_tma(x, y, r)
             return y
         args = dict(self.static, x_ptr=x, y_ptr=y, r_ptr=y if r is None else r, B=B, H=H, W=W, OH=OH, OW=OW,
@@ -541,25 +609,27 @@ class ConvPlan:
 
     # -- the "tma" variant (kernels.settings.GEMM_VARIANTS) ---------------------------------------
     def _tma_weight(self) -> bool:
-        """Whether this convolution runs on the TMA kernel when the input allows (stride 1, rows
-        of a whole number of 16 bytes); the weight's descriptor is built once, here."""
+        """Whether this convolution runs on the TMA kernel when the input allows (the same stride,
+        1 or 2, in both directions; rows of a whole number of 16 bytes); the weight's descriptor
+        is built once, here."""
         if self._w_desc is None:
             N, KH, KW, C = self._w.shape
             w2 = self._w.view(N, KH * KW * C)
-            ok = self.stride == (1, 1) and C % 16 == 0 and tma_ready(w2)
+            ok = self.stride[0] == self.stride[1] in TMA_STRIDES and C % 16 == 0 and tma_ready(w2)
             self._w_desc = TensorDescriptor(w2, [N, KH * KW * C], [KH * KW * C, 1], [16, 32]) if ok else False
         return self._w_desc is not False
 
     def _launch_tma(self, x: Tensor, y: Tensor, r: Optional[Tensor]) -> None:
         B, H, W, C = x.shape
         OH, OW, N = y.shape[1], y.shape[2], self.N
-        skip = ("w_ptr", "stride_h", "stride_w", "FLAT_K")
+        skip = ("w_ptr", "stride_h", "stride_w", "pad_top", "pad_left", "FLAT_K")
         static = {k: v for k, v in self.static.items() if k not in skip}
         programs = persistent_programs(x.device)
         bw = tma_patch_width(OW)
-        args = dict(static, x_desc=TensorDescriptor(x, [B, H, W, C], [H * W * C, W * C, C, 1], [1, 16, bw, 32]),
-                    w_desc=self._w_desc, y_ptr=y, r_ptr=y if r is None else r, B=B, H=H, W=W, OH=OH, OW=OW,
-                    M_BUCKET=next_pow2_bucket(B * OH * OW), NUM_PROGRAMS=programs, BW=bw)  # fmt: skip
+        x00, x01, x10, x11 = input_descriptors(x, self.stride[0], [1, 16, bw, 32])
+        args = dict(static, x00=x00, x01=x01, x10=x10, x11=x11, w_desc=self._w_desc, y_ptr=y,
+                    r_ptr=y if r is None else r, B=B, H=H, W=W, OH=OH, OW=OW, M_BUCKET=next_pow2_bucket(B * OH * OW),
+                    NUM_PROGRAMS=programs, BW=bw, STRIDE=self.stride[0], PAD_TOP=self.pad[0], PAD_LEFT=self.pad[2])
 
         def grid(META):
             bh = META["BLOCK_M"] // bw

@@ -63,8 +63,8 @@ DEPTHWISE_VARIANTS = ("tiles", "rows")
 #: GEMM and implicit-GEMM convolution kernels (``kernels.gemm``, ``kernels.conv``): "pointers"
 #: (one program per output tile, pointer loads) or "tma" (a persistent grid of at most one program
 #: per SM, operand blocks loaded through TMA descriptors; used on compute capability 9.0 and later,
-#: and under Triton's interpreter, for GEMMs with K a multiple of 16 and stride-1 convolutions
-#: with C a multiple of 16, operands 16-byte aligned; other launches use "pointers").
+#: and under Triton's interpreter, for GEMMs with K a multiple of 16 and convolutions of stride 1
+#: or 2 with C a multiple of 16, operands 16-byte aligned; other launches use "pointers").
 GEMM_VARIANTS = ("pointers", "tma")
 
 #: Kernel families a tile can be forced for (the keys of ``kernels._config.GPU_CONFIGS``):

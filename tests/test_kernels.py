@@ -379,13 +379,15 @@ def test_every_gemm_autotune_config_is_bit_exact(cfg, monkeypatch):
         assert torch.equal(yt, ref.int8_gemm(xt, wt, **pt))
         # and the TMA convolution: C = 48 (a channel block crosses into the next tap's weights for
         # BLOCK_K 32, exceeds C for 64 and 128), 7 x 11 outputs (patches past the edge), z_x != 0
+        # (stride 1: one loop over all steps; stride 2: the taps unrolled over the input's phases)
         xc, wc = rand_i8((1, 7, 11, 48), g).to(DEVICE), rand_i8((21, 3, 3, 48), g).to(DEVICE)
-        conv_kw = dict(padding=1, **to_dev(make_params("perchannel", 21, 9 * 48, g)))
-        with forced_config("gemm", cfg), kernels.use_settings(gemm_variant="tma"), \
-                tiles.record_launches() as launches:
-            yc = kernels.int8_conv2d(xc, wc, backend="triton", **conv_kw)
-        assert [rec[0] for rec in launches] == ["int8_conv2d_tma_kernel"]
-        assert torch.equal(yc, ref.int8_conv2d(xc, wc, **conv_kw))
+        for stride in (1, 2):
+            conv_kw = dict(padding=1, stride=stride, **to_dev(make_params("perchannel", 21, 9 * 48, g)))
+            with forced_config("gemm", cfg), kernels.use_settings(gemm_variant="tma"), \
+                    tiles.record_launches() as launches:
+                yc = kernels.int8_conv2d(xc, wc, backend="triton", **conv_kw)
+            assert [rec[0] for rec in launches] == ["int8_conv2d_tma_kernel"]
+            assert torch.equal(yc, ref.int8_conv2d(xc, wc, **conv_kw)), stride
     with forced_config("gemm", cfg):
         y = kernels.int8_gemm(x, w, backend="triton", **p)
         for xs, ws, stride, pad, even in convs:
@@ -441,6 +443,14 @@ def test_gemm_tile_pruning_keeps_wide_and_thin_tiles_where_they_fit():
     stem = tiles(conv._prune_conv(cfgs, dict(N=16, C=3, KH=7, KW=7, FLAT_K=True)))  # K = 147
     assert (128, 16, 32) in stem and all(bn <= 32 for _, bn, _ in stem)
     assert stem <= {t[:3] for t in _config.CONV_FLAT_K_TILES}  # the flat-K loop's own tiles
+    # the TMA convolution: no 128x128 4-warp tile with stride 2 and several taps (they spill)
+    prune_tma = conv._int8_conv2d_tma_kernel_tuned.early_config_prune
+    wide = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) for c in
+            prune_tma(_config.GEMM_TMA_CONFIGS, dict(N=256, C=256, KH=3, KW=3, STRIDE=1))]
+    assert (128, 128, 4) in wide
+    for k, kept in ((3, False), (1, True)):
+        strided = prune_tma(_config.GEMM_TMA_CONFIGS, dict(N=256, C=256, KH=k, KW=k, STRIDE=2))
+        assert ((128, 128, 4) in [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) for c in strided]) == kept
     stem = tiles(conv._prune_conv(cfgs, dict(N=64, C=3, KH=7, KW=7, FLAT_K=True)))
     assert _config.DEFAULT_GPU_CONFIG["gemm"] in _config.CONV_FLAT_K_CONFIGS and (128, 64, 64) in stem
 
@@ -1130,6 +1140,10 @@ def test_benchmark_compile_only_for_hopper(tmp_path):
             "dwproject 3x3 residual", "dwproject 5x5 residual",
             "lut into slice",
             "lut per channel", "mul gate", "upsample bilinear", "avgpool2d 3x3", "maxpool dilated 3x3", "upsample nearest"} <= set(by_kernel)
+    # the TMA variants load their operands with bulk tensor copies (and only they do)
+    tma = {"gemm tma wzp=False", "gemm tma wzp=True residual", "conv tma 3x3 wzp=False",
+           "conv tma 3x3 wzp=True residual stride 2"}
+    assert tma <= set(by_kernel) and all(r["tma"] == (" tma " in f" {name} ") for name, r in by_kernel.items())
     for name, r in by_kernel.items():
         assert r["wgmma"] == name.startswith(("gemm", "conv", "dwproject")), name
         assert r["shared_bytes"] <= 227 * 1024, name
@@ -1168,12 +1182,13 @@ def _residual_case(M: int, K: int, N: int, per_channel: bool, seed: int):
 
 
 def test_conv_tma_variant_bit_exact_and_where_it_applies():
-    """The "tma" variant of the convolution (stride 1, channels a multiple of 16: output patches
-    loaded as TMA boxes of the NHWC input, zero-filled past the image and past C) against the
-    reference: 3x3, 5x5 and 3x1 windows, symmetric, asymmetric and no padding with z_x != 0, the
-    weight zero point, the int32 output and the residual add, output widths that need each patch
-    width and ones no patch divides; strided or 24-channel convolutions and a misaligned input
-    run the pointer kernel, with the same results."""
+    """The "tma" variant of the convolution (stride 1 or 2, channels a multiple of 16: output
+    patches loaded as TMA boxes of the NHWC input or, with stride 2, of its four phases,
+    zero-filled past the image and past C) against the reference: 1x1, 3x3, 5x5 and 3x1 windows,
+    symmetric, asymmetric and no padding with z_x != 0, the weight zero point, the int32 output
+    and the residual add, output widths that need each patch width and ones no patch divides;
+    other strides, 24-channel convolutions and a misaligned input run the pointer kernel, with the
+    same results."""
     from kernels import conv
 
     assert [conv.tma_patch_width(w) for w in (56, 28, 14, 7, 11, 224)] == [8, 4, 16, 8, 4, 16]
@@ -1186,16 +1201,22 @@ def test_conv_tma_variant_bit_exact_and_where_it_applies():
             y = conv.int8_conv2d(x, w, **kw)
         return y, [rec[0] for rec in launches]
 
-    # x shape, w shape, padding, parameters, residual
-    for xs, ws, pad, variant, residual in (
-        ((2, 9, 14, 32), (24, 3, 3, 32), 1, "perchannel", False),
-        ((1, 6, 28, 16), (40, 5, 5, 16), (1, 3, 2, 2), "asym", True),
-        ((1, 5, 7, 64), (9, 3, 1, 64), (1, 1, 0, 0), "int32", False),
-        ((1, 4, 9, 16), (16, 3, 3, 16), 0, "sym", False),
+    # x shape, w shape, stride, padding, parameters, residual
+    for xs, ws, stride, pad, variant, residual in (
+        ((2, 9, 14, 32), (24, 3, 3, 32), 1, 1, "perchannel", False),
+        ((1, 6, 28, 16), (40, 5, 5, 16), 1, (1, 3, 2, 2), "asym", True),
+        ((1, 5, 7, 64), (9, 3, 1, 64), 1, (1, 1, 0, 0), "int32", False),
+        ((1, 4, 9, 16), (16, 3, 3, 16), 1, 0, "sym", False),
+        # stride 2: odd and even sizes, TF "same" padding, a 1x1 downsampling, a 2 x 3 input
+        ((2, 9, 11, 48), (20, 3, 3, 48), 2, 1, "perchannel", True),
+        ((1, 8, 9, 16), (24, 3, 3, 16), 2, (0, 1, 0, 1), "asym", False),
+        ((1, 14, 14, 32), (16, 1, 1, 32), 2, 0, "int32", False),
+        ((1, 2, 3, 16), (8, 5, 5, 16), 2, 2, "perchannel", False),
     ):  # fmt: skip
         x, w = rand_i8(xs, g).to(DEVICE), rand_i8(ws, g).to(DEVICE)
         n, kh, kwid, c = ws
-        kw = dict(to_dev(make_params(variant, n, kh * kwid * c, g)), padding=pad, out_int32=variant == "int32")
+        kw = dict(to_dev(make_params(variant, n, kh * kwid * c, g)), stride=stride, padding=pad,
+                  out_int32=variant == "int32")
         expect = ref.int8_conv2d(x, w, **kw)
         if residual:
             kw["z_y"] = spec.z_a
@@ -1204,13 +1225,16 @@ def test_conv_tma_variant_bit_exact_and_where_it_applies():
             kw.update(residual=spec, r=r)
         y, names = run(x, w, kw)
         assert names == ["int8_conv2d_tma_kernel"] and torch.equal(y, expect), (xs, ws)
-    # the pointer kernel: stride 2; 24 channels (rows 24 bytes apart); an input 1 byte off 16
+    # the pointer kernel: stride (2, 1) and 3; 24 channels (rows 24 bytes apart); an input 1 byte
+    # off 16; stride 2 on a 1-row input
     p = to_dev(make_params("perchannel", 8, 9 * 32, g))
     x32, w32 = rand_i8((1, 9, 9, 32), g).to(DEVICE), rand_i8((8, 3, 3, 32), g).to(DEVICE)
     x24, w24 = rand_i8((1, 9, 9, 24), g).to(DEVICE), rand_i8((8, 3, 3, 24), g).to(DEVICE)
     p24 = to_dev(make_params("perchannel", 8, 9 * 24, g))
     xs = rand_i8((9 * 9 * 32 + 1,), g).to(DEVICE)[1:].view(1, 9, 9, 32)
-    for x, w, q, stride in ((x32, w32, p, 2), (x24, w24, p24, 1), (xs, w32, p, 1)):
+    x1 = rand_i8((1, 1, 9, 32), g).to(DEVICE)
+    for x, w, q, stride in ((x32, w32, p, (2, 1)), (x32, w32, p, 3), (x24, w24, p24, 1), (xs, w32, p, 1),
+                            (x1, w32, p, 2)):
         y, names = run(x, w, dict(q, padding=1, stride=stride))
         assert names == ["int8_conv2d_kernel"], names
         assert torch.equal(y, ref.int8_conv2d(x, w, padding=1, stride=stride, **q))

@@ -1027,16 +1027,24 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
                           HAS_WZP=False, **conv_flags)  # fmt: skip
             name = f"conv {k}x{k} flat=False" + (" unrolled" if unroll and k > 1 else "") + (" even_k" if even else "")
             jobs.append((name, conv._int8_conv2d_kernel, conv_rt, consts, ["C", "N"], cfg))
-    # the TMA convolution (stride 1, C a multiple of 16), on the TMA tiles: 3x3 with 8-pixel patch
-    # rows, padding correction, weight zero point and residual
-    ctma_rt = {k: v for k, v in conv_rt.items() if k not in ("x_ptr", "w_ptr", "stride_h", "stride_w")}
-    ctma_rt.update(x_desc=TmaDesc(i8, (1, lambda c: c["BLOCK_M"] // c["BW"], "BW", "BLOCK_K")),
-                   w_desc=TmaDesc(i8, ("BLOCK_N", "BLOCK_K")), NUM_PROGRAMS=0)
-    for cfg in _config.GEMM_TMA_CONFIGS if all_configs else [_config.GEMM_GPU_CONFIGS[2]]:
-        for wzp, res in ((False, False), (True, True)):
-            jobs.append((f"conv tma 3x3 wzp={wzp}" + (" residual" if res else ""), conv._int8_conv2d_tma_kernel,
-                         ctma_rt, dict(conv_flags, KH=3, KW=3, PAD_CORR=True, NDIG=2, TP=32, HAS_WZP=wzp,
-                                       RESIDUAL=res, BW=8), ["C", "N"], cfg))  # fmt: skip
+    # the TMA convolution (stride 1 or 2, C a multiple of 16), on the TMA tiles: 3x3 with 8-pixel
+    # patch rows, padding correction; weight zero point and residual; stride 2 (four input phases)
+    ctma_rt = {k: v for k, v in conv_rt.items() if k not in ("x_ptr", "w_ptr", "stride_h", "stride_w", "pad_top",
+                                                               "pad_left")}
+    box = TmaDesc(i8, (1, lambda c: c["BLOCK_M"] // c["BW"], "BW", "BLOCK_K"))
+    ctma_rt.update(x00=box, x01=box, x10=box, x11=box, w_desc=TmaDesc(i8, ("BLOCK_N", "BLOCK_K")), NUM_PROGRAMS=0)
+    # (stride 2 with several taps: without the tiles autotuning leaves out there, which spill)
+    strided_ok = [c for c in _config.GEMM_TMA_CONFIGS
+                  if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) not in _config.CONV_TMA_STRIDED_SPILLING]
+    tma_cfgs = _config.GEMM_TMA_CONFIGS if all_configs else [_config.GEMM_GPU_CONFIGS[2]]
+    strided_cfgs = strided_ok if all_configs else [_config.DEFAULT_GPU_CONFIG["gemm"]]
+    conv_tma = ([(c, False, False, 1) for c in tma_cfgs] + [(c, True, True, 1) for c in tma_cfgs]
+                + [(c, True, True, 2) for c in strided_cfgs])
+    for cfg, wzp, res, stride in conv_tma:
+        jobs.append((f"conv tma 3x3 wzp={wzp}" + (" residual" if res else "") + (" stride 2" if stride == 2 else ""),
+                     conv._int8_conv2d_tma_kernel, ctma_rt,
+                     dict(conv_flags, KH=3, KW=3, STRIDE=stride, PAD_TOP=1, PAD_LEFT=1, PAD_CORR=True, NDIG=2, TP=32,
+                          HAS_WZP=wzp, RESIDUAL=res, BW=8), ["C", "N"], cfg))  # fmt: skip
     # the flat-K loop (C < 16: no divisibility-by-16 hint on C, as at run time) with its own tiles
     for cfg in _config.CONV_FLAT_K_CONFIGS if all_configs else [_config.DEFAULT_GPU_CONFIG["gemm"]]:
         consts = dict(KH=7, KW=7, FLAT_K=True, EVEN_K=False, UNROLL_TAPS=False, PAD_CORR=True, NDIG=2, TP=64,
