@@ -30,9 +30,10 @@
 #      both variants (pointers, and the persistent TMA kernels: speedup.tma_vs_pointers):
 #        python benchmarks/kernels.py --out $OUT/kernels_<gpu>.json
 #   5. e2e (T_E2E=170 s; uses all of its budget): the end-to-end benchmark with the fresh table
-#      and autotuning off; at batch 256 also the other depthwise and GEMM variants (int8_dw_rows,
-#      int8_gemm_tma) and the depthwise + 1x1 fusion; fp16 eager (BN folded) and fp32 eager; torch.compile
-#      (E2E_COMPILE_MODE, default max-autotune, frozen) as far as the budget goes, batch 256 first:
+#      and autotuning off, against fp16 eager (BN folded), fp32 eager and torch.compile
+#      (E2E_COMPILE_MODE, default max-autotune, frozen), as far as the budget goes: batch 256
+#      first, then at batch 256 the other depthwise and GEMM variants (int8_dw_rows,
+#      int8_gemm_tma) and the depthwise + 1x1 fusion, then batches 32 and 1:
 #        python benchmarks/e2e.py --out $OUT/e2e_<gpu>.json --tile-table $OUT/tiles_<gpu>.json
 # Then benchmarks/review.py reads the two reports and writes $OUT/review_<gpu>.md: every goal met or
 # missed, the defaults the measurements support (kernel variants, fusions), the README tables.
