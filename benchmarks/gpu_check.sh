@@ -33,7 +33,7 @@
 #      and autotuning off, against fp16 eager (BN folded), fp32 eager and torch.compile
 #      (E2E_COMPILE_MODE, default max-autotune, frozen), as far as the budget goes: batch 256
 #      first, then at batch 256 the other depthwise and GEMM variants (int8_dw_rows,
-#      int8_gemm_tma) and the depthwise + 1x1 fusion, then batches 32 and 1:
+#      int8_dw_tma, int8_gemm_tma) and the depthwise + 1x1 fusion, then batches 32 and 1:
 #        python benchmarks/e2e.py --out $OUT/e2e_<gpu>.json --tile-table $OUT/tiles_<gpu>.json
 # Then benchmarks/review.py reads the two reports and writes $OUT/review_<gpu>.md: every goal met or
 # missed, the defaults the measurements support (kernel variants, fusions), the README tables.

@@ -187,6 +187,23 @@ DEPTHWISE_ROWS_INTERPRET_META: Dict[str, Any] = dict(BLOCK_W=16, BLOCK_C=64)  # 
 #: Largest window height of the rows variant (one register accumulator per window row).
 DEPTHWISE_ROWS_MAX_KH: int = 5
 
+# Depthwise convolution, "tma" variant (stride 1): a patch of BLOCK_P // BW rows of BW output
+# pixels x BLOCK_C channels; each tap's box is loaded by TMA in a loop over the taps that Triton
+# pipelines only when told its stages (``tl.range(..., num_stages=NUM_STAGES)``; NUM_STAGES - 1
+# boxes in flight), so each tile names them as a meta-parameter too. BLOCK_C >= 16: a box row is
+# at least 16 bytes.
+DEPTHWISE_TMA_GPU_CONFIGS: List[triton.Config] = [
+    _cfg(4, 3, BLOCK_P=128, BLOCK_C=32, NUM_STAGES=3),
+    _cfg(4, 3, BLOCK_P=64, BLOCK_C=64, NUM_STAGES=3),
+    _cfg(4, 4, BLOCK_P=64, BLOCK_C=32, NUM_STAGES=4),
+    _cfg(8, 3, BLOCK_P=128, BLOCK_C=64, NUM_STAGES=3),
+    _cfg(8, 3, BLOCK_P=256, BLOCK_C=32, NUM_STAGES=3),
+    _cfg(4, 3, BLOCK_P=128, BLOCK_C=16, NUM_STAGES=3),
+    _cfg(4, 2, BLOCK_P=64, BLOCK_C=128, NUM_STAGES=2),
+    _cfg(8, 2, BLOCK_P=256, BLOCK_C=64, NUM_STAGES=2),
+]
+DEPTHWISE_TMA_INTERPRET_META: Dict[str, Any] = dict(BLOCK_P=64, BLOCK_C=64, NUM_STAGES=2)
+
 #: Elementwise kernels (add, quantize, dequantize): one flat block per program.
 ELEMENTWISE_GPU_BLOCK: int = 2048
 ELEMENTWISE_GPU_WARPS: int = 8
@@ -246,16 +263,19 @@ DEFAULT_GPU_CONFIG: Dict[str, triton.Config] = {
     # most 10% on 144 (64 channels would idle 25% on 96 and 144, 6% on 240 and 480)
     "depthwise": _cfg(4, 1, BLOCK_P=128, BLOCK_C=32),
     "depthwise_rows": _cfg(4, 1, BLOCK_W=16, BLOCK_C=32),
+    "depthwise_tma": DEPTHWISE_TMA_GPU_CONFIGS[0],
 }
 GPU_CONFIGS: Dict[str, List[triton.Config]] = {
     "gemm": GEMM_GPU_CONFIGS,
     "depthwise": DEPTHWISE_GPU_CONFIGS,
     "depthwise_rows": DEPTHWISE_ROWS_GPU_CONFIGS,
+    "depthwise_tma": DEPTHWISE_TMA_GPU_CONFIGS,
 }
 INTERPRET_META: Dict[str, Dict[str, Any]] = {
     "gemm": GEMM_INTERPRET_META,
     "depthwise": DEPTHWISE_INTERPRET_META,
     "depthwise_rows": DEPTHWISE_ROWS_INTERPRET_META,
+    "depthwise_tma": DEPTHWISE_TMA_INTERPRET_META,
 }
 
 # The settings (depthwise variant, autotuning, forced tiles, backend) live in one object,
@@ -265,7 +285,7 @@ if set(GPU_CONFIGS) != set(KERNEL_FAMILIES):  # pragma: no cover - a development
 
 
 def depthwise_variant() -> str:
-    """The depthwise kernel in use: ``"tiles"`` (default) or ``"rows"``."""
+    """The depthwise kernel in use: ``"tiles"`` (default), ``"rows"`` or ``"tma"``."""
     return current_settings().depthwise_variant
 
 
@@ -294,8 +314,9 @@ def autotune_enabled() -> bool:
 @contextlib.contextmanager
 def forced_config(family: str, config: triton.Config) -> Iterator[None]:
     """Launch every kernel of ``family`` (``"gemm"``: GEMM and convolution; ``"depthwise"``:
-    depthwise convolution and max pooling; ``"depthwise_rows"``: the rows variant of the
-    depthwise convolution) with ``config`` inside the block, bypassing autotuning.
+    depthwise convolution and max pooling; ``"depthwise_rows"``, ``"depthwise_tma"``: the rows
+    and TMA variants of the depthwise convolution) with ``config`` inside the block, bypassing
+    autotuning.
 
     Under the interpreter only the tile sizes matter (warps and stages are GPU notions).
     On exit the family's previous forced tile (or none) is back; other families keep theirs."""

@@ -105,6 +105,7 @@ from .gemm import (
     grouped_tile,
     persistent_programs,
     residual_args,
+    tma_patch_width,
     tma_ready,
 )
 from .settings import current_settings
@@ -444,16 +445,6 @@ def _int8_conv2d_tma_kernel(
                       stride_wzp, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y, y_ptr, N, r_ptr, N,
                       z_a, z_r, ia, ib, add_m, add_z, add_lo, add_hi, HAS_BIAS, HAS_WZP, OUT_INT32, RESIDUAL,
                       USE_RINT)  # fmt: skip
-
-
-#: Widths of the output patches of the TMA convolution (powers of two: Triton's tensor shapes).
-TMA_PATCH_WIDTHS = (16, 8, 4)
-
-
-def tma_patch_width(OW: int) -> int:
-    """The patch width for ``OW`` output columns: the one of :data:`TMA_PATCH_WIDTHS` that covers
-    them with the fewest columns (56 -> 8, 28 -> 4, 14 -> 16, 7 -> 8), the widest on a tie."""
-    return min(TMA_PATCH_WIDTHS, key=lambda bw: (cdiv(OW, bw) * bw, -bw))
 
 
 def _set_conv_tma_blocks(nargs: dict) -> None:

@@ -42,6 +42,7 @@ from ._config import (
     DEPTHWISE_GPU_CONFIGS,
     DEPTHWISE_ROWS_GPU_CONFIGS,
     DEPTHWISE_ROWS_MAX_KH,
+    DEPTHWISE_TMA_GPU_CONFIGS,
     USE_RINT,
     cdiv,
     depthwise_variant,
@@ -50,6 +51,7 @@ from ._config import (
     next_pow2_bucket,
     prune_by_size,
 )
+from .gemm import TensorDescriptor, tma_patch_width, tma_ready
 from .requant import load_channel_params, requantize, requantize_channels
 
 logger = logging.getLogger(__name__)
@@ -342,6 +344,98 @@ _int8_depthwise_rows_kernel_tuned = triton.autotune(
 )(_int8_depthwise_rows_kernel)
 
 
+@triton.jit(do_not_specialize=["z_x", "z_y"])
+def _int8_depthwise_tma_kernel(
+    # TMA descriptor of the NHWC input [B, H, W, C] in [1, BLOCK_P // BW, BW, BLOCK_C] boxes
+    x_desc,
+    # Pointers: weight, per-channel vectors, output (as in _int8_depthwise_kernel)
+    w_ptr, bias_ptr, wzp_ptr, mult_ptr, lo_ptr, hi_ptr, y_ptr,
+    # Geometry (stride 1)
+    B, H, W, C, OH, OW,
+    pad_top, pad_left,
+    stride_wzp, stride_mult, stride_lo, stride_hi,
+    z_x, z_y,
+    P_BUCKET,
+    # Meta-parameters; BW: the output tile is a patch of BLOCK_P // BW rows of BW pixels
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, USE_RINT: tl.constexpr,
+    FLOAT_ACC: tl.constexpr, BW: tl.constexpr, NUM_STAGES: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Stride-1 depthwise convolution with TMA loads: the program owns a ``BH x BW`` patch of one
+    image's output pixels (``BH = BLOCK_P // BW``) x ``BLOCK_C`` channels. For tap ``(kh, kw)`` the
+    inputs are the patch shifted by ``(kh - pad_top, kw - pad_left)``: one TMA box, which the
+    hardware zero-fills outside the image and past ``C``; the taps are a loop, which Triton
+    software-pipelines (the boxes of the next taps load while one is summed). Padded taps are set
+    to ``z_x`` after the load, so the arithmetic is :func:`_int8_depthwise_kernel`'s."""
+    BH: tl.constexpr = BLOCK_P // BW
+    tiles_w = tl.cdiv(OW, BW)
+    tiles = tl.cdiv(OH, BH) * tiles_w
+    pid = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    img = pid // tiles
+    patch = pid - img * tiles
+    oh0 = (patch // tiles_w) * BH
+    ow0 = (patch % tiles_w) * BW
+    i = tl.arange(0, BLOCK_P)
+    oh = oh0 + i // BW  # [BLOCK_P] output pixels of the patch, row-major
+    ow = ow0 + i % BW
+    c0 = pid_c * BLOCK_C
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    zx8 = z_x.to(tl.int8)
+
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.int32)
+    accf = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    w_sum = tl.zeros((BLOCK_C,), dtype=tl.int32)
+    for tap in tl.range(0, KH * KW, num_stages=NUM_STAGES):
+        kh = tap // KW
+        kw = tap - kh * KW
+        ih = oh + kh - pad_top
+        iw = ow + kw - pad_left
+        inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        box = x_desc.load([img, oh0 + kh - pad_top, ow0 + kw - pad_left, c0]).reshape(BLOCK_P, BLOCK_C)
+        xv = tl.where(inside[:, None], box, zx8)  # a padded tap holds z_x, as in the pointer kernel
+        wv = tl.load(w_ptr + tap * C + offs_c, mask=mask_c, other=0)
+        if FLOAT_ACC:
+            accf += exact_float(xv.to(tl.int32), z_x) * wv[None, :]
+        else:
+            acc += xv.to(tl.int32) * wv[None, :]
+            w_sum += wv
+
+    if FLOAT_ACC:
+        acc = accf.to(tl.int32)
+        corr = tl.zeros((BLOCK_C,), dtype=tl.int32)
+    else:
+        corr = -z_x * w_sum
+    if HAS_BIAS:
+        corr += tl.load(bias_ptr + offs_c, mask=mask_c, other=0)
+    acc += corr[None, :]
+
+    rows = ((img * OH + oh) * OW + ow).to(tl.int64)
+    y_ptrs = y_ptr + rows[:, None] * C + offs_c[None, :]
+    mask = ((oh < OH) & (ow < OW))[:, None] & mask_c[None, :]
+    if OUT_INT32:
+        tl.store(y_ptrs, acc, mask=mask)
+    else:
+        out = requantize_channels(acc, offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
+                                  USE_RINT, ROWS=True)
+        tl.store(y_ptrs, out, mask=mask)
+
+
+def _set_depthwise_tma_block(nargs: dict) -> None:
+    """Autotune pre-hook (and direct-launch hook): the box follows the tile being launched."""
+    nargs["x_desc"].block_shape = [1, nargs["BLOCK_P"] // nargs["BW"], nargs["BW"], nargs["BLOCK_C"]]
+
+
+_int8_depthwise_tma_kernel_tuned = triton.autotune(
+    configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages,
+                           pre_hook=_set_depthwise_tma_block) for c in DEPTHWISE_TMA_GPU_CONFIGS],
+    key=["P_BUCKET", "C", "OW", "KH", "KW", "HAS_WZP", "OUT_INT32", "FLOAT_ACC"],
+    prune_configs_by={"early_config_prune": prune_channel_tiles(prune_by_size({"BLOCK_C": ("C",)}))},
+)(_int8_depthwise_tma_kernel)
+
+
 # =============================================================================================
 # Launcher
 # =============================================================================================
@@ -371,6 +465,7 @@ class DepthwisePlan:
         self.KH, self.KW, self.C = KH, KW, C
         self.stride, self.pad = stride, pad
         self.rows_ok = stride == (1, 1) and KH <= DEPTHWISE_ROWS_MAX_KH  # the rows variant applies
+        self.tma_ok = stride == (1, 1) and C % 16 == 0  # the TMA variant applies (for an aligned input)
         self.device = w.device
         self.out_dtype = torch.int32 if out_int32 else torch.int8
         # float32 accumulation where it is exact for every input (the window, z_x and whether the
@@ -407,7 +502,11 @@ class DepthwisePlan:
         P = B * OH * OW
         if P == 0 or C == 0:
             return y
-        rows = self.rows_ok and depthwise_variant() == "rows"
+        variant = depthwise_variant()
+        if variant == "tma" and self.tma_ok and tma_ready(x.view(-1, C)):
+            self._launch_tma(x, y)
+            return y
+        rows = self.rows_ok and variant == "rows"
         args = dict(self.static_rows if rows else self.static, x_ptr=x, y_ptr=y, B=B, H=H, W=W, OH=OH, OW=OW,
                     P_BUCKET=next_pow2_bucket(P))
         if rows:
@@ -417,6 +516,22 @@ class DepthwisePlan:
         grid = lambda META: (cdiv(P, META["BLOCK_P"]), cdiv(C, META["BLOCK_C"]))  # noqa: E731
         launch(_int8_depthwise_kernel, _int8_depthwise_kernel_tuned, "depthwise", grid, args)
         return y
+
+    def _launch_tma(self, x: Tensor, y: Tensor) -> None:
+        """The "tma" variant: the tiles kernel's weight-side arguments, the input as a descriptor."""
+        B, H, W, C = x.shape
+        OH, OW = y.shape[1], y.shape[2]
+        bw = tma_patch_width(OW)
+        static = {k: v for k, v in self.static.items() if k not in ("stride_h", "stride_w")}
+        args = dict(static, x_desc=TensorDescriptor(x, [B, H, W, C], [H * W * C, W * C, C, 1], [1, 16, bw, 16]),
+                    y_ptr=y, B=B, H=H, W=W, OH=OH, OW=OW, P_BUCKET=next_pow2_bucket(B * OH * OW), BW=bw)
+
+        def grid(META):
+            bh = META["BLOCK_P"] // bw
+            return (B * cdiv(OH, bh) * cdiv(OW, bw), cdiv(C, META["BLOCK_C"]))
+
+        launch(_int8_depthwise_tma_kernel, _int8_depthwise_tma_kernel_tuned, "depthwise_tma", grid, args,
+               pre_hook=_set_depthwise_tma_block)
 
 
 def int8_depthwise_conv2d(

@@ -268,6 +268,16 @@ def tma_ready(t: Tensor) -> bool:
     return INTERPRETED
 
 
+#: Widths of the output patches of the TMA convolution and depthwise kernels (powers of two: Triton's tensor shapes).
+TMA_PATCH_WIDTHS = (16, 8, 4)
+
+
+def tma_patch_width(OW: int) -> int:
+    """The patch width for ``OW`` output columns: the one of :data:`TMA_PATCH_WIDTHS` that covers
+    them with the fewest columns (56 -> 8, 28 -> 4, 14 -> 16, 7 -> 8), the widest on a tie."""
+    return min(TMA_PATCH_WIDTHS, key=lambda bw: (cdiv(OW, bw) * bw, -bw))
+
+
 #: Kernel arguments of the residual epilogue when there is none (RESIDUAL off: never read).
 _NO_RESIDUAL = dict(z_a=0, z_r=0, ia=0, ib=0, add_m=1.0, add_z=0, add_lo=ref.INT8_MIN, add_hi=ref.INT8_MAX,
                     RESIDUAL=False)

@@ -8,7 +8,7 @@ Everything that changes which kernel runs, or with which tile, without changing 
   tile, ``kernels._config.DEFAULT_GPU_CONFIG``);
 * ``forced``: tiles forced per kernel family (``"gemm"``, ``"depthwise"``, ``"depthwise_rows"``),
   bypassing autotuning, as sorted ``(family, Tile)`` pairs;
-* ``depthwise_variant``: the depthwise kernel, ``"tiles"`` or ``"rows"``;
+* ``depthwise_variant``: the depthwise kernel, ``"tiles"``, ``"rows"`` or ``"tma"``;
 * ``gemm_variant``: the GEMM and convolution kernels, ``"pointers"`` or ``"tma"`` (a persistent
   grid loading through TMA descriptors, on Hopper and later, where the operands' layout allows);
 * ``tile_table``: whether GPU launches take their tile from the tuned tile table of the device
@@ -55,10 +55,11 @@ __all__ = [
 #: Operator backends (see :mod:`kernels.ops`).
 BACKENDS = ("auto", "triton", "reference")
 
-#: Depthwise kernels: "tiles" (pixel x channel tiles, any stride) or "rows" (stride-1 windows
-#: of at most ``kernels._config.DEPTHWISE_ROWS_MAX_KH`` rows walk down the image; other cases
-#: use "tiles").
-DEPTHWISE_VARIANTS = ("tiles", "rows")
+#: Depthwise kernels: "tiles" (pixel x channel tiles, any stride), "rows" (stride-1 windows
+#: of at most ``kernels._config.DEPTHWISE_ROWS_MAX_KH`` rows walk down the image) or "tma"
+#: (stride 1, channels a multiple of 16, compute capability 9.0 or the interpreter: patches of
+#: the image loaded tap by tap as TMA boxes in a pipelined loop); other cases use "tiles".
+DEPTHWISE_VARIANTS = ("tiles", "rows", "tma")
 
 #: GEMM and implicit-GEMM convolution kernels (``kernels.gemm``, ``kernels.conv``): "pointers"
 #: (one program per output tile, pointer loads) or "tma" (a persistent grid of at most one program
@@ -69,8 +70,9 @@ GEMM_VARIANTS = ("pointers", "tma")
 
 #: Kernel families a tile can be forced for (the keys of ``kernels._config.GPU_CONFIGS``):
 #: ``"gemm"`` (GEMM and convolution), ``"depthwise"`` (depthwise convolution and max pooling),
-#: ``"depthwise_rows"`` (the rows variant of the depthwise convolution).
-KERNEL_FAMILIES = ("depthwise", "depthwise_rows", "gemm")
+#: ``"depthwise_rows"`` and ``"depthwise_tma"`` (the rows and TMA variants of the depthwise
+#: convolution).
+KERNEL_FAMILIES = ("depthwise", "depthwise_rows", "depthwise_tma", "gemm")
 
 
 class Tile(NamedTuple):
@@ -186,7 +188,7 @@ def settings_from_env(environ: Optional[Mapping[str, str]] = None) -> KernelSett
     the environment is read:
 
     * ``DFQ_KERNELS_AUTOTUNE``: ``0``, ``false``, ``no`` or ``off`` switch autotuning off;
-    * ``DFQ_DEPTHWISE_VARIANT``: ``tiles`` (default) or ``rows`` (any other value raises
+    * ``DFQ_DEPTHWISE_VARIANT``: ``tiles`` (default), ``rows`` or ``tma`` (any other value raises
       ``ValueError``);
     * ``DFQ_GEMM_VARIANT``: ``pointers`` (default) or ``tma`` (any other value raises
       ``ValueError``);

@@ -151,5 +151,9 @@ def test_end_to_end_benchmark_variants_run():
     clock = e2e.Clock(False, True)
     r = e2e.time_fused_depthwise(clock, net, fused, x)["int8_dw_project"]
     assert r["fused"] == 3 and r["equal_to_default"] is True and r["eager_ms"] > 0 and not r.get("error")
-    ((key, v),) = e2e.time_other_depthwise_variant(clock, net, x).items()
-    assert key in ("int8_dw_rows", "int8_dw_tiles") and v["equal_to_default"] is True and v["eager_ms"] > 0
+    others = e2e.time_other_depthwise_variant(clock, net, x)
+    import kernels
+
+    assert set(others) == {f"int8_dw_{v}" for v in kernels.settings.DEPTHWISE_VARIANTS
+                           if v != kernels.current_settings().depthwise_variant}
+    assert all(v["equal_to_default"] is True and v["eager_ms"] > 0 for v in others.values())

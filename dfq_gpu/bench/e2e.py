@@ -37,7 +37,7 @@ without CUDA graphs on either side (``speedup_vs_fp16_eager_no_graphs``).
 
 At the largest batch, after its baselines (``torch.compile`` included, since each of these
 compiles kernels of its own), the int8 network is also timed with the other depthwise kernel
-variant (``int8_dw_rows``), with the other GEMM kernel (``int8_gemm_tma``: the persistent TMA
+variants (``int8_dw_rows``, ``int8_dw_tma``), with the other GEMM kernel (``int8_gemm_tma``: the persistent TMA
 GEMM and convolution kernels where the operands allow) and with each depthwise convolution
 fused into the 1x1 convolution after it (``int8_dw_project``, ``to_int8(q,
 fuse_depthwise=True)``), each output compared bit for bit with the default network's. The int8
@@ -389,13 +389,13 @@ def _time_variant(clock: Clock, net: Any, variant: Any, x: torch.Tensor, out: Di
 
 
 def time_other_depthwise_variant(clock: Clock, net: Any, x: torch.Tensor) -> Dict[str, Any]:
-    """The int8 network with the other depthwise kernel (``kernels._config`` variants "tiles" and
-    "rows"; "rows" runs the stride-1 layers): its output against the default's, bit for bit, and
-    its times. Returned under ``int8_dw_<variant>``."""
-    from kernels._config import depthwise_variant, use_depthwise_variant
+    """The int8 network with each other depthwise kernel (``kernels.settings.DEPTHWISE_VARIANTS``:
+    "tiles", "rows", "tma"; "rows" and "tma" run the stride-1 layers they apply to): its output
+    against the default's, bit for bit, and its times. Returned under ``int8_dw_<variant>``."""
+    from kernels._config import DEPTHWISE_VARIANTS, depthwise_variant, use_depthwise_variant
 
-    other = "rows" if depthwise_variant() == "tiles" else "tiles"
-    return {f"int8_dw_{other}": _time_variant(clock, net, net, x, {"variant": other}, use_depthwise_variant(other))}
+    return {f"int8_dw_{other}": _time_variant(clock, net, net, x, {"variant": other}, use_depthwise_variant(other))
+            for other in DEPTHWISE_VARIANTS if other != depthwise_variant()}
 
 
 def time_other_gemm_variant(clock: Clock, net: Any, x: torch.Tensor) -> Dict[str, Any]:

@@ -629,18 +629,19 @@ def bench_depthwise(B: int, H: int, W: int, C: int, stride: int, ctx: Dict[str, 
     label = f"depthwise3x3 s{stride} {B}x{H}x{W}x{C}"
     t = timer.measure(ours, label)
     ms_launch = timer.with_launch(ours[0])
-    # the other kernel variant (stride 1 only): checked and timed the same way
-    variants: Dict[str, Any] = {_config.depthwise_variant(): {"ms": t["ms"], "bit_exact": exact, "timer": t,
-                                                              "tiles": launched}}  # fmt: skip
-    if stride == 1:
-        other = "rows" if _config.depthwise_variant() == "tiles" else "tiles"
+    # the other kernel variants where they apply ("rows" and "tma": stride 1; "tma": C % 16 == 0):
+    # checked and timed the same way
+    current = _config.depthwise_variant()
+    variants: Dict[str, Any] = {current: {"ms": t["ms"], "bit_exact": exact, "timer": t, "tiles": launched}}
+    applies = {"tiles": True, "rows": stride == 1, "tma": stride == 1 and C % 16 == 0}
+    for other in [v for v in _config.DEPTHWISE_VARIANTS if v != current and applies[v]]:
         with _config.use_depthwise_variant(other):
             y_other, launched_other = _first_call(ours)
             t_other = _try_time(timer, ours, f"{label} {other}")
             variants[other] = {"bit_exact": bool(torch.equal(y_other, y)) and exact, "ms": _ms(t_other),
                                "timer": t_other, "tiles": launched_other}  # fmt: skip
         del y_other
-        exact = exact and variants[other]["bit_exact"]  # the case is exact only if both variants are
+        exact = exact and variants[other]["bit_exact"]  # the case is exact only if every variant is
     for s in sets:
         s["xh"] = s["x"].permute(0, 3, 1, 2).to(torch.float16).contiguous(memory_format=torch.channels_last)
         s["wh"] = s["w"].permute(2, 0, 1).unsqueeze(1).to(torch.float16).contiguous(memory_format=torch.channels_last)
@@ -1060,6 +1061,14 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
                          dict(KH=k, KW=k, HAS_WZP=True, FLOAT_ACC=True, **flags), ["C"], cfg))  # fmt: skip
         jobs.append(("depthwise rows 3x3 int32 acc", depthwise._int8_depthwise_rows_kernel, rows_rt,
                      dict(KH=3, KW=3, HAS_WZP=True, FLOAT_ACC=False, **flags), ["C"], cfg))  # fmt: skip
+    # the TMA variant (stride 1): 3x3 and 5x5 windows on its own tiles (pipelined tap loop)
+    dwt_rt = {k: v for k, v in dw_rt.items() if k not in ("x_ptr", "stride_h", "stride_w")}
+    dwt_rt.update(x_desc=TmaDesc(i8, (1, lambda c: c["BLOCK_P"] // c["BW"], "BW", "BLOCK_C")), w_ptr=i32)
+    dwt_cfgs = _config.DEPTHWISE_TMA_GPU_CONFIGS if all_configs else [_config.DEFAULT_GPU_CONFIG["depthwise_tma"]]
+    for cfg in dwt_cfgs:
+        for k in (3, 5):
+            jobs.append((f"depthwise tma {k}x{k}", depthwise._int8_depthwise_tma_kernel, dwt_rt,
+                         dict(KH=k, KW=k, HAS_WZP=True, FLOAT_ACC=False, BW=8, **flags), ["C"], cfg))  # fmt: skip
     for cfg in dw_cfgs:
         jobs.append(("depthwise 3x3", depthwise._int8_depthwise_kernel, {**dw_rt, "w_ptr": i32},
                      dict(KH=3, KW=3, HAS_WZP=True, FLOAT_ACC=False, **flags), ["C"], cfg))  # fmt: skip

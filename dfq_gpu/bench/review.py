@@ -52,6 +52,7 @@ E2E_SWITCHES = {
     "int8_gemm_tma": ("kernels gemm_variant", "pointers", "tma"),
     "int8_gemm_pointers": ("kernels gemm_variant", "tma", "pointers"),
     "int8_dw_rows": ("kernels depthwise_variant", "tiles", "rows"),
+    "int8_dw_tma": ("kernels depthwise_variant", "tiles", "tma"),
     "int8_dw_tiles": ("kernels depthwise_variant", "rows", "tiles"),
     "int8_dw_project": ("to_int8(fuse_depthwise=...)", "False", "True"),
 }
@@ -196,17 +197,17 @@ def e2e_checks(rep: Mapping[str, Any]) -> List[Check]:
 # =============================================================================================
 def e2e_suggestions(rep: Mapping[str, Any]) -> List[Suggestion]:
     """The switches the end-to-end run timed both ways at its largest batch (``E2E_SWITCHES``)."""
-    seen: Dict[str, List[Tuple[str, Optional[float], Any, str, str]]] = {}
+    seen: Dict[Tuple[str, str], List[Tuple[str, Optional[float], Any, str, str]]] = {}
     for name, entry in (rep.get("models") or {}).items():
         res = (entry.get("results") or {}).get(_largest_batch(entry)) or {}
         base = (res.get("int8") or {}).get("ms")
         for key, (setting, now, other) in E2E_SWITCHES.items():
             v = res.get(key)
             if isinstance(v, dict):
-                seen.setdefault(setting, []).append((name, _ratio(base, v.get("ms")), v.get("equal_to_default"), now,
-                                                     other))  # fmt: skip
+                seen.setdefault((setting, other), []).append((name, _ratio(base, v.get("ms")), v.get("equal_to_default"),
+                                                              now, other))  # fmt: skip
     out = []
-    for setting, rows in seen.items():
+    for (setting, _), rows in seen.items():
         now, other = rows[0][3], rows[0][4]
         evidence = "; ".join(f"{n}: {other} {_fmt(r, '.3f', 'x')} the time of {now}"
                              + ("" if eq else f" (NOT bit-identical: {eq})") for n, r, eq, _, _ in rows)
