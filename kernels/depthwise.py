@@ -104,6 +104,46 @@ def exact_float(v, offset):
 # =============================================================================================
 # Kernel
 # =============================================================================================
+@triton.jit
+def depthwise_tap(acc, accf, w_sum, xv, wv, z_x, FLOAT_ACC: tl.constexpr):
+    """One tap of a depthwise window on a ``[pixels, channels]`` tile: the int8 inputs ``xv``
+    (padded taps holding ``z_x``) times the shifted weights ``wv = w - z_w`` of the tap. float32:
+    ``accf += (x - z_x) * w'`` (padded taps exactly 0); int32: ``acc += x * w'`` and ``w_sum``
+    collects ``sum_taps w'`` for :func:`depthwise_epilogue`'s correction."""
+    if FLOAT_ACC:
+        accf += exact_float(xv.to(tl.int32), z_x) * wv[None, :]
+    else:
+        acc += xv.to(tl.int32) * wv[None, :]
+        w_sum += wv
+    return acc, accf, w_sum
+
+
+@triton.jit
+def depthwise_epilogue(acc, accf, w_sum, rows, row_ok, offs_c, mask_c, C, z_x, bias_ptr, mult_ptr, stride_mult,
+                       lo_ptr, stride_lo, hi_ptr, stride_hi, z_y, y_ptr,
+                       HAS_BIAS: tl.constexpr, OUT_INT32: tl.constexpr, USE_RINT: tl.constexpr,
+                       FLOAT_ACC: tl.constexpr):  # fmt: skip
+    """The per-channel terms in int32 (the bias and, on the int32 path, ``- z_x * sum_taps w'``),
+    then the int32 store, or the requantization and the int8 store, of output pixels ``rows``
+    (stored where ``row_ok``) of the NHWC ``[P, C]`` output."""
+    if FLOAT_ACC:
+        acc = accf.to(tl.int32)  # an integer of magnitude <= 2^24: converted exactly
+        corr = tl.zeros_like(w_sum)
+    else:
+        corr = -z_x * w_sum
+    if HAS_BIAS:
+        corr += tl.load(bias_ptr + offs_c, mask=mask_c, other=0)
+    acc += corr[None, :]
+    y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * C + offs_c[None, :]
+    mask = row_ok[:, None] & mask_c[None, :]
+    if OUT_INT32:
+        tl.store(y_ptrs, acc, mask=mask)
+    else:
+        out = requantize_channels(acc, offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
+                                  USE_RINT, ROWS=True)
+        tl.store(y_ptrs, out, mask=mask)
+
+
 @triton.jit(do_not_specialize=["z_x", "z_y"])
 def _int8_depthwise_kernel(
     # Pointers: input, weight, per-channel vectors, output
@@ -160,31 +200,10 @@ def _int8_depthwise_kernel(
             x_ptrs = x_img[:, None] + ((ih * W + iw) * C)[:, None] + offs_c[None, :]
             xv = tl.load(x_ptrs, mask=ok[:, None] & mask_c[None, :], other=zx8)
             wv = tl.load(w_ptr + (kh * KW + kw) * C + offs_c, mask=mask_c, other=0)
-            if FLOAT_ACC:
-                accf += exact_float(xv.to(tl.int32), z_x) * wv[None, :]
-            else:
-                acc += xv.to(tl.int32) * wv[None, :]
-                w_sum += wv
+            acc, accf, w_sum = depthwise_tap(acc, accf, w_sum, xv, wv, z_x, FLOAT_ACC)
 
-    # -- per-channel terms in int32: bias (and, on the int32 path, - z_x * sum_taps (w - z_w))
-    if FLOAT_ACC:
-        acc = accf.to(tl.int32)  # an integer of magnitude <= 2^24: converted exactly
-        corr = tl.zeros((BLOCK_C,), dtype=tl.int32)
-    else:
-        corr = -z_x * w_sum
-    if HAS_BIAS:
-        corr += tl.load(bias_ptr + offs_c, mask=mask_c, other=0)
-    acc += corr[None, :]
-
-    # -- epilogue and store
-    y_ptrs = y_ptr + offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
-    mask = mask_p[:, None] & mask_c[None, :]
-    if OUT_INT32:
-        tl.store(y_ptrs, acc, mask=mask)
-    else:
-        out = requantize_channels(acc, offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
-                                  USE_RINT, ROWS=True)
-        tl.store(y_ptrs, out, mask=mask)
+    depthwise_epilogue(acc, accf, w_sum, offs_p, mask_p, offs_c, mask_c, C, z_x, bias_ptr, mult_ptr, stride_mult,
+                       lo_ptr, stride_lo, hi_ptr, stride_hi, z_y, y_ptr, HAS_BIAS, OUT_INT32, USE_RINT, FLOAT_ACC)
 
 
 def prune_channel_tiles(prune: Callable[..., List[triton.Config]]) -> Callable[..., List[triton.Config]]:
@@ -397,30 +416,11 @@ def _int8_depthwise_tma_kernel(
         box = x_desc.load([img, oh0 + kh - pad_top, ow0 + kw - pad_left, c0]).reshape(BLOCK_P, BLOCK_C)
         xv = tl.where(inside[:, None], box, zx8)  # a padded tap holds z_x, as in the pointer kernel
         wv = tl.load(w_ptr + tap * C + offs_c, mask=mask_c, other=0)
-        if FLOAT_ACC:
-            accf += exact_float(xv.to(tl.int32), z_x) * wv[None, :]
-        else:
-            acc += xv.to(tl.int32) * wv[None, :]
-            w_sum += wv
+        acc, accf, w_sum = depthwise_tap(acc, accf, w_sum, xv, wv, z_x, FLOAT_ACC)
 
-    if FLOAT_ACC:
-        acc = accf.to(tl.int32)
-        corr = tl.zeros((BLOCK_C,), dtype=tl.int32)
-    else:
-        corr = -z_x * w_sum
-    if HAS_BIAS:
-        corr += tl.load(bias_ptr + offs_c, mask=mask_c, other=0)
-    acc += corr[None, :]
-
-    rows = ((img * OH + oh) * OW + ow).to(tl.int64)
-    y_ptrs = y_ptr + rows[:, None] * C + offs_c[None, :]
-    mask = ((oh < OH) & (ow < OW))[:, None] & mask_c[None, :]
-    if OUT_INT32:
-        tl.store(y_ptrs, acc, mask=mask)
-    else:
-        out = requantize_channels(acc, offs_c, mask_c, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
-                                  USE_RINT, ROWS=True)
-        tl.store(y_ptrs, out, mask=mask)
+    depthwise_epilogue(acc, accf, w_sum, (img * OH + oh) * OW + ow, (oh < OH) & (ow < OW), offs_c, mask_c, C, z_x,
+                       bias_ptr, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y, y_ptr, HAS_BIAS,
+                       OUT_INT32, USE_RINT, FLOAT_ACC)
 
 
 def _set_depthwise_tma_block(nargs: dict) -> None:
