@@ -566,7 +566,6 @@ class ConvPlan:
         digits, ndig, tp = (
             DERIVED.get("pad_digits", (w, w_zp), None, lambda: padding_digits(w, w_zp)) if pad_corr else (None, 1, 32)
         )
-        self._w = w
         self._w_desc: Any = None  # the weight's TMA descriptor, False where TMA cannot read it
         self.static = dict(
             w_ptr=w, dig_ptr=digits if digits is not None else multiplier,
@@ -604,8 +603,8 @@ class ConvPlan:
         1 or 2, in both directions; rows of a whole number of 16 bytes); the weight's descriptor
         is built once, here."""
         if self._w_desc is None:
-            N, KH, KW, C = self._w.shape
-            w2 = self._w.view(N, KH * KW * C)
+            N, KH, KW, C = self.static["w_ptr"].shape
+            w2 = self.static["w_ptr"].view(N, KH * KW * C)
             ok = self.stride[0] == self.stride[1] in TMA_STRIDES and C % 16 == 0 and tma_ready(w2)
             self._w_desc = TensorDescriptor(w2, [N, KH * KW * C], [KH * KW * C, 1], [16, 32]) if ok else False
         return self._w_desc is not False
