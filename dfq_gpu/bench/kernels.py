@@ -46,8 +46,9 @@ median of a few runs over the rotated sets, with a stand-in L2 of ``QUICK_L2_BYT
 rotation runs) and only show that the pipeline runs end to end.
 
 ``--compile-only`` (:mod:`dfq_gpu.bench.compile_sm90`) needs no GPU either: it compiles the
-kernels ahead of time for an H100/H200 (``cuda:90``) with Triton's own compiler and ptxas, one representative configuration per kernel
-(every autotune configuration with ``--all-configs``), and reports for each whether it lowered
+kernels ahead of time for an H100/H200 (``cuda:90``) with Triton's own compiler and ptxas, one
+representative configuration per kernel (every autotune configuration with ``--all-configs``),
+and reports for each whether it lowered
 to wgmma, its shared memory, its register spills, and whether the PTX rounds with
 ``cvt.rni`` and is free of float32 fused multiply-adds (which would break bit-exactness). It
 must run in a fresh process without ``TRITON_INTERPRET``.
