@@ -1117,6 +1117,11 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
             assert set(r["variants"]) == expected, r["variants"]
             assert all(v["bit_exact"] is True and v["ms"] > 0 for v in r["variants"].values())
             assert (r["speedup"]["tma_vs_pointers"] is not None) == ("tma" in expected)
+            # a K or N no multiple of 16 is timed again on padded rows (to_int8's channel padding)
+            narrow = r["shape"]["K"] % 16 != 0 or r["shape"]["N"] % 16 != 0
+            assert ("padded" in r) == narrow and (r["speedup"]["padded_vs_unpadded"] is not None) == narrow
+            if narrow:
+                assert r["padded"]["bit_exact"] is True and r["padded"]["K"] % 16 == r["padded"]["N"] % 16 == 0
         if r["kind"] == "conv3x3":  # both tap-major loops forced, and the equivalent GEMM timed
             assert {k: v["bit_exact"] for k, v in r["loops"].items() if k != "threshold"} == {"unrolled": True,
                                                                                              "stepped": True}
@@ -1194,10 +1199,16 @@ def test_benchmark_compile_only_for_hopper(tmp_path):
     tma = {"gemm tma wzp=False", "gemm tma wzp=True residual", "conv tma 3x3 wzp=False",
            "conv tma 3x3 wzp=True residual stride 2"}
     assert tma <= set(by_kernel) and all(r["tma"] == (" tma " in f" {name} ") for name, r in by_kernel.items())
+    # rows of a channel count that is not a multiple of 16 compile to byte loads and stores and no
+    # cp.async pipeline (why to_int8(pad_channels=True) pads them); aligned rows to vectors
+    unaligned, aligned = by_kernel["gemm unaligned rows"], by_kernel["gemm wzp=True"]
+    assert unaligned["byte_accesses"] > 0 and not unaligned["cp_async"]
+    assert aligned["byte_accesses"] == 0 and aligned["cp_async"]
     for name, r in by_kernel.items():
         assert r["wgmma"] == name.startswith(("gemm", "conv", "dwproject")), name
         assert r["shared_bytes"] <= 227 * 1024, name
-        assert r["spill_bytes"] in (0, None), (name, r["spill_bytes"])
+        if name != "gemm unaligned rows":  # spills with some Triton versions: the reason for the padding
+            assert r["spill_bytes"] in (0, None), (name, r["spill_bytes"])
         # a fused multiply-add reaching the rounding would change requantization results; the
         # depthwise float32 accumulations are made of them (exact by their bound)
         assert not r["fma_into_rounding"], name

@@ -39,6 +39,8 @@ def _kernels(conv_tma_gemm=0.75, dw_rows_pct=65.0, stem=(1.4, 0.8)):
             _case("depthwise", "depthwise3x3 s1 256x56x56x144", 0.2, {"vs_copy": 0.4},
                   {"tiles": {"ms": 0.2, "bit_exact": True, "pct_of_copy": 40.0},
                    "rows": {"ms": 0.13, "bit_exact": True, "pct_of_copy": dw_rows_pct}}),
+            _case("gemm", "gemm M=802816 K=24 N=144", 0.3, {"vs_int_mm": 1.0, "padded_vs_unpadded": 1.8},
+                  {"pointers": {"ms": 0.3, "bit_exact": True}}, padded={"ms": 0.17, "bit_exact": True}),
             _case("stem", "stem 7x7 s2", 0.5, {"vs_quantize_then_conv": stem[0]}),
             _case("stem", "stem 3x3 s2", 0.2, {"vs_quantize_then_conv": stem[1]}),
         ],
@@ -53,7 +55,8 @@ def _batch(int8_ms, tma_ms, tma_equal=True, project_ms=None, compile_speedup=1.6
            "speedup_vs_fp16_eager": 2.0, "speedup_vs_fp16_compile": compile_speedup,
            "int8_gemm_tma": {"ms": tma_ms, "equal_to_default": tma_equal, "images_per_s": 256 / (tma_ms * 1e-3)},
            "int8_dw_rows": {"ms": int8_ms * 1.01, "equal_to_default": True},
-           "int8_dw_tma": {"ms": int8_ms * 0.95, "equal_to_default": True}}
+           "int8_dw_tma": {"ms": int8_ms * 0.95, "equal_to_default": True},
+           "int8_pad_channels_off": {"ms": int8_ms * 1.05, "equal_to_default": True}}
     if project_ms is not None:
         res["int8_dw_project"] = {"ms": project_ms, "equal_to_default": True, "images_per_s": 256 / (project_ms * 1e-3)}
     return res
@@ -107,6 +110,7 @@ def test_defaults_change_only_when_faster_everywhere_and_bit_identical():
     dw = {x.suggest for x in rv.e2e_suggestions(_e2e()) if x.setting == "kernels depthwise_variant"}
     assert dw == {"keep tiles", "change to tma"}  # rows 1% slower, tma 5% faster on both networks
     assert s["to_int8(fuse_depthwise=...)"].suggest == "change to True"
+    assert s["to_int8(pad_channels=...)"].suggest == "keep True"  # unpadded 5% slower on both
     assert rv.e2e_suggestions(_e2e(resnet_tma_ms=5.3))[0].suggest == "keep pointers"  # only 1.9% on ResNet-50
     not_equal = {x.setting: x for x in rv.e2e_suggestions(_e2e(resnet_tma_equal=False))}["kernels gemm_variant"]
     assert not_equal.suggest == "keep pointers" and "NOT bit-identical" in not_equal.evidence
@@ -117,6 +121,7 @@ def test_defaults_change_only_when_faster_everywhere_and_bit_identical():
     loops = k["kernels.conv.TAP_UNROLL_MIN_STEPS"]
     assert loops.now == "8" and "unrolled 1.20x stepped (unrolled faster)" in loops.evidence
     assert "geometric mean 1.20x" in k["kernels gemm_variant (per kernel)"].evidence  # sqrt(1.10 * 1.30) = 1.196
+    assert "gemm M=802816 K=24 N=144: padded 1.80x" in k["to_int8(pad_channels=...) (narrow GEMMs)"].evidence
 
 
 def test_review_command_on_a_results_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

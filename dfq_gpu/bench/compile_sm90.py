@@ -99,6 +99,9 @@ def _compile_sm90(fn, runtime: Dict[str, Any], constexprs: Dict[str, Any], div16
         "fp32_fma": bool(re.search(r"\bfma\.rn(\.ftz)?\.f32", ptx)),
         "fma_into_rounding": _fma_into_rounding(ptx),
         "rint": "cvt.rni.f32.f32" in ptx,  # round half to even
+        # global loads and stores of a single byte: what rows not known to be 16-byte aligned
+        # (a channel count that is not a multiple of 16) compile to, instead of vector accesses
+        "byte_accesses": len(re.findall(r"\b(?:ld|st)\.global(?:\.[a-zA-Z0-9:_]+)*\.[bsu]8\b", ptx)),
         # a negative constant `other` of a masked load: for int8 vector loads Triton packs it as
         # one sign-extended 32-bit word (bytes -128, -1, -1, -1 instead of four -128s), which gave
         # wrong padded values; the kernels use no negative constant `other` at all
@@ -156,6 +159,11 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
         jobs.append(("gemm wzp=False residual", gemm._int8_gemm_kernel, gemm_rt,
                      dict(gemm_flags, HAS_WZP=False, RESIDUAL=True), ["N", "K", "stride_xm", "stride_wn", "stride_ym",
                                                                        "stride_rm"], cfg))  # fmt: skip
+        # rows of K (in) and N (out) bytes with K and N not multiples of 16 (24, 40, ...): no
+        # alignment hint, as at run time for an unpadded narrow layer (to_int8(pad_channels=True)
+        # pads them)
+        jobs.append(("gemm unaligned rows", gemm._int8_gemm_kernel, gemm_rt, dict(HAS_WZP=True, **gemm_flags), [],
+                     cfg))
         # the "tma" variant (persistent grid, operands through TMA descriptors), on its own tiles
         for wzp, res in ((False, False), (True, True)) if cfg in _config.GEMM_TMA_CONFIGS else ():
             jobs.append((f"gemm tma wzp={wzp}" + (" residual" if res else ""), gemm._int8_gemm_tma_kernel, tma_rt,
@@ -278,7 +286,7 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
         results.append(entry)
         print(f"{name:22s} {str(entry['config']):100s} ok={entry['ok']} wgmma={entry.get('wgmma')} "
               f"shared={entry.get('shared_bytes')} regs={entry.get('registers')} spill={entry.get('spill_bytes')} "
-              f"fma={entry.get('fp32_fma')} rint={entry.get('rint')}")
+              f"fma={entry.get('fp32_fma')} rint={entry.get('rint')} byte_accesses={entry.get('byte_accesses')}")
     return {
         "schema": COMPILE_SCHEMA,
         "mode": "compile-only",

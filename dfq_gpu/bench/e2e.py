@@ -40,7 +40,9 @@ compiles kernels of its own), the int8 network is also timed with the other dept
 variants (``int8_dw_rows``, ``int8_dw_tma``), with the other GEMM kernel (``int8_gemm_tma``: the persistent TMA
 GEMM and convolution kernels where the operands allow) and with each depthwise convolution
 fused into the 1x1 convolution after it (``int8_dw_project``, ``to_int8(q,
-fuse_depthwise=True)``), each output compared bit for bit with the default network's. The int8
+fuse_depthwise=True)``) and with its narrow activations stored as they are instead of with
+16-aligned rows (``int8_pad_channels_off``, ``to_int8(q, pad_channels=False)``), each output
+compared bit for bit with the default network's. The int8
 network is also profiled step by step (``step_profile``: each step replayed alone from a CUDA
 graph on the input the network gave it; time per step type, the slowest steps with their shapes
 and tiles), to show where the time goes.
@@ -414,6 +416,14 @@ def time_fused_depthwise(clock: Clock, net: Any, fused: Any, x: torch.Tensor) ->
     convolution after it (``to_int8(q, fuse_depthwise=True)``, ``kernels.dwproject``): its output
     against the default network's, bit for bit, and its times. Returned under ``int8_dw_project``."""
     return {"int8_dw_project": _time_variant(clock, net, fused, x, {"fused": len(fused.coverage.depthwise)})}
+
+
+def time_unpadded_channels(clock: Clock, net: Any, unpadded: Any, x: torch.Tensor) -> Dict[str, Any]:
+    """The int8 network with its activations of 24, 40, 72, ... channels stored as they are
+    (``to_int8(q, pad_channels=False)``; the default pads them to 16-aligned rows): its output
+    against the default network's, bit for bit, and its times. Returned under
+    ``int8_pad_channels_off``, with ``padded``: how many steps of the default network pad."""
+    return {"int8_pad_channels_off": _time_variant(clock, net, unpadded, x, {"padded": len(net.padded_channels)})}
 
 
 def time_graphed_network(clock: Clock, net: Any, x: torch.Tensor) -> Dict[str, Any]:
@@ -790,6 +800,16 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
         net = p["net"]
         x = torch.empty(batch, 3, size, size, device=device).uniform_(*p["input_range"])
         with torch.no_grad():
+            # first the channel padding (a default whose end-to-end effect no kernel case shows)
+            if net.padded_channels and left() > 40:
+                try:
+                    unpadded = dfq_gpu.to_int8(p["sim"], pad_channels=False).to(device)
+                except Exception as exc:  # recorded; the int8 result stands
+                    res["int8_pad_channels_off"] = {"error": _err(exc), "ms": None}
+                else:
+                    res.update(time_unpadded_channels(clock, net, unpadded, x))
+            elif net.padded_channels:
+                report.data["skipped"].append(f"{name} batch {batch} int8_pad_channels_off: time budget")
             if left() > 20:
                 res.update(time_other_depthwise_variant(clock, net, x))
             # the other GEMM/convolution kernels, then the fusion: both compile kernels now

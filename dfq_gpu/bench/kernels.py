@@ -444,6 +444,7 @@ def bench_gemm(M: int, K: int, N: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
     ms_launch = timer.with_launch(ours[0])
     variants = gemm_variants(ours, y, exact, t, launched, timer, f"gemm {M}x{K}x{N}")
     exact = all(v["bit_exact"] for v in variants.values())  # the case is exact only if every variant is
+    padded = time_padded_gemm(sets, y, w_zp, z_y, timer, f"gemm {M}x{K}x{N} padded") if K % 16 or N % 16 else None
     int_mm_ok = M > 16 and K % 8 == 0 and N % 8 == 0 and K >= 16
 
     def int_mm_requant(s):
@@ -466,6 +467,7 @@ def bench_gemm(M: int, K: int, N: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
         "vs_int_mm_requant": _ratio(base["int_mm_requant_ms"], t["ms"]),
         "vs_fp16_matmul": _ratio(base["fp16_matmul_ms"], t["ms"]),
         "tma_vs_pointers": _ratio((variants.get("pointers") or {}).get("ms"), (variants.get("tma") or {}).get("ms")),
+        "padded_vs_unpadded": _ratio(t["ms"], (padded or {}).get("ms")),
     }
     big = M == N == K == 8192
     goal = ">= 0.8x torch._int_mm" if big else ">= 1.2x torch._int_mm + requant"
@@ -474,7 +476,39 @@ def bench_gemm(M: int, K: int, N: int, ctx: Dict[str, Any]) -> Dict[str, Any]:
     entry = _entry("gemm", f"gemm M={M} K={K} N={N}", {"M": M, "K": K, "N": N}, exact, t, 2.0 * M * N * K,
                    nbytes, ctx, base, speed, goal, met, ms_launch, l2, launched)  # fmt: skip
     entry["variants"] = variants
+    if padded is not None:
+        entry["padded"] = padded
     return entry
+
+
+def time_padded_gemm(sets: List[Dict[str, Any]], y: torch.Tensor, w_zp: Optional[torch.Tensor], z_y: int,
+                     timer: Timer, label: str) -> Dict[str, Any]:
+    """A GEMM whose K or N is not a multiple of 16 run as ``to_int8(pad_channels=True)`` runs it: on
+    rows padded to 16-byte multiples (``x`` ``[M, Kp]``, ``w`` ``[Np, Kp]`` with zero rows and
+    columns, symmetric weights), its ``[M, :N]`` checked against ``y`` and timed on the same sets."""
+    from kernels.gemm import GemmPlan
+
+    assert w_zp is None  # the cases' weights are symmetric: the extra columns of x may hold anything
+    (M, K), N = sets[0]["x"].shape, sets[0]["w"].shape[0]
+    kp, np_ = -(-K // 16) * 16, -(-N // 16) * 16
+
+    def grow(v: Optional[torch.Tensor], fill: float) -> Optional[torch.Tensor]:
+        return v if v is None or v.numel() == 1 else torch.cat([v, v.new_full((np_ - N,), fill)])
+
+    for s in sets:
+        s["xp"] = torch.zeros(M, kp, dtype=torch.int8, device=s["x"].device)
+        s["xp"][:, :K] = s["x"]
+        wp = torch.zeros(np_, kp, dtype=torch.int8, device=s["w"].device)
+        wp[:N, :K] = s["w"]
+        s["plan_padded"] = GemmPlan(wp, grow(s["folded"], 0), None, grow(s["m"], 1.0), z_y, grow(s["lo"], -128),
+                                    grow(s["hi"], 127), False)
+    calls = _calls(sets, lambda s: s["plan_padded"](s["xp"]))
+    yp, launched = _first_call(calls)
+    t = _try_time(timer, calls, label)
+    for s in sets:
+        del s["xp"], s["plan_padded"]
+    return {"K": kp, "N": np_, "bit_exact": bool(torch.equal(yp[:, :N], y)), "ms": _ms(t), "timer": t,
+            "tiles": launched}
 
 
 def gemm_variants(calls: Sequence[Call], y: torch.Tensor, exact: bool, t: Dict[str, Any], launched: Any,

@@ -55,6 +55,7 @@ E2E_SWITCHES = {
     "int8_dw_tma": ("kernels depthwise_variant", "tiles", "tma"),
     "int8_dw_tiles": ("kernels depthwise_variant", "rows", "tiles"),
     "int8_dw_project": ("to_int8(fuse_depthwise=...)", "False", "True"),
+    "int8_pad_channels_off": ("to_int8(pad_channels=...)", "True", "False"),
 }
 
 
@@ -227,6 +228,13 @@ def kernel_suggestions(rep: Mapping[str, Any]) -> List[Suggestion]:
         gm = _geomean(v for _, v in tma)
         out.append(Suggestion("kernels gemm_variant (per kernel)", "pointers",
                               "; ".join(f"{n}: tma {v:.2f}x" for n, v in tma) + f"; geometric mean {_fmt(gm)}x",
+                              "see the end-to-end row: it decides"))
+    padded = [(r["name"], (r.get("speedup") or {}).get("padded_vs_unpadded"), (r.get("padded") or {}).get("bit_exact"))
+              for r in results if r.get("padded")]
+    if padded:
+        out.append(Suggestion("to_int8(pad_channels=...) (narrow GEMMs)", "True",
+                              "; ".join(f"{n}: padded {_fmt(v)}x" + ("" if ok else " (NOT bit-exact)")
+                                        for n, v, ok in padded),
                               "see the end-to-end row: it decides"))
     stem = [(r["name"], (r.get("speedup") or {}).get("vs_quantize_then_conv")) for r in results
             if r.get("kind") == "stem"]

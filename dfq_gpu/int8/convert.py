@@ -147,6 +147,7 @@ from ..quant.plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, Bil
                           global_avgpool_problem, is_passthrough, residual_fusions, stem_fusions)
 from ..quant.simulate import stale_integer_steps
 from . import layers as L
+from . import padding
 from .coverage import Coverage, measure_coverage
 
 __all__ = ["to_int8", "Int8ConversionError", "Int8Network", "Coverage"]
@@ -1196,7 +1197,8 @@ class Int8Network(nn.Module):
     @torch.no_grad()
     def activations(self, *args: Any) -> tuple[Any, dict[str, torch.Tensor]]:
         """Run the network and return ``(output, {step name: int8 output})`` for every step
-        whose output is an int8 activation (NHWC, or ``[B, C]``).
+        whose output is an int8 activation (NHWC, or ``[B, C]``; the real channels of a padded
+        one, see ``to_int8(pad_channels=True)``).
 
         ``self.steps()[name].sim_quantizer`` names the simulation's ``FakeQuant`` node whose
         (dequantized) values that activation stands for.
@@ -1207,18 +1209,26 @@ class Int8Network(nn.Module):
             def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
                 res = super().call_module(target, args, kwargs)
                 if isinstance(res, torch.Tensor) and res.dtype == torch.int8:
-                    acts[str(target)] = res
+                    acts[str(target)] = self.fetch_attr(str(target)).logical(res)
                 return res
 
         out = _Rec(self.net).run(*args)
         return out, acts
+
+    @property
+    def padded_channels(self) -> dict[str, tuple[int, int]]:
+        """``{step name: (channels, stored channels)}`` of the steps whose output is stored with
+        extra channels (``to_int8(pad_channels=True)``); empty otherwise."""
+        return {name: (m.logical_channels, m.stored_channels) for name, m in self.steps().items()
+                if m.logical_channels is not None}
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"
 
 
 def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True,
-            fuse_residual: bool = True, fuse_stem: bool = True, fuse_depthwise: bool = False) -> Int8Network:
+            fuse_residual: bool = True, fuse_stem: bool = True, fuse_depthwise: bool = False,
+            pad_channels: bool = True) -> Int8Network:
     """The integer network of a simulated quantized model.
 
     Args:
@@ -1258,6 +1268,14 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True
             reaches memory. The same outputs bit for bit; the depthwise output's quantizer is not
             materialized; ``net.coverage.depthwise`` lists the pairs. Off by default until a GPU
             run shows it faster than the two kernels.
+        pad_channels: store the activations whose channel count is not a multiple of 16 (24, 40,
+            72, ...) with channels up to the next multiple, where only layers and channel-wise
+            steps make and read them (:mod:`dfq_gpu.int8.padding`): their rows become 16-byte
+            aligned, which the GEMM's vector loads, ``cp.async`` and TMA need, for the price of
+            the extra bytes (compiled for sm_90, a GEMM on rows of 24 or 40 bytes loads and stores
+            single bytes without ``cp.async`` and spills registers with the default tile). The real
+            channels are the same bit for bit; ``net.padded_channels`` lists the padded steps,
+            ``net.activations`` returns their real channels. ``False`` keeps every tensor's channels.
 
     Returns:
         An :class:`Int8Network` on the CPU (``.to("cuda")`` moves its integer parameters) that
@@ -1299,6 +1317,8 @@ def to_int8(q: nn.Module, backend: Optional[str] = "auto", fallback: bool = True
     conv = _Converter(q, backend, plan, fallback=fallback, fusions=fusions, stems=stems, depthwise=dws)
     with torch.inference_mode(False), torch.no_grad():
         net = conv.run()
+        if pad_channels:
+            padding.pad_channels(net)
     coverage = measure_coverage(q, conv.float_nodes, conv.is_bookkeeping, fused=conv.fused, stem=conv.stem_fused,
                                 depthwise=conv.dw_fused)
     n_steps = sum(1 for n in net.graph.nodes if n.op == "call_module")

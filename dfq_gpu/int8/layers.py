@@ -68,7 +68,14 @@ class Int8Step(nn.Module):
     ``sim_quantizer`` is the name of the simulation's ``FakeQuant`` node whose values the
     step's int8 output stands for; it is empty for steps with float output and for steps that
     only move int8 values (padding, max pooling).
+
+    ``logical_channels``: None, or the real channel count of an output stored with more
+    (``stored_channels``; ``to_int8(q, pad_channels=True)``, :mod:`dfq_gpu.int8.padding`): the
+    extra channels are not part of the activation.
     """
+
+    logical_channels: Optional[int] = None
+    stored_channels: Optional[int] = None
 
     def __init__(self, backend: Optional[str] = "auto", sim_quantizer: str = "") -> None:
         super().__init__()
@@ -104,6 +111,11 @@ class Int8Step(nn.Module):
         for slot in [k for k in state if k.startswith("_plan")]:
             del state[slot]  # launch plans hold kernel handles and are rebuilt on demand
         return state
+
+    def logical(self, y: Tensor) -> Tensor:
+        """The step's output ``y`` without the extra channels of a padded output (channels last)."""
+        c = self.logical_channels
+        return y if c is None or y.shape[-1] == c else y[..., :c]
 
 
 def _i32(values: Sequence[int] | Tensor) -> Tensor:
