@@ -10,7 +10,7 @@
 #      integer reference; every autotune configuration forced once, otherwise each kernel's
 #      default tile: DFQ_KERNELS_AUTOTUNE=0, DFQ_KERNELS_TILE_TABLE=0):
 #        python -m pytest tests/test_kernels.py tests/test_kernels_property.py tests/test_kernels_ops2.py
-#                  tests/test_stem.py tests/test_dwproject.py [-n <cores>]
+#                  tests/test_stem.py tests/test_dwproject.py tests/test_padding.py [-n <cores>]
 #   2. test_int8 (T_INT8=80 s; ~45 s): the int8 network on the GPU against the integer reference,
 #      every activation bit for bit: pretrained EfficientNet-Lite0 on two ImageNet-sample images
 #      at 224x224; the steps' direct launches from launch plans, and GraphedNetwork with real CUDA
@@ -27,13 +27,15 @@
 #      GEMMs, convolutions and depthwise first): the kernel benchmark, every case timed by
 #      CUDA-graph replay with the L2 cold (rotated buffers), tiles from the fresh table or the
 #      defaults (KERNELS_AUTOTUNE=1 autotunes the rest); each GEMM and 3x3 convolution case in
-#      both variants (pointers, and the persistent TMA kernels: speedup.tma_vs_pointers):
+#      both variants (pointers, and the persistent TMA kernels: speedup.tma_vs_pointers), each
+#      GEMM with K or N not a multiple of 16 also on padded rows (speedup.padded_vs_unpadded):
 #        python benchmarks/kernels.py --out $OUT/kernels_<gpu>.json
 #   5. e2e (T_E2E=170 s; uses all of its budget): the end-to-end benchmark with the fresh table
 #      and autotuning off, against fp16 eager (BN folded), fp32 eager and torch.compile
 #      (E2E_COMPILE_MODE, default max-autotune, frozen), as far as the budget goes: batch 256
-#      first, then at batch 256 the other depthwise and GEMM variants (int8_dw_rows,
-#      int8_dw_tma, int8_gemm_tma) and the depthwise + 1x1 fusion, then batches 32 and 1:
+#      first, then at batch 256 the network without channel padding (int8_pad_channels_off), the
+#      other depthwise and GEMM variants (int8_dw_rows, int8_dw_tma, int8_gemm_tma) and the
+#      depthwise + 1x1 fusion, then batches 32 and 1:
 #        python benchmarks/e2e.py --out $OUT/e2e_<gpu>.json --tile-table $OUT/tiles_<gpu>.json
 # Then benchmarks/review.py reads the two reports and writes $OUT/review_<gpu>.md: every goal met or
 # missed, the defaults the measurements support (kernel variants, fusions), the README tables.
@@ -116,7 +118,8 @@ fi
 XDIST=()
 if "$PY" -c "import xdist" 2> /dev/null; then XDIST=(-n "$(nproc)"); fi
 step test_kernels "$T_TESTS" env DFQ_KERNELS_AUTOTUNE=0 DFQ_KERNELS_TILE_TABLE=0 "$PY" -m pytest tests/test_kernels.py \
-    tests/test_kernels_property.py tests/test_kernels_ops2.py tests/test_stem.py tests/test_dwproject.py -v -rfE --tb=short "${XDIST[@]}" --durations=10 -p no:cacheprovider \
+    tests/test_kernels_property.py tests/test_kernels_ops2.py tests/test_stem.py tests/test_dwproject.py \
+    tests/test_padding.py -v -rfE --tb=short "${XDIST[@]}" --durations=10 -p no:cacheprovider \
     -p no:benchmark
 step test_int8 "$T_INT8" env DFQ_KERNELS_AUTOTUNE=0 DFQ_KERNELS_TILE_TABLE=0 "$PY" -m pytest tests/test_int8.py -q \
     -k "lite0_reference_and_triton or lite0_graph or launch_directly or graphed or mobile_ops or per_channel_maps or bilinear or residual" --durations=5 -p no:cacheprovider
