@@ -187,7 +187,7 @@ DEPTHWISE_ROWS_INTERPRET_META: Dict[str, Any] = dict(BLOCK_W=16, BLOCK_C=64)  # 
 #: Largest window height of the rows variant (one register accumulator per window row).
 DEPTHWISE_ROWS_MAX_KH: int = 5
 
-# Depthwise convolution, "tma" variant (stride 1): a patch of BLOCK_P // BW rows of BW output
+# Depthwise convolution, "tma" variant (stride 1 or 2): a patch of BLOCK_P // BW rows of BW output
 # pixels x BLOCK_C channels; each tap's box is loaded by TMA in a loop over the taps that Triton
 # pipelines only when told its stages (``tl.range(..., num_stages=NUM_STAGES)``; NUM_STAGES - 1
 # boxes in flight), so each tile names them as a meta-parameter too. BLOCK_C >= 16: a box row is
@@ -203,6 +203,9 @@ DEPTHWISE_TMA_GPU_CONFIGS: List[triton.Config] = [
     _cfg(8, 2, BLOCK_P=256, BLOCK_C=64, NUM_STAGES=2),
 ]
 DEPTHWISE_TMA_INTERPRET_META: Dict[str, Any] = dict(BLOCK_P=64, BLOCK_C=64, NUM_STAGES=2)
+#: Tiles (BLOCK_P, BLOCK_C, num_warps) the TMA depthwise kernel does not autotune over with stride
+#: 2: 256x64 with 8 warps spills 8 bytes there on a 5x5 window (Triton 3.6; none with 3.8).
+DEPTHWISE_TMA_STRIDED_SPILLING = {(256, 64, 8)}
 
 #: Elementwise kernels (add, quantize, dequantize): one flat block per program.
 ELEMENTWISE_GPU_BLOCK: int = 2048

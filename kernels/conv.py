@@ -98,12 +98,15 @@ from ._config import (
 )
 from .gemm import (
     _NO_RESIDUAL,
+    TMA_STRIDES,
     GemmPlan,
     TensorDescriptor,
     check_residual_operand,
     gemm_epilogue,
     grouped_tile,
+    input_descriptors,
     persistent_programs,
+    phase_box,
     residual_args,
     tma_patch_width,
     tma_ready,
@@ -339,23 +342,6 @@ _int8_conv2d_kernel_tuned = triton.autotune(
 # ---------------------------------------------------------------------------------------------
 # The "tma" variant (kernels.settings.GEMM_VARIANTS): stride 1 or 2, rows of 16-byte multiples
 # ---------------------------------------------------------------------------------------------
-@triton.jit
-def _phase_box(x00, x01, x10, x11, coords, PH: tl.constexpr, PW: tl.constexpr):
-    """The TMA box at ``coords`` of the input phase ``(PH, PW)`` (rows ``PH::2``, columns
-    ``PW::2``; with stride 1 all four are the whole input)."""
-    if PH == 0:
-        if PW == 0:
-            box = x00.load(coords)
-        else:
-            box = x01.load(coords)
-    else:
-        if PW == 0:
-            box = x10.load(coords)
-        else:
-            box = x11.load(coords)
-    return box
-
-
 @triton.jit(do_not_specialize=["z_x", "z_y", "z_a", "z_r", "ia", "ib", "add_z", "add_lo", "add_hi"])
 def _int8_conv2d_tma_kernel(
     # TMA descriptors of the NHWC input in [1, BLOCK_M // BW, BW, BLOCK_K] boxes (a patch of the
@@ -435,7 +421,7 @@ def _int8_conv2d_tma_kernel(
                     dh = (kh - PAD_TOP - ph) // 2
                     dw = (kw - PAD_LEFT - pw) // 2
                     for c0 in range(0, C, BLOCK_K):
-                        a = _phase_box(x00, x01, x10, x11, [img, oh0 + dh, ow0 + dw, c0], ph, pw)
+                        a = phase_box(x00, x01, x10, x11, [img, oh0 + dh, ow0 + dw, c0], ph, pw)
                         a = a.reshape(BLOCK_M, BLOCK_K)
                         b = w_desc.load([off_n, (kh * KW + kw) * C + c0])
                         acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
@@ -456,19 +442,6 @@ def _set_conv_tma_blocks(nargs: dict) -> None:
     nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
 
 
-#: Strides of the TMA convolution (the same in both directions).
-TMA_STRIDES = (1, 2)
-
-
-def input_descriptors(x: Tensor, stride: int, block: list) -> list:
-    """The four input descriptors of the TMA convolution: stride 1, ``x`` itself four times;
-    stride 2, its phases ``x[:, ph::2, pw::2, :]`` for ``(ph, pw)`` = 00, 01, 10, 11 (each a
-    strided view: rows ``2 W C`` bytes apart, pixels ``2 C``)."""
-    B, H, W, C = x.shape
-    if stride == 1:
-        return [TensorDescriptor(x, [B, H, W, C], [H * W * C, W * C, C, 1], block)] * 4
-    return [TensorDescriptor(x[:, ph::2, pw::2, :], [B, (H - ph + 1) // 2, (W - pw + 1) // 2, C],
-                             [H * W * C, 2 * W * C, 2 * C, 1], block) for ph in (0, 1) for pw in (0, 1)]
 
 
 def _prune_conv_tma(configs, named_args, **kwargs):

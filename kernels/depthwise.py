@@ -43,6 +43,7 @@ from ._config import (
     DEPTHWISE_ROWS_GPU_CONFIGS,
     DEPTHWISE_ROWS_MAX_KH,
     DEPTHWISE_TMA_GPU_CONFIGS,
+    DEPTHWISE_TMA_STRIDED_SPILLING,
     USE_RINT,
     cdiv,
     depthwise_variant,
@@ -51,7 +52,7 @@ from ._config import (
     next_pow2_bucket,
     prune_by_size,
 )
-from .gemm import TensorDescriptor, tma_patch_width, tma_ready
+from .gemm import TMA_STRIDES, input_descriptors, phase_box, tma_patch_width, tma_ready
 from .requant import load_channel_params, requantize, requantize_channels
 
 logger = logging.getLogger(__name__)
@@ -365,28 +366,33 @@ _int8_depthwise_rows_kernel_tuned = triton.autotune(
 
 @triton.jit(do_not_specialize=["z_x", "z_y"])
 def _int8_depthwise_tma_kernel(
-    # TMA descriptor of the NHWC input [B, H, W, C] in [1, BLOCK_P // BW, BW, BLOCK_C] boxes
-    x_desc,
+    # TMA descriptors of the NHWC input [B, H, W, C] (stride 1: the input four times; stride 2: its
+    # four row/column parity phases, kernels.gemm.input_descriptors) in [1, BLOCK_P // BW, BW,
+    # BLOCK_C] boxes
+    x00, x01, x10, x11,
     # Pointers: weight, per-channel vectors, output (as in _int8_depthwise_kernel)
     w_ptr, bias_ptr, wzp_ptr, mult_ptr, lo_ptr, hi_ptr, y_ptr,
-    # Geometry (stride 1)
+    # Geometry
     B, H, W, C, OH, OW,
-    pad_top, pad_left,
     stride_wzp, stride_mult, stride_lo, stride_hi,
     z_x, z_y,
     P_BUCKET,
     # Meta-parameters; BW: the output tile is a patch of BLOCK_P // BW rows of BW pixels
-    KH: tl.constexpr, KW: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD_TOP: tl.constexpr, PAD_LEFT: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_WZP: tl.constexpr, OUT_INT32: tl.constexpr, USE_RINT: tl.constexpr,
     FLOAT_ACC: tl.constexpr, BW: tl.constexpr, NUM_STAGES: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Stride-1 depthwise convolution with TMA loads: the program owns a ``BH x BW`` patch of one
-    image's output pixels (``BH = BLOCK_P // BW``) x ``BLOCK_C`` channels. For tap ``(kh, kw)`` the
-    inputs are the patch shifted by ``(kh - pad_top, kw - pad_left)``: one TMA box, which the
-    hardware zero-fills outside the image and past ``C``; the taps are a loop, which Triton
-    software-pipelines (the boxes of the next taps load while one is summed). Padded taps are set
-    to ``z_x`` after the load, so the arithmetic is :func:`_int8_depthwise_kernel`'s."""
+    """Depthwise convolution of stride 1 or 2 with TMA loads: the program owns a ``BH x BW`` patch
+    of one image's output pixels (``BH = BLOCK_P // BW``) x ``BLOCK_C`` channels. With stride 1,
+    for tap ``(kh, kw)`` the inputs are the patch shifted by ``(kh - PAD_TOP, kw - PAD_LEFT)``:
+    one TMA box, which the hardware zero-fills outside the image and past ``C``; the taps are a
+    loop, which Triton software-pipelines (the boxes of the next taps load while one is summed).
+    With stride 2, input row ``2 oh + dh`` (``dh = kh - PAD_TOP``) is row ``oh + floor(dh / 2)``
+    of the phase of rows of parity ``dh mod 2``, and likewise for columns: each tap's inputs are
+    a box of one of the four phases (as in the TMA convolution), the taps of each phase one
+    pipelined loop. Padded taps are set to ``z_x`` after the load, so the arithmetic is
+    :func:`_int8_depthwise_kernel`'s."""
     BH: tl.constexpr = BLOCK_P // BW
     tiles_w = tl.cdiv(OW, BW)
     tiles = tl.cdiv(OH, BH) * tiles_w
@@ -407,16 +413,40 @@ def _int8_depthwise_tma_kernel(
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.int32)
     accf = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     w_sum = tl.zeros((BLOCK_C,), dtype=tl.int32)
-    for tap in tl.range(0, KH * KW, num_stages=NUM_STAGES):
-        kh = tap // KW
-        kw = tap - kh * KW
-        ih = oh + kh - pad_top
-        iw = ow + kw - pad_left
-        inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        box = x_desc.load([img, oh0 + kh - pad_top, ow0 + kw - pad_left, c0]).reshape(BLOCK_P, BLOCK_C)
-        xv = tl.where(inside[:, None], box, zx8)  # a padded tap holds z_x, as in the pointer kernel
-        wv = tl.load(w_ptr + tap * C + offs_c, mask=mask_c, other=0)
-        acc, accf, w_sum = depthwise_tap(acc, accf, w_sum, xv, wv, z_x, FLOAT_ACC)
+    if STRIDE == 1:
+        for tap in tl.range(0, KH * KW, num_stages=NUM_STAGES):
+            kh = tap // KW
+            kw = tap - kh * KW
+            ih = oh + kh - PAD_TOP
+            iw = ow + kw - PAD_LEFT
+            inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            box = x00.load([img, oh0 + kh - PAD_TOP, ow0 + kw - PAD_LEFT, c0]).reshape(BLOCK_P, BLOCK_C)
+            xv = tl.where(inside[:, None], box, zx8)  # a padded tap holds z_x, as in the pointer kernel
+            wv = tl.load(w_ptr + tap * C + offs_c, mask=mask_c, other=0)
+            acc, accf, w_sum = depthwise_tap(acc, accf, w_sum, xv, wv, z_x, FLOAT_ACC)
+    else:
+        # one pipelined loop per phase (ph, pw) over the taps that read it: kh = KH0 + 2 j with
+        # kh0 = (ph + PAD_TOP) mod 2, likewise kw (unrolling all the taps spills)
+        for ph in tl.static_range(2):
+            for pw in tl.static_range(2):
+                kh0 = (ph + PAD_TOP) % 2  # compile-time constants (ph, pw are)
+                kw0 = (pw + PAD_LEFT) % 2
+                nw = (KW - kw0 + 1) // 2
+                for t in tl.range(0, ((KH - kh0 + 1) // 2) * nw, num_stages=NUM_STAGES):
+                    j = t // nw
+                    kh = kh0 + 2 * j
+                    kw = kw0 + 2 * (t - j * nw)
+                    # the tap's offset in the phase's grid: kh - PAD_TOP - ph is even, so the
+                    # (truncating) division is exact
+                    dh = (kh - PAD_TOP - ph) // 2
+                    dw = (kw - PAD_LEFT - pw) // 2
+                    ih = 2 * oh + kh - PAD_TOP
+                    iw = 2 * ow + kw - PAD_LEFT
+                    inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                    box = phase_box(x00, x01, x10, x11, [img, oh0 + dh, ow0 + dw, c0], ph, pw)
+                    xv = tl.where(inside[:, None], box.reshape(BLOCK_P, BLOCK_C), zx8)
+                    wv = tl.load(w_ptr + (kh * KW + kw) * C + offs_c, mask=mask_c, other=0)
+                    acc, accf, w_sum = depthwise_tap(acc, accf, w_sum, xv, wv, z_x, FLOAT_ACC)
 
     depthwise_epilogue(acc, accf, w_sum, (img * OH + oh) * OW + ow, (oh < OH) & (ow < OW), offs_c, mask_c, C, z_x,
                        bias_ptr, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y, y_ptr, HAS_BIAS,
@@ -425,14 +455,25 @@ def _int8_depthwise_tma_kernel(
 
 def _set_depthwise_tma_block(nargs: dict) -> None:
     """Autotune pre-hook (and direct-launch hook): the box follows the tile being launched."""
-    nargs["x_desc"].block_shape = [1, nargs["BLOCK_P"] // nargs["BW"], nargs["BW"], nargs["BLOCK_C"]]
+    for name in ("x00", "x01", "x10", "x11"):
+        nargs[name].block_shape = [1, nargs["BLOCK_P"] // nargs["BW"], nargs["BW"], nargs["BLOCK_C"]]
 
 
+def _prune_depthwise_tma(configs, named_args, **kwargs):
+    """The channel-tile pruning of the depthwise kernels; with stride 2, without the tiles of
+    :data:`~kernels._config.DEPTHWISE_TMA_STRIDED_SPILLING` (they spill there)."""
+    if {**named_args, **kwargs}["STRIDE"] == 2:
+        configs = [c for c in configs if (c.kwargs["BLOCK_P"], c.kwargs["BLOCK_C"], c.num_warps)
+                   not in DEPTHWISE_TMA_STRIDED_SPILLING] or configs
+    return _prune_channels_tma(configs, named_args, **kwargs)
+
+
+_prune_channels_tma = prune_channel_tiles(prune_by_size({"BLOCK_C": ("C",)}))
 _int8_depthwise_tma_kernel_tuned = triton.autotune(
     configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages,
                            pre_hook=_set_depthwise_tma_block) for c in DEPTHWISE_TMA_GPU_CONFIGS],
-    key=["P_BUCKET", "C", "OW", "KH", "KW", "HAS_WZP", "OUT_INT32", "FLOAT_ACC"],
-    prune_configs_by={"early_config_prune": prune_channel_tiles(prune_by_size({"BLOCK_C": ("C",)}))},
+    key=["P_BUCKET", "C", "OW", "KH", "KW", "STRIDE", "HAS_WZP", "OUT_INT32", "FLOAT_ACC"],
+    prune_configs_by={"early_config_prune": _prune_depthwise_tma},
 )(_int8_depthwise_tma_kernel)
 
 
@@ -465,7 +506,8 @@ class DepthwisePlan:
         self.KH, self.KW, self.C = KH, KW, C
         self.stride, self.pad = stride, pad
         self.rows_ok = stride == (1, 1) and KH <= DEPTHWISE_ROWS_MAX_KH  # the rows variant applies
-        self.tma_ok = stride == (1, 1) and C % 16 == 0  # the TMA variant applies (for an aligned input)
+        # the TMA variant applies (for an aligned input): stride 1 or 2 in both directions
+        self.tma_ok = stride[0] == stride[1] in TMA_STRIDES and C % 16 == 0
         self.device = w.device
         self.out_dtype = torch.int32 if out_int32 else torch.int8
         # float32 accumulation where it is exact for every input (the window, z_x and whether the
@@ -503,7 +545,7 @@ class DepthwisePlan:
         if P == 0 or C == 0:
             return y
         variant = depthwise_variant()
-        if variant == "tma" and self.tma_ok and tma_ready(x.view(-1, C)):
+        if variant == "tma" and self.tma_ok and min(H, W) >= self.stride[0] and tma_ready(x.view(-1, C)):
             self._launch_tma(x, y)
             return y
         rows = self.rows_ok and variant == "rows"
@@ -522,9 +564,11 @@ class DepthwisePlan:
         B, H, W, C = x.shape
         OH, OW = y.shape[1], y.shape[2]
         bw = tma_patch_width(OW)
-        static = {k: v for k, v in self.static.items() if k not in ("stride_h", "stride_w")}
-        args = dict(static, x_desc=TensorDescriptor(x, [B, H, W, C], [H * W * C, W * C, C, 1], [1, 16, bw, 16]),
-                    y_ptr=y, B=B, H=H, W=W, OH=OH, OW=OW, P_BUCKET=next_pow2_bucket(B * OH * OW), BW=bw)
+        static = {k: v for k, v in self.static.items() if k not in ("stride_h", "stride_w", "pad_top", "pad_left")}
+        x00, x01, x10, x11 = input_descriptors(x, self.stride[0], [1, 16, bw, 16])
+        args = dict(static, x00=x00, x01=x01, x10=x10, x11=x11, y_ptr=y, B=B, H=H, W=W, OH=OH, OW=OW,
+                    P_BUCKET=next_pow2_bucket(B * OH * OW), BW=bw, STRIDE=self.stride[0], PAD_TOP=self.pad[0],
+                    PAD_LEFT=self.pad[2])
 
         def grid(META):
             bh = META["BLOCK_P"] // bw

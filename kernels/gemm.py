@@ -76,6 +76,24 @@ def grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def phase_box(x00, x01, x10, x11, coords, PH: tl.constexpr, PW: tl.constexpr):
+    """The TMA box at ``coords`` of the NHWC input phase ``(PH, PW)`` (rows ``PH::2``, columns
+    ``PW::2``; with stride 1 all four are the whole input): the descriptors of
+    :func:`input_descriptors`, shared by the TMA convolution and depthwise kernels."""
+    if PH == 0:
+        if PW == 0:
+            box = x00.load(coords)
+        else:
+            box = x01.load(coords)
+    else:
+        if PW == 0:
+            box = x10.load(coords)
+        else:
+            box = x11.load(coords)
+    return box
+
+
+@triton.jit
 def gemm_epilogue(
     acc, row_sum, rows, row_ok, offs_n, N,
     bias_ptr, wzp_ptr, stride_wzp, mult_ptr, stride_mult, lo_ptr, stride_lo, hi_ptr, stride_hi, z_y,
@@ -276,6 +294,22 @@ def tma_patch_width(OW: int) -> int:
     """The patch width for ``OW`` output columns: the one of :data:`TMA_PATCH_WIDTHS` that covers
     them with the fewest columns (56 -> 8, 28 -> 4, 14 -> 16, 7 -> 8), the widest on a tie."""
     return min(TMA_PATCH_WIDTHS, key=lambda bw: (cdiv(OW, bw) * bw, -bw))
+
+
+#: Strides of the TMA convolution and depthwise kernels (the same in both directions).
+TMA_STRIDES = (1, 2)
+
+
+def input_descriptors(x: Tensor, stride: int, block: list) -> list:
+    """The four input descriptors of the TMA convolution and depthwise kernels (:func:`phase_box`):
+    stride 1, ``x`` itself four times;
+    stride 2, its phases ``x[:, ph::2, pw::2, :]`` for ``(ph, pw)`` = 00, 01, 10, 11 (each a
+    strided view: rows ``2 W C`` bytes apart, pixels ``2 C``)."""
+    B, H, W, C = x.shape
+    if stride == 1:
+        return [TensorDescriptor(x, [B, H, W, C], [H * W * C, W * C, C, 1], block)] * 4
+    return [TensorDescriptor(x[:, ph::2, pw::2, :], [B, (H - ph + 1) // 2, (W - pw + 1) // 2, C],
+                             [H * W * C, 2 * W * C, 2 * C, 1], block) for ph in (0, 1) for pw in (0, 1)]
 
 
 #: Kernel arguments of the residual epilogue when there is none (RESIDUAL off: never read).

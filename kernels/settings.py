@@ -57,8 +57,9 @@ BACKENDS = ("auto", "triton", "reference")
 
 #: Depthwise kernels: "tiles" (pixel x channel tiles, any stride), "rows" (stride-1 windows
 #: of at most ``kernels._config.DEPTHWISE_ROWS_MAX_KH`` rows walk down the image) or "tma"
-#: (stride 1, channels a multiple of 16, compute capability 9.0 or the interpreter: patches of
-#: the image loaded tap by tap as TMA boxes in a pipelined loop); other cases use "tiles".
+#: (stride 1 or 2, channels a multiple of 16, compute capability 9.0 or the interpreter: patches
+#: of the image, or of its parity phases, loaded tap by tap as TMA boxes in pipelined loops);
+#: other cases use "tiles".
 DEPTHWISE_VARIANTS = ("tiles", "rows", "tma")
 
 #: GEMM and implicit-GEMM convolution kernels (``kernels.gemm``, ``kernels.conv``): "pointers"

@@ -471,9 +471,10 @@ def test_every_depthwise_rows_autotune_config_is_bit_exact(cfg):
 @pytest.mark.parametrize("acc", ["int32", "float32"])
 @pytest.mark.parametrize("cfg", _autotune_configs("depthwise_tma"))
 def test_every_depthwise_tma_autotune_config_is_bit_exact(cfg, acc, monkeypatch):
-    """Each tile of the TMA depthwise kernel (the "tma" variant: stride 1, channels a multiple of
-    16), on the int32 and float32 paths: C = 48 (a channel tile runs past C for BLOCK_C 32, 64,
-    128), 8 x 12 outputs (patches past the edge), asymmetric padding with z_x != 0."""
+    """Each tile of the TMA depthwise kernel (the "tma" variant: stride 1 or 2, channels a multiple
+    of 16), on the int32 and float32 paths: C = 48 (a channel tile runs past C for BLOCK_C 32, 64,
+    128), 8 x 12 outputs (patches past the edge), asymmetric padding with z_x != 0; and stride 2
+    (the input's four phases) with TF "same" padding."""
     from kernels import depthwise
     from kernels._config import forced_config, use_depthwise_variant
 
@@ -481,16 +482,20 @@ def test_every_depthwise_tma_autotune_config_is_bit_exact(cfg, acc, monkeypatch)
     g = _gen(24)
     x, w = rand_i8((2, 9, 11, 48), g).to(DEVICE), rand_i8((5, 5, 48), g).to(DEVICE)
     kw = dict(padding=(2, 1, 2, 3), **to_dev(make_params("perchannel", 48, 25, g)))
+    kw2 = dict(kw, padding=(1, 2, 1, 2), stride=2)
     with forced_config("depthwise_tma", cfg), use_depthwise_variant("tma"), tiles.record_launches() as launches:
         y = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw)
-    assert [rec[0] for rec in launches] == ["int8_depthwise_tma_kernel"]
+        y2 = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw2)
+    assert [rec[0] for rec in launches] == ["int8_depthwise_tma_kernel"] * 2
     assert torch.equal(y, ref.int8_depthwise_conv2d(x, w, **kw))
+    assert torch.equal(y2, ref.int8_depthwise_conv2d(x, w, **kw2))
 
 
 def test_depthwise_tma_variant_where_it_applies():
     """The TMA depthwise kernel on more shapes (3x3 with symmetric weights and the int32 output,
-    a 1 x 2 input, 144 channels), and the launches it leaves to the tiles kernel (stride 2, 24
-    channels, an input 1 byte off a 16-byte boundary), all bit-exact."""
+    a 1 x 2 input, 144 channels; stride 2 on odd and even sizes, unpadded, a 2 x 3 input), and
+    the launches it leaves to the tiles kernel (strides (2, 1) and 3, stride 2 on a 1-row input,
+    24 channels, an input 1 byte off a 16-byte boundary), all bit-exact."""
     from kernels._config import use_depthwise_variant
 
     g = _gen(25)
@@ -501,19 +506,24 @@ def test_depthwise_tma_variant_where_it_applies():
         assert torch.equal(y, ref.int8_depthwise_conv2d(x, w, **kw))
         return [rec[0] for rec in launches]
 
-    for xs, k, variant, out_int32 in (((1, 14, 14, 16), 3, "sym", True), ((1, 1, 2, 32), 3, "perchannel", False),
-                                      ((1, 7, 7, 144), 3, "asym", False)):  # fmt: skip
+    for xs, k, variant, out_int32, stride, pad in (
+        ((1, 14, 14, 16), 3, "sym", True, 1, 1), ((1, 1, 2, 32), 3, "perchannel", False, 1, 1),
+        ((1, 7, 7, 144), 3, "asym", False, 1, 1), ((2, 13, 10, 32), 5, "perchannel", False, 2, 2),
+        ((1, 8, 12, 16), 3, "asym", True, 2, 0), ((1, 2, 3, 16), 3, "sym", False, 2, 1),
+    ):  # fmt: skip
         x, w = rand_i8(xs, g).to(DEVICE), rand_i8((k, k, xs[-1]), g).to(DEVICE)
         p = to_dev(make_params(variant, xs[-1], k * k, g))
         if p["w_zp"] is not None and p["w_zp"].numel() == 1:
             p["w_zp"] = p["w_zp"].expand(xs[-1]).contiguous()
-        assert run(x, w, dict(padding=1, out_int32=out_int32, **p)) == ["int8_depthwise_tma_kernel"], xs
+        kw = dict(padding=pad, stride=stride, out_int32=out_int32, **p)
+        assert run(x, w, kw) == ["int8_depthwise_tma_kernel"], xs
     p = to_dev(make_params("perchannel", 32, 9, g))
     x32, w32 = rand_i8((1, 9, 9, 32), g).to(DEVICE), rand_i8((3, 3, 32), g).to(DEVICE)
     x24, w24 = rand_i8((1, 9, 9, 24), g).to(DEVICE), rand_i8((3, 3, 24), g).to(DEVICE)
     xs = rand_i8((9 * 9 * 32 + 1,), g).to(DEVICE)[1:].view(1, 9, 9, 32)
-    for x, w, q, stride in ((x32, w32, p, 2), (x24, w24, to_dev(make_params("perchannel", 24, 9, g)), 1),
-                            (xs, w32, p, 1)):  # fmt: skip
+    x1 = rand_i8((1, 1, 9, 32), g).to(DEVICE)
+    for x, w, q, stride in ((x32, w32, p, (2, 1)), (x32, w32, p, 3), (x1, w32, p, 2),
+                            (x24, w24, to_dev(make_params("perchannel", 24, 9, g)), 1), (xs, w32, p, 1)):  # fmt: skip
         assert run(x, w, dict(q, padding=1, stride=stride)) == ["int8_depthwise_kernel"]
 
 
@@ -1106,9 +1116,9 @@ def test_benchmark_quick_writes_report(tmp_path, capsys):
     for r in report["results"]:
         assert r["bit_exact"] is True and r["ms"] > 0 and r["gbps"] > 0
         assert set(r) >= {"name", "shape", "tops", "baselines", "speedup", "roofline_floor_ms", "pct_of_roofline"}
-        if r["kind"] == "depthwise":  # every kernel variant that applies (rows, tma: stride 1; tma: C % 16 == 0)
+        if r["kind"] == "depthwise":  # every kernel variant that applies (rows: stride 1; tma: C % 16 == 0)
             st, c = r["shape"]["stride"], r["shape"]["C"]
-            expected = {"tiles"} | ({"rows"} if st == 1 else set()) | ({"tma"} if st == 1 and c % 16 == 0 else set())
+            expected = {"tiles"} | ({"rows"} if st == 1 else set()) | ({"tma"} if c % 16 == 0 else set())
             assert set(r["variants"]) == expected, r["variants"]
             assert all(v["bit_exact"] is True and v["ms"] > 0 for v in r["variants"].values())
             assert all(v["tiles"] and v["tiles"][0]["family"].startswith("depthwise") for v in r["variants"].values())

@@ -212,14 +212,20 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
                          dict(KH=k, KW=k, HAS_WZP=True, FLOAT_ACC=True, **flags), ["C"], cfg))  # fmt: skip
         jobs.append(("depthwise rows 3x3 int32 acc", depthwise._int8_depthwise_rows_kernel, rows_rt,
                      dict(KH=3, KW=3, HAS_WZP=True, FLOAT_ACC=False, **flags), ["C"], cfg))  # fmt: skip
-    # the TMA variant (stride 1): 3x3 and 5x5 windows on its own tiles (pipelined tap loop)
-    dwt_rt = {k: v for k, v in dw_rt.items() if k not in ("x_ptr", "stride_h", "stride_w")}
-    dwt_rt.update(x_desc=TmaDesc(i8, (1, lambda c: c["BLOCK_P"] // c["BW"], "BW", "BLOCK_C")), w_ptr=i32)
+    # the TMA variant: 3x3 and 5x5 windows on its own tiles, stride 1 (pipelined tap loop) and 2
+    # (the input's four phases, taps unrolled)
+    dwt_rt = {k: v for k, v in dw_rt.items() if k not in ("x_ptr", "stride_h", "stride_w", "pad_top", "pad_left")}
+    box = TmaDesc(i8, (1, lambda c: c["BLOCK_P"] // c["BW"], "BW", "BLOCK_C"))
+    dwt_rt.update(x00=box, x01=box, x10=box, x11=box, w_ptr=i32)
     dwt_cfgs = _config.DEPTHWISE_TMA_GPU_CONFIGS if all_configs else [_config.DEFAULT_GPU_CONFIG["depthwise_tma"]]
     for cfg in dwt_cfgs:
-        for k in (3, 5):
-            jobs.append((f"depthwise tma {k}x{k}", depthwise._int8_depthwise_tma_kernel, dwt_rt,
-                         dict(KH=k, KW=k, HAS_WZP=True, FLOAT_ACC=False, BW=8, **flags), ["C"], cfg))  # fmt: skip
+        strided_spills = (cfg.kwargs["BLOCK_P"], cfg.kwargs["BLOCK_C"],
+                          cfg.num_warps) in _config.DEPTHWISE_TMA_STRIDED_SPILLING  # not tuned over there
+        for k, stride in ((3, 1), (5, 1)) + (() if strided_spills else ((3, 2), (5, 2))):
+            jobs.append((f"depthwise tma {k}x{k}" + (" stride 2" if stride == 2 else ""),
+                         depthwise._int8_depthwise_tma_kernel, dwt_rt,
+                         dict(KH=k, KW=k, STRIDE=stride, PAD_TOP=k // 2, PAD_LEFT=k // 2, HAS_WZP=True,
+                              FLOAT_ACC=False, BW=8, **flags), ["C"], cfg))  # fmt: skip
     for cfg in dw_cfgs:
         jobs.append(("depthwise 3x3", depthwise._int8_depthwise_kernel, {**dw_rt, "w_ptr": i32},
                      dict(KH=3, KW=3, HAS_WZP=True, FLOAT_ACC=False, **flags), ["C"], cfg))  # fmt: skip

@@ -392,7 +392,8 @@ def _time_variant(clock: Clock, net: Any, variant: Any, x: torch.Tensor, out: Di
 
 def time_other_depthwise_variant(clock: Clock, net: Any, x: torch.Tensor) -> Dict[str, Any]:
     """The int8 network with each other depthwise kernel (``kernels.settings.DEPTHWISE_VARIANTS``:
-    "tiles", "rows", "tma"; "rows" and "tma" run the stride-1 layers they apply to): its output
+    "tiles", "rows", "tma"; "rows" runs the stride-1 layers, "tma" those of stride 1 or 2 on channels a multiple
+    of 16): its output
     against the default's, bit for bit, and its times. Returned under ``int8_dw_<variant>``."""
     from kernels._config import DEPTHWISE_VARIANTS, depthwise_variant, use_depthwise_variant
 

@@ -663,11 +663,11 @@ def bench_depthwise(B: int, H: int, W: int, C: int, stride: int, ctx: Dict[str, 
     label = f"depthwise3x3 s{stride} {B}x{H}x{W}x{C}"
     t = timer.measure(ours, label)
     ms_launch = timer.with_launch(ours[0])
-    # the other kernel variants where they apply ("rows" and "tma": stride 1; "tma": C % 16 == 0):
+    # the other kernel variants where they apply ("rows": stride 1; "tma": stride 1 or 2, C % 16 == 0):
     # checked and timed the same way
     current = _config.depthwise_variant()
     variants: Dict[str, Any] = {current: {"ms": t["ms"], "bit_exact": exact, "timer": t, "tiles": launched}}
-    applies = {"tiles": True, "rows": stride == 1, "tma": stride == 1 and C % 16 == 0}
+    applies = {"tiles": True, "rows": stride == 1, "tma": stride in (1, 2) and C % 16 == 0 and min(H, W) >= stride}
     for other in [v for v in _config.DEPTHWISE_VARIANTS if v != current and applies[v]]:
         with _config.use_depthwise_variant(other):
             y_other, launched_other = _first_call(ours)
