@@ -22,9 +22,10 @@ class _Net(nn.Module):
     """A MobileNetV3-style network in miniature: hardswish (a table), a squeeze-excitation gate
     (pool, two 1x1 convolutions, hardsigmoid, multiply), a skip add, a 3x3 convolution and a
     linear layer reading a global mean; channels 40, 10, 24, 20 (none a multiple of 16). With
-    ``head=False`` the network ends at the 24-channel tensor."""
+    ``head=False`` the network ends at the 24-channel tensor; with ``flatten`` the linear layer
+    reads the flattened output of a global pool instead of a mean."""
 
-    def __init__(self, head: bool = True) -> None:
+    def __init__(self, head: bool = True, flatten: bool = False) -> None:
         super().__init__()
         bn_act = lambda c, act: [nn.BatchNorm2d(c), act()]  # noqa: E731
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), *bn_act(16, nn.ReLU))
@@ -36,6 +37,7 @@ class _Net(nn.Module):
         self.block = nn.Sequential(nn.Conv2d(24, 24, 3, 1, 1, bias=False), *bn_act(24, nn.ReLU6))
         self.head = nn.Sequential(nn.Conv2d(24, 20, 1), nn.ReLU()) if head else None
         self.fc = nn.Linear(20, 5) if head else None
+        self.flatten = flatten
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dw(self.expand(self.stem(x)))
@@ -43,12 +45,13 @@ class _Net(nn.Module):
         y = y + self.block(y)
         if self.head is None:
             return y
-        return self.fc(self.head(y).mean((2, 3)))
+        h = self.head(y)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1) if self.flatten else h.mean((2, 3)))
 
 
-def _sim(cfg: DFQConfig, head: bool = True):
+def _sim(cfg: DFQConfig, head: bool = True, flatten: bool = False):
     torch.manual_seed(0)
-    net = _Net(head).eval()
+    net = _Net(head, flatten).eval()
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.3, 0.3)
@@ -57,20 +60,24 @@ def _sim(cfg: DFQConfig, head: bool = True):
     return quantize(net, (x[:1],), cfg), x
 
 
-@pytest.mark.parametrize("cfg", [DFQConfig(weight_granularity="channel"), DFQConfig(weight_symmetric=True)],
-                         ids=["per-channel-zero-points", "symmetric"])
-def test_padded_network_is_bit_exact(cfg: DFQConfig) -> None:
-    sim, x = _sim(cfg)
+@pytest.mark.parametrize("cfg, flatten", [(DFQConfig(weight_granularity="channel"), False),
+                                          (DFQConfig(weight_symmetric=True), True)],
+                         ids=["per-channel-zero-points", "symmetric-flatten"])
+def test_padded_network_is_bit_exact(cfg: DFQConfig, flatten: bool) -> None:
+    sim, x = _sim(cfg, flatten=flatten)
     plain = to_int8(sim, backend="reference", pad_channels=False)
     padded = to_int8(sim, backend="reference")  # on by default
     assert not plain.padded_channels
     got = padded.padded_channels
     # every group: the expand/depthwise/SE gate group (40), the squeeze (10), the skip group with
-    # the 3x3 convolution and the add fused into it (24), the head read by a mean and a linear layer (20)
+    # the 3x3 convolution and the add fused into it (24), the head read by a mean (or a global
+    # pool and a flatten) and a linear layer (20)
     assert sorted(set(got.values())) == [(10, 16), (20, 32), (24, 32), (40, 48)], got
     steps = padded.steps()
     assert steps["expand_0"].weight.shape == (48, 1, 1, 16) and steps["project_0"].weight.shape == (32, 1, 1, 48)
     assert steps["block_0"].weight.shape == (32, 3, 3, 32) and steps["fc"].weight.shape == (5, 32)
+    assert repr(steps["project_0"]).startswith("Int8Conv2d[channels 24 stored as 32](48, 32, ")
+    assert repr(steps["fc"]).startswith("Int8Linear(32, 5, ")  # its output is the network's
     with torch.no_grad():
         expect = plain(x)
         assert torch.equal(padded(x), expect) and torch.equal(sim(x), expect)

@@ -112,6 +112,13 @@ class Int8Step(nn.Module):
             del state[slot]  # launch plans hold kernel handles and are rebuilt on demand
         return state
 
+    def _get_name(self) -> str:
+        """The name ``repr`` prints: the class, and a padded output's real and stored channels."""
+        name = super()._get_name()
+        if self.logical_channels is None:
+            return name
+        return f"{name}[channels {self.logical_channels} stored as {self.stored_channels}]"
+
     def logical(self, y: Tensor) -> Tensor:
         """The step's output ``y`` without the extra channels of a padded output (channels last)."""
         c = self.logical_channels

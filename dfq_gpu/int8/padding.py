@@ -13,7 +13,8 @@ How it stays exact: a *group* is a set of tensors joined by steps that treat cha
 independently (depthwise convolution, residual add, pooling, zero padding, table lookup,
 multiply, upsampling); the steps that mix channels (dense convolution, linear layer) start a
 group with their output and end one with their input. A group is padded when every tensor in it
-is made by such steps and read only by them. Then
+is made by such steps and read only by them (or by the flatten of a global pool's one-pixel
+output, which keeps the channels in order). Then
 
 * a producing layer gets zero weight rows, zero bias and zero weight zero point for the extra
   output channels, so each extra channel's accumulator is 0 and its output a constant (its
@@ -166,7 +167,18 @@ CHANNEL_FACTS: dict[type, ChannelFacts] = {
 }
 
 
+#: Steps whose output has one pixel per image (``[B, 1, 1, C]`` or ``[B, C]``): flattening it
+#: keeps the channels in order.
+_ONE_PIXEL = (L.Int8AvgPool, L.Int8GlobalMaxPool)
+
+
 def _facts(gm: fx.GraphModule, node: fx.Node) -> Optional[ChannelFacts]:
+    if node.op == "call_function" and node.target is L.flatten_nhwc:
+        # the flatten of a classifier head: channel-wise when it flattens a global pool's output
+        src = node.args[0] if node.args else None
+        one_pixel = isinstance(src, fx.Node) and src.op == "call_module" and isinstance(
+            gm.get_submodule(str(src.target)), _ONE_PIXEL)
+        return _CHANNELWISE if one_pixel and len(node.args) == 1 and not node.kwargs else None
     if node.op != "call_module":
         return None
     step = gm.get_submodule(str(node.target))
@@ -222,6 +234,8 @@ def pad_channels(gm: fx.GraphModule, align: int = ALIGN) -> dict[str, tuple[int,
         if cp == c:
             continue
         for n in group:
+            if n.op != "call_module":
+                continue  # a flatten: nothing of its own to pad
             step = gm.get_submodule(str(n.target))
             f = facts[n]
             assert f is not None
@@ -265,7 +279,8 @@ def _group_plan(gm: fx.GraphModule, group: list[fx.Node],
         return None  # no producing layer, or channel counts that disagree (a broadcast)
     c = counts.pop()
     # a channel-wise step's own per-channel parameters must have the group's channel count
-    if any(not _own_channels(gm.get_submodule(str(n.target))) <= {1, c} for n in group if facts[n].output == SAME):
+    if any(not _own_channels(gm.get_submodule(str(n.target))) <= {1, c} for n in group
+           if facts[n].output == SAME and n.op == "call_module"):
         return None
     return c, list(dict.fromkeys(absorbers))
 
