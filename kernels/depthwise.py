@@ -459,6 +459,9 @@ def _set_depthwise_tma_block(nargs: dict) -> None:
         nargs[name].block_shape = [1, nargs["BLOCK_P"] // nargs["BW"], nargs["BW"], nargs["BLOCK_C"]]
 
 
+_prune_channels_tma = prune_channel_tiles(prune_by_size({"BLOCK_C": ("C",)}))
+
+
 def _prune_depthwise_tma(configs, named_args, **kwargs):
     """The channel-tile pruning of the depthwise kernels; with stride 2, without the tiles of
     :data:`~kernels._config.DEPTHWISE_TMA_STRIDED_SPILLING` (they spill there)."""
@@ -468,7 +471,6 @@ def _prune_depthwise_tma(configs, named_args, **kwargs):
     return _prune_channels_tma(configs, named_args, **kwargs)
 
 
-_prune_channels_tma = prune_channel_tiles(prune_by_size({"BLOCK_C": ("C",)}))
 _int8_depthwise_tma_kernel_tuned = triton.autotune(
     configs=[triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages,
                            pre_hook=_set_depthwise_tma_block) for c in DEPTHWISE_TMA_GPU_CONFIGS],

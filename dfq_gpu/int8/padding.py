@@ -103,13 +103,23 @@ def _pad_epilogue(step: nn.Module, c: int, cp: int) -> None:
             setattr(step, name, _pad(t, 0, c, cp, value))
 
 
-def _pad_layer_output(step: nn.Module, c: int, cp: int) -> None:
-    """Extra output channels of a dense convolution or linear layer: zero weight rows, zero
-    (folded) bias and weight zero point, so their accumulator is 0."""
-    step.weight = _pad(step.weight, 0, c, cp, 0)
-    step.bias = _pad(step.bias, 0, c, cp, 0)
-    step.w_zp = _pad(step.w_zp, 0, c, cp, 0)
-    _pad_epilogue(step, c, cp)
+def _weight_rows_padder(axis: int) -> Callable[[nn.Module, int, int], None]:
+    """The rewrite for extra output channels of a step whose weight has its output channels on
+    ``axis`` (a dense convolution or linear layer: 0; a depthwise convolution ``[KH, KW, C]``: 2):
+    zero weights, zero (folded) bias and weight zero point, so their accumulator is 0, and the
+    per-channel epilogue padded."""
+
+    def pad(step: nn.Module, c: int, cp: int) -> None:
+        step.weight = _pad(step.weight, axis, c, cp, 0)
+        step.bias = _pad(step.bias, 0, c, cp, 0)
+        step.w_zp = _pad(step.w_zp, 0, c, cp, 0)
+        _pad_epilogue(step, c, cp)
+
+    return pad
+
+
+_pad_layer_output = _weight_rows_padder(0)
+_pad_depthwise = _weight_rows_padder(2)
 
 
 def _pad_layer_input(step: nn.Module, c: int, cp: int) -> None:
@@ -120,13 +130,6 @@ def _pad_layer_input(step: nn.Module, c: int, cp: int) -> None:
     zp = step.w_zp if step.w_zp is not None else torch.zeros(1, dtype=torch.int32, device=w.device)
     fill = zp.to(torch.int8).reshape(-1).expand(n).reshape(n, *([1] * (w.dim() - 1)))
     step.weight = _pad(w, w.dim() - 1, c, cp, fill)
-
-
-def _pad_depthwise(step: nn.Module, c: int, cp: int) -> None:
-    step.weight = _pad(step.weight, 2, c, cp, 0)  # [KH, KW, C]
-    step.bias = _pad(step.bias, 0, c, cp, 0)
-    step.w_zp = _pad(step.w_zp, 0, c, cp, 0)
-    _pad_epilogue(step, c, cp)
 
 
 def _pad_table(step: nn.Module, c: int, cp: int) -> None:
