@@ -341,7 +341,8 @@ def launch_meta(
     Interpreter: the family's interpreter tile (or the forced config's tiles). GPU
     (:func:`kernels.tiles.select_tile`): the forced config, else the tuned tile table's entry for
     ``kernel`` at the autotune key of ``args`` (when the settings' ``tile_table`` is on and the
-    kernel, its autotuner ``tuned`` and ``args`` are given), else None when autotuning is on,
+    kernel, its autotuner ``tuned`` and ``args`` are given) or, with the settings'
+    ``tile_match="nearest"``, its nearest entry, else None when autotuning is on,
     else the family's default config. ``key``: the launch's :func:`kernels.tiles.launch_key`, if
     already computed."""
     settings = current_settings()
@@ -356,7 +357,7 @@ def launch_meta(
     source, meta = tiles.select_tile(
         forced=forced, interpreted=INTERPRETED, interpret_meta=INTERPRET_META[family], table=table, kernel=name,
         key_names=key_names, key_values=key_values, meta_names=DEFAULT_GPU_CONFIG[family].kwargs,
-        autotune=settings.autotune, default=DEFAULT_GPU_CONFIG[family],
+        autotune=settings.autotune, default=DEFAULT_GPU_CONFIG[family], match=settings.tile_match,
     )  # fmt: skip
     return (source, meta) if with_source else meta
 

@@ -12,8 +12,12 @@ Everything that changes which kernel runs, or with which tile, without changing 
 * ``gemm_variant``: the GEMM and convolution kernels, ``"pointers"`` or ``"tma"`` (a persistent
   grid loading through TMA descriptors, on Hopper and later, where the operands' layout allows);
 * ``tile_table``: whether GPU launches take their tile from the tuned tile table of the device
-  (:mod:`kernels.tiles`; order: forced tile > table entry > autotuning > default tile);
-* ``tile_table_file``: the table to read (``None``: ``kernels/tiles/<device>.json``).
+  (:mod:`kernels.tiles`; order: forced tile > table entry > nearest entry > autotuning > default tile);
+* ``tile_table_file``: the table to read (``None``: ``kernels/tiles/<device>.json``);
+* ``tile_match``: how a launch finds its table entry, ``"nearest"`` (default: the entry of the
+  same kernel and key, else the one whose key differs only in the problem's size fields, batch
+  rows or image sizes, by the least factor, within ``kernels.tiles.NEAREST_MAX_LOG2``) or
+  ``"exact"`` (only an entry of the same key).
 
 :func:`current_settings` returns the object in force; :func:`set_settings` and the context
 manager :func:`use_settings` replace it. The older switches (``kernels.set_backend`` /
@@ -21,7 +25,7 @@ manager :func:`use_settings` replace it. The older switches (``kernels.set_backe
 ``set_depthwise_variant`` / ``use_depthwise_variant``) are thin wrappers of these. The defaults
 are read from the environment once, when this module is imported (:func:`settings_from_env`:
 ``DFQ_KERNELS_AUTOTUNE``, ``DFQ_DEPTHWISE_VARIANT``, ``DFQ_GEMM_VARIANT``,
-``DFQ_KERNELS_TILE_TABLE``).
+``DFQ_KERNELS_TILE_TABLE``, ``DFQ_KERNELS_TILE_MATCH``).
 
 Anything that caches work depending on a setting keys it on the whole object (it is hashable and
 compares by value): ``dfq_gpu.int8.GraphedNetwork`` captures its CUDA graphs again when it
@@ -42,6 +46,7 @@ __all__ = [
     "BACKENDS",
     "DEPTHWISE_VARIANTS",
     "GEMM_VARIANTS",
+    "TILE_MATCHES",
     "KERNEL_FAMILIES",
     "Tile",
     "KernelSettings",
@@ -68,6 +73,10 @@ DEPTHWISE_VARIANTS = ("tiles", "rows", "tma")
 #: and under Triton's interpreter, for GEMMs with K a multiple of 16 and convolutions of stride 1
 #: or 2 with C a multiple of 16, operands 16-byte aligned; other launches use "pointers").
 GEMM_VARIANTS = ("pointers", "tma")
+
+#: How a launch finds its entry in the tuned tile table: "nearest" (the same key, else the
+#: nearest one in the problem's size fields, see ``kernels.tiles.TileTable.nearest``) or "exact".
+TILE_MATCHES = ("nearest", "exact")
 
 #: Kernel families a tile can be forced for (the keys of ``kernels._config.GPU_CONFIGS``):
 #: ``"gemm"`` (GEMM and convolution), ``"depthwise"`` (depthwise convolution and max pooling),
@@ -120,6 +129,12 @@ def _check_gemm_variant(name: Any) -> str:
     return name
 
 
+def _check_tile_match(name: Any) -> str:
+    if name not in TILE_MATCHES:
+        raise ValueError(f"tile match must be one of {TILE_MATCHES}, got {name!r}")
+    return name
+
+
 def _check_family(family: Any) -> str:
     if family not in KERNEL_FAMILIES:
         raise ValueError(f"unknown kernel family {family!r}; expected one of {sorted(KERNEL_FAMILIES)}")
@@ -145,9 +160,11 @@ class KernelSettings:
     gemm_variant: str = "pointers"
     tile_table: bool = True
     tile_table_file: Optional[str] = None
+    tile_match: str = "nearest"
 
     def __post_init__(self) -> None:
         _check_backend(self.backend)
+        _check_tile_match(self.tile_match)
         _check_variant(self.depthwise_variant)
         _check_gemm_variant(self.gemm_variant)
         object.__setattr__(self, "autotune", bool(self.autotune))
@@ -195,7 +212,9 @@ def settings_from_env(environ: Optional[Mapping[str, str]] = None) -> KernelSett
       ``ValueError``);
     * ``DFQ_KERNELS_TILE_TABLE``: ``0``, ``false``, ``no`` or ``off`` switch the tuned tile table
       off; ``1``, ``true``, ``yes``, ``on`` or empty keep the device's table
-      (``kernels/tiles/<device>.json``); any other value is the path of the table to read.
+      (``kernels/tiles/<device>.json``); any other value is the path of the table to read;
+    * ``DFQ_KERNELS_TILE_MATCH``: ``nearest`` (default) or ``exact`` (any other value raises
+      ``ValueError``).
 
     The backend always defaults to ``"auto"`` and no tile is forced.
     """
@@ -207,6 +226,9 @@ def settings_from_env(environ: Optional[Mapping[str, str]] = None) -> KernelSett
     gemm_variant = env.get("DFQ_GEMM_VARIANT", "pointers").strip().lower()
     if gemm_variant not in GEMM_VARIANTS:
         raise ValueError(f"DFQ_GEMM_VARIANT must be one of {GEMM_VARIANTS}, got {gemm_variant!r}")
+    match = env.get("DFQ_KERNELS_TILE_MATCH", "nearest").strip().lower()
+    if match not in TILE_MATCHES:
+        raise ValueError(f"DFQ_KERNELS_TILE_MATCH must be one of {TILE_MATCHES}, got {match!r}")
     table = env.get("DFQ_KERNELS_TILE_TABLE", "").strip()
     tile_table, table_file = True, None
     if table.lower() in _OFF:
@@ -214,7 +236,7 @@ def settings_from_env(environ: Optional[Mapping[str, str]] = None) -> KernelSett
     elif table and table.lower() not in ("1", "true", "yes", "on"):
         table_file = table
     return KernelSettings(autotune=autotune, depthwise_variant=variant, gemm_variant=gemm_variant,
-                          tile_table=tile_table, tile_table_file=table_file)
+                          tile_table=tile_table, tile_table_file=table_file, tile_match=match)
 
 
 _OFF = ("0", "false", "no", "off")

@@ -17,7 +17,18 @@ meta-parameters of the family's tiles plus ``num_warps`` and ``num_stages``.
 
 :func:`kernels._config.launch` chooses each GPU launch's tile in this order (:func:`select_tile`):
 a forced tile (``kernels._config.forced_config``) > the table's entry for this kernel and key >
-autotuning (when on) > the family's default tile. Under Triton's interpreter the interpreter tile
+the nearest entry (settings field ``tile_match="nearest"``, the default; see below) > autotuning
+(when on) > the family's default tile.
+
+A table is tuned at a few batch sizes and one image size, while the autotune keys hold the
+problem's size (``M_BUCKET``/``P_BUCKET``: output rows or pixels, a power of two; ``H``, ``W``,
+``OW``: image sizes), so batch 64 or a 256x256 input finds no entry of the same key. The nearest
+entry (:meth:`TileTable.nearest`) is one of the same kernel whose key agrees in every other field
+(channels, window, stride, flags) and whose size fields are nearest: least ``sum |log2(table /
+launch)|`` over :data:`SIZE_KEYS`, at most :data:`NEAREST_MAX_LOG2` (a factor of 16 in all;
+ties go to the larger problem). Every tile of a family computes the same integers, so a tile
+chosen for a neighbouring size is only a matter of speed. ``tile_match="exact"``
+(``DFQ_KERNELS_TILE_MATCH=exact``) autotunes those launches instead. Under Triton's interpreter the interpreter tile
 is used (or a forced one), never the table. The table is switched by the settings field
 ``tile_table`` (environment ``DFQ_KERNELS_TILE_TABLE=0`` turns it off; a path selects another
 file: ``tile_table_file``).
@@ -42,6 +53,7 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -50,6 +62,8 @@ __all__ = [
     "SCHEMA",
     "TILES_DIR",
     "SOURCES",
+    "SIZE_KEYS",
+    "NEAREST_MAX_LOG2",
     "TileTable",
     "device_tag",
     "default_table_path",
@@ -77,7 +91,12 @@ SCHEMA = "dfq_int8-tiles/1"
 #: Where the committed tables live.
 TILES_DIR = Path(__file__).resolve().with_name("tiles")
 #: Where a launch's tile came from.
-SOURCES = ("forced", "table", "autotune", "default", "interpreter")
+SOURCES = ("forced", "table", "nearest", "autotune", "default", "interpreter")
+#: Autotune key fields that measure the problem's size rather than its kind: a nearest table
+#: entry may differ from the launch in these, never in the others.
+SIZE_KEYS = frozenset({"M_BUCKET", "P_BUCKET", "H", "W", "OW"})
+#: Farthest a nearest entry may be: ``sum |log2(entry / launch)|`` over the size fields.
+NEAREST_MAX_LOG2: float = 4.0
 _LAUNCH_FIELDS = ("num_warps", "num_stages")
 
 
@@ -132,6 +151,7 @@ class TileTable:
         self.kernels: Dict[str, List[Any]] = {str(k): list(v or []) for k, v in kernels.items()}
         self.warnings: List[str] = []
         self._index: Dict[Tuple[str, Tuple[str, ...], FrozenSet[str]], Dict[tuple, Dict[str, Any]]] = {}
+        self._by_kind: Dict[Tuple[str, Tuple[str, ...], FrozenSet[str]], Dict[tuple, List[tuple]]] = {}
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.kernels.values())
@@ -184,10 +204,47 @@ class TileTable:
         hit = self.index(kernel, key_names, meta_names).get(tuple(key_values))
         return None if hit is None else dict(hit)
 
+    def nearest(self, kernel: str, key_names: Sequence[str], key_values: Sequence[Any], meta_names: Iterable[str],
+                max_log2: float = NEAREST_MAX_LOG2) -> Optional[Tuple[Dict[str, Any], tuple]]:  # fmt: skip
+        """``(launch meta, entry key)`` of the entry of ``kernel`` nearest to ``key_values``: the
+        same values in every field but the size fields (:data:`SIZE_KEYS`, positive ints), and
+        the least ``sum |log2(entry / launch)|`` over those, at most ``max_log2``; ties go to the
+        larger sizes. None when no entry qualifies (or the key has no size field)."""
+        names = tuple(key_names)
+        sized = _size_positions(names, key_values)
+        if not sized:
+            return None
+        ix = (kernel, names, frozenset(meta_names))
+        kinds = self._by_kind.get(ix)
+        if kinds is None:  # entries grouped by their fields other than the size fields, once
+            kinds = self._by_kind[ix] = {}
+            for key, launch in self.index(*ix).items():
+                at = _size_positions(names, key)
+                kinds.setdefault((at, _kind_of(key, at)), []).append((key, launch))
+        want = [math.log2(key_values[i]) for i in sized]
+        best = None
+        for key, launch in kinds.get((sized, _kind_of(tuple(key_values), sized)), ()):
+            got = [math.log2(key[i]) for i in sized]
+            distance = sum(abs(g - w) for g, w in zip(got, want))
+            rank = (distance, [-g for g in got])
+            if distance <= max_log2 and (best is None or rank < best[0]):
+                best = (rank, key, launch)
+        return None if best is None else (dict(best[2]), best[1])
+
     def summary(self) -> Dict[str, Any]:
         """JSON-ready description: file, device, Triton version, entries per kernel, warnings."""
         return {"file": self.source, "device": self.device, "triton": self.triton,
                 "entries": {k: len(v) for k, v in sorted(self.kernels.items())}, "warnings": list(self.warnings)}
+
+
+def _size_positions(key_names: Sequence[str], key_values: Sequence[Any]) -> Tuple[int, ...]:
+    # the size fields of a key (SIZE_KEYS) that hold a positive int (else they must match exactly)
+    return tuple(i for i, n in enumerate(key_names) if n in SIZE_KEYS and isinstance(key_values[i], int)
+                 and not isinstance(key_values[i], bool) and key_values[i] > 0)  # fmt: skip
+
+
+def _kind_of(key: tuple, sized: Tuple[int, ...]) -> tuple:
+    return tuple(v for i, v in enumerate(key) if i not in sized)
 
 
 def load_table(path: "os.PathLike[str] | str", device_name: Optional[str] = None) -> Optional[TileTable]:
@@ -281,12 +338,14 @@ def select_tile(
     meta_names: Iterable[str] = (),
     autotune: bool,
     default: Any,
+    match: str = "exact",
 ) -> Tuple[str, Optional[Dict[str, Any]]]:
     """``(source, meta)`` of one launch; ``meta`` None means "through the autotuner".
 
     Interpreter: the forced tile's meta-parameters, else the interpreter tile. GPU: the forced
-    tile > the table's entry for ``kernel`` at ``key_values`` > autotuning (when on) > the
-    family's ``default`` config."""
+    tile > the table's entry for ``kernel`` at ``key_values`` > with ``match="nearest"``, the
+    nearest entry (:meth:`TileTable.nearest`) > autotuning (when on) > the family's ``default``
+    config."""
     if interpreted:
         return ("forced", dict(forced.kwargs)) if forced is not None else ("interpreter", dict(interpret_meta))
     if forced is not None:
@@ -295,6 +354,10 @@ def select_tile(
         hit = table.lookup(kernel, key_names, key_values, meta_names)
         if hit is not None:
             return "table", hit
+        if match == "nearest":
+            near = table.nearest(kernel, key_names, key_values, meta_names)
+            if near is not None:
+                return "nearest", near[0]
     if autotune:
         return "autotune", None
     return "default", _launch_meta(default)

@@ -158,7 +158,8 @@ def test_context_managers_restore_on_exit_and_on_errors():
 
 
 def test_environment_sets_the_defaults(monkeypatch):
-    for name in ("DFQ_KERNELS_AUTOTUNE", "DFQ_DEPTHWISE_VARIANT", "DFQ_GEMM_VARIANT", "DFQ_KERNELS_TILE_TABLE"):
+    for name in ("DFQ_KERNELS_AUTOTUNE", "DFQ_DEPTHWISE_VARIANT", "DFQ_GEMM_VARIANT", "DFQ_KERNELS_TILE_TABLE",
+                 "DFQ_KERNELS_TILE_MATCH"):
         monkeypatch.delenv(name, raising=False)
     assert ks.settings_from_env() == KernelSettings()
     for value, on in (("0", False), ("false", False), (" No ", False), ("OFF", False), ("1", True), ("yes", True)):
@@ -178,6 +179,12 @@ def test_environment_sets_the_defaults(monkeypatch):
         ks.settings_from_env()
     with pytest.raises(ValueError, match="gemm variant must be one of"):
         KernelSettings(gemm_variant="cutlass")
+    assert ks.settings_from_env({"DFQ_KERNELS_TILE_MATCH": " Exact "}) == KernelSettings(tile_match="exact")
+    assert KernelSettings().tile_match == "nearest"
+    with pytest.raises(ValueError, match="DFQ_KERNELS_TILE_MATCH must be one of"):
+        ks.settings_from_env({"DFQ_KERNELS_TILE_MATCH": "closest"})
+    with pytest.raises(ValueError, match="tile match must be one of"):
+        KernelSettings(tile_match="any")
 
 
 def test_environment_is_read_at_import():
@@ -304,8 +311,12 @@ def test_tile_selection_order_and_switch(tmp_path, monkeypatch, caplog):
     assert sel(forced=None, interpreted=False, table=table, key_values=key_vals, autotune=True) == ("table", TABLE_TILE)
     assert sel(forced=None, interpreted=False, table=table, key_values=key_vals, autotune=False) == (
         "table", TABLE_TILE)
-    other_key = (128, 16, 32, False, False)
+    other_key = (128, 16, 32, False, False)  # another batch: only the size field differs
     assert sel(forced=None, interpreted=False, table=table, key_values=other_key, autotune=True) == ("autotune", None)
+    assert sel(forced=None, interpreted=False, table=table, key_values=other_key, autotune=True,
+               match="nearest") == ("nearest", TABLE_TILE)
+    assert sel(forced=None, interpreted=False, table=table, key_values=(128, 24, 32, False, False), autotune=False,
+               match="nearest")[0] == "default"  # another N: no entry is near
     assert sel(forced=None, interpreted=False, table=None, key_values=key_vals, autotune=False) == (
         "default", {**default.kwargs, "num_warps": default.num_warps, "num_stages": default.num_stages})
     assert sel(forced=None, interpreted=True, table=table, key_values=key_vals, autotune=True) == (
@@ -330,7 +341,13 @@ def test_tile_selection_order_and_switch(tmp_path, monkeypatch, caplog):
                 assert meta() == ("autotune", None)
                 with ks.use_settings(autotune=False):
                     assert meta()[0] == "default"
-            args["N"] = 24  # a key the table does not hold
+            args["M_BUCKET"] = 1024  # a larger batch: the nearest entry (16x), unless exact matches are asked for
+            assert meta() == ("nearest", TABLE_TILE)
+            with ks.use_settings(tile_match="exact"):
+                assert meta() == ("autotune", None)
+            args["M_BUCKET"] = 2048  # 32x: too far
+            assert meta() == ("autotune", None)
+            args["M_BUCKET"], args["N"] = 64, 24  # a key the table does not hold
             assert meta() == ("autotune", None)
         # a table for another device is not used
         with ks.use_settings(autotune=False, tile_table_file=str(_gemm_table(tmp_path, device="NVIDIA H100",
@@ -347,6 +364,58 @@ def test_tile_selection_order_and_switch(tmp_path, monkeypatch, caplog):
     custom = ks.settings_from_env({"DFQ_KERNELS_TILE_TABLE": "/x/h200.json"})
     assert custom.tile_table is True and custom.tile_table_file == "/x/h200.json"
     assert KernelSettings().tile_table is True and KernelSettings().tile_table_file is None
+
+
+def test_nearest_tile_table_entry():
+    """Without an entry of the launch's key, the entry of the same kernel that differs only in the
+    size fields (bucketed rows, image sizes) by the least factor, within NEAREST_MAX_LOG2; ties
+    to the larger problem; never across channels, windows, strides or flags."""
+    from kernels import tiles
+
+    keys = ("M_BUCKET", "N", "C", "H", "W", "KH", "KW", "stride_h", "stride_w", "HAS_WZP", "OUT_INT32")
+    meta_names = _config.DEFAULT_GPU_CONFIG["gemm"].kwargs
+
+    def entry(m, h, n=64, stride=1, wzp=False, block_m=64):
+        key = dict(zip(keys, (m, n, 32, h, h, 3, 3, stride, stride, wzp, False)))
+        return {"key": key, "config": {**TABLE_TILE, "BLOCK_M": block_m}}
+
+    table = tiles.TileTable({"kernels": {"int8_conv2d_kernel": [
+        entry(1 << 20, 56, block_m=128),  # batch 256 at 224x224
+        entry(1 << 17, 56, block_m=64),  # batch 32
+        entry(1 << 12, 56, block_m=32),  # batch 1
+        entry(1 << 16, 56, n=128, block_m=256),  # other N
+        entry(1 << 16, 56, stride=2, block_m=256),  # other stride
+        entry(1 << 16, 56, wzp=True, block_m=256),  # other flag
+    ]}})
+
+    def near(m, h, **kw):
+        got = table.nearest("int8_conv2d_kernel", keys, (m, 64, 32, h, h, 3, 3, 1, 1, False, False), meta_names, **kw)
+        return None if got is None else (got[0]["BLOCK_M"], got[1][0])
+
+    assert near(1 << 17, 56) == (64, 1 << 17)  # the exact key is the nearest
+    assert near(1 << 16, 56) == (64, 1 << 17)  # batch 16: 2x from batch 32, 16x from batch 1
+    assert near(1 << 18, 56) == (64, 1 << 17)  # 2x from batch 32, 4x from batch 256
+    assert near(1 << 19, 56) == (128, 1 << 20)  # 2x from batch 256, 4x from batch 32
+    assert near(1 << 14, 56) == (32, 1 << 12)  # 4x from batch 1, 8x from batch 32
+    assert near(1 << 20, 64) == (128, 1 << 20)  # a 256x256 input: H and W 64/56 from the table's
+    assert near(1 << 22, 112) == (128, 1 << 20)  # 4x the rows, 2x each side: 2 + 1 + 1 = 4, the limit
+    assert near(1 << 23, 112) is None  # 5: too far
+    assert near(1 << 16, 56, max_log2=0.5) is None and near(1 << 17, 56, max_log2=0) == (64, 1 << 17)
+    # nothing across other fields: an N, stride or flag of no entry finds none
+    assert table.nearest("int8_conv2d_kernel", keys, (1 << 17, 96, 32, 56, 56, 3, 3, 1, 1, False, False),
+                         meta_names) is None
+    assert table.nearest("int8_conv2d_kernel", keys, (1 << 17, 64, 32, 56, 56, 3, 3, 2, 2, False, False),
+                         meta_names)[0]["BLOCK_M"] == 256  # the stride-2 entry, 2x away
+    assert table.nearest("int8_gemm_kernel", GEMM_KEYS, (64, 16, 32, False, False), meta_names) is None
+    # a tie goes to the larger problem
+    tie = tiles.TileTable({"kernels": {"int8_conv2d_kernel": [entry(1 << 10, 56, block_m=32),
+                                                              entry(1 << 14, 56, block_m=128)]}})
+    got = tie.nearest("int8_conv2d_kernel", keys, (1 << 12, 64, 32, 56, 56, 3, 3, 1, 1, False, False), meta_names)
+    assert got[0]["BLOCK_M"] == 128 and got[1][0] == 1 << 14
+    # the launch meta is a copy
+    got[0]["BLOCK_M"] = 0
+    assert tie.nearest("int8_conv2d_kernel", keys, (1 << 12, 64, 32, 56, 56, 3, 3, 1, 1, False, False),
+                       meta_names)[0]["BLOCK_M"] == 128
 
 
 def test_tile_table_loader_ignores_what_it_cannot_use(tmp_path, caplog):

@@ -628,7 +628,7 @@ def _kernel_settings_record(cuda: bool) -> Dict[str, Any]:
 
     s = ks.current_settings()
     out: Dict[str, Any] = {"autotune": s.autotune, "tile_table": s.tile_table, "tile_table_file": s.tile_table_file,
-                           "depthwise_variant": s.depthwise_variant, "gemm_variant": s.gemm_variant,
+                           "tile_match": s.tile_match, "depthwise_variant": s.depthwise_variant, "gemm_variant": s.gemm_variant,
                            "forced": [f for f, _ in s.forced],
                            "table": None}
     if cuda and s.tile_table:
