@@ -103,6 +103,47 @@ def test_padding_stops_where_a_tensor_leaves_the_int8_steps() -> None:
         assert torch.equal(net(x), to_int8(sim, backend="reference", pad_channels=False)(x))
 
 
+class _Seg(nn.Module):
+    """A segmentation head in miniature (LR-ASPP's): a low-resolution branch upsampled to the size
+    of a 24-channel skip tensor (a shape query on it: ``size=skip.shape[-2:]``), plus a 1x1
+    classifier of the skip tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1), nn.ReLU())
+        self.low = nn.Sequential(nn.Conv2d(24, 40, 3, 2, 1), nn.ReLU())
+        self.cls_low, self.cls_skip = nn.Conv2d(40, 6, 1), nn.Conv2d(24, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.stem(x)
+        up = nn.functional.interpolate(self.low(skip), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.cls_low(up) + self.cls_skip(skip) + skip.size(1) / 24
+
+
+def test_shape_queries_of_a_padded_tensor_see_its_real_channels() -> None:
+    """A tensor whose size another tensor is upsampled to is padded like the others (its shape
+    query, and ``size(1)``, report the real channels); the network equals the unpadded one."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 15, 13)
+    sim = quantize(_Seg().eval(), (x[:1],), DFQConfig())
+    plain = to_int8(sim, backend="reference", pad_channels=False)
+    net = to_int8(sim, backend="reference")
+    assert net.padded_channels == {"stem_0": (24, 32), "low_0": (40, 48), "interpolate": (40, 48)}
+    queries = [n for n in net.graph.nodes if n.target in (L.nchw_shape, L.nchw_size)]
+    assert len(queries) == 2 and all(n.kwargs == {"channels": 24} for n in queries)
+    with torch.no_grad():
+        expect = plain(x)
+        assert torch.equal(net(x), expect) and torch.equal(sim(x), expect)
+        agree = compare_with_simulation(net, sim, x)
+        assert agree and all(a.mismatches == 0 for a in agree.values())
+        net.backend = "triton"
+        assert torch.equal(net.to(DEVICE)(x.to(DEVICE)).cpu(), expect)
+    t = torch.zeros(2, 5, 7, 32)
+    assert L.nchw_shape(t) == (2, 32, 5, 7) and L.nchw_shape(t, channels=24) == (2, 24, 5, 7)
+    assert L.nchw_size(t, 1, channels=24) == 24 and L.nchw_size(t, -1, channels=24) == 7
+    assert L.nchw_size(torch.zeros(2, 32), 1, channels=20) == 20 and L.nchw_size(t, 2) == 5
+
+
 def test_end_to_end_benchmark_times_the_unpadded_network() -> None:
     from dfq_gpu.bench import e2e
 

@@ -966,18 +966,23 @@ class Int8Cat(Int8Step):
 _NCHW_TO_NHWC = (0, 3, 1, 2)
 
 
-def nchw_size(x: Tensor, dim: Optional[int] = None):
-    """``size`` of the NCHW tensor that the NHWC tensor ``x`` stands for (other ranks: ``x.size``)."""
-    if x.dim() != 4:
-        return x.size() if dim is None else x.size(dim)
-    if dim is None:
-        return torch.Size((x.shape[0], x.shape[3], x.shape[1], x.shape[2]))
-    return x.size(_NCHW_TO_NHWC[dim % 4])
+def nchw_size(x: Tensor, dim: Optional[int] = None, channels: Optional[int] = None):
+    """``size`` of the NCHW tensor that the NHWC tensor ``x`` stands for (other ranks: ``x.size``).
+    ``channels``: the real channel count of a tensor stored with more (channel padding,
+    :mod:`dfq_gpu.int8.padding`), reported as dimension 1 of a 4-D or 2-D ``x``."""
+    if x.dim() == 4:
+        size = torch.Size((x.shape[0], x.shape[3], x.shape[1], x.shape[2]))
+    else:
+        size = x.size()
+    if channels is not None and x.dim() in (2, 4):
+        size = torch.Size((size[0], channels, *size[2:]))
+    return size if dim is None else size[dim]
 
 
-def nchw_shape(x: Tensor):
-    """``shape`` of the NCHW tensor that the NHWC tensor ``x`` stands for."""
-    return nchw_size(x)
+def nchw_shape(x: Tensor, channels: Optional[int] = None):
+    """``shape`` of the NCHW tensor that the NHWC tensor ``x`` stands for (``channels``: as
+    :func:`nchw_size`)."""
+    return nchw_size(x, channels=channels)
 
 
 def flatten_nhwc(x: Tensor) -> Tensor:

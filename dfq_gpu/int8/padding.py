@@ -30,8 +30,9 @@ output, which keeps the channels in order). Then
 So every real channel's integers are those of the unpadded network, bit for bit. The padded
 steps carry ``logical_channels`` (the real count); :meth:`Int8Network.activations` and
 :func:`~dfq_gpu.int8.compare_with_simulation` slice their outputs back to it, and the network
-outputs are never padded (a tensor that reaches a dequantization, a float step, a shape query or
-a reshape is not). The facts of each step type are :data:`CHANNEL_FACTS`, the one table this
+outputs are never padded (a tensor that reaches a dequantization, a float step or a reshape is
+not). A shape query of a padded tensor (``x.shape``, ``x.size(d)``: an upsampling to another
+tensor's size) is told the real channel count. The facts of each step type are :data:`CHANNEL_FACTS`, the one table this
 module decides by.
 """
 
@@ -62,6 +63,9 @@ ABSORB, SAME, FIXED = "absorb", "same", "fixed"
 #: How a step's output relates to the groups: a new group starts there ("source": a channel-mixing
 #: layer), it belongs to its "same" inputs' group, or it cannot be padded ("fixed").
 SOURCE = "source"
+#: How a shape query (``layers.nchw_shape``, ``layers.nchw_size``) reads its tensor: told the real
+#: channel count when the tensor is padded.
+QUERY = "query"
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,7 @@ def _float_output(step: nn.Module) -> bool:
 
 _LAYER = ChannelFacts((ABSORB, SAME), SOURCE, _out_channels, _pad_layer_input, _pad_layer_output)
 _CHANNELWISE = ChannelFacts((SAME,), SAME)
+_QUERY = ChannelFacts((QUERY,), FIXED)
 
 #: The facts of every step type that can hold padded channels (exact types: a subclass has its own
 #: entry or none). Anything else reading or making a tensor keeps that tensor's group unpadded.
@@ -176,6 +181,8 @@ _ONE_PIXEL = (L.Int8AvgPool, L.Int8GlobalMaxPool)
 
 
 def _facts(gm: fx.GraphModule, node: fx.Node) -> Optional[ChannelFacts]:
+    if node.op == "call_function" and node.target in (L.nchw_shape, L.nchw_size):
+        return _QUERY if "channels" not in node.kwargs else None
     if node.op == "call_function" and node.target is L.flatten_nhwc:
         # the flatten of a classifier head: channel-wise when it flattens a global pool's output
         src = node.args[0] if node.args else None
@@ -228,11 +235,12 @@ def pad_channels(gm: fx.GraphModule, align: int = ALIGN) -> dict[str, tuple[int,
     for n in nodes:
         members.setdefault(find(n), []).append(n)
     done: dict[str, tuple[int, int]] = {}
+    queried = False
     for group in members.values():
         plan = _group_plan(gm, group, facts)
         if plan is None:
             continue
-        c, absorbers = plan
+        c, absorbers, queries = plan
         cp = -(-c // align) * align
         if cp == c:
             continue
@@ -250,6 +258,11 @@ def pad_channels(gm: fx.GraphModule, align: int = ALIGN) -> dict[str, tuple[int,
             f = facts[n]
             assert f is not None and f.pad_input is not None
             f.pad_input(gm.get_submodule(str(n.target)), c, cp)
+        for n in queries:
+            n.kwargs = {**n.kwargs, "channels": c}
+            queried = True
+    if queried:
+        gm.recompile()
     if done:
         sizes: dict[tuple[int, int], int] = {}
         for v in done.values():
@@ -259,10 +272,11 @@ def pad_channels(gm: fx.GraphModule, align: int = ALIGN) -> dict[str, tuple[int,
 
 
 def _group_plan(gm: fx.GraphModule, group: list[fx.Node],
-                facts: dict[fx.Node, Optional[ChannelFacts]]) -> Optional[tuple[int, list[fx.Node]]]:
-    """``(channels, absorbing users)`` of a paddable group, or None."""
+                facts: dict[fx.Node, Optional[ChannelFacts]]) -> Optional[tuple[int, list[fx.Node], list[fx.Node]]]:
+    """``(channels, absorbing users, shape queries)`` of a paddable group, or None."""
     counts: set[int] = set()
     absorbers: list[fx.Node] = []
+    queries: list[fx.Node] = []
     for n in group:
         f = facts[n]
         if f is None or f.output == FIXED:
@@ -278,6 +292,8 @@ def _group_plan(gm: fx.GraphModule, group: list[fx.Node],
                 w = gm.get_submodule(str(u.target)).weight
                 counts.add(int(w.shape[-1]))
                 absorbers.append(u)
+            if QUERY in roles:
+                queries.append(u)
     if len(counts) != 1:
         return None  # no producing layer, or channel counts that disagree (a broadcast)
     c = counts.pop()
@@ -285,7 +301,7 @@ def _group_plan(gm: fx.GraphModule, group: list[fx.Node],
     if any(not _own_channels(gm.get_submodule(str(n.target))) <= {1, c} for n in group
            if facts[n].output == SAME and n.op == "call_module"):
         return None
-    return c, list(dict.fromkeys(absorbers))
+    return c, list(dict.fromkeys(absorbers)), list(dict.fromkeys(queries))
 
 
 def _own_channels(step: nn.Module) -> set[int]:
