@@ -3,6 +3,7 @@ comparison (dfq_gpu.export)."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -16,7 +17,8 @@ import torch.nn as nn
 import dfq_gpu
 from dfq_gpu import DFQConfig, DFQError, compare_layers, export_onnx, golden_activations, prepare, quantize, to_int8
 from dfq_gpu.cli import main as cli_main
-from dfq_gpu.export import ExportError, optimized_op_counts, quantized_tensor_names, run_onnx
+from dfq_gpu.export import (ExportError, optimized_op_counts, ort_u8s8_saturates, quantized_tensor_names, run_onnx,
+                            uint8_weights)
 from dfq_gpu.export.onnx_qdq import exact_multiplier_scales
 from dfq_gpu.quant import requant
 
@@ -291,6 +293,44 @@ def test_golden_model_finds_the_perturbed_layer(tiny):
         compare_layers({"act_quant_x": np.full(ref["act_quant_x"].shape, 0.5)}, ref)
 
 
+def test_uint8_weights_are_the_same_values_and_run_exact(tmp_path):
+    """``int8`` weights stored as ``uint8`` (codes and zero point + 128) dequantize to the same
+    floats, and ONNX Runtime's fused kernels on them return the reference codes (ONNX Runtime's
+    U8S8 kernels saturate on x86 CPUs without VNNI: ``ort_u8s8_saturates``)."""
+    _, q, x, _ = _tiny(DFQConfig(weight_granularity="channel", weight_symmetric=True), seed=3)
+    proto = export_onnx(q)
+    u8 = uint8_weights(proto)
+    assert export_onnx(q, weights="uint8") == u8 and proto != u8
+    a = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    b = {i.name: numpy_helper.to_array(i) for i in u8.graph.initializer}
+    wdq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_weight_quantized")]
+    assert len(wdq) == 4
+    for n in wdq:
+        w, s, z = n.input
+        assert a[w].dtype == np.int8 and b[w].dtype == np.uint8 and (b[z] == 128).all()
+        axis = [1] + [1] * (a[w].ndim - 1)
+        axis[0] = -1
+        deq = lambda i: (i[w].astype(np.float32) - i[z].astype(np.float32).reshape(axis)) * i[s].reshape(axis)  # noqa
+        np.testing.assert_array_equal(deq(a), deq(b))
+    assert all(np.array_equal(a[k], b[k]) for k in a if not k.endswith(("_weight_quantized", "_weight_zero_point")))
+    ref = golden_activations(q, x)
+    _, codes = run_onnx(proto, x, uint8_weights=True)
+    rep = compare_layers(codes, ref, tolerance=1)
+    assert rep.ok and rep.equal_share >= 0.999, str(rep)
+    with pytest.raises(ExportError, match="weights must be"):
+        export_onnx(q, weights="int4")
+
+
+def test_which_cpus_saturate(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert ort_u8s8_saturates("x86_64", str(info)) is True
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert ort_u8s8_saturates("x86_64", str(info)) is False
+    assert ort_u8s8_saturates("AMD64", str(tmp_path / "none")) is True  # flags unknown: assume it can
+    assert ort_u8s8_saturates("aarch64", str(tmp_path / "none")) is False
+
+
 # =============================================================================================
 # Command line
 # =============================================================================================
@@ -317,6 +357,12 @@ def test_cli_export(tiny, tmp_path, capsys):
     assert cli_main(["export", str(junk), "--onnx", str(tmp_path / "b.onnx")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert cli_main(["export", str(src), "--onnx", str(out), "--force", "--json"]) == 0
+    capsys.readouterr()
+    assert cli_main(["export", str(src), "--onnx", str(out), "--force", "--json", "--weights", "uint8"]) == 0
+    assert json.loads(capsys.readouterr().out)["weights"] == "uint8"
+    model = onnx.load(str(out))
+    assert {i.data_type for i in model.graph.initializer if i.name.endswith("_weight_quantized")} == {
+        onnx.TensorProto.UINT8}
 
 
 # =============================================================================================

@@ -10,9 +10,9 @@ when a function needs them.
 from __future__ import annotations
 
 from .golden import LayerDiff, LayerReport, compare_layers, golden_activations, quantizer_layers
-from .onnx_qdq import OPSET, ExportError, export_onnx, quantized_tensor_names
-from .runtime import optimized_op_counts, ort_session, run_onnx
+from .onnx_qdq import OPSET, ExportError, export_onnx, quantized_tensor_names, uint8_weights
+from .runtime import optimized_op_counts, ort_session, ort_u8s8_saturates, run_onnx
 
 __all__ = ["OPSET", "ExportError", "LayerDiff", "LayerReport", "compare_layers", "export_onnx",
-           "golden_activations", "optimized_op_counts", "ort_session", "quantized_tensor_names", "quantizer_layers",
-           "run_onnx"]
+           "golden_activations", "optimized_op_counts", "ort_session", "ort_u8s8_saturates", "quantized_tensor_names",
+           "quantizer_layers", "run_onnx", "uint8_weights"]

@@ -69,7 +69,8 @@ from ..graph.trace import node_module
 from ..modules import ChannelClamp, FakeQuant, QAdd, QAvgPool, QConv2d, QLinear
 from ..quant import requant
 
-__all__ = ["OPSET", "ExportError", "FusedScales", "exact_multiplier_scales", "export_onnx", "quantized_tensor_names"]
+__all__ = ["OPSET", "ExportError", "FusedScales", "exact_multiplier_scales", "export_onnx", "quantized_tensor_names",
+           "uint8_weights"]
 
 #: The ONNX opset of exported graphs (per-axis DequantizeLinear needs 13).
 OPSET = 13
@@ -667,7 +668,7 @@ def _ensure_shapes(gm: fx.GraphModule, example_inputs: Optional[Sequence[Any]]) 
 
 def export_onnx(q: nn.Module, path: Optional[str | os.PathLike] = None,
                 example_inputs: Optional[Sequence[Any]] = None, *, input_names: Optional[Sequence[str]] = None,
-                check: bool = True) -> Any:
+                check: bool = True, weights: str = "int8") -> Any:
     """Write a network of this package as ONNX (opset 13) and return the ``onnx.ModelProto``.
 
     Args:
@@ -678,6 +679,10 @@ def export_onnx(q: nn.Module, path: Optional[str | os.PathLike] = None,
             ``quantize`` / ``prepare`` / ``dfq_gpu.load`` already do).
         input_names: ONNX names of the inputs (default: the graph's placeholder names).
         check: run ``onnx.checker.check_model`` on the result.
+        weights: ``"int8"`` (default: symmetric weights as ``int8`` with zero point 0, what
+            TensorRT takes) or ``"uint8"`` (every weight as ``uint8``, symmetric ones with zero
+            point 128: the same values, for ONNX Runtime on x86 CPUs without VNNI, see
+            :func:`uint8_weights`).
 
     The batch dimension of inputs and outputs is dynamic (``batch``). The tensor named after each
     ``FakeQuant`` node of ``q`` holds that quantizer's integer codes (uint8 / int8); see
@@ -691,8 +696,12 @@ def export_onnx(q: nn.Module, path: Optional[str | os.PathLike] = None,
     if not isinstance(q, fx.GraphModule):
         raise ExportError(f"export_onnx takes the torch.fx.GraphModule of dfq_gpu.quantize or dfq_gpu.prepare, got "
                           f"{type(q).__name__}")
+    if weights not in ("int8", "uint8"):
+        raise ExportError(f"weights must be 'int8' or 'uint8', got {weights!r}")
     _ensure_shapes(q, example_inputs)
     model = _Emitter(q, onnx).run(input_names)
+    if weights == "uint8":
+        model = uint8_weights(model)
     if check:
         onnx.checker.check_model(model)
     if path is not None:
@@ -702,6 +711,37 @@ def export_onnx(q: nn.Module, path: Optional[str | os.PathLike] = None,
         tmp.write_bytes(model.SerializeToString())
         os.replace(tmp, p)
     return model
+
+
+def uint8_weights(model: Any) -> Any:
+    """A copy of an exported model whose ``int8`` weights (initializers read by a
+    ``DequantizeLinear``, with an ``int8`` zero point) are stored as ``uint8``, codes and zero
+    point shifted by 128: ``(w + 128) - (z + 128) = w - z``, the same dequantized values.
+
+    Why: on x86 CPUs without VNNI, ONNX Runtime runs a fused ``QLinearConv`` / ``QGemm`` of
+    ``uint8`` activations and ``int8`` weights (U8S8) with ``VPMADDUBSW``, which saturates a sum of
+    two products at 16 bits, and its outputs are then wrong by tens of codes where large
+    activations meet large weights (microsoft/onnxruntime#16105; its quantization guide
+    recommends U8U8 there). ``uint8`` weights take the U8U8 kernels, which do not saturate."""
+    onnx = _require_onnx()
+    from onnx import numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {i.name: i for i in m.graph.initializer}
+    done: set[str] = set()
+    for n in m.graph.node:
+        if n.op_type != "DequantizeLinear" or len(n.input) < 3 or n.input[0] in done:
+            continue
+        w, z = inits.get(n.input[0]), inits.get(n.input[2])
+        if w is None or z is None or w.data_type != onnx.TensorProto.INT8 or (
+                z.data_type != onnx.TensorProto.INT8 and z.name not in done):
+            continue
+        for t in (w, z) if z.name not in done else (w,):
+            shifted = (numpy_helper.to_array(t).astype(np.int16) + 128).astype(np.uint8)
+            t.CopyFrom(numpy_helper.from_array(shifted, t.name))
+            done.add(t.name)
+    return m
 
 
 def quantized_tensor_names(model: Any) -> list[str]:

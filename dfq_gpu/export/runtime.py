@@ -1,16 +1,57 @@
-"""Running an exported graph in ONNX Runtime (CPU), with its quantized tensors as extra outputs."""
+"""Running an exported graph in ONNX Runtime (CPU), with its quantized tensors as extra outputs.
+
+On x86 CPUs without VNNI, ONNX Runtime's fused ``uint8`` x ``int8`` kernels saturate at 16 bits
+(:func:`~dfq_gpu.export.onnx_qdq.uint8_weights`); there a session runs the model with its ``int8``
+weights stored as ``uint8`` (the same values) unless told otherwise (``uint8_weights``), so
+what it returns is the exported graph's arithmetic, not that limitation's.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import platform
 from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
 
 from .onnx_qdq import ExportError, _require_onnx, quantized_tensor_names
+from .onnx_qdq import uint8_weights as _to_uint8
 
-__all__ = ["ort_session", "run_onnx", "optimized_op_counts"]
+__all__ = ["ort_session", "run_onnx", "optimized_op_counts", "ort_u8s8_saturates"]
+
+log = logging.getLogger(__name__)
+
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+#: CPU flags (``/proc/cpuinfo``) of the instructions ONNX Runtime's U8S8 kernels use instead of
+#: the saturating ``VPMADDUBSW``.
+_VNNI = frozenset({"avx512_vnni", "avx_vnni"})
+
+
+def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> Optional[frozenset[str]]:
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def ort_u8s8_saturates(machine: Optional[str] = None, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether ONNX Runtime's fused U8S8 kernels can saturate here: an x86 CPU without VNNI
+    (``avx512_vnni`` / ``avx_vnni`` not among its flags, or flags unknown). ``machine``:
+    ``platform.machine()`` by default."""
+    if (machine or platform.machine()).lower() not in _X86:
+        return False
+    flags = _cpu_flags(cpuinfo)
+    return flags is None or not (flags & _VNNI)
+
+
+_host_saturates = functools.lru_cache(maxsize=1)(lambda: ort_u8s8_saturates())
 
 
 def _load(model: Any) -> Any:
@@ -51,10 +92,14 @@ def _with_quantized_outputs(model: Any, forced: Any = ()) -> tuple[Any, list[str
     return m, added
 
 
-def ort_session(model: Any, *, optimize: bool = True, threads: int = 0, optimized_path: str | None = None) -> Any:
+def ort_session(model: Any, *, optimize: bool = True, threads: int = 0, optimized_path: str | None = None,
+                uint8_weights: Optional[bool] = None) -> Any:
     """An ``onnxruntime.InferenceSession`` on the CPU for an exported model (path or
     ``ModelProto``). ``optimize=False`` disables ONNX Runtime's graph optimizations (no QDQ
-    fusion: every op between ``DequantizeLinear`` and ``QuantizeLinear`` runs in float)."""
+    fusion: every op between ``DequantizeLinear`` and ``QuantizeLinear`` runs in float).
+    ``uint8_weights``: run ``int8`` weights as ``uint8`` (the same values; see the module
+    docstring); ``None`` (default): where the fused kernels would saturate (``optimize`` on and
+    :func:`ort_u8s8_saturates`)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -68,12 +113,19 @@ def ort_session(model: Any, *, optimize: bool = True, threads: int = 0, optimize
         so.optimized_model_filepath = optimized_path
         so.log_severity_level = 3  # not the warning that the optimized graph is specific to this machine
     m = _load(model)
+    if uint8_weights is None:
+        uint8_weights = optimize and _host_saturates()
+        if uint8_weights:
+            log.info("ONNX Runtime session: int8 weights run as uint8 (an x86 CPU without VNNI, where its "
+                     "uint8 x int8 kernels saturate)")
+    if uint8_weights:
+        m = _to_uint8(m)
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(model: Any, *inputs: Any, intermediate: bool = True, optimize: bool = True, batch_size: int = 0,
-             threads: int = 0, teacher_forcing: Optional[Mapping[str, Any]] = None
-             ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+             threads: int = 0, teacher_forcing: Optional[Mapping[str, Any]] = None,
+             uint8_weights: Optional[bool] = None) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Run an exported model in ONNX Runtime on the CPU.
 
     Args:
@@ -86,6 +138,8 @@ def run_onnx(model: Any, *inputs: Any, intermediate: bool = True, optimize: bool
         teacher_forcing: ``{tensor name: reference codes}`` (:func:`dfq_gpu.golden_activations`):
             every op reads these codes instead of the codes computed by the op before it, so the
             codes returned for a tensor show that step's own difference (no propagation).
+        uint8_weights: as :func:`ort_session` (default: where ONNX Runtime's kernels would
+            saturate otherwise).
 
     Returns ``(outputs, codes)``: the graph outputs, and (with ``intermediate``) the integer codes
     of every quantized tensor by the simulation's ``FakeQuant`` node name (what
@@ -96,7 +150,7 @@ def run_onnx(model: Any, *inputs: Any, intermediate: bool = True, optimize: bool
     forced = dict(teacher_forcing or {})
     if intermediate or forced:
         m, added = _with_quantized_outputs(m, forced)
-    sess = ort_session(m, optimize=optimize, threads=threads)
+    sess = ort_session(m, optimize=optimize, threads=threads, uint8_weights=uint8_weights)
     in_names = [i.name for i in sess.get_inputs() if i.name not in forced]
     elem = {i.name: i.type for i in sess.get_inputs()}
     arrays = [x.detach().cpu().to(torch.float32).numpy() if isinstance(x, torch.Tensor) else
