@@ -144,7 +144,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "m.hi.mul_(m.hi.new_tensor(inv))", "m.hi.mul_(m.hi.new_tensor(s))",
            "equalization scales a per-channel clamp's upper bound the wrong way",
            ("tests/test_prepare.py",)),
-    Mutant("int8_dequantize_zero_point", "kernels/reference.py",
+    Mutant("int8_dequantize_zero_point", "kernels/reference/contract.py",
            "return (q.to(torch.int32) - z).to(torch.float32) * s", "return (q.to(torch.int32) + z).to(torch.float32) * s",
            "the integer reference dequantizes with the zero point's sign flipped",
            ("tests/test_integer_layers.py", "tests/test_int8.py")),
