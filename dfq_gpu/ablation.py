@@ -90,17 +90,26 @@ class AblationResult:
         return json.dumps(asdict(self), indent=2)
 
 
+#: Batch size of the evaluation (the FP32 outputs depend on it in the last bits).
+BATCH_SIZE = 40
+
+
 def run_ablation(model: nn.Module, data: torch.utils.data.TensorDataset, model_name: str = "model",
-                 rows: Sequence[AblationRow] = ABLATION_ROWS, batch_size: int = 40,
+                 rows: Sequence[AblationRow] = ABLATION_ROWS, batch_size: int = BATCH_SIZE,
                  calibration: Sequence[torch.Tensor] | None = None, input_range: tuple[float, float] | None = None,
-                 progress: bool = True, on_row: Callable[[dict[str, Any]], None] | None = None) -> AblationResult:
+                 progress: bool = True, on_row: Callable[[dict[str, Any]], None] | None = None,
+                 reference: torch.Tensor | None = None) -> AblationResult:
     """Evaluate every row on ``data`` against the FP32 model.
 
     ``calibration`` (input batches) serves the rows that use data; by default the first
     quarter of ``data``. ``input_range`` is the float range of the preprocessed inputs.
+    ``reference``: the FP32 model's outputs on ``data`` (``collect_outputs(model, data,
+    batch_size)``) if already computed; the FP32 row reuses them.
     """
     x = data.tensors[0]
-    ref = collect_outputs(model, data, batch_size=batch_size)
+    ref = collect_outputs(model, data, batch_size=batch_size) if reference is None else reference
+    if ref.shape[0] != len(x):
+        raise ValueError(f"reference has outputs for {ref.shape[0]} inputs, data has {len(x)}")
     # only the shape of the example input matters to the data-free rows (as for `dfq-gpu quantize`)
     example = (torch.zeros_like(x[:1]),)
     if calibration is None:
@@ -114,8 +123,8 @@ def run_ablation(model: nn.Module, data: torch.utils.data.TensorDataset, model_n
         result.notes.append(note)
     for row in tqdm(rows, desc="ablation", disable=not progress):
         t0 = time.perf_counter()
-        if row.config is None:
-            q: nn.Module = model
+        if row.config is None:  # FP32: the reference outputs themselves, batch by batch
+            q: Callable[[torch.Tensor], torch.Tensor] = _replay(ref)
             secs = 0.0
         else:
             cfg = row.config if input_range is None else row.config.replace(input_range=input_range)
@@ -129,6 +138,19 @@ def run_ablation(model: nn.Module, data: torch.utils.data.TensorDataset, model_n
         if on_row is not None:
             on_row(entry)
     return result
+
+
+def _replay(outputs: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A callable returning the next ``len(x)`` rows of ``outputs`` on each call (inputs in order)."""
+    pos = 0
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        nonlocal pos
+        out = outputs[pos:pos + len(x)]
+        pos += len(x)
+        return out
+
+    return forward
 
 
 def agreement_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:

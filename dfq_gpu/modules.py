@@ -106,16 +106,34 @@ class _QuantLayerMixin:
         self.w_symmetric = bool(symmetric)
         self.integer_output = None
         self._iq_cache: Optional[tuple] = None
+        self._iw_cache: Optional[tuple] = None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()  # type: ignore[misc]
+        state["_iq_cache"] = state["_iw_cache"] = None  # derived from the weights; rebuilt on demand
+        return state
 
     def _bcast(self, v: torch.Tensor) -> torch.Tensor:
         shape = [-1] + [1] * (self.weight.dim() - 1)
         return v.view(shape) if v.numel() > 1 else v.reshape(())
 
     def integer_weight(self) -> torch.Tensor:
-        """The integer weights ``q`` (int64), exactly as quantized."""
+        """The integer weights ``q`` (int64), exactly as quantized (cached while the weights and
+        their quantizer do not change; do not modify the returned tensor)."""
+        w = self.weight
+        try:
+            key = (w.data_ptr(), w._version, tuple(w.shape), w.device, self.w_scale.data_ptr(), self.w_scale._version,
+                   self.w_zero_point.data_ptr(), self.w_zero_point._version)
+        except RuntimeError:  # inference tensors have no version counter
+            key = None
+        cached = getattr(self, "_iw_cache", None)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
         s = self._bcast(self.w_scale)
         z = self._bcast(self.w_zero_point)
-        return torch.round(self.weight.detach().to(torch.float64) / s).to(torch.int64) + z
+        q = torch.round(w.detach().to(torch.float64) / s).to(torch.int64) + z
+        self._iw_cache = (key, q) if key is not None else None
+        return q
 
     # ------------------------------------------------------------------------- integer path
     @staticmethod

@@ -812,6 +812,14 @@ def test_configurations_that_cannot_run_in_int8():
     with pytest.raises(Int8ConversionError, match="GraphModule"):
         to_int8(model)
     assert issubclass(Int8ConversionError, ValueError)
+    # weights changed after quantize, off their grid by a third of a step
+    sim = _sim_of(copy.deepcopy(model), DFQConfig(**cfg))
+    conv = next(m for m in sim.modules() if isinstance(m, nn.Conv2d))
+    to_int8(sim, fallback=False)  # the integer weights are cached by now
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] += conv.w_scale.reshape(-1)[0] / 3
+    with pytest.raises(Int8ConversionError, match="not on their quantization grid"):
+        to_int8(sim, fallback=False)
 
 
 # =============================================================================================

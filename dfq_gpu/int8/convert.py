@@ -630,12 +630,13 @@ class _Converter:
             raise self.err(node, "weight scale / zero point must be per tensor or per output channel")
         if int(q.min()) < qmin or int(q.max()) > qmax:
             raise self.err(node, f"its integer weights lie outside the grid [{qmin}, {qmax}]")
-        s = m.w_scale.detach().to(torch.float64).cpu()
+        s = m.w_scale.detach().to(torch.float32).cpu()
         shape = [-1] + [1] * (q.dim() - 1)
         s_b = s.view(shape) if s.numel() > 1 else s.reshape(())
         z_b = zp.view(shape) if zp.numel() > 1 else zp.reshape(())
-        deq = (q - z_b).to(torch.float64) * s_b
-        if not torch.allclose(deq, m.weight.detach().to(torch.float64).cpu(), rtol=1e-5, atol=float(s.min()) * 1e-3):
+        # in float32 (the weights' own precision: float32 rounding is far inside these tolerances)
+        deq = (q - z_b).to(torch.float32).mul_(s_b)
+        if not torch.allclose(deq, m.weight.detach().to(torch.float32).cpu(), rtol=1e-5, atol=float(s.min()) * 1e-3):
             raise self.err(node, "its weights are not on their quantization grid (were they changed after quantize?)")
         off = _act_offset(m.w_symmetric)
         w8 = (q - off).to(torch.int8)

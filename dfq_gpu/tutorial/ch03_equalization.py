@@ -274,7 +274,18 @@ class EqualizationExplorer(CLEExplorer):
                             absorb_bias=False, bias_correction="none", input_range=self.input_range)
             q = quantize(self.model, self.example, cfg)
             res["metrics"] = evaluate(q, self.probe, reference=self.reference, progress=False)
+            res["network"] = q
         return res
+
+    def network(self, **settings: Any) -> nn.Module:
+        """The W8A8 network quantized with the widget's settings (what the SQNR in its text measures),
+        or with other ``relu6``, ``objective``, ``bound`` or ``dead_threshold`` (computed once, cached)."""
+        names = ("relu6", "objective", "bound", "dead_threshold")
+        unknown = set(settings) - set(names)
+        if unknown:
+            raise TypeError(f"network(): unknown settings {sorted(unknown)}; the settings are {list(names)}")
+        key = tuple(settings.get(n, v) for n, v in zip(names, self.settings()))
+        return self._result(key)["network"]
 
     def rerun(self) -> dict[str, Any]:
         """Equalize (and quantize) with the current settings, then redraw."""

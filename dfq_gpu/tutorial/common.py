@@ -26,7 +26,7 @@ import torch.nn as nn
 
 import dfq_gpu
 
-from ..ablation import ABLATION_ROWS, AblationResult, AblationRow, run_ablation
+from ..ablation import ABLATION_ROWS, BATCH_SIZE, AblationResult, AblationRow, run_ablation
 
 __all__ = [
     "default_threads", "setup", "timer", "lite0", "imagenet", "fmnist", "example_input", "subset", "results_dir",
@@ -214,14 +214,45 @@ def _cache_dir() -> Path | None:
     return Path(env) if env else Path.home() / ".cache" / "dfq_gpu" / "tutorial"
 
 
-def _cache_key(row: AblationRow, model_name: str, data: torch.utils.data.TensorDataset,
+def _cache_key(row: AblationRow | None, model_name: str, data: torch.utils.data.TensorDataset,
                input_range: tuple[float, float] | None) -> str:
+    """The cache key of a row (``None``: of the FP32 outputs) on this model, data and code."""
     x = data.tensors[0]
     fingerprint = [len(x), float(x.double().sum()), float(x[::7].double().abs().sum())]
-    payload = json.dumps({"row": row.name, "config": _row_config(row), "uses_data": row.uses_data,
+    payload = json.dumps({"row": None if row is None else row.name,
+                          "config": None if row is None else _row_config(row),
+                          "uses_data": None if row is None else row.uses_data,
                           "model": model_name, "data": fingerprint, "input_range": input_range,
                           "code": _source_hash()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def _reference(cache: Path | None, model: nn.Module, model_name: str,
+               data: torch.utils.data.TensorDataset) -> torch.Tensor | None:
+    """The FP32 outputs on ``data`` from the cache (``None`` if not there), so that every chapter
+    does not run the same FP32 pass again."""
+    if cache is None:
+        return None
+    p = cache / f"reference-{_cache_key(None, model_name, data, None)}.pt"
+    if p.is_file():
+        try:
+            ref = torch.load(p, weights_only=True)
+            if isinstance(ref, torch.Tensor) and ref.shape[0] == len(data.tensors[0]):
+                return ref
+        except Exception as exc:  # a damaged file: compute it again
+            log.info("could not read the cached reference %s: %s", p, exc)
+    return None
+
+
+def _store_reference(cache: Path | None, model_name: str, data: torch.utils.data.TensorDataset,
+                     ref: torch.Tensor) -> None:
+    if cache is None:
+        return
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.save(ref, cache / f"reference-{_cache_key(None, model_name, data, None)}.pt")
+    except OSError as exc:  # a read-only home: just do not cache
+        log.info("could not cache the FP32 reference: %s", exc)
 
 
 def ablation(names: Sequence[str], model: nn.Module | None = None, data: torch.utils.data.TensorDataset | None = None,
@@ -273,7 +304,14 @@ def ablation(names: Sequence[str], model: nn.Module | None = None, data: torch.u
     secs = 0.0
     if todo:
         t0 = time.perf_counter()
-        res = run_ablation(model, data, model_name=model_name, rows=todo, input_range=input_range, progress=progress)
+        ref = _reference(cache, model, model_name, data)
+        if ref is None:
+            from ..evaluate import collect_outputs
+
+            ref = collect_outputs(model, data, batch_size=BATCH_SIZE)  # as run_ablation computes it
+            _store_reference(cache, model_name, data, ref)
+        res = run_ablation(model, data, model_name=model_name, rows=todo, input_range=input_range, progress=progress,
+                           reference=ref)
         secs = time.perf_counter() - t0
         for r, entry in zip(todo, res.rows):
             computed[r.name] = entry

@@ -52,24 +52,34 @@ class ExactReduction:
 def float32_chunks(bound: np.ndarray) -> Optional[list[Tuple[int, int]]]:
     """Split the reduction ``[0, C)`` into contiguous chunks whose worst-case partial sums
     (``bound[n, c]``: the bound contributed by input channel ``c`` to output ``n``) stay exact
-    in float32; ``None`` if one channel alone exceeds 2^24."""
+    in float32; ``None`` if one channel alone exceeds 2^24.
+
+    Greedy: each chunk is the longest run of channels from its start whose sums stay below 2^24
+    for every output. The running sums are prefix sums (integers, exact in float64), and the
+    largest partial sum over the outputs grows with the chunk's end, so each end is found by
+    bisection."""
     n, c = bound.shape
     if c == 0:
         return [(0, 0)]
+    if n == 0:
+        return [(0, c)]
+    if bound.max() >= EXACT_FLOAT32:
+        return None
+    prefix = np.zeros((n, c + 1))
+    np.cumsum(bound, axis=1, out=prefix[:, 1:])
     chunks: list[Tuple[int, int]] = []
-    running = np.zeros(n)
     start = 0
-    for k in range(c):
-        col = bound[:, k]
-        if col.max() >= EXACT_FLOAT32:
-            return None
-        nxt = running + col
-        if nxt.max() >= EXACT_FLOAT32:
-            chunks.append((start, k))
-            start, running = k, col.copy()
-        else:
-            running = nxt
-    chunks.append((start, c))
+    while start < c:
+        base = prefix[:, start]
+        lo, hi = start + 1, c  # channels [start, lo) fit; find the largest end <= hi that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if (prefix[:, mid] - base).max() < EXACT_FLOAT32:
+                lo = mid
+            else:
+                hi = mid - 1
+        chunks.append((start, lo))
+        start = lo
     return chunks
 
 
