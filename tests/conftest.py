@@ -22,7 +22,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+_THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+torch.set_num_threads(_THREADS)
+# the processes tests start (the command line, the benchmarks) get the same share of the cores
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 #: Modules whose tests share nothing expensive: each test may run on any worker.
 SPREAD = {"test_architectures"}

@@ -184,21 +184,21 @@ def test_lite0_agrees_with_simulation_on_imagenet_sample(lite0):
     assert views.shape[0] == 160
     fp = batched(model, views, 8)
     ys = batched(sim, views, 4)
-    ys32 = batched(sim, views, 32)
+    ys32 = batched(sim, views[:32], 32)  # one batch of 32
     yi = batched(net, views, 4)
     same = ys.argmax(1) == yi.argmax(1)
     agreement = same.float().mean().item()
     sq_sim = sqnr_per_sample(fp, ys).mean().item()
     sq_int = sqnr_per_sample(fp, yi).mean().item()
     msg = (f"top-1 agreement {agreement:.4f} ({int(same.sum())}/160), logits bit-identical: "
-           f"{torch.equal(ys, yi)}, simulation at batch 32 == batch 4: {torch.equal(ys, ys32)}; SQNR vs FP32: "
+           f"{torch.equal(ys, yi)}, simulation at batch 32 == batch 4: {torch.equal(ys[:32], ys32)}; SQNR vs FP32: "
            f"simulation {sq_sim:.2f} dB, int8 {sq_int:.2f} dB")
     print(msg)
     assert agreement >= 0.99, msg
     assert abs(sq_int - sq_sim) <= 1.0, msg
     assert sq_int > 10.0, msg
     assert torch.equal(ys, yi), msg
-    assert torch.equal(ys, ys32), msg
+    assert torch.equal(ys[:32], ys32), msg
 
 
 def test_lite0_steps_reproduce_simulation_integers(lite0):

@@ -281,21 +281,29 @@ CHECKS = {"01_quantization_basics": _check_01, "02_per_tensor_quantization": _ch
           "05_bias_correction": _check_05, "06_int8_triton_kernels": _check_06, "07_your_own_model": _check_07}
 
 
+@pytest.fixture(scope="session")
+def tutorial_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chapters' cache of README rows, one for the test process (a module fixture can be set up
+    more than once when other modules' tests run in between), with the rows computed once."""
+    path = tmp_path_factory.mktemp("tutorial-cache")
+    if os.environ.get("DFQ_NOTEBOOK_USE_RESULTS") != "1":
+        _compute_readme_rows(path)
+    return path
+
+
 @pytest.fixture(scope="module")
-def kernel_env(tmp_path_factory: pytest.TempPathFactory):
-    """Environment the notebook kernels inherit: this checkout importable, a session cache,
+def kernel_env(tutorial_cache: Path):
+    """Environment the notebook kernels inherit: this checkout importable, the session's cache,
     no GPU assumptions (``dfq_gpu.tutorial.common.setup`` decides)."""
     names = ("PYTHONPATH", "DFQ_TUTORIAL_CACHE_DIR", "DFQ_TUTORIAL_USE_RESULTS", "DFQ_BENCHMARK_RESULTS_DIR",
              "MPLBACKEND")
     saved = {k: os.environ.get(k) for k in names}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
-    os.environ["DFQ_TUTORIAL_CACHE_DIR"] = str(tmp_path_factory.mktemp("tutorial-cache"))
+    os.environ["DFQ_TUTORIAL_CACHE_DIR"] = str(tutorial_cache)
     # recompute the README rows with the code as it is (not read from benchmarks/results)
     os.environ["DFQ_TUTORIAL_USE_RESULTS"] = "1" if os.environ.get("DFQ_NOTEBOOK_USE_RESULTS") == "1" else "0"
     os.environ.pop("DFQ_BENCHMARK_RESULTS_DIR", None)
     os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend draws the figures
-    if os.environ["DFQ_TUTORIAL_USE_RESULTS"] == "0":
-        _compute_readme_rows()
     yield
     for k, v in saved.items():
         if v is None:
@@ -304,7 +312,7 @@ def kernel_env(tmp_path_factory: pytest.TempPathFactory):
             os.environ[k] = v
 
 
-def _compute_readme_rows() -> None:
+def _compute_readme_rows(cache: Path) -> None:
     """Compute the README rows the chapters print, once, into the session's cache, as a chapter
     would (``dfq_gpu.tutorial.common.ablation``, one torch thread on a 2-core machine). A reader's
     chapter reads these rows from ``benchmarks/results``; here each chapter finds them in the
@@ -315,13 +323,18 @@ def _compute_readme_rows() -> None:
     from dfq_gpu.tutorial import common
 
     names = list(dict.fromkeys(n for rows in README_ROWS.values() for n in rows))
-    threads = torch.get_num_threads()
+    threads, saved = torch.get_num_threads(), os.environ.get("DFQ_TUTORIAL_CACHE_DIR")
     torch.set_num_threads(common.default_threads())
+    os.environ["DFQ_TUTORIAL_CACHE_DIR"] = str(cache)
     t0 = time.perf_counter()
     try:
         _, how = common.ablation(names, use_results_file=False, progress=False)
     finally:
         torch.set_num_threads(threads)
+        if saved is None:
+            os.environ.pop("DFQ_TUTORIAL_CACHE_DIR", None)
+        else:
+            os.environ["DFQ_TUTORIAL_CACHE_DIR"] = saved
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with open(ARTIFACTS / "times.json", "a") as f:
         f.write(json.dumps({"readme_rows": names, "seconds": round(time.perf_counter() - t0, 1), "how": how}) + "\n")

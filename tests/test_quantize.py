@@ -204,14 +204,18 @@ def test_bad_input():
 
 @pytest.fixture(scope="module")
 def lite0_sample():
+    """Lite0, its preprocessing, 40 of the 160 sample views (every image twice) and their FP32 logits."""
     model, pre = zoo.load_model("efficientnet_lite0")
     ds = data_mod.imagenet_sample(pre)
+    ds = torch.utils.data.TensorDataset(*(t[::4] for t in ds.tensors))
     ref = collect_outputs(model, ds, batch_size=40)
     return model, pre, ds, ref
 
 
 def test_lite0_w8a8_per_tensor_data_free(lite0_sample):
-    """README's anchor: data-free per-tensor W8A8 on EfficientNet-Lite0 (160 sample views)."""
+    """README's anchor: data-free per-tensor W8A8 on EfficientNet-Lite0, on 40 of the 160 views
+    (measured on them: naive 8.2 dB, DFQ 20.2 dB, DFQ without bias correction 15.4 dB; README's
+    table, on all 160 views, is checked by tests/test_notebooks.py)."""
     model, pre, ds, ref = lite0_sample
     x = ds.tensors[0]
     example = (torch.zeros_like(x[:1]),)  # data-free: only the shape of the example input is used
