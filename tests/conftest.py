@@ -33,6 +33,7 @@ SPREAD = {"test_architectures"}
 FIRST = ("test_notebooks", "test_int8", "test_browser", "test_cli")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         stem = item.path.stem
@@ -42,3 +43,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.stem not in SPREAD:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``--dist loadgroup`` (``make test``) needs a pytest that keeps the group pytest-xdist writes
+    into each test's id: with pytest 9 and pytest-xdist 3.8 every test is its own group, a module's
+    tests are spread over the workers and its module fixtures are set up on each."""
+    if getattr(config.option, "dist", None) == "loadgroup" and int(pytest.__version__.split(".")[0]) >= 9:
+        raise pytest.UsageError(f"--dist loadgroup does not keep the test groups with pytest {pytest.__version__}; "
+                                "install pytest<9 (pyproject.toml's test extra)")
