@@ -58,7 +58,7 @@ def test_quantize_then_eval_is_the_readme_recipe(tmp_path):
     assert p.returncode == 0, p.stderr
     info = json.loads(p.stdout)
     assert info["out"] == str(out) and out.exists() and "equalized regions" in info["summary"]
-    p = run("eval", str(out), "--data", "imagenet-sample", "--views", "1", "--json", "--quiet")
+    p = run("eval", str(out), "--data", "imagenet-sample", "--views", "1", "--batch-size", "8", "--json", "--quiet")
     assert p.returncode == 0, p.stderr
     m = json.loads(p.stdout)
     assert m["n"] == 20

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from ..config import DFQConfig
 from . import _widgets as ui
+from .common import EVAL_BATCH
 
 __all__ = ["CLESnapshot", "CLEStepper", "plot_cle_region", "CLEExplorer", "EqualizationExplorer"]
 
@@ -273,7 +274,7 @@ class EqualizationExplorer(CLEExplorer):
             cfg = DFQConfig(relu6=relu6, cle_objective=objective, cle_scale_bound=bound, cle_dead_threshold=dead,
                             absorb_bias=False, bias_correction="none", input_range=self.input_range)
             q = quantize(self.model, self.example, cfg)
-            res["metrics"] = evaluate(q, self.probe, reference=self.reference, progress=False)
+            res["metrics"] = evaluate(q, self.probe, reference=self.reference, batch_size=EVAL_BATCH, progress=False)
             res["network"] = q
         return res
 

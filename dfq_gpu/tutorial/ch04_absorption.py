@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from .. import formulas as fm
 from . import _widgets as ui
+from .common import EVAL_BATCH
 
 __all__ = ["bn_stats_after_cle", "AbsorptionView", "act_upper_bound", "absorption_intervals", "plot_absorption",
            "AbsorptionExplorer"]
@@ -220,5 +221,5 @@ class AbsorptionExplorer(ui.Explorer):
             cfg = self.base_config.replace(absorb_bias=True, absorb_sigmas=float(n_sigmas), absorb_exact=bool(exact),
                                            bias_correction="none")
             q = quantize(self.model, self.example, cfg)
-            self.network[key] = evaluate(q, self.probe, reference=self.reference, progress=False)
+            self.network[key] = evaluate(q, self.probe, reference=self.reference, batch_size=EVAL_BATCH, progress=False)
         return self.network[key]

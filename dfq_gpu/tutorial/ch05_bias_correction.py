@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from . import _widgets as ui
+from .common import EVAL_BATCH
 
 __all__ = ["layer_output_bias", "network_output_shift", "plot_layer_bias", "BiasCorrectionExplorer"]
 
@@ -168,7 +169,7 @@ class BiasCorrectionExplorer(ui.Explorer):
             q = quantize(self.model, self.example, cfg, data=self.calibration if mode == "empirical" else None)
             if advance:
                 advance("evaluating")
-            metrics = evaluate(q, self.data, reference=self.reference, progress=False)
+            metrics = evaluate(q, self.data, reference=self.reference, batch_size=EVAL_BATCH, progress=False)
             if advance:
                 advance("measuring the output error of every layer")
             bias = layer_output_bias(self.float_gm, q, self.probe, self.names)

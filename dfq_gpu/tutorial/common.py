@@ -30,10 +30,14 @@ from ..ablation import ABLATION_ROWS, BATCH_SIZE, AblationResult, AblationRow, r
 
 __all__ = [
     "default_threads", "setup", "timer", "lite0", "imagenet", "fmnist", "example_input", "subset", "results_dir",
-    "ablation", "ablation_rows",
+    "ablation", "ablation_rows", "EVAL_BATCH",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Batch size of the chapters' evaluations of quantized networks: small batches keep the
+#: simulation's elementwise passes in the CPU's caches (:data:`dfq_gpu.ablation.BATCH_SIZE`).
+EVAL_BATCH = BATCH_SIZE
 
 #: The folder :func:`setup` was given for benchmark results (``None``: not given).
 _SETUP_RESULTS: Path | None = None
