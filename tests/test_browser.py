@@ -203,6 +203,33 @@ def _idle(page) -> bool:
     return page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
 
 
+def _wait_for_run(page, n_code: int, timeout: float, stall_s: float = 20.0) -> bool:
+    """Wait until all ``n_code`` code cells ran and the kernel is idle (``True``). ``False`` as soon
+    as the kernel has sat idle for ``stall_s`` with cells left and no new one run: Run All stopped
+    early (seen now and then: the last cells keep their empty prompt), which is not worth waiting
+    out. ``AssertionError`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    idle_since: float | None = None
+    last = -1
+    while time.monotonic() < deadline:
+        try:
+            count, idle = _executed_cells(page), _idle(page)
+        except Exception:  # the page is busy re-rendering: look again
+            time.sleep(0.5)
+            continue
+        if idle and count >= n_code:
+            return True
+        if idle and count == last:
+            idle_since = idle_since if idle_since is not None else time.monotonic()
+            if time.monotonic() - idle_since > stall_s:
+                return False
+        else:
+            idle_since = None
+        last = count
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for all cells to run")
+
+
 def _menu(page, menu: str, item: str) -> None:
     page.locator(".lm-MenuBar-itemLabel").get_by_text(menu, exact=True).click()
     page.locator(".lm-Menu-itemLabel").get_by_text(item, exact=True).click()
@@ -237,8 +264,10 @@ def open_and_run(lab: Lab, page, chapter: Path, tag: str, run_timeout: float,
         return _executed_cells(page) >= n_code and _idle(page)
 
     try:
-        _wait("all cells to run", all_ran, run_timeout)
-    except AssertionError:  # a stuck run: restart the kernel and run everything once more
+        ran = _wait_for_run(page, n_code, run_timeout)
+    except AssertionError:
+        ran = False
+    if not ran:  # a stuck run: restart the kernel and run everything once more
         page.screenshot(path=str(ARTIFACTS / f"{tag}_run_all_incomplete.png"))
         page.locator(".lm-MenuBar-itemLabel").get_by_text("Kernel", exact=True).click()
         page.locator(".lm-Menu-itemLabel").get_by_text("Restart Kernel and Run All Cells…").click()
