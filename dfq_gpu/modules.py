@@ -117,15 +117,21 @@ class _QuantLayerMixin:
         shape = [-1] + [1] * (self.weight.dim() - 1)
         return v.view(shape) if v.numel() > 1 else v.reshape(())
 
+    def _weights_key(self) -> Optional[tuple]:
+        """What the caches derived from the weights depend on: the weight, scale and zero-point
+        tensors and their versions (``None`` for inference tensors, which have no version counter)."""
+        w = self.weight
+        try:
+            return (w.data_ptr(), w._version, tuple(w.shape), w.device, self.w_scale.data_ptr(),
+                    self.w_scale._version, self.w_zero_point.data_ptr(), self.w_zero_point._version)
+        except RuntimeError:
+            return None
+
     def integer_weight(self) -> torch.Tensor:
         """The integer weights ``q`` (int64), exactly as quantized (cached while the weights and
         their quantizer do not change; do not modify the returned tensor)."""
         w = self.weight
-        try:
-            key = (w.data_ptr(), w._version, tuple(w.shape), w.device, self.w_scale.data_ptr(), self.w_scale._version,
-                   self.w_zero_point.data_ptr(), self.w_zero_point._version)
-        except RuntimeError:  # inference tensors have no version counter
-            key = None
+        key = self._weights_key()
         cached = getattr(self, "_iw_cache", None)
         if key is not None and cached is not None and cached[0] == key:
             return cached[1]
@@ -246,11 +252,8 @@ class _QuantLayerMixin:
     def _integer_plan(self, device: torch.device) -> kref.ExactReduction:
         """How the reference computes this layer's exact accumulator on ``device``
         (:func:`kernels.reference.plan_reduction`), cached while the weights do not change."""
-        try:
-            key = (self.weight.data_ptr(), self.weight._version, self.w_scale.data_ptr(), self.w_scale._version,
-                   self.w_zero_point.data_ptr(), self.w_zero_point._version, str(device))
-        except RuntimeError:  # inference tensors have no version counter
-            key = None
+        weights = self._weights_key()
+        key = None if weights is None else (*weights, str(device))
         if key is not None and self._iq_cache is not None and self._iq_cache[0] == key:
             return self._iq_cache[1]
         wc = (self.integer_weight() - self._bcast(self.w_zero_point)).cpu()
