@@ -151,10 +151,10 @@ def _module_spec(name: str, m: nn.Module) -> dict[str, Any]:
     if cls in QUANTIZED_LAYER_TYPES:  # described by the float layer's constructor (dfq_gpu.layers)
         cls = layer_type(m).module_class
     if tname == "ChannelClamp":
-        init = {"channels": m.channels}
+        init = {"channels": m.channels, "passthrough": m.passthrough}
     elif tname == "FakeQuant":
         init = {"scale": float(m.scale), "zero_point": int(m.zero_point), "bits": m.bits, "symmetric": m.symmetric,
-                "source": m.source, "enabled": m.enabled}
+                "source": m.source, "enabled": m.enabled, "passthrough": m.passthrough}
     elif tname == "QAdd":
         init = {"a_scale": m.a_scale, "b_scale": m.b_scale, "ia": m.ia, "ib": m.ib, "multiplier": m.multiplier,
                 "y_scale": m.y_scale, "zero_point": m.zero_point, "a_range": list(m.a_range),
@@ -202,10 +202,13 @@ def _build_module(name: str, spec: dict[str, Any]) -> nn.Module:
     init = {k: _decode(v, {}) for k, v in spec["init"].items()}
     if tname == "ChannelClamp":
         c = init["channels"]
-        return ChannelClamp(torch.zeros(c), torch.zeros(c))
+        clamp = ChannelClamp(torch.zeros(c), torch.zeros(c))
+        clamp.passthrough = bool(init.get("passthrough", False))
+        return clamp
     if tname == "FakeQuant":
         fq = FakeQuant(init["scale"], init["zero_point"], init["bits"], init["symmetric"], init.get("source", ""))
         fq.enabled = bool(init.get("enabled", True))
+        fq.passthrough = bool(init.get("passthrough", False))
         return fq
     if _OWN_TYPES.get(tname) in QUANTIZED_LAYER_TYPES:
         q = _OWN_TYPES[tname](**init)

@@ -29,7 +29,9 @@ quantizer, exactly what the int8 network computes (the parameters come from
 ``y`` is ``(q - z_y) * s_y`` for the integer ``q = clamp(rne(float32(acc) * m) + z_y, lo_q,
 hi_q)`` of the integer network, computed with :class:`FakeQuant`'s float32 dequantization, so
 the activation and ``FakeQuant`` that follow in the graph return it unchanged (the activation
-may move a value at a bound off the grid; the quantizer maps it back onto the same integer).
+may move a value at a bound off the grid; the quantizer maps it back onto the same integer);
+:func:`~dfq_gpu.quant.simulate.make_integer_exact` marks those that need not compute as
+``passthrough``.
 A layer without an output quantizer returns ``float32(acc) * float32(s_x s_w)``.
 
 The exact accumulator and the epilogue are computed by the integer reference

@@ -82,7 +82,14 @@ def _per_channel_view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class ChannelClamp(nn.Module):
-    """``clamp(x, lo[c], hi[c])`` along dimension 1 (the channel dimension)."""
+    """``clamp(x, lo[c], hi[c])`` along dimension 1 (the channel dimension).
+
+    ``passthrough``: set by :func:`dfq_gpu.quant.simulate.make_integer_exact` when the step before
+    it computes in integers with this clamp fused (its float32 output already lies within the
+    bounds): a float32 input is then returned unchanged, without a pass over it.
+    """
+
+    passthrough: bool = False
 
     def __init__(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         super().__init__()
@@ -103,14 +110,16 @@ class ChannelClamp(nn.Module):
         return self.lo.numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.passthrough and x.dtype == torch.float32:
+            return x
         lo = _per_channel_view(self.lo.to(x.dtype), x)
         hi = _per_channel_view(self.hi.to(x.dtype), x)
-        y = torch.maximum(x, lo)
-        return torch.minimum(y, hi, out=y) if not y.requires_grad else torch.minimum(y, hi)
+        return torch.clamp(x, lo, hi)  # min(max(x, lo), hi) in one pass
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, lo=[{self.lo.min().item():.4g}, {self.lo.max().item():.4g}], "
-                f"hi=[{self.hi.min().item():.4g}, {self.hi.max().item():.4g}]")
+                f"hi=[{self.hi.min().item():.4g}, {self.hi.max().item():.4g}]"
+                + (", passthrough" if self.passthrough else ""))
 
 
 def fake_quant_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
@@ -142,7 +151,14 @@ class FakeQuant(nn.Module):
     another dtype (float16, bfloat16, float64) is converted to float32 first, also when
     disabled, and the output is float32. The quantizer on the network input is therefore where
     a simulation turns any floating input into float32.
+
+    ``passthrough``: set by :func:`dfq_gpu.quant.simulate.make_integer_exact` when the step before
+    it computes in integers and writes its values on this quantizer's grid, ``(q - zero_point) *
+    scale`` in float32, as this quantizer would: a float32 input is then returned unchanged,
+    without the six passes over it that quantizing it again costs (the values are the same).
     """
+
+    passthrough: bool = False
 
     def __init__(self, scale: float, zero_point: int, bits: int, symmetric: bool, source: str = "") -> None:
         super().__init__()
@@ -155,6 +171,8 @@ class FakeQuant(nn.Module):
         self.source = source  # how the range was obtained ("bn", "calibrate", "example inputs", ...)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.passthrough and x.dtype == torch.float32:
+            return x
         if x.dtype != torch.float32 and x.is_floating_point():
             x = x.to(torch.float32)  # exact for float16/bfloat16; what QuantizeInput does too
         if not self.enabled:
@@ -178,4 +196,5 @@ class FakeQuant(nn.Module):
     def extra_repr(self) -> str:
         lo, hi = self.float_range
         return (f"bits={self.bits}, symmetric={self.symmetric}, scale={float(self.scale):.4g}, "
-                f"zero_point={int(self.zero_point)}, range=[{lo:.4g}, {hi:.4g}]")
+                f"zero_point={int(self.zero_point)}, range=[{lo:.4g}, {hi:.4g}]"
+                + (", passthrough" if self.passthrough else ""))

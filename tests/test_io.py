@@ -122,8 +122,9 @@ def test_report_plot_ranges(fmnist_q, tmp_path):
 
 
 def test_integer_simulation_round_trips(tmp_path, fmnist_q):
-    """The integer steps of the simulation (layers' integer paths, QAdd, QAvgPool) come back from
-    the file as they were: same parameters, same outputs bit for bit."""
+    """The integer steps of the simulation (layers' integer paths, QAdd, QAvgPool) and the
+    quantizers and clamps that pass their input through come back from the file as they were:
+    same parameters, same outputs bit for bit."""
     from dfq_gpu.modules import QAdd, QAvgPool, QConv2d, QLinear
     from dfq_gpu.quant.simulate import stale_integer_steps
 
@@ -137,11 +138,14 @@ def test_integer_simulation_round_trips(tmp_path, fmnist_q):
                 out[n] = m.integer_state()
             elif isinstance(m, (QAdd, QAvgPool)):
                 out[n] = (type(m).__name__, m.state())
+            elif getattr(m, "passthrough", False):
+                out[n] = "passthrough"
         return out
 
     before, after = steps(q), steps(loaded)
     assert before == after
     assert sum(1 for v in before.values() if isinstance(v, tuple) and v[0] == "QAdd") == 5
+    assert sum(1 for v in before.values() if v == "passthrough") > 20
     assert stale_integer_steps(loaded) == []
     with torch.no_grad():
         assert torch.equal(q(x), loaded(x))

@@ -348,6 +348,39 @@ def test_integer_arithmetic_follows_changes_of_the_quantizers():
         assert torch.equal(q(x[:16]), ref)
 
 
+def test_quantizers_after_integer_steps_pass_their_input_through():
+    """The clamps and quantizers after a step computing in integers (whose values are already on
+    their grid) are marked passthrough, and the simulation computes the same values as with every
+    one of them computing; a quantizer after a ReLU6 that computes is not; a marked one after a
+    step that went back to float is stale until make_integer_exact clears it."""
+    from dfq_gpu.nn import ChannelClamp
+    from dfq_gpu.quant.simulate import make_integer_exact, stale_integer_steps
+
+    net, x = trained_stats_net()
+    q = D.quantize(net, (x[:2],))
+    marked = {n for n, m in q.named_modules() if getattr(m, "passthrough", False)}
+    assert marked == {"act", "act_call", "act_quant_act", "act_quant_act_1", "act_quant_c2", "act_quant_add",
+                      "act_quant_adaptive_avg_pool2d"}
+    assert all(isinstance(q.get_submodule(n), ChannelClamp) for n in ("act", "act_call"))
+    with torch.no_grad():
+        fast = q(x[:16])
+        for n in marked:
+            q.get_submodule(n).passthrough = False
+        assert torch.equal(q(x[:16]), fast)
+    assert make_integer_exact(q)["passthrough"] == len(marked)
+    q.get_submodule("c2").clear_integer_path()
+    assert stale_integer_steps(q) == ["c2"]  # its quantizer would pass float values through
+    make_integer_exact(q)
+    assert stale_integer_steps(q) == [] and q.get_submodule("act_quant_c2").passthrough
+    with torch.no_grad():
+        assert torch.equal(q(x[:16]), fast)
+    # ReLU6 kept as a module: it may move a value at 6.0 off the grid, so the quantizer after it computes
+    q = D.quantize(net, (x[:2],), D.DFQConfig(relu6="keep"))
+    assert isinstance(q.get_submodule("act"), nn.ReLU6)
+    marked = {n for n, m in q.named_modules() if getattr(m, "passthrough", False)}
+    assert marked == {"act_quant_c2", "act_quant_add", "act_quant_adaptive_avg_pool2d"}
+
+
 def test_empirical_bias_correction_reaches_the_integer_arithmetic():
     """Empirical bias correction runs the float simulation before the switch to integers; the
     integer steps use its corrected (and rounded) biases, as the integer network does."""

@@ -22,13 +22,15 @@ reads too), so that the simulation and the network of
 :func:`dfq_gpu.to_int8` compute the same integers: residual adds and average pools become
 :class:`~dfq_gpu.modules.QAdd` / :class:`~dfq_gpu.modules.QAvgPool` modules (the nodes keep
 their names), layers keep their module and compute through its integer path. The
-activations and ``FakeQuant`` nodes after them stay in the graph and return their values
-unchanged. This covers any bit width whose accumulator provably stays within int32 (8-bit
-layers up to about 33000 inputs per output; also narrower and somewhat wider grids, which the
-int8 network cannot run). Everything else keeps the float simulation: activations that are not
-quantized (``act_bits=None``), layers left in float (``skip_layers``), accumulators that could
-exceed int32 (16-bit weights and activations), disabled quantizers, ops without an integer
-counterpart.
+activations and ``FakeQuant`` nodes after them stay in the graph and return the step's values
+unchanged (on the quantizer's grid, the clamp applied): per-channel clamps and quantizers are
+marked ``passthrough`` and return their input without a pass over it (a quantizer after a ReLU6
+or Hardtanh computes, as a value at the bound may have moved off the grid). This covers any bit
+width whose accumulator provably stays within int32 (8-bit layers up to about 33000 inputs per
+output; also narrower and somewhat wider grids, which the int8 network cannot run). Everything
+else keeps the float simulation: activations that are not quantized (``act_bits=None``), layers
+left in float (``skip_layers``), accumulators that could exceed int32 (16-bit weights and
+activations), disabled quantizers, ops without an integer counterpart.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from ..graph.trace import node_module
 from ..layers import is_layer_module, layer_type
 from ..modules import (QUANTIZED_LAYER_TYPES, QUANTIZED_LAYERS, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QLookup, QMul,
                        QUpsampleBilinear)
-from ..nn import FakeQuant
+from ..nn import ChannelClamp, FakeQuant
 from ..passes.base import Workspace
 from . import requant
 from .plan import (FUSABLE_ACTS, AddPlan, AvgPool2dPlan, AvgPoolPlan, BilinearPlan, ChannelAffinePlan, LayerPlan,
@@ -374,6 +376,50 @@ def _to_function(gm: fx.GraphModule, node: fx.Node, fn: Any, args: tuple, kwargs
         gm.delete_submodule(target)
 
 
+def _writes_on_grid(gm: fx.GraphModule, p: StepPlan) -> bool:
+    """Whether the plan's step, computing in integers, writes its values on the grid of an enabled
+    output quantizer (its fused clamp applied): ``(q - z) * s`` in float32, as the quantizer would."""
+    fq = node_module(gm, p.quantizer) if p.quantizer is not None else None
+    if not (isinstance(fq, FakeQuant) and fq.enabled):
+        return False
+    return not isinstance(p, LayerPlan) or (p.requant is not None and p.requant.float_scale is None)
+
+
+def _chain_modules(gm: fx.GraphModule, p: StepPlan, users: dict[str, int]) -> list[FakeQuant | ChannelClamp]:
+    """The output quantizer and per-channel clamp fused into the plan's step that can pass their
+    input through (modules called by that node only; ``users``: :func:`module_users`). The
+    quantizer only after a clamp that passes through too or a ReLU: a clamp that computes may move
+    a value at a bound off the grid (ReLU6 at 6.0), which the quantizer maps back."""
+    def own(n: Optional[fx.Node]) -> Optional[nn.Module]:
+        return node_module(gm, n) if n is not None and users.get(str(n.target), 0) == 1 else None
+
+    act, fq = own(p.act), own(p.quantizer)
+    out: list[FakeQuant | ChannelClamp] = []
+    if isinstance(act, ChannelClamp):
+        out.append(act)
+    elif p.act is not None and not isinstance(act, nn.ReLU):
+        return out
+    if isinstance(fq, FakeQuant):
+        out.append(fq)
+    return out
+
+
+def _set_passthroughs(gm: fx.GraphModule, steps: list[StepPlan]) -> int:
+    """Mark the quantizers and clamps after ``steps`` (computing in integers) that receive values
+    already on their grid as ``passthrough``, and clear the mark everywhere else; how many."""
+    for m in gm.modules():
+        if isinstance(m, (FakeQuant, ChannelClamp)):
+            m.passthrough = False
+    n = 0
+    users = module_users(gm)
+    for p in steps:
+        if _writes_on_grid(gm, p):
+            for m in _chain_modules(gm, p, users):
+                m.passthrough = True
+                n += 1
+    return n
+
+
 @torch.no_grad()
 def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
     """Switch the simulation to the integer network's arithmetic wherever it applies (module
@@ -382,12 +428,14 @@ def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
     (:func:`stale_integer_steps` finds steps whose parameters no longer match).
 
     Returns ``{"layers": n, "adds": n, "pools": n, "lookups": n, "muls": n, "float": {node name:
-    reason}}``: how many layers, adds, average pools, tables (activations and per-channel affine
-    maps) and multiplies compute in
-    integers, and the nodes of those kinds that keep the float simulation, with the reason.
+    reason}, "passthrough": n}``: how many layers, adds, average pools, tables (activations and
+    per-channel affine maps) and multiplies compute in integers, the nodes of those kinds that
+    keep the float simulation, with the reason, and how many quantizers and clamps after them
+    pass their input through.
     """
     done = {"layers": 0, "adds": 0, "pools": 0, "lookups": 0, "muls": 0}
     left: dict[str, str] = {}
+    integer: list[StepPlan] = []
     users = module_users(gm)
     for p in build_plan(gm).values():
         node = p.node
@@ -458,20 +506,23 @@ def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
             kind, why = "", str(exc)
         if why is None:
             done[kind] += 1
+            integer.append(p)
         else:
             left[node.name] = why
             log.debug("%s keeps the float simulation: %s", node.name, why)
     gm.graph.lint()
     gm.recompile()
-    return {**done, "float": left}
+    return {**done, "float": left, "passthrough": _set_passthroughs(gm, integer)}
 
 
 @torch.no_grad()
 def stale_integer_steps(gm: fx.GraphModule, plan: Optional[dict[str, StepPlan]] = None) -> list[str]:
     """The nodes computing in integers whose parameters differ from what their quantizers,
-    biases and activations give now (the network was changed after :func:`make_integer_exact`).
-    ``plan``: the graph's plan (:func:`dfq_gpu.quant.plan.build_plan`) if already built."""
+    biases and activations give now (the network was changed after :func:`make_integer_exact`),
+    and the steps computing in float whose output quantizer or clamp still passes its input
+    through. ``plan``: the graph's plan (:func:`dfq_gpu.quant.plan.build_plan`) if already built."""
     stale: list[str] = []
+    users = module_users(gm)
     for p in (build_plan(gm) if plan is None else plan).values():
         m = node_module(gm, p.node)
         if isinstance(p, LayerPlan) and isinstance(m, QUANTIZED_LAYER_TYPES) and m.integer_output is not None:
@@ -490,8 +541,9 @@ def stale_integer_steps(gm: fx.GraphModule, plan: Optional[dict[str, StepPlan]] 
             fresh = p.float_reason is None and _bilinear_module(p).state() == m.state()
         elif isinstance(p, ChannelAffinePlan) and isinstance(m, QChannelAffine) and m.integer:
             fresh = p.float_reason is None and _channel_affine_module(p).state() == m.state()
-        else:
-            continue
+        else:  # computes in float: what comes after it must compute
+            fresh = not any(c.passthrough and (isinstance(c, ChannelClamp) or c.enabled)
+                            for c in _chain_modules(gm, p, users))
         if not fresh:
             stale.append(p.name)
     return stale
