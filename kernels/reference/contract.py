@@ -29,12 +29,15 @@ def requantize(acc: Tensor, multiplier: Tensor, z_y: int, lo: Tensor, hi: Tensor
     Computed by :func:`requantize_centered`.
     """
     y = acc.to(torch.float32)
-    if y is acc:
-        y = y.clone()
+    return _requantize_owned(y.clone() if y is acc else y, multiplier, z_y, lo, hi)
+
+
+def _requantize_owned(y: Tensor, multiplier: Tensor, z_y: int, lo: Tensor, hi: Tensor) -> Tensor:
+    """:func:`requantize` of a float32 accumulator ``y`` that it may overwrite."""
     rel_lo = (lo.to(torch.int32) - z_y).to(torch.float32)
     rel_hi = (hi.to(torch.int32) - z_y).to(torch.float32)
     y = requantize_centered(y, multiplier.to(torch.float32), rel_lo, rel_hi)
-    return (y.to(torch.int32) + z_y).to(torch.int8)
+    return y.add_(z_y).to(torch.int8)  # integers in [lo, hi]: exact in float32 and in int8
 
 
 def _finish(acc: Tensor, multiplier, z_y, lo, hi, out_int32: bool) -> Tensor:
@@ -44,6 +47,8 @@ def _finish(acc: Tensor, multiplier, z_y, lo, hi, out_int32: bool) -> Tensor:
         acc = acc.to(torch.int64).to(torch.int32)  # two's complement wrap-around, as the kernels
     if out_int32:
         return acc
+    if acc.dtype == torch.float32:  # a new tensor of exact_accumulate's
+        return _requantize_owned(acc, multiplier, z_y, lo, hi)
     return requantize(acc, multiplier, z_y, lo, hi)
 
 
@@ -56,8 +61,10 @@ def _centered(t: Tensor, zp: Union[int, Tensor, None], shape: Sequence[int],
     if zp is None:
         return out
     if isinstance(zp, Tensor):
-        return out - zp.to(dtype).reshape(shape)
-    return out - float(zp)
+        zp_t = zp.to(dtype).reshape(shape)
+        return out.sub_(zp_t) if out is not t and out.shape == torch.broadcast_shapes(out.shape, zp_t.shape) \
+            else out - zp_t
+    return out.sub_(float(zp)) if out is not t else out - float(zp)
 
 
 def _x_bound(z_x: int) -> int:
@@ -117,9 +124,9 @@ def int8_conv2d(
     bias, w_zp, m, z_x, z_y, lo, hi, stride, pad = check_conv_args(
         x, w, bias, w_zp, multiplier, z_x, z_y, lo, hi, stride, padding
     )
-    xc = _centered(x, z_x, ()).permute(0, 3, 1, 2)
-    # contiguous NCHW (channels-last float64 convolution is very slow on the CPU)
-    xc = F.pad(xc, (pad[2], pad[3], pad[0], pad[1])).contiguous()
+    # channels last, as x is (exact_accumulate makes float64 convolutions NCHW: channels-last
+    # float64 convolution is very slow on the CPU)
+    xc = F.pad(_centered(x, z_x, ()).permute(0, 3, 1, 2), (pad[2], pad[3], pad[0], pad[1]))
     wc = _centered(w, w_zp, (-1, 1, 1, 1), torch.float64).permute(0, 3, 1, 2).contiguous()
     red = plan_reduction(wc, _raw_bias(w, bias, z_x, w_zp, bias_folded), _x_bound(z_x), 1, x.device, out_int32)
     acc = exact_accumulate(xc, red, lambda a, k, b: F.conv2d(a, k, b, stride=stride), 1)
@@ -148,8 +155,7 @@ def int8_depthwise_conv2d(
         x, w, bias, w_zp, multiplier, z_x, z_y, lo, hi, stride, padding
     )
     c = x.shape[3]
-    xc = _centered(x, z_x, ()).permute(0, 3, 1, 2)
-    xc = F.pad(xc, (pad[2], pad[3], pad[0], pad[1])).contiguous()
+    xc = F.pad(_centered(x, z_x, ()).permute(0, 3, 1, 2), (pad[2], pad[3], pad[0], pad[1]))  # channels last
     wc = _centered(w, w_zp, (1, 1, -1), torch.float64).permute(2, 0, 1).unsqueeze(1).contiguous()
     red = plan_reduction(wc, bias, _x_bound(z_x), c, x.device, out_int32)
     acc = exact_accumulate(xc, red, lambda a, k, b: F.conv2d(a, k, b, stride=stride, groups=c), 1)

@@ -143,8 +143,8 @@ def exact_accumulate(xc: Tensor, red: ExactReduction, reduce: Reduce, channel_di
     """The accumulator ``acc = reduce(xc, wc) + bias`` of the centered integer input ``xc``
     (float32, its channels along ``channel_dim``): ``float32(acc)``, the exact value rounded once,
     for the float32 kinds, and the exact value in float64 for ``"f64"``."""
-    if red.kind == "f64":
-        acc = reduce(xc.to(torch.float64), red.weight, red.bias64)
+    if red.kind == "f64":  # NCHW: channels-last float64 convolution is very slow on the CPU
+        acc = reduce(xc.to(torch.float64, memory_format=torch.contiguous_format), red.weight, red.bias64)
         return torch.round(acc)  # exact; the rounding guards convolution algorithms that are not direct
     if red.kind == "f32":
         return reduce(xc, red.weight, red.bias32)
