@@ -17,8 +17,8 @@ from ..graph.stats import ChannelStats, NodeStats
 from ..layers import LayerType, is_layer_module, layer_type
 from ..report import Report
 
-__all__ = ["Workspace", "out_channel_absmax", "out_channel_minmax", "in_channel_absmax", "scale_out_channels",
-           "scale_in_channels", "layer_response_to_constant", "layer_kind"]
+__all__ = ["Workspace", "out_channel_absmax", "out_channel_minmax", "in_channel_absmax", "out_channel_count",
+           "in_channel_count", "scale_out_channels", "scale_in_channels", "layer_response_to_constant", "layer_kind"]
 
 
 @dataclass
@@ -74,6 +74,16 @@ def in_channel_absmax(m: nn.Module) -> np.ndarray:
     if is_bn_sink(m):
         return (m.weight.detach().abs() / torch.sqrt(m.running_var + m.eps)).to(torch.float64).cpu().numpy()
     return _lt(m).in_channel_absmax(m)
+
+
+def out_channel_count(m: nn.Module) -> int:
+    """The number of output channels (the length of :func:`out_channel_absmax`)."""
+    return int(_lt(m).out_channels(m))
+
+
+def in_channel_count(m: nn.Module) -> int:
+    """The number of input channels, across groups (the length of :func:`in_channel_absmax`)."""
+    return int(m.weight.numel()) if is_bn_sink(m) else int(_lt(m).in_channels(m))
 
 
 def _as(m: nn.Module, v: np.ndarray) -> torch.Tensor:

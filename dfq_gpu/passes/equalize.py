@@ -41,8 +41,8 @@ from ..graph.trace import node_module
 from ..nn import ChannelClamp
 from ..report import RegionRecord
 from .absorb import region_absorbable
-from .base import (Workspace, in_channel_absmax, out_channel_absmax, out_channel_minmax, scale_in_channels,
-                   scale_out_channels)
+from .base import (Workspace, in_channel_absmax, in_channel_count, out_channel_absmax, out_channel_count,
+                   out_channel_minmax, scale_in_channels, scale_out_channels)
 
 __all__ = ["equalize", "equalization_sweeps", "Sweep", "apply_region_scale", "region_act_ranges", "region_ranges",
            "ranges_of"]
@@ -131,7 +131,7 @@ def apply_region_scale(ws: Workspace, region: Region, s: np.ndarray) -> None:
     inv_all = 1.0 / s
     for i, name in enumerate(region.srcs):
         m, off = ws.module(name), region.src_offset(i)
-        inv = inv_all[off:off + len(out_channel_absmax(m))]
+        inv = inv_all[off:off + out_channel_count(m)]
         scale_out_channels(m, inv)
         if name in ws.bn_stats:
             ws.bn_stats[name] = ws.bn_stats[name].scaled(inv)
@@ -140,7 +140,7 @@ def apply_region_scale(ws: Workspace, region: Region, s: np.ndarray) -> None:
             rec.out_scale = inv if rec.out_scale is None else rec.out_scale * inv
     for i, name in enumerate(region.sinks):
         m, off = ws.module(name), region.sink_offset(i)
-        si = s[off:off + len(in_channel_absmax(m))]
+        si = s[off:off + in_channel_count(m)]
         scale_in_channels(m, si)
         rec = ws.report.layers.get(name)
         if rec is not None:
