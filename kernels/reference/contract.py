@@ -60,11 +60,9 @@ def _centered(t: Tensor, zp: Union[int, Tensor, None], shape: Sequence[int],
     out = t.to(dtype)
     if zp is None:
         return out
-    if isinstance(zp, Tensor):
-        zp_t = zp.to(dtype).reshape(shape)
-        return out.sub_(zp_t) if out is not t and out.shape == torch.broadcast_shapes(out.shape, zp_t.shape) \
-            else out - zp_t
-    return out.sub_(float(zp)) if out is not t else out - float(zp)
+    if out is t:
+        out = out.clone()  # the caller's tensor is never overwritten
+    return out.sub_(zp.to(dtype).reshape(shape) if isinstance(zp, Tensor) else float(zp))
 
 
 def _x_bound(z_x: int) -> int:
