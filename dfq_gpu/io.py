@@ -34,7 +34,8 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from ._version import __version__
 from .config import DFQConfig
 from .layers import layer_type
-from .modules import QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QLookup, QMul, QUpsampleBilinear
+from .modules import (QUANTIZED_LAYER_TYPES, QAdaptiveAvgPool2d, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QLookup,
+                      QMul, QUpsampleBilinear)
 from .nn import ChannelClamp, FakeQuant
 from .report import LayerRecord, RegionRecord, Report
 
@@ -53,8 +54,8 @@ _NN_TYPES: dict[str, type[nn.Module]] = {
     )
 }
 _OWN_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in (*QUANTIZED_LAYER_TYPES, ChannelClamp, FakeQuant,
-                                                                    QAdd, QAvgPool, QAvgPool2d, QLookup, QChannelAffine,
-                                                                    QMul, QUpsampleBilinear)}
+                                                                    QAdd, QAvgPool, QAvgPool2d, QAdaptiveAvgPool2d,
+                                                                    QLookup, QChannelAffine, QMul, QUpsampleBilinear)}
 _FUNCTION_MODULES = ("torch", "operator", "_operator", "math")
 
 
@@ -164,6 +165,9 @@ def _module_spec(name: str, m: nn.Module) -> dict[str, Any]:
                 "ceil_mode": m.ceil_mode, "count_include_pad": m.count_include_pad, "x_scale": m.x_scale,
                 "x_range": list(m.x_range), "y_scale": m.y_scale, "zero_point": m.zero_point, "qmin": m.qmin,
                 "qmax": m.qmax}
+    elif tname == "QAdaptiveAvgPool2d":
+        init = {"output_size": list(m.output_size), "x_scale": m.x_scale, "x_range": list(m.x_range),
+                "y_scale": m.y_scale, "zero_point": m.zero_point, "qmin": m.qmin, "qmax": m.qmax}
     elif tname == "QMul":
         init = {"a_scale": m.a_scale, "a_range": list(m.a_range), "b_scale": m.b_scale, "b_range": list(m.b_range),
                 "multiplier": m.multiplier, "y_scale": m.y_scale, "zero_point": m.zero_point, "qmin": m.qmin,
@@ -225,6 +229,8 @@ def _build_module(name: str, spec: dict[str, Any]) -> nn.Module:
         return QMul(**init)
     if tname == "QAvgPool2d":
         return QAvgPool2d(**init)
+    if tname == "QAdaptiveAvgPool2d":
+        return QAdaptiveAvgPool2d(**init)
     if tname == "QLookup":
         return QLookup(init["fn"], dict(init["fn_kwargs"]), *init["x"], *init["y"], integer=bool(init["integer"]))
     if tname == "QUpsampleBilinear":

@@ -58,8 +58,8 @@ from kernels import reference as kref
 from .nn import ELEMENTWISE, ChannelClamp, FakeQuant, fake_quant_tensor, grid_values
 from .quant.requant import avgpool_float_scale, avgpool_multiplier, bilinear_multiplier
 
-__all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool", "QAvgPool2d", "QLookup",
-           "QChannelAffine", "QMul", "QUpsampleBilinear",
+__all__ = ["ChannelClamp", "FakeQuant", "QConv2d", "QLinear", "QAdd", "QAvgPool", "QAvgPool2d", "QAdaptiveAvgPool2d",
+           "QLookup", "QChannelAffine", "QMul", "QUpsampleBilinear",
            "fake_quant_tensor",
            "QUANTIZED_LAYERS", "QUANTIZED_LAYER_TYPES"]
 
@@ -671,6 +671,41 @@ class QAvgPool2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"kernel={self.kernel}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}, "
                 f"count_include_pad={self.count_include_pad}")
+
+
+class QAdaptiveAvgPool2d(nn.Module):
+    """An adaptive average pool to any output size (``nn.AdaptiveAvgPool2d`` /
+    ``F.adaptive_avg_pool2d``; a ``None`` side keeps the input's size) of a quantized tensor,
+    computed as the integer network does (:func:`kernels.reference.exact_adaptive_average`): the
+    exact sum of each of ``F.adaptive_avg_pool2d``'s windows, times ``float32((s_x / s_y) / d)``
+    for the window's size ``d``, rounded, clamped to the output grid. The windows follow the
+    input's size at each call, as the float pool's do.
+    """
+
+    def __init__(self, output_size: tuple[Optional[int], Optional[int]], x_scale: float, x_range: tuple[int, int],
+                 y_scale: float, zero_point: int, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.output_size = tuple(None if s is None else int(s) for s in output_size)
+        self.x_scale, self.x_range = float(x_scale), (int(x_range[0]), int(x_range[1]))
+        self.y_scale, self.zero_point, self.qmin, self.qmax = float(y_scale), int(zero_point), int(qmin), int(qmax)
+
+    def state(self) -> tuple:
+        """All parameters (for comparisons)."""
+        return (self.output_size, self.x_scale, self.x_range, self.y_scale, self.zero_point, self.qmin, self.qmax)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"QAdaptiveAvgPool2d expects a [B, C, H, W] tensor, got shape {tuple(x.shape)}")
+        out_hw = kref.adaptive_output_size((x.shape[2], x.shape[3]), self.output_size)
+        xc = _centered(x, self.x_scale, *self.x_range)
+        y = kref.exact_adaptive_average(xc, out_hw, self.x_scale, self.y_scale, float(self.qmin - self.zero_point),
+                                        float(self.qmax - self.zero_point))
+        y = y.mul_(_scalar(self.y_scale, y.device))
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
 
 
 class QUpsampleBilinear(nn.Module):

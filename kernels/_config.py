@@ -163,6 +163,11 @@ DEPTHWISE_GPU_CONFIGS: List[triton.Config] = [
     _cfg(4, 1, BLOCK_P=256, BLOCK_C=8),
 ]
 DEPTHWISE_INTERPRET_META: Dict[str, Any] = dict(BLOCK_P=64, BLOCK_C=64)
+# The adaptive average pool (kernels/pool.py: run-time loops over windows of varying size) takes
+# the same tiles but the 256 x 16 one, which spills 8 bytes on sm_90 (Triton 3.6 and 3.8).
+ADAPTIVE_POOL_GPU_CONFIGS: List[triton.Config] = [
+    c for c in DEPTHWISE_GPU_CONFIGS if (c.kwargs["BLOCK_P"], c.kwargs["BLOCK_C"]) != (256, 16)
+]
 
 # Depthwise convolution, "rows" variant (stride 1): a (columns x channels) strip of one image
 # walks down the rows, each input row loaded once per window column and added into the KH output

@@ -56,6 +56,7 @@ __all__ = [
     "int8_lut",
     "int8_mul",
     "int8_avgpool2d",
+    "int8_adaptive_avgpool2d",
     "int8_upsample_nearest",
     "int8_upsample_bilinear",
 ]
@@ -320,6 +321,21 @@ def _(x, kernel_size, stride, padding, ceil_mode, count_include_pad, z_x, x_scal
         x, kernel_size, stride, padding, ceil_mode, count_include_pad, z_x, x_scale, y_scale, z_y, lo, hi
     )
     oh, ow = checked[5], checked[6]
+    return x.new_empty((x.shape[0], oh, ow, x.shape[3]), dtype=torch.int8)
+
+
+@torch.library.custom_op("dfq_int8::adaptive_avgpool2d", mutates_args=())
+def _adaptive_avgpool2d_op(
+    x: Tensor, output_size: List[int], z_x: int, x_scale: float, y_scale: float, z_y: int, lo: int, hi: int,
+    backend: str,
+) -> Tensor:
+    impl = _impl(backend, x, "pool")
+    return impl.int8_adaptive_avgpool2d(x, output_size, z_x, x_scale, y_scale, z_y, lo, hi)
+
+
+@_adaptive_avgpool2d_op.register_fake
+def _(x, output_size, z_x, x_scale, y_scale, z_y, lo, hi, backend):
+    oh, ow = ref.check_adaptive_avgpool2d_args(x, output_size, z_x, x_scale, y_scale, z_y, lo, hi)[:2]
     return x.new_empty((x.shape[0], oh, ow, x.shape[3]), dtype=torch.int8)
 
 
@@ -614,6 +630,30 @@ def int8_avgpool2d(
         x, ks, st, pad, ceil_mode, count_include_pad, z_x, float(x_scale), float(y_scale), z_y, lo, hi,
         _resolve(backend),
     )  # fmt: skip
+
+
+def int8_adaptive_avgpool2d(
+    x: Tensor,
+    output_size: Union[int, Sequence[Optional[int]]],
+    z_x: int,
+    x_scale: float,
+    y_scale: float,
+    z_y: int,
+    lo: int = ref.INT8_MIN,
+    hi: int = ref.INT8_MAX,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Adaptive average pool on NHWC int8 -> ``[B, OH, OW, C]`` with ``F.adaptive_avg_pool2d``'s
+    windows (``output_size`` ``s`` or ``(oh, ow)``, ``None`` keeping that side's size).
+
+    ``acc = sum over the window of (x - z_x)`` (int32), ``d`` the window's size, then
+    ``y = clamp(rne(float32(acc) * m_d) + z_y, lo, hi)`` with ``m_d = float32((x_scale / y_scale) / d)``
+    computed in float64, as :func:`int8_avgpool2d`.
+    """
+    _require_tensors(x=x)
+    oh, ow = ref.adaptive_output_size((x.shape[1], x.shape[2]) if x.dim() == 4 else (1, 1), output_size)
+    return torch.ops.dfq_int8.adaptive_avgpool2d(x, [oh, ow], z_x, float(x_scale), float(y_scale), z_y, lo, hi,
+                                                 _resolve(backend))
 
 
 def _resize_args(size: Union[int, Sequence[int], None],

@@ -11,6 +11,8 @@ a reference check (``python -m kernels.pool``).
 * :func:`int8_avgpool2d`: windowed average, ``acc = sum_taps (x - z_x)`` in int32 over the in-bounds
   taps, divided as ``F.avg_pool2d`` divides (``count_include_pad``, ``ceil_mode``) through a table of
   float32 multipliers ``float32((s_x / s_y) / d)``, one per divisor ``d``.
+* :func:`int8_adaptive_avgpool2d`: ``F.adaptive_avg_pool2d``'s windows (of varying sizes), summed
+  and divided as the windowed average.
 * :func:`int8_upsample_nearest`: nearest-neighbour upsampling with ``F.interpolate``'s indices.
 * :func:`int8_upsample_bilinear`: bilinear resampling, ``acc = sum wh ww (x - z_x)`` over the two
   source rows and columns with integer weights (``2^8`` per axis, tables built by the caller from
@@ -29,6 +31,7 @@ import triton.language as tl
 
 from . import reference as ref
 from ._config import (
+    ADAPTIVE_POOL_GPU_CONFIGS,
     AVGPOOL_GPU_META,
     AVGPOOL_GPU_WARPS,
     AVGPOOL_INTERPRET_META,
@@ -208,6 +211,55 @@ _int8_avgpool2d_kernel_tuned = triton.autotune(
 )(_int8_avgpool2d_kernel)
 
 
+@triton.jit(do_not_specialize=["z_x", "z_y", "lo", "hi"])
+def _int8_adaptive_avgpool2d_kernel(
+    x_ptr, y_ptr,  # int8 NHWC [B, H, W, C], int8 NHWC [B, OH, OW, C]
+    mult_ptr,  # float32 [KH_MAX * KW_MAX + 1]: multiplier of each window size d
+    B, H, W, C, OH, OW,
+    KH_MAX, KW_MAX,  # the longest window along each axis (runtime loop bounds)
+    z_x, z_y, lo, hi,  # input zero point; output zero point and bounds
+    P_BUCKET,  # autotune bucket of the pixel count (not used in the body)
+    USE_RINT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_p = offs_p < B * OH * OW
+    mask_c = offs_c < C
+    ow = offs_p % OW
+    oh = (offs_p // OW) % OH
+    img = offs_p // (OW * OH)
+    # -- F.adaptive_avg_pool2d's window: floor(o n / out) <= i < ceil((o + 1) n / out)
+    ih0 = (oh * H) // OH
+    ih1 = ((oh + 1) * H + OH - 1) // OH
+    iw0 = (ow * W) // OW
+    iw1 = ((ow + 1) * W + OW - 1) // OW
+    d = (ih1 - ih0) * (iw1 - iw0)
+    x_img = x_ptr + img.to(tl.int64) * (H * W * C)
+    # -- exact int32 sum of (x - z_x) over the window (windows differ in size: masked taps)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.int32)
+    for kh in range(0, KH_MAX):
+        ih = ih0 + kh
+        row_ok = mask_p & (ih < ih1)
+        for kw in range(0, KW_MAX):
+            iw = iw0 + kw
+            m = (row_ok & (iw < iw1))[:, None] & mask_c[None, :]
+            x_ptrs = x_img[:, None] + ((ih * W + iw) * C)[:, None] + offs_c[None, :]
+            xv = tl.load(x_ptrs, mask=m, other=0).to(tl.int32)
+            acc += tl.where(m, xv - z_x, 0)
+    # -- epilogue with the multiplier of each pixel's window size (1 <= d <= KH_MAX * KW_MAX)
+    mult = tl.load(mult_ptr + d, mask=mask_p, other=0.0)
+    out = requantize(acc, mult[:, None], z_y, lo, hi, USE_RINT)
+    y_ptrs = y_ptr + offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
+    tl.store(y_ptrs, out, mask=mask_p[:, None] & mask_c[None, :])
+
+
+_int8_adaptive_avgpool2d_kernel_tuned = triton.autotune(
+    configs=ADAPTIVE_POOL_GPU_CONFIGS,
+    key=["P_BUCKET", "C", "KH_MAX", "KW_MAX"],
+    prune_configs_by={"early_config_prune": prune_by_size({"BLOCK_C": ("C",)})},
+)(_int8_adaptive_avgpool2d_kernel)
+
+
 @triton.jit
 def _nhwc_position(offs, C, OH, OW):
     """``(channel, column, row, image)`` of flat offsets into a contiguous NHWC ``[B, OH, OW, C]``."""
@@ -363,6 +415,35 @@ def int8_avgpool2d(
     return y
 
 
+def int8_adaptive_avgpool2d(
+    x: Tensor,
+    output_size: Union[int, Sequence[int]],
+    z_x: int,
+    x_scale: float,
+    y_scale: float,
+    z_y: int,
+    lo: int = ref.INT8_MIN,
+    hi: int = ref.INT8_MAX,
+) -> Tensor:
+    """Triton adaptive average pool; same contract as :func:`kernels.reference.int8_adaptive_avgpool2d`."""
+    OH, OW, z_x, s_x, s_y, z_y, lo, hi = ref.check_adaptive_avgpool2d_args(x, output_size, z_x, x_scale, y_scale,
+                                                                           z_y, lo, hi)
+    B, H, W, C = x.shape
+    y = torch.empty((B, OH, OW, C), dtype=torch.int8, device=x.device)
+    P = B * OH * OW
+    if P == 0 or C == 0:
+        return y
+    kh, kw = ref.adaptive_window_max(H, OH), ref.adaptive_window_max(W, OW)
+    mult = ref.avgpool2d_multipliers(s_x, s_y, kh * kw, x.device)
+    args = dict(
+        x_ptr=x, y_ptr=y, mult_ptr=mult, B=B, H=H, W=W, C=C, OH=OH, OW=OW, KH_MAX=kh, KW_MAX=kw,
+        z_x=z_x, z_y=z_y, lo=lo, hi=hi, P_BUCKET=next_pow2_bucket(P), USE_RINT=USE_RINT,
+    )  # fmt: skip
+    grid = lambda META: (cdiv(P, META["BLOCK_P"]), cdiv(C, META["BLOCK_C"]))  # noqa: E731
+    launch(_int8_adaptive_avgpool2d_kernel, _int8_adaptive_avgpool2d_kernel_tuned, "depthwise", grid, args)
+    return y
+
+
 def int8_upsample_nearest(
     x: Tensor,
     size: Union[int, Sequence[int], None] = None,
@@ -435,6 +516,9 @@ def _self_check(device: str = "cuda" if torch.cuda.is_available() else "cpu") ->
     for ceil_mode, cip in ((False, True), (True, False)):
         args = (3, 2, 1, ceil_mode, cip, -3, 0.05, 0.04, 2)
         ok &= torch.equal(int8_avgpool2d(x, *args), ref.int8_avgpool2d(x, *args))
+    for size in ((4, 3), (9, 14), (None, 5)):
+        args = (size, -3, 0.05, 0.04, 2)
+        ok &= torch.equal(int8_adaptive_avgpool2d(x, *args), ref.int8_adaptive_avgpool2d(x, *args))
     for size, sf in ((None, 2), ((13, 10), None)):
         ok &= torch.equal(int8_upsample_nearest(x, size, sf), ref.int8_upsample_nearest(x, size, sf))
         args = (size, sf, False, -3, ref.float32_value(0.8 / 65536), 2)

@@ -594,8 +594,8 @@ class _MobileOps(nn.Module):
     """The ops of MobileNetV3 / EfficientNet / ShuffleNet / RegNet / GoogLeNet that run in int8
     beyond convolutions, adds and pools: hardswish and SiLU tables, a squeeze-excitation gate, a
     grouped convolution, dilated convolutions (depthwise and dense), a ceil-mode max pool, a
-    nearest upsampling and a slice, a windowed average pool, a cat of different quantizations, a
-    channel shuffle, a chunk, a linear layer on tokens."""
+    nearest upsampling and a slice, a windowed and an adaptive average pool, a cat of different
+    quantizations, a channel shuffle, a chunk, a linear layer on tokens."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -622,24 +622,26 @@ class _MobileOps(nn.Module):
         y = y.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
         y1, _ = y.chunk(2, dim=1)
         t = torch.sigmoid(self.tok(y1.flatten(2).transpose(1, 2)))  # tokens [B, H*W, 4] -> [B, H*W, 6]
-        return self.head(t.transpose(1, 2).reshape(b, 6, h, w).mean((2, 3)))
+        t = F.adaptive_avg_pool2d(t.transpose(1, 2).reshape(b, 6, h, w), (3, None))  # windows of 2 and 3 rows
+        return self.head(t.mean((2, 3)))
 
 
 def test_mobile_ops_run_in_int8_bit_exact(tmp_path):
     """Every op of _MobileOps runs in int8 (no float fallback), equal to the simulation bit for
-    bit, on the integer reference and on the Triton kernels (interpreter or CUDA); the simulation
+    bit, on the integer reference and on the Triton kernels (interpreter or CUDA), also on inputs
+    of another size than the traced one (the adaptive pool's windows follow it); the simulation
     saves and loads with its new modules."""
     model = _MobileOps()
     randomize_bn(model)
     x = torch.randn(4, 3, 13, 11, generator=torch.Generator().manual_seed(6))
     sim = quantize(model, (x[:2],), DFQConfig(input_range=(-3.0, 3.0)))
     kinds = {type(m).__name__ for m in sim.modules()}
-    assert {"QLookup", "QMul", "QAvgPool2d"} <= kinds, kinds
+    assert {"QLookup", "QMul", "QAvgPool2d", "QAdaptiveAvgPool2d"} <= kinds, kinds
     net = to_int8(sim, backend="reference")
     assert net.coverage is not None and net.coverage.float_nodes == {} and net.coverage.int8_mac_fraction == 1.0
     steps = {type(m).__name__ for m in net.steps().values()}
     assert {"Int8Lookup", "Int8Mul", "Int8GroupedConv2d", "Int8DilatedConv2d", "Int8Cat", "Int8MaxPool2d",
-            "Int8UpsampleNearest", "Int8AvgPool2d", "Int8Linear"} <= steps, steps
+            "Int8UpsampleNearest", "Int8AvgPool2d", "Int8AdaptiveAvgPool2d", "Int8Linear"} <= steps, steps
     from dfq_gpu import load, save
 
     save(sim, tmp_path / "m.safetensors")
@@ -648,10 +650,14 @@ def test_mobile_ops_run_in_int8_bit_exact(tmp_path):
         ref = sim(x)
         assert torch.equal(loaded(x), ref) and torch.equal(to_int8(loaded, backend="reference")(x), ref)
         assert torch.equal(net(x), ref)
+        x2 = torch.randn(2, 3, 17, 9, generator=torch.Generator().manual_seed(7))
+        ref2 = sim(x2)
+        assert torch.equal(net(x2), ref2)
         device = interpreter_or_cuda()
         if device is not None:
             net.backend = "triton"
             assert torch.equal(net.to(device)(x.to(device)).cpu(), ref)
+            assert torch.equal(net(x2.to(device)).cpu(), ref2)
 
 
 class _PerChannelMaps(nn.Module):

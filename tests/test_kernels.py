@@ -530,7 +530,8 @@ def test_depthwise_tma_variant_where_it_applies():
 @pytest.mark.parametrize("acc", ["int32", "float32"])
 @pytest.mark.parametrize("cfg", _autotune_configs("depthwise"))
 def test_every_depthwise_autotune_config_is_bit_exact(cfg, acc, monkeypatch):
-    """Each tile of the tiles kernel, on its int32 path (its default) and its float32 path."""
+    """Each tile of the tiles kernel, on its int32 path (its default) and its float32 path; the
+    max pool and the adaptive average pool, which take the same tiles."""
     from kernels import depthwise
     from kernels._config import forced_config
 
@@ -543,8 +544,10 @@ def test_every_depthwise_autotune_config_is_bit_exact(cfg, acc, monkeypatch):
     with forced_config("depthwise", cfg):
         y = kernels.int8_depthwise_conv2d(x, w, backend="triton", **kw)
         ym = kernels.int8_maxpool2d(xm, 3, 2, 1, backend="triton")
+        ya = kernels.int8_adaptive_avgpool2d(xm, (4, 7), -3, 0.05, 0.021, 2, backend="triton")
     assert torch.equal(y, ref.int8_depthwise_conv2d(x, w, **kw))
     assert torch.equal(ym, ref.int8_maxpool2d(xm, 3, 2, 1))
+    assert torch.equal(ya, ref.int8_adaptive_avgpool2d(xm, (4, 7), -3, 0.05, 0.021, 2))
 
 
 def test_forced_config_and_autotune_switch():

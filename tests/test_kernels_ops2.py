@@ -1,9 +1,9 @@
 """Tests of the int8 ops for more CNN architectures: table lookup, gating multiply, windowed
-average pool, max pool with ceil mode and dilation, nearest upsampling.
+and adaptive average pool, max pool with ceil mode and dilation, nearest upsampling.
 
 * Each reference function (``kernels.reference``) is checked against an independent computation
-  from its definition: PyTorch's float ops (``F.avg_pool2d``, ``F.max_pool2d``, ``F.interpolate``,
-  ``fake_quantize_per_tensor_affine``) in float64/float32 and a numpy float32 epilogue.
+  from its definition: PyTorch's float ops (``F.avg_pool2d``, ``F.adaptive_avg_pool2d``, ``F.max_pool2d``,
+  ``F.interpolate``, ``fake_quantize_per_tensor_affine``) in float64/float32 and a numpy float32 epilogue.
 * Every Triton kernel is checked bit for bit (``torch.equal``) against the reference on odd shapes;
   without a GPU they run through Triton's interpreter (``tests/conftest.py`` sets
   ``TRITON_INTERPRET``).
@@ -304,6 +304,60 @@ def test_avgpool2d_bad_inputs(backend):
 
 
 # =============================================================================================
+# Adaptive average pool: F.adaptive_avg_pool2d's windows, of varying sizes
+# =============================================================================================
+# (H, W, output_size): identity, upsampling a 1x1 map (AlexNet's head at small inputs), windows
+# that overlap and differ in size, a None side, more outputs than inputs on one axis
+ADAPTIVE_CASES = [(6, 6, (6, 6)), (1, 1, (6, 6)), (7, 7, 3), (10, 13, (7, 4)), (5, 8, (None, 3)), (3, 2, (5, 7))]
+
+
+def independent_adaptive_avgpool(x, size, z_x, s_x, s_y, z_y):
+    """F.adaptive_avg_pool2d in float64 on the centered integers times each window's size (the
+    number of unit impulses it sees), numpy epilogue."""
+    xc = nchw(x.double() - z_x)
+    h, w = xc.shape[2:]
+    impulses = torch.eye(h * w, dtype=torch.float64).reshape(h * w, 1, h, w)
+    d = (F.adaptive_avg_pool2d(impulses, size) > 0).sum(0, keepdim=True).double()
+    acc = torch.round(F.adaptive_avg_pool2d(xc, size) * d)
+    m = np.float32((s_x / s_y) / d.numpy())
+    return torch.from_numpy(np_requant(nhwc(acc).numpy(), nhwc(torch.from_numpy(m)).numpy(), z_y, -128, 127))
+
+
+@pytest.mark.parametrize("h,w,size", ADAPTIVE_CASES)
+def test_reference_adaptive_avgpool2d_matches_float_adaptive_avg_pool2d(h, w, size):
+    x = rand_i8((2, h, w, 5), _gen(30))
+    for args in ((-5, 0.05, 0.021, 3), (12, 0.05, 0.05, -128)):
+        y = ref.int8_adaptive_avgpool2d(x, size, *args)
+        expect = independent_adaptive_avgpool(x, size, *args)
+        assert y.shape == expect.shape and torch.equal(y, expect), args
+
+
+@pytest.mark.parametrize("C", [3, 37])
+@pytest.mark.parametrize("h,w,size", ADAPTIVE_CASES)
+def test_adaptive_avgpool2d_kernel_bit_exact(h, w, size, C):
+    x = rand_i8((2, h, w, C), _gen(31)).to(DEVICE)
+    for args in ((-5, 0.05, 0.021, 3), (-128, 0.02, 0.01, -128, -128, 60)):
+        y = kernels.int8_adaptive_avgpool2d(x, size, *args, backend="triton")
+        assert torch.equal(y, ref.int8_adaptive_avgpool2d(x, size, *args)), args
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_adaptive_avgpool2d_bad_inputs(backend):
+    x = rand_i8((2, 7, 5, 3), _gen(32)).to(DEVICE)
+    call = lambda *a: kernels.int8_adaptive_avgpool2d(x, *a, backend=backend)  # noqa: E731
+    with pytest.raises(ValueError, match="output_size must be positive"):
+        call((0, 2), 0, 0.1, 0.1, 0)
+    with pytest.raises(ValueError, match="output_size must be an int or a pair"):
+        call((2, 2, 2), 0, 0.1, 0.1, 0)
+    with pytest.raises(ValueError, match="x_scale"):
+        call(3, 0, -0.1, 0.1, 0)
+    with pytest.raises(ValueError, match="z_x"):
+        call(3, 300, 0.1, 0.1, 0)
+    with pytest.raises(ValueError, match="NHWC"):
+        kernels.int8_adaptive_avgpool2d(x[0], 3, 0, 0.1, 0.1, 0, backend=backend)
+
+
+# =============================================================================================
 # Max pool: ceil mode and dilation
 # =============================================================================================
 def test_reference_maxpool2d_matches_float_max_pool2d():
@@ -472,6 +526,7 @@ def test_new_ops_fake_impls_agree_with_real_outputs():
         "bilinear": lambda: torch.ops.dfq_int8.upsample_bilinear(x, [11, 4], None, False, 0, 1e-5, 0, -128, 127,
                                                                  "reference"),
         "lut per channel": lambda: torch.ops.dfq_int8.lut(x, table.repeat(3, 1), "reference"),
+        "adaptive": lambda: torch.ops.dfq_int8.adaptive_avgpool2d(x, [4, 9], 0, 0.1, 0.2, 0, -128, 127, "reference"),
     }
     real = {k: f() for k, f in calls.items()}
     mode = FakeTensorMode()

@@ -239,6 +239,11 @@ def compile_only(all_configs: bool) -> Dict[str, Any]:
                      pad_top=0, pad_bottom=0, pad_left=0, pad_right=0, z_x=0, z_y=0, lo=0, hi=0, P_BUCKET=0)
         jobs.append(("avgpool2d 3x3", pool._int8_avgpool2d_kernel, ap_rt,
                      dict(KH=3, KW=3, COUNT_INCLUDE_PAD=False, USE_RINT=True), ["C"], cfg))  # fmt: skip
+    aap_rt = dict(x_ptr=i8, y_ptr=i8, mult_ptr=f32, B=0, H=0, W=0, C=0, OH=0, OW=0, KH_MAX=0, KW_MAX=0, z_x=0, z_y=0,
+                  lo=0, hi=0, P_BUCKET=0)
+    for cfg in _config.ADAPTIVE_POOL_GPU_CONFIGS if all_configs else [_config.ADAPTIVE_POOL_GPU_CONFIGS[0]]:
+        jobs.append(("adaptive avgpool2d", pool._int8_adaptive_avgpool2d_kernel, aap_rt, dict(USE_RINT=True), ["C"],
+                     cfg))
     # the depthwise + 1x1 kernel: its one tile, 3x3 and 5x5 windows, the widest project block, the
     # weight zero point and the residual epilogue on
     dwp_rt = dict(x_ptr=i8, dw_ptr=i32, dbias_ptr=i32, dmult_ptr=f32, dlo_ptr=i32, dhi_ptr=i32, pw_ptr=i8,

@@ -34,6 +34,7 @@ __all__ = [
     "elementwise_activation",
     "nearest_upsample_args",
     "avg_pool_args",
+    "adaptive_avg_pool_size",
     "AvgPoolArgs",
     "describe",
 ]
@@ -42,6 +43,8 @@ _AVG_POOL_FNS = tuple(f for f in (F.avg_pool2d, F.adaptive_avg_pool2d, getattr(t
                                    getattr(torch, "adaptive_avg_pool2d", None),
                                    getattr(torch._C._nn, "avg_pool2d", None),
                                    getattr(torch._C._nn, "adaptive_avg_pool2d", None)) if f is not None)
+_ADAPTIVE_AVG_POOL_FNS = tuple(f for f in (F.adaptive_avg_pool2d, getattr(torch, "adaptive_avg_pool2d", None),
+                                            getattr(torch._C._nn, "adaptive_avg_pool2d", None)) if f is not None)
 _ADD = (operator.add, torch.add, operator.iadd)
 _MUL = (operator.mul, torch.mul, operator.imul)
 
@@ -380,6 +383,27 @@ def avg_pool_args(gm: fx.GraphModule, node: fx.Node) -> AvgPoolArgs | None:
     kernel = pair(ks)
     no_stride = stride is None or (not isinstance(stride, numbers.Integral) and len(stride) == 0)
     return AvgPoolArgs(kernel, kernel if no_stride else pair(stride), pair(pad), bool(ceil), bool(cip), div)
+
+
+def adaptive_avg_pool_size(gm: fx.GraphModule, node: fx.Node) -> tuple[int | None, int | None] | None:
+    """The ``(oh, ow)`` output size of an ``nn.AdaptiveAvgPool2d`` call or an
+    ``F.adaptive_avg_pool2d`` call with a constant size (``None``: that side keeps the input's
+    size); ``None`` for anything else."""
+    m = node_module(gm, node)
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        size = m.output_size
+    elif node.op == "call_function" and node.target in _ADAPTIVE_AVG_POOL_FNS:
+        size = node_arg(node, 1, "output_size", None)
+    else:
+        return None
+    if isinstance(size, fx.Node) or size is None:
+        return None
+    sizes = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
+    if len(sizes) == 1:
+        sizes = (sizes[0], sizes[0])
+    if len(sizes) != 2 or not all(v is None or (isinstance(v, numbers.Integral) and v >= 1) for v in sizes):
+        return None
+    return tuple(None if v is None else int(v) for v in sizes)  # type: ignore[return-value]
 
 
 def max_pool_args(gm: fx.GraphModule, node: fx.Node) -> MaxPoolArgs | None:

@@ -74,8 +74,9 @@ How each node of the simulation is mapped
   grid; other concatenations and the ops that only move values (view, transpose, chunk,
   getitem, ...) run on the int8 tensors in NCHW order, their quantization unchanged.
 * grouped convolutions: one dense convolution per group; dilated convolutions (stride 1): the
-  input's phases convolved without dilation; ``QAvgPool2d``: ``int8_avgpool2d``; nearest
-  upsampling: ``int8_upsample_nearest``; ``QUpsampleBilinear``: ``int8_upsample_bilinear``;
+  input's phases convolved without dilation; ``QAvgPool2d``: ``int8_avgpool2d``;
+  ``QAdaptiveAvgPool2d``: ``int8_adaptive_avgpool2d``; nearest upsampling: ``int8_upsample_nearest``;
+  ``QUpsampleBilinear``: ``int8_upsample_bilinear``;
   linear layers on ``[..., K]``.
 * anything else (with ``fallback=True``, the default): the simulation's own module or function,
   in float32, on the dequantized values of its int8 inputs (contiguous NCHW, bit-identical to
@@ -136,8 +137,8 @@ from ..errors import DFQError
 from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import is_layer_module
-from ..modules import (QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QConv2d, QLinear, QLookup, QMul,
-                       QUpsampleBilinear)
+from ..modules import (QUANTIZED_LAYER_TYPES, QAdaptiveAvgPool2d, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QConv2d,
+                       QLinear, QLookup, QMul, QUpsampleBilinear)
 from ..nn import FakeQuant, grid_values
 from ..quant import requant
 from ..quant.requant import add_multipliers  # noqa: F401  (re-exported: the add multipliers of the converter)
@@ -535,7 +536,7 @@ class _Converter:
             self.upsample_bilinear(node, m)
         elif isinstance(m, QMul):
             self.mul(node)
-        elif isinstance(m, QAvgPool2d):
+        elif isinstance(m, (QAvgPool2d, QAdaptiveAvgPool2d)):
             self.avgpool2d(node, m)
         elif ops.is_cat(node):
             self.cat(node)
@@ -999,17 +1000,24 @@ class _Converter:
         else:
             self.env[node] = _Val(new, "int8", qs[0], rank=len(shape) if shape is not None else None)
 
-    def avgpool2d(self, node: fx.Node, m: QAvgPool2d) -> None:
-        """A windowed average pool: ``int8_avgpool2d`` with the simulation's window and grids."""
+    def avgpool2d(self, node: fx.Node, m: QAvgPool2d | QAdaptiveAvgPool2d) -> None:
+        """A windowed or adaptive average pool: ``int8_avgpool2d`` / ``int8_adaptive_avgpool2d``
+        with the simulation's window or output size, and grids."""
         p: AvgPool2dPlan = self.step_plan(node, AvgPool2dPlan)
         if p.float_reason is not None or p.quantizer is None:
             raise self.err(node, p.float_reason or "the simulation computes it in float")
         x = self.int8_input(node, node.args[0])
         assert x.q is not None and x.q.grid == p.x
         qp = self.out_quantizer(p.quantizer)
-        ph, pw = m.padding
-        mod = L.Int8AvgPool2d(m.kernel, m.stride, (ph, ph, pw, pw), m.ceil_mode, m.count_include_pad, x.q.zero_point,
-                              m.x_scale, m.y_scale, qp.zero_point, qp.lo, qp.hi, sim_quantizer=p.quantizer.name)
+        mod: L.Int8Step
+        if isinstance(m, QAdaptiveAvgPool2d):
+            mod = L.Int8AdaptiveAvgPool2d(m.output_size, x.q.zero_point, m.x_scale, m.y_scale, qp.zero_point, qp.lo,
+                                          qp.hi, sim_quantizer=p.quantizer.name)
+        else:
+            ph, pw = m.padding
+            mod = L.Int8AvgPool2d(m.kernel, m.stride, (ph, ph, pw, pw), m.ceil_mode, m.count_include_pad,
+                                  x.q.zero_point, m.x_scale, m.y_scale, qp.zero_point, qp.lo, qp.hi,
+                                  sim_quantizer=p.quantizer.name)
         out = self.step(node.name, mod, x.node)
         self.finish(node, None, p.quantizer, p.tail, _Val(out, "int8", qp, rank=4))
 

@@ -50,6 +50,7 @@ __all__ = [
     "Int8Cat",
     "Int8UpsampleNearest",
     "Int8AvgPool2d",
+    "Int8AdaptiveAvgPool2d",
     "nchw_size",
     "int8_to_nchw",
     "int8_to_nhwc",
@@ -877,6 +878,28 @@ class Int8AvgPool2d(Int8Step):
     def extra_repr(self) -> str:
         return (f"kernel={self.kernel}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}, "
                 f"count_include_pad={self.count_include_pad}")
+
+
+class Int8AdaptiveAvgPool2d(Int8Step):
+    """Adaptive average pool of NHWC int8 to ``output_size`` (``kernels.int8_adaptive_avgpool2d``;
+    a ``None`` side keeps the input's size)."""
+
+    def __init__(self, output_size: Sequence[Optional[int]], z_x: int, x_scale: float, y_scale: float, z_y: int,
+                 lo: int, hi: int, **kw) -> None:
+        super().__init__(**kw)
+        self.output_size = tuple(None if v is None else int(v) for v in output_size)
+        self.z_x, self.x_scale, self.y_scale = int(z_x), float(x_scale), float(y_scale)
+        self.z_y, self.lo, self.hi = int(z_y), int(lo), int(hi)
+
+    def forward(self, x: Tensor) -> Tensor:
+        args = (x.contiguous(), self.output_size, self.z_x, self.x_scale, self.y_scale, self.z_y, self.lo, self.hi)
+        mod = self._triton(x, "pool")
+        if mod is not None:
+            return mod.int8_adaptive_avgpool2d(*args)
+        return kernels.int8_adaptive_avgpool2d(*args, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
 
 
 class Int8UpsampleBilinear(Int8Step):

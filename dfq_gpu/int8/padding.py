@@ -170,6 +170,7 @@ CHANNEL_FACTS: dict[type, ChannelFacts] = {
     L.Int8GlobalMaxPool: _CHANNELWISE,
     L.Int8Pad: _CHANNELWISE,
     L.Int8AvgPool2d: _CHANNELWISE,
+    L.Int8AdaptiveAvgPool2d: _CHANNELWISE,
     L.Int8UpsampleNearest: _CHANNELWISE,
     L.Int8UpsampleBilinear: _CHANNELWISE,
 }

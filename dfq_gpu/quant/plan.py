@@ -35,13 +35,14 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from kernels import reference as kref
 from kernels.reference import IM2COL_MAX_CHANNELS
 
 from ..graph import ops
 from ..graph.trace import node_module
 from ..layers import layer_type
-from ..modules import (QUANTIZED_LAYER_TYPES, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QConv2d, QLinear, QLookup, QMul,
-                       QUpsampleBilinear)
+from ..modules import (QUANTIZED_LAYER_TYPES, QAdaptiveAvgPool2d, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QConv2d,
+                       QLinear, QLookup, QMul, QUpsampleBilinear)
 from ..nn import ChannelClamp, FakeQuant
 from . import requant
 from .requant import Grid
@@ -276,13 +277,16 @@ class MulPlan(_Fusion):
 
 @dataclass(frozen=True)
 class AvgPool2dPlan(_Fusion):
-    """A windowed average pool of a quantized tensor (+ output quantizer; no activation fuses):
-    ``args`` (:class:`~dfq_gpu.graph.ops.AvgPoolArgs`, without ``divisor_override``), ``x``/``y``
-    the input and output grids (``None``: not quantized or disabled)."""
+    """A windowed or adaptive average pool of a quantized tensor (+ output quantizer; no
+    activation fuses): ``args`` (:class:`~dfq_gpu.graph.ops.AvgPoolArgs`, without
+    ``divisor_override``) for a windowed pool, ``None`` for an adaptive one, whose
+    ``output_size`` is ``(oh, ow)`` (``None`` sides keep the input's size); ``x``/``y`` the input
+    and output grids (``None``: not quantized or disabled)."""
 
-    args: ops.AvgPoolArgs
+    args: Optional[ops.AvgPoolArgs]
     x: Optional[Grid]
     y: Optional[Grid]
+    output_size: Optional[tuple[Optional[int], Optional[int]]] = None
 
 
 @dataclass(frozen=True)
@@ -516,20 +520,29 @@ def _bilinear_plan(gm: fx.GraphModule, node: fx.Node, spec: tuple[Any, Optional[
     return BilinearPlan(node, act, fq, tail, why, spec[0], spec[1], spec[2], x, y)
 
 
-def _avgpool2d_plan(gm: fx.GraphModule, node: fx.Node, args: ops.AvgPoolArgs) -> AvgPool2dPlan:
+def _avgpool2d_plan(gm: fx.GraphModule, node: fx.Node, args: Optional[ops.AvgPoolArgs],
+                    output_size: Optional[tuple[Optional[int], Optional[int]]] = None) -> AvgPool2dPlan:
+    """The plan of a windowed pool (``args``) or of an adaptive one (``output_size``)."""
     act, fq, tail = fused_output(gm, node)
     x = _enabled_grid(source_quantizer(gm, node.args[0])) if node.args else None
     y = _enabled_grid(node_module(gm, fq)) if fq is not None else None
     shape = ops.tensor_shape(node.args[0]) if node.args else None
-    why = _first("average pooling of a tensor that is not 4-D" if shape is None or len(shape) != 4 else None,
-                 "average pooling with divisor_override" if args.divisor_override is not None else None,
+    four_d = shape is not None and len(shape) == 4
+    window = 0  # the most taps a window sums
+    if args is not None:
+        window = args.kernel[0] * args.kernel[1]
+    elif four_d and output_size is not None:
+        oh, ow = kref.adaptive_output_size(shape[2:], output_size)
+        window = kref.adaptive_window_max(shape[2], oh) * kref.adaptive_window_max(shape[3], ow)
+    why = _first(None if four_d else "average pooling of a tensor that is not 4-D",
+                 "average pooling with divisor_override" if args is not None and args.divisor_override is not None
+                 else None,
                  "its input is not quantized" if x is None else None,
                  "an activation after average pooling" if act is not None else None,
                  "its result is not quantized" if fq is None else None,
                  "its output quantizer is disabled" if fq is not None and y is None else None,
-                 EXCEEDS_INT32 if x is not None and args.kernel[0] * args.kernel[1] * x.max_abs > requant.INT32_MAX
-                 else None)
-    return AvgPool2dPlan(node, act, fq, tail, why, args, x, y)
+                 EXCEEDS_INT32 if x is not None and window * x.max_abs > requant.INT32_MAX else None)
+    return AvgPool2dPlan(node, act, fq, tail, why, args, x, y, output_size)
 
 
 def _mul_plan(gm: fx.GraphModule, node: fx.Node) -> MulPlan:
@@ -590,10 +603,13 @@ def build_plan(gm: fx.GraphModule) -> dict[str, StepPlan]:
         elif isinstance(m, QAvgPool2d):
             plan[node.name] = _avgpool2d_plan(gm, node, ops.AvgPoolArgs(m.kernel, m.stride, m.padding, m.ceil_mode,
                                                                         m.count_include_pad, None))
+        elif isinstance(m, QAdaptiveAvgPool2d):
+            plan[node.name] = _avgpool2d_plan(gm, node, None, m.output_size)
         elif isinstance(m, QAvgPool) or ops.is_spatial_pool(gm, node) == "avg":
             window = ops.avg_pool_args(gm, node)
-            if window is not None and global_avgpool_problem(gm, node) is not None:
-                plan[node.name] = _avgpool2d_plan(gm, node, window)
+            adaptive = ops.adaptive_avg_pool_size(gm, node) if window is None else None
+            if (window is not None or adaptive is not None) and global_avgpool_problem(gm, node) is not None:
+                plan[node.name] = _avgpool2d_plan(gm, node, window, adaptive)
             else:
                 plan[node.name] = _avgpool_plan(gm, node)
         elif isinstance(m, QMul) or ops.is_mul(node):

@@ -49,8 +49,8 @@ from ..graph import ops
 from ..graph.stats import NodeStats
 from ..graph.trace import node_module
 from ..layers import is_layer_module, layer_type
-from ..modules import (QUANTIZED_LAYER_TYPES, QUANTIZED_LAYERS, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QLookup, QMul,
-                       QUpsampleBilinear)
+from ..modules import (QUANTIZED_LAYER_TYPES, QUANTIZED_LAYERS, QAdaptiveAvgPool2d, QAdd, QAvgPool, QAvgPool2d,
+                       QChannelAffine, QLookup, QMul, QUpsampleBilinear)
 from ..nn import ChannelClamp, FakeQuant
 from ..passes.base import Workspace
 from . import requant
@@ -328,12 +328,17 @@ def _bilinear_module(p: BilinearPlan) -> QUpsampleBilinear:
                              x.qmax - x.zero_point), y.scale, y.zero_point, y.qmin, y.qmax)
 
 
-def _avgpool2d_module(p: AvgPool2dPlan) -> QAvgPool2d:
-    """The :class:`QAvgPool2d` computing a windowed average pool's plan (no ``float_reason``)."""
+def _avgpool2d_module(p: AvgPool2dPlan) -> QAvgPool2d | QAdaptiveAvgPool2d:
+    """The :class:`QAvgPool2d` computing a windowed average pool's plan, the
+    :class:`QAdaptiveAvgPool2d` computing an adaptive one's (no ``float_reason``)."""
     x, y, a = p.x, p.y, p.args
     assert x is not None and y is not None
-    return QAvgPool2d(a.kernel, a.stride, a.padding, a.ceil_mode, a.count_include_pad, x.scale,
-                      (x.qmin - x.zero_point, x.qmax - x.zero_point), y.scale, y.zero_point, y.qmin, y.qmax)
+    x_range = (x.qmin - x.zero_point, x.qmax - x.zero_point)
+    if a is None:
+        assert p.output_size is not None
+        return QAdaptiveAvgPool2d(p.output_size, x.scale, x_range, y.scale, y.zero_point, y.qmin, y.qmax)
+    return QAvgPool2d(a.kernel, a.stride, a.padding, a.ceil_mode, a.count_include_pad, x.scale, x_range, y.scale,
+                      y.zero_point, y.qmin, y.qmax)
 
 
 def _mul_module(p: MulPlan) -> QMul:
@@ -459,10 +464,12 @@ def make_integer_exact(gm: fx.GraphModule) -> dict[str, Any]:
                 kind = "pools"
                 if why is None:
                     _retarget(gm, node, _avgpool2d_module(p), (node.args[0],), users.get(str(node.target), 0) > 1)
-                elif isinstance(m, QAvgPool2d):  # back to the float average
+                elif isinstance(m, QAvgPool2d) and p.args is not None:  # back to the float average
                     a = p.args
                     _to_function(gm, node, torch.nn.functional.avg_pool2d,
                                  (node.args[0], a.kernel, a.stride, a.padding, a.ceil_mode, a.count_include_pad), {})
+                elif isinstance(m, QAdaptiveAvgPool2d):
+                    _to_function(gm, node, torch.nn.functional.adaptive_avg_pool2d, (node.args[0], m.output_size), {})
             elif isinstance(p, MulPlan):
                 kind = "muls"
                 if why is None:
@@ -531,7 +538,7 @@ def stale_integer_steps(gm: fx.GraphModule, plan: Optional[dict[str, StepPlan]] 
             fresh = p.float_reason is None and _add_module(p).state() == m.state()
         elif isinstance(p, AvgPoolPlan) and isinstance(m, QAvgPool):
             fresh = p.float_reason is None and _avgpool_module(p).state() == m.state()
-        elif isinstance(p, AvgPool2dPlan) and isinstance(m, QAvgPool2d):
+        elif isinstance(p, AvgPool2dPlan) and isinstance(m, (QAvgPool2d, QAdaptiveAvgPool2d)):
             fresh = p.float_reason is None and _avgpool2d_module(p).state() == m.state()
         elif isinstance(p, MulPlan) and isinstance(m, QMul):
             fresh = p.float_reason is None and _mul_module(p).state() == m.state()

@@ -124,6 +124,12 @@ from .tables import (  # noqa: F401
     _scalar_epilogue,
 )
 from .windows import (  # noqa: F401
+    adaptive_output_size,
+    adaptive_window_max,
+    adaptive_windows,
+    check_adaptive_avgpool2d_args,
+    exact_adaptive_average,
+    int8_adaptive_avgpool2d,
     avgpool2d_divisors,
     avgpool2d_multipliers,
     bilinear_accumulate,
@@ -171,6 +177,7 @@ __all__ = [
     "lut_from_function",
     "int8_mul",
     "int8_avgpool2d",
+    "int8_adaptive_avgpool2d",
     "avgpool2d_multipliers",
     "pool_output_size",
     "int8_upsample_nearest",

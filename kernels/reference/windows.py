@@ -1,5 +1,5 @@
-"""Windowed average and max pooling with any kernel, stride, padding and ``ceil_mode``; nearest
-and bilinear upsampling."""
+"""Windowed average and max pooling with any kernel, stride, padding and ``ceil_mode``; adaptive
+average pooling; nearest and bilinear upsampling."""
 
 from __future__ import annotations
 
@@ -136,6 +136,102 @@ def int8_avgpool2d(
     y = exact_window_average(xc, ks, st, pad, (oh, ow), cip, s_x, s_y, float(int(lo) - z_y), float(int(hi) - z_y),
                              _x_bound(z_x))
     return (y.permute(0, 2, 3, 1).to(torch.int32) + z_y).to(torch.int8).contiguous()
+
+
+def adaptive_windows(n: int, out: int, device: Union[str, torch.device] = "cpu") -> Tuple[Tensor, Tensor]:
+    """int64 ``[out]`` starts and ends of ``F.adaptive_avg_pool2d``'s windows along an axis of
+    length ``n``: window ``o`` covers ``floor(o n / out) <= i < ceil((o + 1) n / out)``."""
+    o = torch.arange(out, dtype=torch.int64, device=device)
+    return (o * n) // out, ((o + 1) * n + out - 1) // out
+
+
+def adaptive_window_max(n: int, out: int) -> int:
+    """The longest of the ``out`` adaptive windows along an axis of length ``n``."""
+    return max(((o + 1) * n + out - 1) // out - (o * n) // out for o in range(out))
+
+
+def adaptive_output_size(x_hw: Tuple[int, int], output_size) -> Tuple[int, int]:
+    """``(OH, OW)`` of an adaptive pool of an ``x_hw`` input: ``output_size`` ``s``, ``(oh, ow)``,
+    a ``None`` entry keeping that side's input size (as ``F.adaptive_avg_pool2d``); each >= 1."""
+    if output_size is None or isinstance(output_size, (numbers.Integral, torch.SymInt)):
+        sizes = (output_size, output_size)
+    else:
+        sizes = tuple(output_size)
+        if len(sizes) == 1:
+            sizes = (sizes[0], sizes[0])
+    if len(sizes) != 2 or any(s is not None and (isinstance(s, bool) or not isinstance(s, numbers.Integral))
+                              for s in sizes):
+        raise ValueError(f"output_size must be an int or a pair of ints (None keeps the input size), "
+                         f"got {output_size!r}")
+    oh, ow = (int(x_hw[i]) if s is None else int(s) for i, s in enumerate(sizes))
+    if oh < 1 or ow < 1:
+        raise ValueError(f"output_size must be positive, got {output_size!r}")
+    return oh, ow
+
+
+def check_adaptive_avgpool2d_args(x: Tensor, output_size, z_x, x_scale, y_scale, z_y, lo, hi):
+    """Validate adaptive-average-pool inputs: ``(oh, ow, z_x, s_x, s_y, z_y, lo, hi)``."""
+    _check_is_tensor(x, "x")
+    check_tensor(x, "x", torch.int8, 4, "NHWC [B, H, W, C]")
+    H, W = x.shape[1], x.shape[2]
+    oh, ow = adaptive_output_size((H, W), output_size)
+    if H < 1 or W < 1:
+        raise ValueError(f"adaptive average pooling of an empty {H}x{W} input")
+    if H * W * x.shape[3] >= 2**31:
+        raise ValueError(f"one image of {H}x{W}x{x.shape[3]} int8 values exceeds the kernel's 2^31 index range")
+    if adaptive_window_max(H, oh) * adaptive_window_max(W, ow) * 255 >= 2**31:
+        raise ValueError(f"adaptive average pooling from {H}x{W} to {oh}x{ow}: a window sum may exceed int32")
+    z_x = check_int8_zero_point(z_x, "z_x")
+    z_y = check_int8_zero_point(z_y, "z_y")
+    s_x = _check_scale(x_scale, "x_scale")
+    s_y = _check_scale(y_scale, "y_scale")
+    lo, hi = _check_scalar_bounds(lo, hi)
+    return oh, ow, z_x, s_x, s_y, z_y, lo, hi
+
+
+def int8_adaptive_avgpool2d(
+    x: Tensor,
+    output_size,
+    z_x: int,
+    x_scale: float,
+    y_scale: float,
+    z_y: int,
+    lo: int = INT8_MIN,
+    hi: int = INT8_MAX,
+) -> Tensor:
+    """Reference adaptive average pool: x NHWC ``[B,H,W,C]`` -> NHWC ``[B,OH,OW,C]``
+    (``F.adaptive_avg_pool2d``'s windows, :func:`adaptive_windows`).
+
+    ``acc = sum over the window of (x - z_x)`` (exact int32), ``d`` the window's size,
+    ``y = clamp(rne(float32(acc) * m_d) + z_y, lo, hi)`` with ``m_d = float32((s_x / s_y) / d)``
+    computed in float64 (:func:`avgpool2d_multipliers`), as the windowed average pool.
+    """
+    oh, ow, z_x, s_x, s_y, z_y, lo, hi = check_adaptive_avgpool2d_args(x, output_size, z_x, x_scale, y_scale, z_y,
+                                                                       lo, hi)
+    xc = _centered(x, z_x, ()).permute(0, 3, 1, 2).contiguous()
+    y = exact_adaptive_average(xc, (oh, ow), s_x, s_y, float(int(lo) - z_y), float(int(hi) - z_y))
+    return (y.permute(0, 2, 3, 1).to(torch.int32) + z_y).to(torch.int8).contiguous()
+
+
+@torch.no_grad()
+def exact_adaptive_average(
+    xc: Tensor, out_hw: Tuple[int, int], x_scale: float, y_scale: float, lo: float, hi: float
+) -> Tensor:
+    """The adaptive average pool of :func:`int8_adaptive_avgpool2d` on centered integers ``xc``
+    (float32 NCHW), relative to the output zero point: ``clamp(rne(float32(acc) * m_d), lo, hi)``
+    (float32 NCHW). The window sums come from a float64 summed-area table (exact: integers below
+    2^53). Shared by the reference and the simulation's adaptive average pool."""
+    oh, ow = out_hw
+    H, W = xc.shape[2], xc.shape[3]
+    dev = xc.device
+    sh, eh = adaptive_windows(H, oh, dev)
+    sw, ew = adaptive_windows(W, ow, dev)
+    table = F.pad(xc.to(torch.float64).cumsum(2).cumsum(3), (1, 0, 1, 0))  # [B, C, H + 1, W + 1]
+    rows_e, rows_s = table[:, :, eh], table[:, :, sh]
+    acc = rows_e[..., ew] - rows_e[..., sw] - rows_s[..., ew] + rows_s[..., sw]
+    mult = avgpool2d_multipliers(x_scale, y_scale, adaptive_window_max(H, oh) * adaptive_window_max(W, ow), dev)
+    m = mult[(eh - sh)[:, None] * (ew - sw)[None, :]].reshape(1, 1, oh, ow)
+    return requantize_centered(acc.to(torch.float32).contiguous(), m, lo, hi)
 
 
 @torch.no_grad()
