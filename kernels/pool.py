@@ -155,6 +155,17 @@ _int8_maxpool_dilated_kernel_tuned = triton.autotune(
 )(_int8_maxpool_dilated_kernel)
 
 
+@triton.jit
+def _store_window_average(acc, d, mult_ptr, y_ptr, offs_p, offs_c, mask_p, mask_c, C, z_y, lo, hi,
+                          USE_RINT: tl.constexpr):
+    """The average pools' epilogue: each pixel's window sum ``acc`` times the multiplier of its
+    divisor ``d`` (``mult_ptr[d]``), requantized, stored to the NHWC output (pixels x channels)."""
+    mult = tl.load(mult_ptr + d, mask=mask_p, other=0.0)
+    out = requantize(acc, mult[:, None], z_y, lo, hi, USE_RINT)
+    y_ptrs = y_ptr + offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
+    tl.store(y_ptrs, out, mask=mask_p[:, None] & mask_c[None, :])
+
+
 @triton.jit(do_not_specialize=["z_x", "z_y", "lo", "hi"])
 def _int8_avgpool2d_kernel(
     x_ptr, y_ptr,  # int8 NHWC [B, H, W, C], int8 NHWC [B, OH, OW, C]
@@ -198,10 +209,7 @@ def _int8_avgpool2d_kernel(
             xv = tl.load(x_ptrs, mask=m, other=0).to(tl.int32)
             acc += tl.where(m, xv - z_x, 0)
     # -- epilogue with the multiplier of each pixel's divisor (1 <= d <= KH * KW)
-    mult = tl.load(mult_ptr + d, mask=mask_p, other=0.0)
-    out = requantize(acc, mult[:, None], z_y, lo, hi, USE_RINT)
-    y_ptrs = y_ptr + offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
-    tl.store(y_ptrs, out, mask=mask_p[:, None] & mask_c[None, :])
+    _store_window_average(acc, d, mult_ptr, y_ptr, offs_p, offs_c, mask_p, mask_c, C, z_y, lo, hi, USE_RINT)
 
 
 _int8_avgpool2d_kernel_tuned = triton.autotune(
@@ -247,10 +255,7 @@ def _int8_adaptive_avgpool2d_kernel(
             xv = tl.load(x_ptrs, mask=m, other=0).to(tl.int32)
             acc += tl.where(m, xv - z_x, 0)
     # -- epilogue with the multiplier of each pixel's window size (1 <= d <= KH_MAX * KW_MAX)
-    mult = tl.load(mult_ptr + d, mask=mask_p, other=0.0)
-    out = requantize(acc, mult[:, None], z_y, lo, hi, USE_RINT)
-    y_ptrs = y_ptr + offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
-    tl.store(y_ptrs, out, mask=mask_p[:, None] & mask_c[None, :])
+    _store_window_average(acc, d, mult_ptr, y_ptr, offs_p, offs_c, mask_p, mask_c, C, z_y, lo, hi, USE_RINT)
 
 
 _int8_adaptive_avgpool2d_kernel_tuned = triton.autotune(
