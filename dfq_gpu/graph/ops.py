@@ -385,10 +385,10 @@ def avg_pool_args(gm: fx.GraphModule, node: fx.Node) -> AvgPoolArgs | None:
     return AvgPoolArgs(kernel, kernel if no_stride else pair(stride), pair(pad), bool(ceil), bool(cip), div)
 
 
-def adaptive_avg_pool_size(gm: fx.GraphModule, node: fx.Node) -> tuple[int | None, int | None] | None:
-    """The ``(oh, ow)`` output size of an ``nn.AdaptiveAvgPool2d`` call or an
-    ``F.adaptive_avg_pool2d`` call with a constant size (``None``: that side keeps the input's
-    size); ``None`` for anything else."""
+def adaptive_avg_pool_size(gm: fx.GraphModule, node: fx.Node) -> Any:
+    """The ``output_size`` of an ``nn.AdaptiveAvgPool2d`` call or an ``F.adaptive_avg_pool2d``
+    call, as given (an int or a sequence, ``None`` sides keeping the input's size); ``None`` for
+    anything else or a size computed in the graph."""
     m = node_module(gm, node)
     if isinstance(m, nn.AdaptiveAvgPool2d):
         size = m.output_size
@@ -396,14 +396,9 @@ def adaptive_avg_pool_size(gm: fx.GraphModule, node: fx.Node) -> tuple[int | Non
         size = node_arg(node, 1, "output_size", None)
     else:
         return None
-    if isinstance(size, fx.Node) or size is None:
+    if isinstance(size, fx.Node) or (isinstance(size, (tuple, list)) and any(isinstance(v, fx.Node) for v in size)):
         return None
-    sizes = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
-    if len(sizes) == 1:
-        sizes = (sizes[0], sizes[0])
-    if len(sizes) != 2 or not all(v is None or (isinstance(v, numbers.Integral) and v >= 1) for v in sizes):
-        return None
-    return tuple(None if v is None else int(v) for v in sizes)  # type: ignore[return-value]
+    return size
 
 
 def max_pool_args(gm: fx.GraphModule, node: fx.Node) -> MaxPoolArgs | None:

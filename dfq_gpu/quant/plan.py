@@ -545,6 +545,16 @@ def _avgpool2d_plan(gm: fx.GraphModule, node: fx.Node, args: Optional[ops.AvgPoo
     return AvgPool2dPlan(node, act, fq, tail, why, args, x, y, output_size)
 
 
+def _adaptive_output_size(gm: fx.GraphModule, node: fx.Node) -> Optional[tuple[Optional[int], Optional[int]]]:
+    """An adaptive average pool's output size as a pair (``None`` sides keep the input's size),
+    else ``None`` (not an adaptive average pool, or a size PyTorch would refuse)."""
+    size = ops.adaptive_avg_pool_size(gm, node)
+    try:
+        return None if size is None else kref.normalize_adaptive_size(size)
+    except ValueError:
+        return None
+
+
 def _mul_plan(gm: fx.GraphModule, node: fx.Node) -> MulPlan:
     act, fq, tail = fused_output(gm, node)
     ins = ops.tensor_inputs(node)
@@ -607,7 +617,7 @@ def build_plan(gm: fx.GraphModule) -> dict[str, StepPlan]:
             plan[node.name] = _avgpool2d_plan(gm, node, None, m.output_size)
         elif isinstance(m, QAvgPool) or ops.is_spatial_pool(gm, node) == "avg":
             window = ops.avg_pool_args(gm, node)
-            adaptive = ops.adaptive_avg_pool_size(gm, node) if window is None else None
+            adaptive = _adaptive_output_size(gm, node) if window is None else None
             if (window is not None or adaptive is not None) and global_avgpool_problem(gm, node) is not None:
                 plan[node.name] = _avgpool2d_plan(gm, node, window, adaptive)
             else:

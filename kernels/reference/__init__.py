@@ -130,6 +130,7 @@ from .windows import (  # noqa: F401
     check_adaptive_avgpool2d_args,
     exact_adaptive_average,
     int8_adaptive_avgpool2d,
+    normalize_adaptive_size,
     avgpool2d_divisors,
     avgpool2d_multipliers,
     bilinear_accumulate,

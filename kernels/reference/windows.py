@@ -138,21 +138,28 @@ def int8_avgpool2d(
     return (y.permute(0, 2, 3, 1).to(torch.int32) + z_y).to(torch.int8).contiguous()
 
 
-def adaptive_windows(n: int, out: int, device: Union[str, torch.device] = "cpu") -> Tuple[Tensor, Tensor]:
-    """int64 ``[out]`` starts and ends of ``F.adaptive_avg_pool2d``'s windows along an axis of
-    length ``n``: window ``o`` covers ``floor(o n / out) <= i < ceil((o + 1) n / out)``."""
-    o = torch.arange(out, dtype=torch.int64, device=device)
+def _adaptive_window(o: int, n: int, out: int) -> Tuple[int, int]:
+    """Start and end of window ``o`` of ``out`` adaptive windows along an axis of length ``n``:
+    ``floor(o n / out) <= i < ceil((o + 1) n / out)``, as ``F.adaptive_avg_pool2d``."""
     return (o * n) // out, ((o + 1) * n + out - 1) // out
+
+
+def adaptive_windows(n: int, out: int, device: Union[str, torch.device] = "cpu") -> Tuple[Tensor, Tensor]:
+    """int64 ``[out]`` starts and ends of the adaptive windows along an axis of length ``n``
+    (:func:`_adaptive_window`)."""
+    bounds = torch.tensor([_adaptive_window(o, n, out) for o in range(out)], dtype=torch.int64, device=device)
+    return bounds[:, 0], bounds[:, 1]
 
 
 def adaptive_window_max(n: int, out: int) -> int:
     """The longest of the ``out`` adaptive windows along an axis of length ``n``."""
-    return max(((o + 1) * n + out - 1) // out - (o * n) // out for o in range(out))
+    return max(end - start for start, end in (_adaptive_window(o, n, out) for o in range(out)))
 
 
-def adaptive_output_size(x_hw: Tuple[int, int], output_size) -> Tuple[int, int]:
-    """``(OH, OW)`` of an adaptive pool of an ``x_hw`` input: ``output_size`` ``s``, ``(oh, ow)``,
-    a ``None`` entry keeping that side's input size (as ``F.adaptive_avg_pool2d``); each >= 1."""
+def normalize_adaptive_size(output_size) -> Tuple[Optional[int], Optional[int]]:
+    """An adaptive pool's ``output_size`` (``s``, ``(s,)`` or ``(oh, ow)``, a ``None`` side keeping
+    the input's size, as ``F.adaptive_avg_pool2d``) as a pair; ``ValueError`` for anything else or
+    a side below 1."""
     if output_size is None or isinstance(output_size, (numbers.Integral, torch.SymInt)):
         sizes = (output_size, output_size)
     else:
@@ -163,9 +170,14 @@ def adaptive_output_size(x_hw: Tuple[int, int], output_size) -> Tuple[int, int]:
                               for s in sizes):
         raise ValueError(f"output_size must be an int or a pair of ints (None keeps the input size), "
                          f"got {output_size!r}")
-    oh, ow = (int(x_hw[i]) if s is None else int(s) for i, s in enumerate(sizes))
-    if oh < 1 or ow < 1:
+    if any(s is not None and s < 1 for s in sizes):
         raise ValueError(f"output_size must be positive, got {output_size!r}")
+    return tuple(None if s is None else int(s) for s in sizes)  # type: ignore[return-value]
+
+
+def adaptive_output_size(x_hw: Tuple[int, int], output_size) -> Tuple[int, int]:
+    """``(OH, OW)`` of an adaptive pool of an ``x_hw`` input (:func:`normalize_adaptive_size`)."""
+    oh, ow = (int(x_hw[i]) if s is None else s for i, s in enumerate(normalize_adaptive_size(output_size)))
     return oh, ow
 
 
