@@ -124,6 +124,7 @@ from .tables import (  # noqa: F401
     _scalar_epilogue,
 )
 from .windows import (  # noqa: F401
+    adaptive_average_multipliers,
     adaptive_output_size,
     adaptive_window_max,
     adaptive_windows,
@@ -138,6 +139,8 @@ from .windows import (  # noqa: F401
     bilinear_taps,
     _bilinear_taps_cpu,
     check_avgpool2d_args,
+    pool_windows,
+    window_average_multipliers,
     check_maxpool2d_args,
     check_upsample_args,
     check_upsample_bilinear_args,

@@ -241,9 +241,43 @@ def exact_adaptive_average(
     table = F.pad(xc.to(torch.float64).cumsum(2).cumsum(3), (1, 0, 1, 0))  # [B, C, H + 1, W + 1]
     rows_e, rows_s = table[:, :, eh], table[:, :, sh]
     acc = rows_e[..., ew] - rows_e[..., sw] - rows_s[..., ew] + rows_s[..., sw]
-    mult = avgpool2d_multipliers(x_scale, y_scale, adaptive_window_max(H, oh) * adaptive_window_max(W, ow), dev)
-    m = mult[(eh - sh)[:, None] * (ew - sw)[None, :]].reshape(1, 1, oh, ow)
+    m = adaptive_average_multipliers((H, W), out_hw, x_scale, y_scale, dev).reshape(1, 1, oh, ow)
     return requantize_centered(acc.to(torch.float32).contiguous(), m, lo, hi)
+
+
+def adaptive_average_multipliers(
+    hw: Tuple[int, int], out_hw: Tuple[int, int], x_scale: float, y_scale: float,
+    device: Union[str, torch.device] = "cpu",
+) -> Tensor:  # fmt: skip
+    """float32 ``[oh, ow]``: the multiplier ``float32((s_x / s_y) / d)`` of each adaptive window,
+    ``d`` its size (:func:`adaptive_windows`)."""
+    (H, W), (oh, ow) = hw, out_hw
+    sh, eh = adaptive_windows(H, oh, device)
+    sw, ew = adaptive_windows(W, ow, device)
+    mult = avgpool2d_multipliers(x_scale, y_scale, adaptive_window_max(H, oh) * adaptive_window_max(W, ow), device)
+    return mult[(eh - sh)[:, None] * (ew - sw)[None, :]]
+
+
+def window_average_multipliers(
+    hw: Tuple[int, int], out_hw: Tuple[int, int], ks: Tuple[int, int], st: Tuple[int, int],
+    pad: Tuple[int, int, int, int], count_include_pad: bool, x_scale: float, y_scale: float,
+    device: Union[str, torch.device] = "cpu",
+) -> Tensor:  # fmt: skip
+    """float32 ``[oh, ow]``: the multiplier ``float32((s_x / s_y) / d)`` of each window of a
+    windowed average pool, ``d`` its divisor (:func:`avgpool2d_divisors` of both axes)."""
+    (H, W), (oh, ow) = hw, out_hw
+    dh = avgpool2d_divisors(H, oh, ks[0], st[0], pad[0], pad[1], count_include_pad, device)
+    dw = avgpool2d_divisors(W, ow, ks[1], st[1], pad[2], pad[3], count_include_pad, device)
+    return avgpool2d_multipliers(x_scale, y_scale, ks[0] * ks[1], device)[dh[:, None] * dw[None, :]]
+
+
+def pool_windows(n: int, out: int, k: int, stride: int, pad_before: int,
+                 device: Union[str, torch.device] = "cpu") -> Tuple[Tensor, Tensor]:
+    """int64 ``[out]`` starts and ends, within ``[0, n)``, of the windows of a windowed pool along
+    one axis: window ``o`` covers ``o stride - pad_before <= i < o stride - pad_before + k``
+    (padded and past-the-end taps excluded)."""
+    start = torch.arange(out, dtype=torch.int64, device=device) * stride - pad_before
+    return start.clamp(min=0), (start + k).clamp(max=n)
 
 
 @torch.no_grad()
@@ -271,12 +305,8 @@ def exact_window_average(
     exact32 = ks[0] * ks[1] * x_bound < EXACT_FLOAT32
     xp = F.pad(xc if exact32 else xc.to(torch.float64), (pad[2], pad[3] + extra_w, pad[0], pad[1] + extra_h))
     acc = F.avg_pool2d(xp, ks, st, divisor_override=1)[:, :, :oh, :ow].to(torch.float32)  # window sums, exact
-    dev = xc.device
-    dh = avgpool2d_divisors(H, oh, ks[0], st[0], pad[0], pad[1], count_include_pad, dev)
-    dw = avgpool2d_divisors(W, ow, ks[1], st[1], pad[2], pad[3], count_include_pad, dev)
-    table = avgpool2d_multipliers(x_scale, y_scale, ks[0] * ks[1], dev)
-    m = table[dh[:, None] * dw[None, :]].reshape(1, 1, oh, ow)
-    return requantize_centered(acc.contiguous(), m, lo, hi)
+    m = window_average_multipliers((H, W), out_hw, ks, st, pad, count_include_pad, x_scale, y_scale, xc.device)
+    return requantize_centered(acc.contiguous(), m.reshape(1, 1, oh, ow), lo, hi)
 
 
 def check_maxpool2d_args(x: Tensor, kernel_size, stride, padding, dilation=1, ceil_mode=False):
