@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import dfq_gpu
 from dfq_gpu import DFQConfig, DFQError, compare_layers, export_onnx, golden_activations, prepare, quantize, to_int8
@@ -23,7 +24,7 @@ from dfq_gpu.export.onnx_qdq import exact_multiplier_scales
 from dfq_gpu.quant import requant
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_int8 import randomize_bn  # noqa: E402  (the int8 tests' BN randomization)
+from test_int8 import _MobileOps, check_steps, randomize_bn  # noqa: E402  (the int8 tests' helpers and network)
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -248,14 +249,140 @@ def test_fp32_model_exports_as_plain_onnx(tmp_path):
         np.testing.assert_allclose(outs[0], model(x).numpy(), rtol=1e-3, atol=1e-3)
 
 
+class _Flip(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flip(x, [3])
+
+
 def test_unsupported_node_is_named(tmp_path):
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish()).eval()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish(), _Flip()).eval()
     fp = prepare(model, (torch.zeros(1, 3, 8, 8),), DFQConfig(input_range=(-1.0, 1.0)))
-    with pytest.raises(ExportError, match=r"cannot export .*1 \(Hardswish\).*no ONNX emitter") as e:
+    with pytest.raises(ExportError, match=r"cannot export .*flip.*no ONNX emitter for flip") as e:
         export_onnx(fp, tmp_path / "x.onnx")
     assert isinstance(e.value, DFQError)
     with pytest.raises(ExportError, match="GraphModule"):
         export_onnx(model, tmp_path / "x.onnx")
+
+
+# =============================================================================================
+# The integer network's other steps: lookup tables, products, pools, resampling, value movement
+# =============================================================================================
+class _ExportOps(nn.Module):
+    """A batch norm left in the network (after a ReLU, before a padded convolution: a per-channel
+    table), bilinear upsampling, a windowed average pool, a linear layer on the channels of an
+    NHWC view with GELU and a layer norm in float between quantizers, a cat of two heads of
+    different quantizations, and a float bilinear resampling of the output to the input's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.norm = nn.LayerNorm(6)
+        self.mlp = nn.Sequential(nn.Linear(6, 12), nn.GELU(), nn.Linear(12, 6))
+        self.h1 = nn.Conv2d(6, 3, 1)
+        self.h2 = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(F.relu(self.c1(x)))
+        y = F.relu(self.c2(y))
+        y = F.avg_pool2d(F.interpolate(y, scale_factor=2.0, mode="bilinear"), 3, 2, 1, ceil_mode=True)
+        y = y + self.mlp(self.norm(y.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        out = torch.cat([self.h1(y), self.h2(y)], 1)
+        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class _WidePool(nn.Module):
+    """A 257 x 257 window: sums up to 257^2 * 255 > 2^24, beyond float32's exact integers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.h = nn.Conv2d(3, 2, 1), nn.Conv2d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.h(F.avg_pool2d(F.relu(self.c(x)), 257, 2))
+
+
+def _fq_shapes(q) -> dict:
+    from dfq_gpu.graph import ops
+
+    return {n.name: ops.tensor_shape(n) for n in q.graph.nodes
+            if n.op == "call_module" and isinstance(q.get_submodule(n.target), dfq_gpu.modules.FakeQuant)}
+
+
+def _exact_in_ort(q, x, path) -> dict:
+    """Export ``q``; ONNX Runtime, fed the reference codes at every step and run freely, returns
+    every quantized tensor of the integer network exactly. Returns the exported graph's op counts."""
+    proto = export_onnx(q, path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    ref = golden_activations(q, x)
+    shapes = _fq_shapes(q)
+    assert ref and all(v.shape[1:] == tuple(shapes[k])[1:] for k, v in ref.items())  # the simulation's order
+    for forced in (ref, None):
+        outs, codes = run_onnx(path, x, teacher_forcing=forced)
+        rep = compare_layers(codes, ref, tolerance=0, layers=q)
+        assert rep.ok and not rep.missing and rep.equal_share == 1.0, str(rep)
+    with torch.no_grad():
+        y = q(x)
+    np.testing.assert_allclose(outs[0], y.numpy(), rtol=1e-5, atol=1e-6 * float(y.abs().max()))
+    counts: dict = {}
+    for n in proto.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def test_integer_steps_are_exact_in_onnx_runtime(tmp_path):
+    """The steps runtimes do not fuse are written as the integer network's own arithmetic in plain
+    ONNX ops (hardswish / SiLU / sigmoid tables as ``Gather``; the squeeze-excitation product, the
+    windowed and adaptive average pools as exact integer sums, ``Round``, ``Clip``; cat onto one grid
+    by a table; shuffle, chunk, slices as ``Transpose`` / ``Split`` / ``Slice``), so ONNX Runtime
+    returns every code of the integer network (convolutions fused with matched scales)."""
+    model = randomize_bn(_MobileOps())
+    x = torch.randn(3, 3, 13, 11, generator=torch.Generator().manual_seed(6))
+    q = quantize(model, (x[:2],), DFQConfig(input_range=(-3.0, 3.0)))
+    counts = _exact_in_ort(q, x, tmp_path / "mobile_ops.onnx")
+    assert {"Gather", "MatMul", "Round", "Concat", "Split", "Slice", "Transpose"} <= set(counts), counts
+    assert counts["Gather"] >= 4 + 2  # four activation tables, the nearest upsampling's rows and columns
+
+
+def test_channel_tables_resampling_and_float_ops_export(tmp_path):
+    """A per-channel table (a batch norm left in), bilinear upsampling (exact integer weights in two
+    ``MatMul``), a windowed pool with ``ceil_mode``, float GELU / layer norm between quantizers, a
+    linear layer on an NHWC view (whose integer codes the golden model reports in the simulation's
+    dimension order), a cat of two quantizations and a float resampling of the output; a window
+    too large for float32's exact integers sums in float64."""
+    model = randomize_bn(_ExportOps())
+    x = torch.randn(3, 3, 11, 9, generator=torch.Generator().manual_seed(2))
+    q = quantize(model, (x[:1],), DFQConfig(input_range=(-3.0, 3.0)))
+    kinds = {type(m).__name__ for m in q.modules()}
+    assert {"QChannelAffine", "QUpsampleBilinear", "QAvgPool2d"} <= kinds, kinds
+    check_steps(to_int8(q, backend="reference"), q, x)  # each step, its NHWC-view linear included
+    counts = _exact_in_ort(q, x, tmp_path / "ops.onnx")
+    assert {"ReduceMean", "Sqrt", "Resize", "MatMul", "Gather", "Concat"} <= set(counts), counts
+    wide = randomize_bn(_WidePool())
+    xw = torch.randn(1, 3, 259, 260, generator=torch.Generator().manual_seed(3))
+    qw = quantize(wide, (xw,), DFQConfig(input_range=(-3.0, 3.0)))
+    proto = export_onnx(qw, tmp_path / "wide.onnx")
+    assert any(n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.DOUBLE for n in proto.graph.node)
+    _exact_in_ort(qw, xw, tmp_path / "wide.onnx")
+
+
+@pytest.mark.parametrize("net,ops_", [(_MobileOps, {"HardSigmoid", "Sigmoid", "Mul", "Split", "Slice"}),
+                                      (_ExportOps, {"Erf", "ReduceMean", "Resize", "Transpose"})],
+                         ids=["mobile-ops", "export-ops"])
+def test_float_networks_export_their_activations(net, ops_, tmp_path):
+    """``prepare``'s float networks with hardswish, SiLU, sigmoid, GELU, a layer norm, a batch norm
+    left in, the squeeze-excitation product, cat and resampling: plain ONNX, PyTorch's outputs."""
+    model = randomize_bn(net())
+    x = torch.randn(2, 3, 13, 11, generator=torch.Generator().manual_seed(4))
+    fp = prepare(model, (x[:1],), DFQConfig(input_range=(-3.0, 3.0)))
+    proto = export_onnx(fp, tmp_path / "fp.onnx")
+    types = {n.op_type for n in proto.graph.node}
+    assert ops_ <= types and not types & {"QuantizeLinear", "DequantizeLinear"}, types
+    outs, _ = run_onnx(tmp_path / "fp.onnx", x)
+    with torch.no_grad():
+        y = fp(x)
+    np.testing.assert_allclose(outs[0], y.numpy(), rtol=1e-4, atol=1e-5 * float(y.abs().max()))
 
 
 # =============================================================================================

@@ -96,6 +96,8 @@ def compare_with_simulation(net: Int8Network, sim: fx.GraphModule, *inputs: Any,
                 result[name] = StepAgreement(numel=diff.numel(), mismatches=int((diff != 0).sum()),
                                              max_abs_diff=int(diff.max()) if diff.numel() else 0)
                 if teacher_forcing:
+                    if step.nchw_output and res.dim() == 4:  # the step's own dimension order
+                        return want.permute(0, 3, 1, 2).contiguous()
                     return want if real is res else torch.cat([want, res[..., want.shape[-1]:]], dim=-1)
             return res
 

@@ -684,6 +684,7 @@ class _Converter:
     def emit_layer(self, node: fx.Node, act: Optional[fx.Node], fq: Optional[fx.Node], tail: fx.Node,
                    mod: "L.Int8Step", rank: int, x: "_Val", qp: Optional[_QParams], method: str, n_out: int) -> None:
         if method == "linear_step" and rank == 4:  # the last dimension of the NCHW order
+            mod.nchw_output = True
             out = self.fn(L.nhwc_to_nchw_of_last if qp is None else L.int8_to_nhwc,
                           self.step(node.name, mod, self.fn(L.int8_to_nchw, x.node)))
         else:

@@ -73,10 +73,14 @@ class Int8Step(nn.Module):
     ``logical_channels``: None, or the real channel count of an output stored with more
     (``stored_channels``; ``to_int8(q, pad_channels=True)``, :mod:`dfq_gpu.int8.padding`): the
     extra channels are not part of the activation.
+
+    ``nchw_output``: the step's 4-D output is in the simulation's dimension order (a linear layer
+    on the last dimension of a 4-D tensor), not NHWC as other 4-D activations.
     """
 
     logical_channels: Optional[int] = None
     stored_channels: Optional[int] = None
+    nchw_output: bool = False
 
     def __init__(self, backend: Optional[str] = "auto", sim_quantizer: str = "") -> None:
         super().__init__()
@@ -121,7 +125,10 @@ class Int8Step(nn.Module):
         return f"{name}[channels {self.logical_channels} stored as {self.stored_channels}]"
 
     def logical(self, y: Tensor) -> Tensor:
-        """The step's output ``y`` without the extra channels of a padded output (channels last)."""
+        """The step's output ``y`` without the extra channels of a padded output (channels last),
+        a 4-D one in NHWC order."""
+        if self.nchw_output and y.dim() == 4:
+            return y.permute(0, 2, 3, 1)
         c = self.logical_channels
         return y if c is None or y.shape[-1] == c else y[..., :c]
 
