@@ -241,10 +241,10 @@ def _export(args: argparse.Namespace) -> int:
     shape = read_metadata(src).get("input_shape")
     if shape:
         example = (torch.zeros(*json.loads(shape)),)
-    model = export_onnx(net, out, example_inputs=example, weights=args.weights)
+    model = export_onnx(net, out, example_inputs=example, weights=args.weights, exact=args.exact)
     n_q = len(quantized_tensor_names(model))
     payload = {"out": str(out), "opset": model.opset_import[0].version, "nodes": len(model.graph.node),
-               "quantized_tensors": n_q, "weights": args.weights}
+               "quantized_tensors": n_q, "weights": args.weights, "exact": args.exact}
     _emit(args, payload, f"wrote {out}: {len(model.graph.node)} ONNX nodes, {n_q} quantized tensors "
                          f"(opset {model.opset_import[0].version})")
     return 0
@@ -336,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("model", help="a .safetensors file from 'quantize'")
     x.add_argument("--onnx", required=True, help="the .onnx file to write")
     x.add_argument("--force", action="store_true", help="replace --onnx if it exists")
+    x.add_argument("--exact", action="store_true",
+                   help="residual adds and global average pools as integer arithmetic too (every code of the "
+                        "integer network in ONNX Runtime; not fused by runtimes)")
     x.add_argument("--weights", choices=("int8", "uint8"), default="int8",
                    help="symmetric weights as int8 (default; TensorRT) or every weight as uint8 (ONNX Runtime on x86 "
                         "CPUs without VNNI)")

@@ -28,6 +28,12 @@ torchvision = pytest.importorskip("torchvision")
 
 #: Sides below the default small input (32) for models that need more: AlexNet's last max pool.
 MIN_SIDE = {"alexnet": 64}
+#: Models also exported to ONNX (``exact=True``) and run in ONNX Runtime, which must return every
+#: code of the integer network: one of each family of non-fused steps (hardswish / hardsigmoid
+#: tables and the squeeze-excitation product, channel shuffle and split, windowed pools and cat,
+#: bilinear resampling and a float output, detection heads).
+ONNX_MODELS = ("mobilenet_v3_small", "shufflenet_v2_x0_5", "googlenet", "lraspp_mobilenet_v3_large",
+               "ssdlite320_mobilenet_v3_large")
 CONFIG = D.DFQConfig(cle_max_iter=2, act_range_method="minmax")
 
 
@@ -53,10 +59,26 @@ def test_architecture_quantizes_and_runs_in_int8(name: str) -> None:
         a, b = sim(x), net(x)
     pairs = list(zip(a, b)) if isinstance(a, tuple) else [(a, b)]
     assert pairs and all(torch.equal(u, v) for u, v in pairs)
+    if name in ONNX_MODELS:
+        _exact_in_onnx_runtime(sim, x, a)
     if name in suite.DETECTION:  # boxes, scores and labels from the int8 outputs, decoded in float
         dets = model.detections(x, b)
         assert len(dets) == 1 and dets[0]["boxes"].shape[1:] == (4,) and len(dets[0]["boxes"]) > 0
         assert suite.box_agreement(dets, dets) == 1.0
+
+
+def _exact_in_onnx_runtime(sim: torch.nn.Module, x: torch.Tensor, y) -> None:
+    pytest.importorskip("onnxruntime")
+    from dfq_gpu.export import run_onnx
+
+    proto = D.export_onnx(sim, exact=True)
+    ref = D.golden_activations(sim, x)
+    for forced in (ref, None):
+        outs, codes = run_onnx(proto, x, teacher_forcing=forced)
+        rep = D.compare_layers(codes, ref, tolerance=0, layers=sim)
+        assert rep.equal_share == 1.0 and not rep.missing, str(rep)
+    for o, want in zip(outs, y if isinstance(y, tuple) else (y,)):
+        assert o.shape == tuple(want.shape) and float(abs(o - want.numpy()).max()) <= 1e-6 * float(want.abs().max())
 
 
 def test_box_agreement_matches_by_label_and_iou() -> None:

@@ -367,6 +367,29 @@ def test_channel_tables_resampling_and_float_ops_export(tmp_path):
     _exact_in_ort(qw, xw, tmp_path / "wide.onnx")
 
 
+def test_exact_export_returns_every_code(tmp_path):
+    """``exact=True``: the residual add (with its per-channel ReLU6 clamp) and the global average
+    pool as integer arithmetic too, not fused by ONNX Runtime (the default graph's QLinearAdd and
+    QLinearGlobalAveragePool round their own way near ties); run freely, ONNX Runtime returns every
+    code of the integer network."""
+    _, q, x, _ = _tiny(seed=5)
+    x = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    ref = golden_activations(q, x)
+    reports = {}
+    for exact in (False, True):
+        path = tmp_path / f"m_{exact}.onnx"
+        proto = export_onnx(q, path, exact=exact)
+        types = [n.op_type for n in proto.graph.node]
+        assert ("ReduceSum" in types and "GlobalAveragePool" not in types) == exact
+        outs, codes = run_onnx(path, x)
+        reports[exact] = compare_layers(codes, ref, tolerance=1, layers=q)
+        counts = optimized_op_counts(path, str(path.with_suffix(".opt.onnx")))
+        assert counts.get("QLinearConv", 0) == 3 and (counts.get("QLinearAdd", 0) == 0) == exact, counts
+    assert reports[True].equal_share == 1.0 and not reports[True].missing, str(reports[True])
+    with torch.no_grad():
+        np.testing.assert_allclose(outs[0], q(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("net,ops_", [(_MobileOps, {"HardSigmoid", "Sigmoid", "Mul", "Split", "Slice"}),
                                       (_ExportOps, {"Erf", "ReduceMean", "Resize", "Transpose"})],
                          ids=["mobile-ops", "export-ops"])
@@ -485,8 +508,11 @@ def test_cli_export(tiny, tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert cli_main(["export", str(src), "--onnx", str(out), "--force", "--json"]) == 0
     capsys.readouterr()
-    assert cli_main(["export", str(src), "--onnx", str(out), "--force", "--json", "--weights", "uint8"]) == 0
-    assert json.loads(capsys.readouterr().out)["weights"] == "uint8"
+    assert cli_main(["export", str(src), "--onnx", str(out), "--force", "--json", "--weights", "uint8", "--exact"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["weights"] == "uint8" and payload["exact"] is True
+    assert not any(n.op_type in ("Add", "GlobalAveragePool") and all(i.endswith(("_dq", "_dq_1")) for i in n.input)
+                   for n in onnx.load(str(out)).graph.node)
     model = onnx.load(str(out))
     assert {i.data_type for i in model.graph.initializer if i.name.endswith("_weight_quantized")} == {
         onnx.TensorProto.UINT8}

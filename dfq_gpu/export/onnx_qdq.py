@@ -36,10 +36,37 @@ TensorRT expect a statically quantized ("QDQ") model:
   per-channel ones. The other ``DequantizeLinear`` nodes carry the quantizers' scales.
 * residual adds: ``Add`` of two dequantized tensors (each input has its own ``DequantizeLinear``
   after the ``QuantizeLinear`` of its quantizer); global average pooling: ``GlobalAveragePool``
-  (then ``Flatten`` for a ``[B, C]`` result); max pooling: ``MaxPool``; flatten / reshape:
-  ``Flatten`` / ``Reshape``; zero padding not in front of a convolution: ``Pad``. These ops move
-  quantized values without requantizing them, so each is wrapped ``DequantizeLinear -> op ->
-  QuantizeLinear`` with the quantizer of its input (a no-op on the values).
+  (then ``Flatten`` for a ``[B, C]`` result). Runtimes fuse both (``QLinearAdd``,
+  ``QLinearGlobalAveragePool``) and keep their own arithmetic, which differs near rounding ties.
+  A linear layer on ``[..., K]`` (tokens, an NHWC view) is a ``Gemm`` on the codes reshaped to
+  ``[-1, K]``, its float result reshaped back.
+* the integer network's other steps, which runtimes have no fused integer kernel for, are written
+  as the integer network's own arithmetic in plain ONNX ops on exact integers, so that their codes
+  are the integer network's: an elementwise activation (:class:`~dfq_gpu.modules.QLookup`: hardswish,
+  SiLU, sigmoid, GELU, ...) and a per-channel affine map (:class:`~dfq_gpu.modules.QChannelAffine`)
+  are ``Gather`` from their tables (``Cast`` of the codes to ``int32``, minus the grid's lowest
+  code, plus the channel's row); a product (:class:`~dfq_gpu.modules.QMul`, the squeeze-excitation
+  gate), a windowed or adaptive average pool and bilinear resampling compute ``q - z`` (``Cast``,
+  ``Sub``), the exact accumulator (``Mul``; window sums and bilinear weights as two ``MatMul`` with
+  ``[out, in]`` matrices of 0/1 or of the integer weights, in float64 when a sum may pass 2^24),
+  then ``Mul`` by the multiplier (per window), ``Round`` (half to even), ``Clip`` to the grid and
+  ``Mul`` by the output scale, which the next ``QuantizeLinear`` maps back to the same codes. Codes
+  going onto another grid (a cat of several quantizations, a second quantizer) go through the
+  integer network's table from one grid to the other (``Gather``).
+* ops that move values: max pooling (``MaxPool``), flatten / reshape (``Flatten`` / ``Reshape``),
+  zero padding not in front of a convolution (``Pad``), nearest upsampling (``Gather`` of
+  PyTorch's source rows and columns), ``cat`` (``Concat``), ``transpose`` / ``permute``
+  (``Transpose``), ``chunk`` / ``split`` (``Split``) and slicing (``Slice``) are wrapped
+  ``DequantizeLinear -> op -> QuantizeLinear`` with the quantizer of their input (a no-op on the
+  values).
+* ops the simulation computes in float between a dequantize and a quantize (the integer network's
+  float fallback: a layer norm, an activation whose quantizers are disabled) and the float ops of a
+  float network: activations (``Relu``, ``Clip``, ``HardSigmoid``, ``Sigmoid``, ``Tanh``, ``Erf``,
+  ``LeakyRelu``, ``Elu``, ``Softplus``, ``PRelu``; hardswish, SiLU, mish and GELU composed from them
+  with ``Mul`` / ``Add``), batch norms left in (``Mul``, ``Add``), layer norms (``ReduceMean``,
+  ``Sqrt``, ...), products, sums and quotients of tensors and numbers, windowed and adaptive
+  average pools (PyTorch's windows and divisors, as above in float), bilinear resampling
+  (``Resize``), float parameters read by the graph (initializers).
 * the network output: ``output`` (``output_0``, ... for several), float32.
 
 A float network (no ``FakeQuant``, e.g. :func:`dfq_gpu.prepare`'s folded and equalized model)
@@ -194,9 +221,10 @@ def exact_multiplier_scales(x_scale: float, w_scale: np.ndarray, y_scale: float,
 
 
 class _Emitter:
-    def __init__(self, gm: fx.GraphModule, onnx: Any) -> None:
+    def __init__(self, gm: fx.GraphModule, onnx: Any, exact: bool = False) -> None:
         self.gm = gm
         self.onnx = onnx
+        self.exact = exact  # residual adds and global average pools as integer arithmetic too
         self.h = onnx.helper
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
@@ -373,6 +401,10 @@ class _Emitter:
             self.linear(node, m)
         elif self.is_clamp(node):
             self.clamp(node, m)
+        elif isinstance(m, QAdd) and self.exact:
+            self.exact_add(node, m)
+        elif isinstance(m, QAvgPool) and self.exact:
+            self.exact_global_average(node, m)
         elif isinstance(m, QAdd) or ops.is_add(node):
             self.add(node)
         elif isinstance(m, QAvgPool) or (ops.is_spatial_pool(gm, node) == "avg" and
@@ -770,15 +802,20 @@ class _Emitter:
         z = self.const(f"{node.name}_x_zero_point", np.array(t.q.zero_point, dtype=np_dtype))
         return self.op("Sub", [x, z], self.fresh(f"{node.name}_centered"))
 
-    def requantized(self, node: fx.Node, acc: str, multiplier: Any, lo: int, hi: int, y_scale: float) -> str:
+    def requantized(self, node: fx.Node, acc: str, multiplier: Any, lo: Any, hi: Any, y_scale: float) -> str:
         """``clamp(rne(float32(acc) * m), lo, hi) * s_y`` (float32): the output quantizer's value of
-        the integer epilogue (``lo``/``hi`` relative to its zero point), as the simulation computes it."""
+        the integer epilogue (``lo``/``hi`` relative to its zero point: numbers, or per-channel
+        arrays shaped to broadcast), as the simulation computes it."""
         m = self.const(f"{node.name}_multiplier", np.asarray(multiplier, dtype=np.float32))
         y = self.op("Mul", [acc, m], self.fresh(f"{node.name}_scaled"))
         y = self.op("Round", [y], self.fresh(f"{node.name}_rounded"))  # half to even, as torch.round
-        y = self.op("Clip", [y, self.const(f"{node.name}_lo", np.array(lo, dtype=np.float32)),
-                             self.const(f"{node.name}_hi", np.array(hi, dtype=np.float32))],
-                    self.fresh(f"{node.name}_clamped"))
+        lo_c = self.const(f"{node.name}_lo", np.asarray(lo, dtype=np.float32))
+        hi_c = self.const(f"{node.name}_hi", np.asarray(hi, dtype=np.float32))
+        if np.ndim(lo) == 0 and np.ndim(hi) == 0:
+            y = self.op("Clip", [y, lo_c, hi_c], self.fresh(f"{node.name}_clamped"))
+        else:
+            y = self.op("Min", [self.op("Max", [y, lo_c], self.fresh(f"{node.name}_max")), hi_c],
+                        self.fresh(f"{node.name}_clamped"))
         s = self.const(f"{node.name}_y_scale", np.array(y_scale, dtype=np.float32))
         return self.op("Mul", [y, s], self.fresh(node.name))
 
@@ -831,6 +868,49 @@ class _Emitter:
         b = self.codes(node, node.args[1], m.b_scale)
         acc = self.op("Mul", [self.centered(node, a), self.centered(node, b)], self.fresh(f"{node.name}_acc"))
         out = self.requantized(node, acc, m.multiplier, m.qmin - m.zero_point, m.qmax - m.zero_point, m.y_scale)
+        self.env[node] = _T(out, shape=ops.tensor_shape(node))
+
+    def exact_add(self, node: fx.Node, m: QAdd) -> None:
+        """A residual add with its fused clamp as the integer network computes it (``exact=True``):
+        ``(a - z_a) ia + (b - z_b) ib`` exactly (float64 when it may pass 2^24), then the epilogue."""
+        a, b = self.codes(node, node.args[0], m.a_scale), self.codes(node, node.args[1], m.b_scale)
+        if a.shape is None or a.shape != b.shape:
+            raise self.err(node, f"an add of tensors of different shapes {a.shape} and {b.shape} (broadcasting)")
+        dt, np_dt = ("DOUBLE", np.float64) if m.acc_bound >= kref.EXACT_FLOAT32 else ("FLOAT", np.float32)
+        terms = [self.op("Mul", [self.centered(node, t, dt), self.const(f"{node.name}_i", np.array(i, dtype=np_dt))],
+                         self.fresh(f"{node.name}_term")) for t, i in ((a, m.ia), (b, m.ib))]
+        acc = self.op("Add", terms, self.fresh(f"{node.name}_acc"))
+        if dt == "DOUBLE":
+            acc = self.cast(acc, "FLOAT", f"{node.name}_acc")
+        lo, hi = (m.lo - m.zero_point).numpy(), (m.hi - m.zero_point).numpy()
+        if lo.size > 1:
+            view = [1, -1] + [1] * (len(a.shape) - 2)
+            lo, hi = lo.reshape(view), hi.reshape(view)
+        else:
+            lo, hi = lo.reshape(()), hi.reshape(())
+        out = self.requantized(node, acc, m.multiplier, lo, hi, m.y_scale)
+        self.env[node] = _T(out, shape=ops.tensor_shape(node))
+
+    def exact_global_average(self, node: fx.Node, m: QAvgPool) -> None:
+        """A global average pool as the integer network computes it (``exact=True``): the exact
+        sum over the image (``ReduceSum``, float64 when it may pass 2^24), then the epilogue (or,
+        for the float network output, ``float32(sum) * float32(s_x / HW)``)."""
+        t = self.codes(node, node.args[0], m.x_scale)
+        if t.shape is None or len(t.shape) != 4:
+            raise self.err(node, "average pooling of a tensor that is not 4-D")
+        hw = int(t.shape[2] * t.shape[3])
+        wide = hw * max(abs(v) for v in m.x_range) >= kref.EXACT_FLOAT32
+        acc = self.op("ReduceSum", [self.centered(node, t, "DOUBLE" if wide else "FLOAT"),
+                                    self.const(f"{node.name}_axes", np.array([2, 3], dtype=np.int64))],
+                      self.fresh(f"{node.name}_acc"), keepdims=int(m.keepdim))
+        if wide:
+            acc = self.cast(acc, "FLOAT", f"{node.name}_acc")
+        if m.y_scale is None:
+            s = self.const(f"{node.name}_scale", np.array(requant.avgpool_float_scale(m.x_scale, hw), dtype=np.float32))
+            out = self.op("Mul", [acc, s], self.fresh(node.name))
+        else:
+            mult = requant.avgpool_multiplier(m.x_scale, m.y_scale, hw)
+            out = self.requantized(node, acc, mult, m.qmin - m.zero_point, m.qmax - m.zero_point, m.y_scale)
         self.env[node] = _T(out, shape=ops.tensor_shape(node))
 
     def separable(self, node: fx.Node, t: _T, rows: np.ndarray, cols: np.ndarray, bound: int) -> str:
@@ -1226,7 +1306,7 @@ def _ensure_shapes(gm: fx.GraphModule, example_inputs: Optional[Sequence[Any]]) 
 
 def export_onnx(q: nn.Module, path: Optional[str | os.PathLike] = None,
                 example_inputs: Optional[Sequence[Any]] = None, *, input_names: Optional[Sequence[str]] = None,
-                check: bool = True, weights: str = "int8") -> Any:
+                check: bool = True, weights: str = "int8", exact: bool = False) -> Any:
     """Write a network of this package as ONNX (opset 13) and return the ``onnx.ModelProto``.
 
     Args:
@@ -1241,6 +1321,12 @@ def export_onnx(q: nn.Module, path: Optional[str | os.PathLike] = None,
             TensorRT takes) or ``"uint8"`` (every weight as ``uint8``, symmetric ones with zero
             point 128: the same values, for ONNX Runtime on x86 CPUs without VNNI, see
             :func:`uint8_weights`).
+        exact: write residual adds and global average pools as the integer network's arithmetic
+            too (as the other non-fused steps), instead of ``DequantizeLinear -> Add /
+            GlobalAveragePool -> QuantizeLinear``, which runtimes fuse into kernels with their own
+            rounding (``QLinearAdd``); ONNX Runtime then returns every code of the integer network
+            wherever its fused convolutions do (every layer with per-tensor weights). For checking
+            runtimes and results, not for speed.
 
     The batch dimension of inputs and outputs is dynamic (``batch``). The tensor named after each
     ``FakeQuant`` node of ``q`` holds that quantizer's integer codes (uint8 / int8); see
@@ -1257,7 +1343,7 @@ def export_onnx(q: nn.Module, path: Optional[str | os.PathLike] = None,
     if weights not in ("int8", "uint8"):
         raise ExportError(f"weights must be 'int8' or 'uint8', got {weights!r}")
     _ensure_shapes(q, example_inputs)
-    model = _Emitter(q, onnx).run(input_names)
+    model = _Emitter(q, onnx, exact=bool(exact)).run(input_names)
     if weights == "uint8":
         model = uint8_weights(model)
     if check:
