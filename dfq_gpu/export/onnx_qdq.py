@@ -435,8 +435,6 @@ class _Emitter:
             self.batch_norm(node, m)
         elif isinstance(m, nn.LayerNorm) or (node.op == "call_function" and node.target is F.layer_norm):
             self.layer_norm(node, m)
-        elif node.op in ("call_function", "call_method") and node.target in _FLOAT_BINARY:
-            self.float_binary(node, _FLOAT_BINARY[node.target])
         elif node.op in ("call_method", "call_function") and node.target in _TRANSPOSES:
             self.transpose(node)
         elif node.op in ("call_method", "call_function") and node.target in _SPLITS:
@@ -458,6 +456,8 @@ class _Emitter:
         elif node.op in ("call_function", "call_method") and ops.tensor_shape(node) is None and all(
                 self.env.get(a, _T(None)).kind == "other" for a in node.all_input_nodes):
             self.env[node] = _T(None, kind="other")  # arithmetic on sizes
+        elif node.op in ("call_function", "call_method") and node.target in _FLOAT_BINARY:
+            self.float_binary(node, _FLOAT_BINARY[node.target])
         elif ops.is_flatten_reshape(gm, node) or ops.is_channel_preserving_reshape(gm, node) or (
                 node.op == "call_method" and node.target in ("view", "reshape", "flatten", "squeeze", "unsqueeze",
                                                              "contiguous")) \
