@@ -11,7 +11,9 @@ ONNX Runtime on the CPU (default optimizations) and compares with the integer ne
   difference;
 * on all 160 views (20 images x 8 views): top-1 agreement with the integer network and the
   logit SQNR against FP32 of ONNX Runtime and of the simulation;
-* which fused operators ONNX Runtime made of the graph.
+* which fused operators ONNX Runtime made of the graph;
+* the same for the graph written with ``export_onnx(..., exact=True)`` (residual adds and the
+  global average pool as the integer network's arithmetic): ``exact_export``.
 
     python scripts/onnx_agreement.py --out benchmarks/results/onnx_ort_cpu.json
 """
@@ -60,13 +62,21 @@ def measure(name: str, model: torch.nn.Module, cfg: DFQConfig, pre: Any, tmp: Pa
     path = tmp / f"{name}.onnx"
     export_onnx(q, path)
     rec: dict[str, Any] = {"model": name, "ort_ops": optimized_op_counts(path, str(tmp / f"{name}.opt.onnx"))}
-    rec["per_tensor_20_images"] = _per_tensor(path, q, imagenet_sample(pre, views=1).tensors[0])
+    x20 = imagenet_sample(pre, views=1).tensors[0]
+    rec["per_tensor_20_images"] = _per_tensor(path, q, x20)
+    exact = tmp / f"{name}.exact.onnx"
+    export_onnx(q, exact, exact=True)
+    rec["exact_export"] = {"ort_ops": optimized_op_counts(exact, str(tmp / f"{name}.exact.opt.onnx")),
+                           "per_tensor_20_images": _per_tensor(exact, q, x20)}
     x = imagenet_sample(pre, views=8).tensors[0]
     with torch.no_grad():
         fp, ys = model(x), q(x)
     yo = torch.from_numpy(run_onnx(path, x, intermediate=False)[0][0])
+    ye = torch.from_numpy(run_onnx(exact, x, intermediate=False)[0][0])
     rec["views"] = int(x.shape[0])
     rec["top1_agreement_with_int8"] = (yo.argmax(1) == ys.argmax(1)).float().mean().item()
+    rec["exact_export"]["top1_agreement_with_int8"] = (ye.argmax(1) == ys.argmax(1)).float().mean().item()
+    rec["exact_export"]["logits_max_abs_diff_vs_simulation"] = float((ye - ys).abs().max())
     rec["sqnr_vs_fp32_db"] = {"onnxruntime": sqnr_per_sample(fp, yo).mean().item(),
                               "simulation": sqnr_per_sample(fp, ys).mean().item()}
     rec["seconds"] = round(time.perf_counter() - t0, 1)
