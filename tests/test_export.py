@@ -270,8 +270,9 @@ def test_unsupported_node_is_named(tmp_path):
 class _ExportOps(nn.Module):
     """A batch norm left in the network (after a ReLU, before a padded convolution: a per-channel
     table), bilinear upsampling, a windowed average pool, a linear layer on the channels of an
-    NHWC view with GELU and a layer norm in float between quantizers, a cat of two heads of
-    different quantizations, and a float bilinear resampling of the output to the input's size."""
+    NHWC view with GELU and a layer norm in float between quantizers, reshapes with sizes computed
+    from the shape, a cat of two heads of different quantizations, and a float bilinear
+    resampling of the output to the input's size."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -288,6 +289,8 @@ class _ExportOps(nn.Module):
         y = F.relu(self.c2(y))
         y = F.avg_pool2d(F.interpolate(y, scale_factor=2.0, mode="bilinear"), 3, 2, 1, ceil_mode=True)
         y = y + self.mlp(self.norm(y.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        b, c, h, w = y.shape
+        y = y.reshape(b, c, h * w).reshape(b, c, h, w)  # arithmetic on sizes
         out = torch.cat([self.h1(y), self.h2(y)], 1)
         return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
