@@ -7,7 +7,7 @@ Subcommands:
   ``package.module:factory`` and write the quantized network;
 - ``eval MODEL_OR_FILE --data SPEC``: top-1 / top-5, and agreement / SQNR against FP32;
 - ``bench``: the benchmarks, quick (CPU) or full;
-- ``export FILE --onnx OUT``: write a quantized file as an ONNX QDQ graph (``dfq_gpu.export_onnx``).
+- ``export FILE --onnx OUT [--exact]``: write a quantized file as an ONNX QDQ graph (``dfq_gpu.export_onnx``).
 
 Exit status 0 on success, 2 on bad input with a one-line message on stderr (no traceback).
 ``--json`` prints machine-readable results, ``--quiet`` silences progress bars.

@@ -14,8 +14,12 @@ simulation on the same input. Writes JSON (one record per model) and a Markdown 
 (``--only`` replaces those models' records in an existing file.)
 
 Columns: regions equalized / found, share of the convolution and linear MACs that run in int8,
-ops in int8 / all ops, whether the int8 network equals the simulation bit for bit, and the
-reasons for what runs in float. Segmentation models also get the pixel agreement and the mean IoU
+ops in int8 / all ops, whether the int8 network equals the simulation bit for bit, the reasons
+for what runs in float, and ONNX: the share of the integer network's codes that ONNX Runtime (CPU,
+default optimizations) returns for the exported QDQ graph (``dfq_gpu.export_onnx``), each step
+fed the reference codes / run freely (the largest difference in codes), and run freely for the
+graph written with ``exact=True`` (``onnx``: also the tensors that differ; needs the ``export``
+extra). Segmentation models also get the pixel agreement and the mean IoU
 of the int8 masks (argmax over classes) against the FP32 model's (``mask_agreement``,
 ``mask_miou``), SSDLite the share of the FP32 model's top-20 boxes per image that the int8
 outputs give too (same label, IoU >= 0.5, ``box_agreement``); random weights, so these say little
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -76,24 +81,64 @@ def measure(name: str) -> dict[str, Any]:
             with torch.no_grad():
                 rec["box_agreement"] = suite.box_agreement(m.detections(x, m(x)), m.detections(x, b))
         rec["input"] = size
+        rec["onnx"] = onnx_agreement(q, x)
     except Exception as exc:  # reported, not raised: the table lists what fails and why
         rec["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
     rec["seconds"] = round(time.time() - t0, 1)
     return rec
 
 
+def onnx_agreement(q: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """The exported QDQ graph in ONNX Runtime against the integer network's codes."""
+    try:
+        from dfq_gpu.export import ExportError, run_onnx
+    except ImportError:  # pragma: no cover - the export extra is not installed
+        return {"error": "the 'export' extra (onnx, onnxruntime) is not installed"}
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        try:
+            D.export_onnx(q, path)
+        except ExportError as exc:
+            return {"error": str(exc)[:300]}
+        ref = D.golden_activations(q, x)
+        for mode, forced in (("forced", ref), ("free", None)):
+            rep = D.compare_layers(run_onnx(path, x, teacher_forcing=forced)[1], ref, tolerance=1, layers=q)
+            differ = [d.layer for d in rep.layers if d.equal_share < 1]
+            out[mode] = {"equal_share": rep.equal_share, "max_abs_diff": rep.max_abs_diff, "tensors": len(rep.layers),
+                         "not_equal": differ if forced is not None else len(differ)}
+        D.export_onnx(q, path, exact=True)  # adds and global pools as integer arithmetic too
+        rep = D.compare_layers(run_onnx(path, x)[1], ref, tolerance=1, layers=q)
+        out["exact_free"] = {"equal_share": rep.equal_share, "max_abs_diff": rep.max_abs_diff,
+                             "not_equal": [d.layer for d in rep.layers if d.equal_share < 1]}
+    return out
+
+
+def _onnx_cell(r: dict[str, Any]) -> str:
+    o = r.get("onnx")
+    if o is None:
+        return ""
+    if "error" in o:  # "cannot export NODE (KIND) to ONNX: WHY (supported: ...)"
+        node, _, why = o["error"].removeprefix("cannot export ").partition(" to ONNX: ")
+        return f"does not export: {why.split(' (supported')[0][:90]} ({node.split(' (')[0][:60]})"
+    f, g, e = o["forced"], o["free"], o["exact_free"]
+    return (f"{100 * f['equal_share']:.3f}% / {100 * g['equal_share']:.2f}% (max {f['max_abs_diff']} / "
+            f"{g['max_abs_diff']}) / {100 * e['equal_share']:.3f}%")
+
+
 def table(records: list[dict[str, Any]]) -> str:
-    rows = ["| model | regions equalized | int8 MACs | ops in int8 | bit-exact | runs in float |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| model | regions equalized | int8 MACs | ops in int8 | bit-exact | runs in float | "
+            "ONNX Runtime, codes equal: fed / free (max diff) / free with exact=True |",
+            "|---|---|---|---|---|---|---|"]
     for r in records:
         if "skipped" in r:
             continue
         if "error" in r:
-            rows.append(f"| {r['model']} | | | | | fails: {r['error'][:120]} |")
+            rows.append(f"| {r['model']} | | | | | fails: {r['error'][:120]} | |")
             continue
         fl = "; ".join(f"{why} ({n})" for why, n in sorted(r["float_reasons"].items(), key=lambda kv: -kv[1]))
         rows.append(f"| {r['model']} | {r['regions'][0]}/{r['regions'][1]} | {100 * r['int8_mac_fraction']:.1f}% | "
-                    f"{r['ops'][0]}/{r['ops'][1]} | {'yes' if r['bit_exact'] else 'NO'} | {fl} |")
+                    f"{r['ops'][0]}/{r['ops'][1]} | {'yes' if r['bit_exact'] else 'NO'} | {fl} | {_onnx_cell(r)} |")
     return "\n".join(rows)
 
 
