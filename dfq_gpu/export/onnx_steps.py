@@ -218,10 +218,14 @@ class IntegerSteps:
         in float64, then float32 as the reference rounds it."""
         wide = bound >= kref.EXACT_FLOAT32
         dt, np_dt = ("DOUBLE", np.float64) if wide else ("FLOAT", np.float32)
-        x = self.centered(node, t, dt)
-        y = self.op("MatMul", [x, self.const(f"{node.name}_cols", cols.T.astype(np_dt))], self.fresh(f"{node.name}_w"))
-        y = self.op("MatMul", [self.const(f"{node.name}_rows", rows.astype(np_dt)), y], self.fresh(f"{node.name}_acc"))
+        y = self.rows_cols(node, self.centered(node, t, dt), rows, cols, np_dt, f"{node.name}_acc")
         return self.cast(y, "FLOAT", f"{node.name}_acc") if wide else y
+
+    def rows_cols(self, node: fx.Node, x: str, rows: np.ndarray, cols: np.ndarray, dtype: Any, out: str) -> str:
+        """``rows @ x @ cols^T`` over the last two dimensions of ``x`` (two ``MatMul``, constants of
+        ``dtype``)."""
+        y = self.op("MatMul", [x, self.const(f"{node.name}_cols", cols.T.astype(dtype))], self.fresh(f"{node.name}_w"))
+        return self.op("MatMul", [self.const(f"{node.name}_rows", rows.astype(dtype)), y], self.fresh(out))
 
     def window_average(self, node: fx.Node, m: QAvgPool2d | QAdaptiveAvgPool2d) -> None:
         """A windowed or adaptive average pool: exact window sums (products with 0/1 matrices, one
@@ -419,10 +423,8 @@ class FloatOps:
             d = (eh - sh)[:, None] * (ew - sw)[None, :]
         else:
             raise self.err(node, problem)
-        y = self.op("MatMul", [x_name, self.const(f"{node.name}_cols", _window_matrix(sw, ew, W).T.astype(np.float32))],
-                    self.fresh(f"{node.name}_w"))
-        y = self.op("MatMul", [self.const(f"{node.name}_rows", _window_matrix(sh, eh, H).astype(np.float32)), y],
-                    self.fresh(f"{node.name}_sum"))
+        y = self.rows_cols(node, x_name, _window_matrix(sh, eh, H), _window_matrix(sw, ew, W), np.float32,
+                           f"{node.name}_sum")
         out = self.op("Div", [y, self.const(f"{node.name}_divisor", d.numpy().astype(np.float32))],
                       self.fresh(node.name))
         self.env[node] = _T(out, shape=shape)
