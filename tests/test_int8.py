@@ -931,6 +931,28 @@ def test_fully_connected_network():
     assert sqnr_per_sample(ys, yi).min().item() > 30.0
 
 
+def test_tokens_flatten_into_a_linear_layer():
+    """``[B, L, C]`` int8 tokens flattened to ``[B, L * C]`` for a linear layer: the codes are
+    reshaped (only a 4-D NHWC map flattens by a permutation of its own)."""
+    torch.manual_seed(0)
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.tok, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 6), nn.Linear(9 * 6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = F.relu(self.tok(self.c(x).flatten(2).transpose(1, 2)))
+            return self.fc(t.flatten(1))
+
+    x = torch.randn(3, 3, 5, 5, generator=torch.Generator().manual_seed(3))
+    sim = quantize(Tokens().eval(), (x[:1],), DFQConfig(input_range=(-3.0, 3.0)))
+    net = to_int8(sim, backend="reference", fallback=False)
+    with torch.no_grad():
+        assert torch.equal(net(x), sim(x))
+    check_steps(net, sim, x)
+
+
 def test_depthwise_with_a_huge_integer_bias_stays_exact():
     """A depthwise layer whose integer bias exceeds float32's exact range takes the float64 path
     (it cannot be split along input channels) and still matches the integer network bit for bit."""

@@ -960,7 +960,8 @@ class _Converter:
             self.env[node] = v
             return
         if len(so) == 2 and so[0] == si[0] and so[1] == math.prod(si[1:]):
-            out = self.fn(L.flatten_nhwc, v.node) if len(si) == 4 else v.node
+            out = self.fn(L.flatten_nhwc, v.node) if len(si) == 4 else self.graph.call_function(
+                torch.flatten, (v.node, 1))
             self.env[node] = replace(v, node=out, rank=2)
             return
         if len(si) == 2 and len(so) == 4 and so[:2] == si and so[2:] == (1, 1):
