@@ -122,8 +122,14 @@ def _onnx_cell(r: dict[str, Any]) -> str:
         node, _, why = o["error"].removeprefix("cannot export ").partition(" to ONNX: ")
         return f"does not export: {why.split(' (supported')[0][:90]} ({node.split(' (')[0][:60]})"
     f, g, e = o["forced"], o["free"], o["exact_free"]
-    return (f"{100 * f['equal_share']:.3f}% / {100 * g['equal_share']:.2f}% (max {f['max_abs_diff']} / "
-            f"{g['max_abs_diff']}) / {100 * e['equal_share']:.3f}%")
+    return (f"{_share(f['equal_share'], 3)} / {_share(g['equal_share'], 2)} (max {f['max_abs_diff']} / "
+            f"{g['max_abs_diff']}) / {_share(e['equal_share'], 3)}")
+
+
+def _share(x: float, digits: int) -> str:
+    """A share in percent; only an equal share of 1 reads 100 % (less rounds to just below)."""
+    v = round(100 * x, digits)
+    return f"{min(v, 100 - 10 ** -digits) if x < 1 else v:.{digits}f}%"
 
 
 def table(records: list[dict[str, Any]]) -> str:

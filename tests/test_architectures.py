@@ -6,7 +6,7 @@ segmentation models (their ``out`` tensor) and SSDLite (backbone and head), with
 and randomized BN statistics. ``quantize`` and ``to_int8`` (integer reference backend) must
 succeed, the int8 network must equal the simulation bit for bit, and at least 90% of the
 convolution and linear MACs must run in int8; where part of a model runs in float, the coverage
-report gives a reason for every such node.
+report gives a reason for every such node. A few are exported to ONNX and run in ONNX Runtime too.
 
 Kept lean for CI: one image of the smallest side each model runs on, and two equalization sweeps
 (the sweeps' number changes the weights, not which ops run in int8 or how; convergence and the
@@ -16,6 +16,7 @@ is ``scripts/coverage.py`` (README's coverage table).
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -34,6 +35,7 @@ MIN_SIDE = {"alexnet": 64}
 #: bilinear resampling and a float output, detection heads).
 ONNX_MODELS = ("mobilenet_v3_small", "shufflenet_v2_x0_5", "googlenet", "lraspp_mobilenet_v3_large",
                "ssdlite320_mobilenet_v3_large")
+ONNX_FLOAT_MODELS = ("swin_t",)  # float ops exported by PyTorch's exporter
 CONFIG = D.DFQConfig(cle_max_iter=2, act_range_method="minmax")
 
 
@@ -61,6 +63,8 @@ def test_architecture_quantizes_and_runs_in_int8(name: str) -> None:
     assert pairs and all(torch.equal(u, v) for u, v in pairs)
     if name in ONNX_MODELS:
         _exact_in_onnx_runtime(sim, x, a)
+    if name in ONNX_FLOAT_MODELS:
+        _onnx_runtime_within_a_code(sim, x)
     if name in suite.DETECTION:  # boxes, scores and labels from the int8 outputs, decoded in float
         dets = model.detections(x, b)
         assert len(dets) == 1 and dets[0]["boxes"].shape[1:] == (4,) and len(dets[0]["boxes"]) > 0
@@ -79,6 +83,19 @@ def _exact_in_onnx_runtime(sim: torch.nn.Module, x: torch.Tensor, y) -> None:
         assert rep.equal_share == 1.0 and not rep.missing, str(rep)
     for o, want in zip(outs, y if isinstance(y, tuple) else (y,)):
         assert o.shape == tuple(want.shape) and float(abs(o - want.numpy()).max()) <= 1e-6 * float(want.abs().max())
+
+
+def _onnx_runtime_within_a_code(sim: torch.nn.Module, x: torch.Tensor) -> None:
+    """A transformer: its attention exported by PyTorch, its relative position bias folded; fed the
+    reference codes, ONNX Runtime's float ops return every code within one."""
+    pytest.importorskip("onnxruntime")
+    from dfq_gpu.export import run_onnx
+
+    proto = D.export_onnx(sim)
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["dfq_gpu.pytorch_exported"])
+    ref = D.golden_activations(sim, x)
+    rep = D.compare_layers(run_onnx(proto, x, teacher_forcing=ref)[1], ref, tolerance=1, layers=sim)
+    assert rep.ok and not rep.missing and rep.max_abs_diff <= 1, str(rep)
 
 
 def test_box_agreement_matches_by_label_and_iou() -> None:

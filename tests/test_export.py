@@ -249,15 +249,16 @@ def test_fp32_model_exports_as_plain_onnx(tmp_path):
         np.testing.assert_allclose(outs[0], model(x).numpy(), rtol=1e-3, atol=1e-3)
 
 
-class _Flip(nn.Module):
+class _Cumprod(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flip(x, [3])
+        return torch.cumprod(x, 3)
 
 
 def test_unsupported_node_is_named(tmp_path):
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish(), _Flip()).eval()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish(), _Cumprod()).eval()
     fp = prepare(model, (torch.zeros(1, 3, 8, 8),), DFQConfig(input_range=(-1.0, 1.0)))
-    with pytest.raises(ExportError, match=r"cannot export .*flip.*no ONNX emitter for flip") as e:
+    with pytest.raises(ExportError, match=r"cannot export .*cumprod.*no ONNX emitter for cumprod.*PyTorch's ONNX "
+                                          r"exporter failed too .*cumprod") as e:
         export_onnx(fp, tmp_path / "x.onnx")
     assert isinstance(e.value, DFQError)
     with pytest.raises(ExportError, match="GraphModule"):
@@ -409,6 +410,62 @@ def test_float_networks_export_their_activations(net, ops_, tmp_path):
     with torch.no_grad():
         y = fp(x)
     np.testing.assert_allclose(outs[0], y.numpy(), rtol=1e-4, atol=1e-5 * float(y.abs().max()))
+
+
+class _Attention(nn.Module):
+    """A patch embedding, a class token expanded to the batch, a position embedding added by
+    broadcasting, multi-head attention, a relative-position bias gathered from a table by an
+    integer index (computed from constants alone), einsum, softmax, flip, a layer norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.patch = nn.Conv2d(3, 8, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8, generator=g))
+        self.pos = nn.Parameter(torch.randn(1, 5, 8, generator=g) * 0.2)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.table = nn.Parameter(torch.randn(9, 1, generator=g))
+        self.register_buffer("index", torch.randint(0, 9, (5, 5), generator=g))
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        bias = self.table[self.index].squeeze(-1)
+        a = torch.softmax(torch.einsum("bnc,bmc->bnm", t, t) * 0.3 + bias, -1)
+        t = torch.einsum("bnm,bmc->bnc", a, t).flip(1)
+        return self.head(self.norm(t)[:, 0])
+
+
+def test_float_ops_export_through_pytorch(tmp_path):
+    """Ops without an emitter of their own that compute in float (attention, einsum, softmax, an
+    expand to the batch, flip) are exported by PyTorch's exporter and spliced in, listed in the
+    metadata; what is computed from constants alone (an integer index into a table, and the
+    quantizer after it) is folded into initializers. Fed the reference codes, ONNX Runtime returns
+    every code within one (float ops round their own way), a batch other than the traced one too."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    q = quantize(_Attention(), (x[:2],), DFQConfig(input_range=(-3.0, 3.0)))
+    path = tmp_path / "attention.onnx"
+    proto = export_onnx(q, path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert {"expand", "attn", "einsum", "softmax", "einsum_1", "flip"} <= set(meta["dfq_gpu.pytorch_exported"])
+    assert proto.opset_import[0].version == 14  # PyTorch writes attention from opset 14
+    inits = {i.name: i for i in proto.graph.initializer}
+    assert "squeeze" in inits and "getitem_2" not in meta["dfq_gpu.pytorch_exported"]  # the bias, folded
+    assert not any(i.data_type == onnx.TensorProto.INT64 and list(i.dims) == [5, 5] for i in inits.values())
+    ref = golden_activations(q, x)
+    constants = [k for k in quantized_tensor_names(proto) if _producers(proto.graph)[k].op_type == "Identity"]
+    assert constants and all(k in ref for k in constants)  # the bias's codes, folded
+    rep = compare_layers(run_onnx(path, x, teacher_forcing=ref)[1], ref, tolerance=1, layers=q)
+    assert rep.ok and not rep.missing and rep.max_abs_diff <= 1 and rep.equal_share > 0.99, str(rep)
+    outs, _ = run_onnx(path, x)
+    with torch.no_grad():
+        y = q(x)
+    np.testing.assert_allclose(outs[0], y.numpy(), atol=0.05 * float(y.abs().max()))
 
 
 # =============================================================================================

@@ -1,8 +1,9 @@
 """ONNX export of a simulated quantized network as a QDQ graph (and of a float network as plain ONNX).
 
 :func:`export_onnx` walks the ``torch.fx`` graph returned by :func:`dfq_gpu.quantize` node by
-node and writes each node with ``onnx.helper`` (opset 13), laid out as ONNX Runtime and
-TensorRT expect a statically quantized ("QDQ") model:
+node and writes each node with ``onnx.helper`` (opset 13; 14 or 17 where PyTorch's exporter
+writes a float op, below), laid out as ONNX Runtime and TensorRT expect a statically quantized
+("QDQ") model:
 
 * every ``FakeQuant`` becomes ``QuantizeLinear`` (its output, the integer codes, is the tensor
   named after the ``FakeQuant`` node, e.g. ``act_quant_c1_2``) followed, for each consumer, by
@@ -67,12 +68,18 @@ TensorRT expect a statically quantized ("QDQ") model:
   ``Sqrt``, ...), products, sums and quotients of tensors and numbers, windowed and adaptive
   average pools (PyTorch's windows and divisors, as above in float), bilinear resampling
   (``Resize``), float parameters read by the graph (initializers).
+* what is computed from constants alone (Swin's relative position bias, from its table and an
+  integer index) is folded into initializers; any other op that computes in float without an
+  emitter here (attention, ``einsum``, ``softmax``, an ``expand`` to the batch, Swin's shifted-window
+  attention, ...) is exported by PyTorch's own exporter and spliced in, its inputs dequantized as
+  the simulation reads them (:mod:`.onnx_fallback`; listed in the metadata ``dfq_gpu.pytorch_exported``,
+  opset 14 or 17 then).
 * the network output: ``output`` (``output_0``, ... for several), float32.
 
 A float network (no ``FakeQuant``, e.g. :func:`dfq_gpu.prepare`'s folded and equalized model)
 is written with the same emitters as plain ONNX: float weights and biases, no Q/DQ.
 
-Anything else raises :class:`ExportError` (a :class:`~dfq_gpu.DFQError`) naming the node.
+What neither can write raises :class:`ExportError` (a :class:`~dfq_gpu.DFQError`) naming the node.
 """
 
 from __future__ import annotations
@@ -97,14 +104,17 @@ from ..graph.trace import node_module
 from ..modules import (ChannelClamp, FakeQuant, QAdaptiveAvgPool2d, QAdd, QAvgPool, QAvgPool2d, QChannelAffine, QConv2d,
                        QLinear, QLookup, QMul, QUpsampleBilinear)
 from ..quant import requant
+from .onnx_fallback import ConstantsAndFallback
 from .onnx_steps import _QP, _T, FloatOps, IntegerSteps, Movement, _same_grid
 
 __all__ = ["OPSET", "ExportError", "FusedScales", "exact_multiplier_scales", "export_onnx", "quantized_tensor_names",
            "uint8_weights"]
 
-#: The ONNX opset of exported graphs (per-axis DequantizeLinear needs 13).
+#: The ONNX opset of exported graphs (per-axis DequantizeLinear needs 13), unless a float op
+#: exported by PyTorch needs a later one (:data:`.onnx_fallback.FALLBACK_OPSETS`).
 OPSET = 13
 _METADATA_KEY = "dfq_gpu.quantized_tensors"
+_FALLBACK_KEY = "dfq_gpu.pytorch_exported"
 
 _RELU_FNS = (F.relu, torch.relu)
 _RELU6_FNS = (F.relu6,)
@@ -189,9 +199,10 @@ def exact_multiplier_scales(x_scale: float, w_scale: np.ndarray, y_scale: float,
     return best
 
 
-class _Emitter(IntegerSteps, FloatOps, Movement):
+class _Emitter(IntegerSteps, FloatOps, Movement, ConstantsAndFallback):
     """Walks the fx graph and writes each node (the QDQ layout of layers, clamps, adds, pools,
-    padding and reshapes here; the other steps in the mixins of :mod:`.onnx_steps`)."""
+    padding and reshapes here; the other steps in the mixins of :mod:`.onnx_steps`, constants
+    and PyTorch's exporter in :mod:`.onnx_fallback`)."""
 
     def __init__(self, gm: fx.GraphModule, onnx: Any, exact: bool = False) -> None:
         self.gm = gm
@@ -209,6 +220,9 @@ class _Emitter(IntegerSteps, FloatOps, Movement):
         self.dq_count: dict[str, int] = {}
         self.quantized: list[str] = []  # Q outputs named after FakeQuant nodes, in graph order
         self.q_scales: dict[str, np.float32] = {}  # FakeQuant node -> scale of the Q right after a fused layer
+        self.materialized: dict[fx.Node, _T] = {}  # constants read by tensors: their initializers
+        self.fallback_nodes: list[str] = []  # nodes exported by PyTorch's exporter
+        self.opsets: dict[str, int] = {"": OPSET}
 
     # ----------------------------------------------------------------------------- helpers
     def err(self, node: fx.Node, why: str) -> ExportError:
@@ -283,6 +297,8 @@ class _Emitter(IntegerSteps, FloatOps, Movement):
         if not isinstance(arg, fx.Node) or arg not in self.env:
             raise self.err(node, f"its input {arg!r} is not a tensor the export knows")
         t = self.env[arg]
+        if t.kind == "const":
+            t = self.materialize(node, arg, t)
         if t.kind != "tensor":
             raise self.err(node, f"its input {ops.describe(self.gm, arg)} is not a tensor")
         if t.pad is not None and not keep_pad:
@@ -350,10 +366,16 @@ class _Emitter(IntegerSteps, FloatOps, Movement):
             if node not in self.done:
                 self.visit(node)
         graph = self.h.make_graph(self.nodes, "dfq_gpu", self.inputs, self.outputs, initializer=self.inits)
-        model = self.h.make_model(graph, opset_imports=[self.h.make_opsetid("", OPSET)], producer_name="dfq_gpu")
+        model = self.h.make_model(graph, opset_imports=[self.h.make_opsetid(d, v) for d, v in self.opsets.items()],
+                                  producer_name="dfq_gpu")
         model.ir_version = min(model.ir_version, 8)  # readable by older runtimes too
+        props = {}
         if self.quantized:
-            self.h.set_model_props(model, {_METADATA_KEY: json.dumps(self.quantized)})
+            props[_METADATA_KEY] = json.dumps(self.quantized)
+        if self.fallback_nodes:
+            props[_FALLBACK_KEY] = json.dumps(self.fallback_nodes)
+        if props:
+            self.h.set_model_props(model, props)
         return model
 
     def visit(self, node: fx.Node) -> None:
@@ -363,6 +385,9 @@ class _Emitter(IntegerSteps, FloatOps, Movement):
             return
         if node.op == "get_attr":
             self.constant(node)
+            return
+        if self.foldable(node):
+            self.fold(node)
             return
         m = node_module(gm, node)
         if isinstance(m, FakeQuant):
@@ -426,7 +451,7 @@ class _Emitter(IntegerSteps, FloatOps, Movement):
         elif ops.is_shape_query(node):
             self.env[node] = _T(None, kind="other")
         elif node.op in ("call_function", "call_method") and ops.tensor_shape(node) is None and all(
-                self.env.get(a, _T(None)).kind == "other" for a in node.all_input_nodes):
+                self.env.get(a, _T(None)).kind in ("other", "const") for a in node.all_input_nodes):
             self.env[node] = _T(None, kind="other")  # arithmetic on sizes
         elif node.op in ("call_function", "call_method") and node.target in _FLOAT_BINARY:
             self.float_binary(node, _FLOAT_BINARY[node.target])
@@ -439,11 +464,12 @@ class _Emitter(IntegerSteps, FloatOps, Movement):
             self.reshape(node)
         else:
             what = type(m).__name__ if m is not None else getattr(node.target, "__name__", str(node.target))
-            raise self.err(node, f"no ONNX emitter for {what} (supported: convolutions, linear layers, "
-                                 "ReLU/ReLU6/Hardtanh/ChannelClamp, residual adds, the integer network's lookup "
-                                 "tables, per-channel maps, products, average pools and bilinear resampling, "
-                                 "max pooling, zero padding, nearest upsampling, cat, chunk/split, "
-                                 "transpose/permute, flatten/reshape and activation quantizers)")
+            self.torch_fallback(node, f"no ONNX emitter for {what} (supported: convolutions, linear layers, "
+                                      "ReLU/ReLU6/Hardtanh/ChannelClamp, residual adds, the integer network's lookup "
+                                      "tables, per-channel maps, products, average pools and bilinear resampling, "
+                                      "max pooling, zero padding, nearest upsampling, cat, chunk/split, "
+                                      "transpose/permute, flatten/reshape, activation quantizers, and float ops "
+                                      "PyTorch's ONNX exporter writes)")
 
     # ----------------------------------------------------------------------------- node kinds
     def fake_quant(self, node: fx.Node, fq: FakeQuant) -> None:
@@ -628,7 +654,7 @@ class _Emitter(IntegerSteps, FloatOps, Movement):
         if len(ins) != 2:
             raise self.err(node, "an add without two tensor inputs")
         sa, sb = ops.tensor_shape(ins[0]), ops.tensor_shape(ins[1])
-        if sa is not None and sb is not None and sa != sb:
+        if isinstance(node_module(self.gm, node), QAdd) and sa is not None and sb is not None and sa != sb:
             raise self.err(node, f"an add of tensors of different shapes {sa} and {sb} (broadcasting)")
         a, _ = self.float_input(node, ins[0])
         b, _ = self.float_input(node, ins[1])
@@ -747,7 +773,8 @@ def _ensure_shapes(gm: fx.GraphModule, example_inputs: Optional[Sequence[Any]]) 
 def export_onnx(q: nn.Module, path: Optional[str | os.PathLike] = None,
                 example_inputs: Optional[Sequence[Any]] = None, *, input_names: Optional[Sequence[str]] = None,
                 check: bool = True, weights: str = "int8", exact: bool = False) -> Any:
-    """Write a network of this package as ONNX (opset 13) and return the ``onnx.ModelProto``.
+    """Write a network of this package as ONNX (opset 13, see :data:`OPSET`) and return the
+    ``onnx.ModelProto``.
 
     Args:
         q: the ``torch.fx.GraphModule`` of :func:`dfq_gpu.quantize` (written as a QDQ graph, see
@@ -773,8 +800,8 @@ def export_onnx(q: nn.Module, path: Optional[str | os.PathLike] = None,
     :func:`quantized_tensor_names` and :func:`dfq_gpu.export.run_onnx`.
 
     Raises:
-        ExportError: ``q`` is not an fx graph, lacks shapes, or holds a node without an ONNX
-            emitter (the message names it); ``onnx`` is not installed.
+        ExportError: ``q`` is not an fx graph, lacks shapes, or holds a node that neither an
+            emitter nor PyTorch's exporter writes (the message names it); ``onnx`` is not installed.
     """
     onnx = _require_onnx()
     if not isinstance(q, fx.GraphModule):

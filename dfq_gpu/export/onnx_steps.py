@@ -11,7 +11,7 @@ in :class:`dfq_gpu.export.onnx_qdq._Emitter`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -43,7 +43,9 @@ class _QP:
 @dataclass(frozen=True)
 class _T:
     """What an fx node became: ``name`` is an ONNX tensor (float, or integer codes when ``q`` is
-    set); ``kind`` ``"other"`` for Python values (sizes) that the ONNX graph does not need."""
+    set); ``kind`` ``"other"`` for Python values (sizes) that the ONNX graph does not need,
+    ``"const"`` for what is computed from constants alone (``value``; an initializer once a tensor
+    reads it, integer codes of ``q`` when a quantizer produced it)."""
 
     name: Optional[str]
     kind: str = "tensor"
@@ -51,6 +53,7 @@ class _T:
     q: Optional[_QP] = None
     pad: Optional[tuple[int, int, int, int]] = None  # pending zero padding (top, bottom, left, right)
     items: Optional[tuple["_T", ...]] = None  # kind "tuple": the tensors of chunk / split
+    value: Any = field(default=None, compare=False)  # kind "const": the value
 
 
 def _same_grid(a: _QP, b: _QP) -> bool:
@@ -324,15 +327,6 @@ class FloatOps:
                 t = op("Erf", [op("Div", [x, const("sqrt2", math.sqrt(2.0))], "_arg")], "_erf")
             return op("Mul", [half, op("Add", [t, const("one", 1.0)], "_one_plus")])
         raise self.err(node, f"no ONNX emitter for the activation {fn}")
-
-    def constant(self, node: fx.Node) -> None:
-        """A float parameter or buffer read by the graph (a layer scale): an initializer."""
-        v: Any = self.gm
-        for part in str(node.target).split("."):
-            v = getattr(v, part)
-        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
-            raise self.err(node, "a constant that is not a float tensor")
-        self.env[node] = _T(self.const(node.name, v.detach().cpu().float().numpy()), shape=tuple(v.shape))
 
     def float_binary(self, node: fx.Node, kind: str) -> None:
         """``a * b`` / ``a + b`` / ``a - b`` / ``a / b`` in float (tensors, broadcasting; or a tensor

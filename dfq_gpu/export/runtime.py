@@ -78,10 +78,14 @@ def _with_quantized_outputs(model: Any, forced: Any = ()) -> tuple[Any, list[str
     added: list[str] = []
     for name in names:
         node = producers.get(name)
-        if node is None or node.op_type != "QuantizeLinear" or name in existing:
+        if node is None or node.op_type not in ("QuantizeLinear", "Identity") or name in existing:
             continue
-        zp = inits.get(node.input[2]) if len(node.input) > 2 else None
-        elem = zp.data_type if zp is not None else onnx.TensorProto.UINT8
+        if node.op_type == "Identity":  # the codes of a constant (an initializer)
+            src = inits.get(node.input[0])
+            elem = src.data_type if src is not None else onnx.TensorProto.UINT8
+        else:
+            zp = inits.get(node.input[2]) if len(node.input) > 2 else None
+            elem = zp.data_type if zp is not None else onnx.TensorProto.UINT8
         if name in forced:
             node.output[0] = name + _RUNTIME_SUFFIX
             m.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, None))
